@@ -1,0 +1,3 @@
+from callbacks.run_outputs import RunOutputs
+
+__all__ = ["RunOutputs"]

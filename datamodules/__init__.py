@@ -1,0 +1,3 @@
+from datamodules.category_text import CategoryTextDataModule
+
+__all__ = ["CategoryTextDataModule"]

@@ -1,0 +1,166 @@
+"""Category texts: shipped JSONL files or hub datasets, streamed with ``datasets``.
+
+A category is named either by a shipped file ``data/categories/<name>.jsonl`` (one
+``{"text": ...}`` object per line), by a path to any such JSONL file, or by a hub
+dataset spec ``hub:<dataset id>[:<config>][:<split>][@<text field>]`` for real users
+(streamed, so only the texts taken are downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from finediff.errors import FinediffError
+from finediff.names import CATEGORY_DIR, CATEGORY_TEXT_FIELD
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HUB_PREFIX = "hub:"
+
+
+def category_dir(root: Optional[str | Path] = None) -> Path:
+    return Path(root) if root else REPO_ROOT / CATEGORY_DIR
+
+
+def known_categories(root: Optional[str | Path] = None) -> list[str]:
+    """Names of the shipped categories (files ``<name>.jsonl`` in the category folder)."""
+    return sorted(p.stem for p in category_dir(root).glob("*.jsonl"))
+
+
+def category_file(category: str, root: Optional[str | Path] = None) -> Path:
+    """Path of a category's JSONL file; an unknown name lists the known ones."""
+    as_path = Path(category)
+    if as_path.suffix == ".jsonl":
+        if not as_path.exists():
+            raise FinediffError(f"category file not found: {category}")
+        return as_path
+    path = category_dir(root) / f"{category}.jsonl"
+    if not path.exists():
+        raise FinediffError(
+            f"unknown category {category!r}; known: {', '.join(known_categories(root)) or '(none)'}"
+        )
+    return path
+
+
+def validate_jsonl(path: Path, field: str = CATEGORY_TEXT_FIELD) -> int:
+    """Check every line of a JSONL file; a malformed one is an error naming file and line."""
+    count = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise FinediffError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(field), str) or not obj[field].strip():
+                raise FinediffError(f"{path}:{lineno}: expected an object with a non-empty string {field!r}")
+            count += 1
+    if count == 0:
+        raise FinediffError(f"{path}: no texts")
+    return count
+
+
+def _stream_hub(spec: str) -> Iterable[str]:
+    from datasets import load_dataset
+
+    body, _, field = spec[len(HUB_PREFIX):].partition("@")
+    parts = body.split(":")
+    name, config = parts[0], (parts[1] or None) if len(parts) > 1 else None
+    split = parts[2] if len(parts) > 2 else "train"
+    field = field or CATEGORY_TEXT_FIELD
+    try:
+        stream = load_dataset(name, config, split=split, streaming=True)
+        for row in stream:
+            if field not in row:
+                raise FinediffError(f"hub dataset {name!r} has no field {field!r}; fields: {sorted(row)}")
+            yield row[field]
+    except FinediffError:
+        raise
+    except Exception as err:
+        raise FinediffError(f"cannot stream hub dataset {spec!r}: {str(err).splitlines()[0]}") from err
+
+
+def stream_texts(category: str, root: Optional[str | Path] = None) -> Iterable[str]:
+    """Stream a category's texts with ``datasets`` in streaming mode."""
+    if category.startswith(HUB_PREFIX):
+        yield from _stream_hub(category)
+        return
+    from datasets import load_dataset
+
+    path = category_file(category, root)
+    validate_jsonl(path)
+    stream = load_dataset("json", data_files=str(path), split="train", streaming=True)
+    for row in stream:
+        yield row[CATEGORY_TEXT_FIELD]
+
+
+def take(iterable: Iterable[str], n: Optional[int]) -> list[str]:
+    out = []
+    for text in iterable:
+        if n is not None and len(out) >= n:
+            break
+        out.append(text)
+    return out
+
+
+@dataclass
+class CategoryTexts:
+    """Texts of one category, split into train and validation by a seed."""
+
+    category: str
+    train: list[str]
+    val: list[str]
+
+
+def load_category(
+    category: str,
+    max_texts: Optional[int] = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    root: Optional[str | Path] = None,
+) -> CategoryTexts:
+    """Take up to ``max_texts`` texts and split them deterministically by ``seed``."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise FinediffError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    texts = take(stream_texts(category, root), max_texts)
+    if not texts:
+        raise FinediffError(f"category {category!r} has no texts")
+    order = list(range(len(texts)))
+    random.Random(f"{seed}:{category}").shuffle(order)
+    n_val = max(1, round(len(texts) * val_fraction)) if val_fraction > 0 and len(texts) > 1 else 0
+    val = [texts[i] for i in order[:n_val]]
+    train = [texts[i] for i in order[n_val:]] or val
+    return CategoryTexts(category, train, val)
+
+
+def format_text(tokenizer, text: str, chat_template: bool = True) -> list[int]:
+    """Token ids of a user text: the chat template (user turn + generation prompt) when
+    the tokenizer has one, else the plain text with the tokenizer's special tokens."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+        if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+    return tokenizer(text)["input_ids"]
+
+
+def collate(batch_ids: list[list[int]], pad_id: int, max_length: Optional[int] = None) -> dict:
+    """Right-pad token ids; attention mask is 1 on real tokens. Long texts keep their end
+    (where a chat template puts the generation prompt)."""
+    if max_length:
+        batch_ids = [ids[-max_length:] for ids in batch_ids]
+    L = max(len(ids) for ids in batch_ids)
+    input_ids = torch.full((len(batch_ids), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), L), dtype=torch.long)
+    for i, ids in enumerate(batch_ids):
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}

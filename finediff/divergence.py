@@ -1,0 +1,186 @@
+"""Divergences between the finetuned (``ft``) and base next-token distributions.
+
+All divergences are computed from ``log_softmax`` in float32 (never softmax + epsilon),
+per position, and averaged over the real text positions only: soft-prompt positions and
+padding never count.
+
+Kinds (``p`` = finetuned, ``q`` = base, both after dividing the logits by ``temperature``):
+
+* ``kl_ft_base`` (default): KL(p || q) = sum_v p (log p - log q)
+* ``kl_base_ft``: KL(q || p)
+* ``symmetric_kl``: (KL(p || q) + KL(q || p)) / 2
+* ``jsd``: (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2; bounded by log 2, which
+  keeps gibberish prompts from winning by blowing up one distribution's tail.
+
+Memory: the vocabulary-sized tensors (``N x V`` for ``N`` scored positions) dominate.
+:func:`chunked_divergence` starts from the final hidden states, applies each model's
+output head to ``chunk_size`` positions at a time under activation checkpointing, and so
+never holds more than one chunk's logits, in the forward or the backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from finediff.errors import FinediffError
+from finediff.soft_prompt import splice
+
+LOG2 = math.log(2.0)
+
+
+class Divergence(str, Enum):
+    KL_FT_BASE = "kl_ft_base"
+    KL_BASE_FT = "kl_base_ft"
+    SYMMETRIC_KL = "symmetric_kl"
+    JSD = "jsd"
+
+
+def parse_kind(kind: str | Divergence) -> Divergence:
+    try:
+        return Divergence(kind)
+    except ValueError:
+        raise FinediffError(
+            f"unknown divergence {kind!r}; choose one of {[d.value for d in Divergence]}"
+        ) from None
+
+
+def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def token_divergence(
+    logits_ft: torch.Tensor,
+    logits_base: torch.Tensor,
+    kind: str | Divergence = Divergence.KL_FT_BASE,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Divergence at every position: ``[..., V]`` logits -> ``[...]`` float32 values."""
+    kind = parse_kind(kind)
+    if temperature <= 0:
+        raise FinediffError(f"temperature must be > 0, got {temperature}")
+    logp = F.log_softmax(logits_ft.float() / temperature, dim=-1)
+    logq = F.log_softmax(logits_base.float() / temperature, dim=-1)
+    if kind is Divergence.KL_FT_BASE:
+        return _kl(logp, logq)
+    if kind is Divergence.KL_BASE_FT:
+        return _kl(logq, logp)
+    if kind is Divergence.SYMMETRIC_KL:
+        return 0.5 * (_kl(logp, logq) + _kl(logq, logp))
+    logm = torch.logsumexp(torch.stack([logp, logq]), dim=0) - LOG2
+    return 0.5 * (_kl(logp, logm) + _kl(logq, logm))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over positions where ``mask`` is true (0 if none)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def output_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function from final hidden states to logits (unembedding + any soft-capping)."""
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap is None:
+        return head
+    return lambda h: torch.tanh(head(h) / cap) * cap
+
+
+def chunked_divergence(
+    hidden_ft: torch.Tensor,
+    hidden_base: torch.Tensor,
+    head_ft: Callable[[torch.Tensor], torch.Tensor],
+    head_base: Callable[[torch.Tensor], torch.Tensor],
+    mask: torch.Tensor,
+    kind: str | Divergence = Divergence.KL_FT_BASE,
+    temperature: float = 1.0,
+    chunk_size: Optional[int] = 256,
+) -> torch.Tensor:
+    """Mean divergence over the masked positions, from final hidden states.
+
+    Args:
+        hidden_ft: ``[B, L, D]`` final (post-norm) hidden states of the finetuned model.
+        hidden_base: ``[B, L, D]`` the same for the base model.
+        head_ft: hidden -> logits for the finetuned model (see :func:`output_head`).
+        head_base: hidden -> logits for the base model.
+        mask: ``[B, L]`` bool, true at the positions that count.
+        kind: which divergence (see module docstring).
+        temperature: logits are divided by it before ``log_softmax``.
+        chunk_size: positions per chunk; None or 0 computes everything at once.
+
+    Returns:
+        Scalar float32 tensor, differentiable with respect to both hidden states.
+    """
+    kind = parse_kind(kind)
+    flat = mask.reshape(-1).nonzero(as_tuple=True)[0]
+    h_ft = hidden_ft.reshape(-1, hidden_ft.shape[-1]).index_select(0, flat)
+    h_base = hidden_base.reshape(-1, hidden_base.shape[-1]).index_select(0, flat)
+    n = h_ft.shape[0]
+    if n == 0:
+        return hidden_ft.sum() * 0.0
+
+    def chunk_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return token_divergence(head_ft(a), head_base(b), kind, temperature).sum()
+
+    if not chunk_size or chunk_size >= n:
+        total = chunk_sum(h_ft, h_base)
+    else:
+        total = sum(
+            checkpoint(chunk_sum, h_ft[i:i + chunk_size], h_base[i:i + chunk_size], use_reentrant=False)
+            for i in range(0, n, chunk_size)
+        )
+    return total / n
+
+
+def final_hidden(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final (post-norm) hidden states ``[B, L, D]``, without computing logits."""
+    decoder = model.get_decoder()
+    out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state
+
+
+def pair_hidden(
+    pair,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_PD: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run both models on ``[prompt] + text`` and return ``(h_ft, h_base, score_mask)``.
+
+    ``score_mask`` ``[B, P+T]`` is true at the real text positions (right-padded batches):
+    the prompt positions and the padding are false. Nothing here is detached, so a
+    gradient flows through both frozen models to ``prompt_PD``.
+    """
+    hidden = {}
+    for side in ("finetuned", "base"):
+        model = getattr(pair, side)
+        embeds = model.get_input_embeddings()(input_ids)
+        embeds, mask = splice(prompt_PD, embeds, attention_mask)
+        hidden[side] = final_hidden(model, embeds, mask)
+    P = 0 if prompt_PD is None else prompt_PD.shape[0]
+    score_mask = torch.cat([attention_mask.new_zeros(input_ids.shape[0], P), attention_mask], dim=1).bool()
+    return hidden["finetuned"], hidden["base"], score_mask
+
+
+def pair_divergence(
+    pair,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_PD: Optional[torch.Tensor] = None,
+    kind: str | Divergence = Divergence.KL_FT_BASE,
+    temperature: float = 1.0,
+    chunk_size: Optional[int] = 256,
+) -> torch.Tensor:
+    """Mean per-token divergence of the pair on a batch of texts, with an optional prompt.
+
+    This is the soft-prompt objective (the training loss is its negative); the Lightning
+    module, the benchmarks and the notebooks all call this one function.
+    """
+    h_ft, h_base, mask = pair_hidden(pair, input_ids, attention_mask, prompt_PD)
+    return chunked_divergence(h_ft, h_base, output_head(pair.finetuned), output_head(pair.base),
+                              mask, kind, temperature, chunk_size)

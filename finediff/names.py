@@ -1,0 +1,19 @@
+"""One name, one place: every file name and metric key that a producer writes and a
+consumer reads is defined here and imported by both."""
+
+# Run outputs (in ``paths.output_dir``).
+SOFT_PROMPT_FILE = "soft_prompt.pt"
+METRICS_FILE = "metrics.json"
+HPARAMS_FILE = "config.yaml"
+
+# Metric keys (logged by the LightningModule, written to ``metrics.json``).
+TRAIN_DIVERGENCE = "train/divergence"
+TRAIN_LOSS = "train/loss"
+VAL_DIVERGENCE = "val/divergence"
+VAL_DIVERGENCE_NO_PROMPT = "val/divergence_no_prompt"
+VAL_DIVERGENCE_RANDOM_PROMPT = "val/divergence_random_prompt"
+VAL_METRIC_KEYS = (VAL_DIVERGENCE, VAL_DIVERGENCE_NO_PROMPT, VAL_DIVERGENCE_RANDOM_PROMPT)
+
+# Shipped data.
+CATEGORY_DIR = "data/categories"
+CATEGORY_TEXT_FIELD = "text"

@@ -1,0 +1,153 @@
+"""The soft prompt: ``n`` trainable virtual tokens spliced in front of a text's embeddings.
+
+Shapes: ``P`` prompt tokens, ``D`` hidden size, ``B`` batch, ``T`` text length.
+With SmolLM2 (D = 576) the default 8 tokens are 8 x 576 = 4,608 trainable parameters
+against 2 x 134.5M frozen ones.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional
+
+import torch
+from torch import nn
+
+from finediff.errors import FinediffError
+
+
+class PromptInit(str, Enum):
+    """How the prompt's embeddings start."""
+
+    TEXT = "text"
+    """The token embeddings of ``init_text``, repeated or cut to ``n_tokens``."""
+    VOCAB = "vocab"
+    """Embeddings of random vocabulary tokens."""
+    RANDOM = "random"
+    """Random directions rescaled to the mean norm of real token embeddings (not N(0, 1),
+    whose norm, sqrt(D) = 24 for D = 576, is far above a real embedding's)."""
+
+
+def embedding_norm(embed: nn.Module, vocab_size: int, sample: int = 4096, seed: int = 0) -> float:
+    """Mean L2 norm of the embedding module's output over a sample of token ids."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (min(sample, vocab_size),), generator=g)
+    weight = next(embed.parameters())
+    with torch.no_grad():
+        return embed(ids.to(weight.device)).float().norm(dim=-1).mean().item()
+
+
+def random_like(prompt_PD: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A random prompt with the same per-token norms as ``prompt_PD`` (the baseline)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(prompt_PD.shape, generator=g).to(prompt_PD.device, torch.float32)
+    norms = prompt_PD.detach().float().norm(dim=-1, keepdim=True)
+    return (noise / noise.norm(dim=-1, keepdim=True) * norms).to(prompt_PD.dtype)
+
+
+class SoftPrompt(nn.Module):
+    """``n_tokens`` virtual tokens of the model's hidden size; one ``nn.Parameter``.
+
+    Args:
+        embed: the model's input embedding module (used for the init, not kept).
+        vocab_size: number of rows of the vocabulary.
+        n_tokens: number of virtual tokens ``P``.
+        init: one of :class:`PromptInit`'s values.
+        init_text: text for ``init="text"``.
+        tokenizer: tokenizer for ``init="text"``.
+        seed: seed for the random inits.
+
+    Attributes:
+        weight: ``[P, D]`` float32 parameter, the only trainable tensor in finediff.
+    """
+
+    def __init__(
+        self,
+        embed: nn.Module,
+        vocab_size: int,
+        n_tokens: int = 8,
+        init: str = "vocab",
+        init_text: Optional[str] = None,
+        tokenizer=None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if n_tokens < 1:
+            raise FinediffError(f"num_soft_prompt_tokens must be >= 1, got {n_tokens}")
+        try:
+            init = PromptInit(init)
+        except ValueError:
+            raise FinediffError(
+                f"unknown soft prompt init {init!r}; choose one of {[i.value for i in PromptInit]}"
+            ) from None
+        device = next(embed.parameters()).device
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            if init is PromptInit.TEXT:
+                if not init_text or tokenizer is None:
+                    raise FinediffError("soft prompt init 'text' needs a non-empty init_text")
+                ids = tokenizer(init_text, add_special_tokens=False)["input_ids"]
+                if not ids:
+                    raise FinediffError(f"init_text {init_text!r} has no tokens")
+                ids = (ids * n_tokens)[:n_tokens]
+                values = embed(torch.tensor(ids, device=device))
+            elif init is PromptInit.VOCAB:
+                ids = torch.randint(0, vocab_size, (n_tokens,), generator=g)
+                values = embed(ids.to(device))
+            else:
+                norm = embedding_norm(embed, vocab_size, seed=seed)
+                hidden = next(embed.parameters()).shape[1]
+                noise = torch.randn(n_tokens, hidden, generator=g)
+                values = noise / noise.norm(dim=-1, keepdim=True) * norm
+        self.init = init.value
+        self.weight = nn.Parameter(values.detach().float().clone().cpu())
+
+    @property
+    def n_tokens(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self) -> torch.Tensor:
+        """Return the ``[P, D]`` prompt."""
+        return self.weight
+
+
+def splice(
+    prompt_PD: Optional[torch.Tensor],
+    embeds_BTD: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate the prompt before the text embeddings and extend the attention mask.
+
+    The prompt is cast to the embeddings' dtype; the mask gets ``P`` ones in front.
+
+    Returns:
+        ``(embeds [B, P+T, D], attention_mask [B, P+T])``; unchanged when ``prompt_PD`` is None.
+    """
+    if prompt_PD is None or prompt_PD.shape[0] == 0:
+        return embeds_BTD, attention_mask_BT
+    B = embeds_BTD.shape[0]
+    prompt_BPD = prompt_PD.to(embeds_BTD.dtype).unsqueeze(0).expand(B, -1, -1)
+    ones_BP = attention_mask_BT.new_ones(B, prompt_PD.shape[0])
+    return (torch.cat([prompt_BPD, embeds_BTD], dim=1),
+            torch.cat([ones_BP, attention_mask_BT], dim=1))
+
+
+def is_trainable(parameter_name: str) -> bool:
+    """The one predicate that decides which parameters train: the soft prompt's only."""
+    return parameter_name == "soft_prompt.weight" or parameter_name.endswith(".soft_prompt.weight")
+
+
+def apply_trainable(module: nn.Module) -> tuple[int, int]:
+    """Set ``requires_grad`` by :func:`is_trainable`; return (trainable, frozen) counts."""
+    trainable = frozen = 0
+    seen = set()
+    for name, p in module.named_parameters():
+        p.requires_grad_(is_trainable(name))
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.requires_grad:
+            trainable += p.numel()
+        else:
+            frozen += p.numel()
+    return trainable, frozen

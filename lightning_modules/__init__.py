@@ -1,0 +1,3 @@
+from lightning_modules.soft_prompt_divergence import SoftPromptDivergence
+
+__all__ = ["SoftPromptDivergence"]

@@ -1,0 +1,80 @@
+"""finediff main job: a thin Hydra shell around the core.
+
+    python train.py experiment=sandbagging
+    python train.py model.adapter=/path/to/adapter data.categories=[ethics,persona] trainer.max_steps=100
+
+Instantiates, in order, the model pair, datamodule, LightningModule, callbacks, loggers
+and trainer from ``configs/``, fits, validates once more, and returns the metrics.
+Everything lands in ``paths.output_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from finediff.errors import FinediffError  # noqa: E402
+
+log = logging.getLogger("finediff.train")
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every ``_target_`` entry of a callbacks/loggers group."""
+    out = []
+    for key, conf in (group or {}).items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info("Instantiating %s <%s>", key, conf._target_)
+            out.append(hydra.utils.instantiate(conf))
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run the main job from a composed config; return the final metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    log.info("Instantiating model pair <%s>", cfg.model._target_)
+    pair = hydra.utils.instantiate(cfg.model)
+
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=pair.tokenizer)
+
+    log.info("Instantiating module <%s>", cfg.module._target_)
+    module = hydra.utils.instantiate(cfg.module, pair=pair)
+    print(f"finediff: trainable parameters {module.n_trainable:,} | frozen {module.n_frozen:,}",
+          flush=True)
+
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("validate_after_fit"):
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except FinediffError as err:
+        print(f"finediff: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get("val/divergence")
+
+
+if __name__ == "__main__":
+    main()
