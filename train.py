@@ -21,7 +21,7 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from finediff.errors import FinediffError  # noqa: E402
+from finediff.errors import find_user_error  # noqa: E402
 
 log = logging.getLogger("finediff.train")
 
@@ -70,8 +70,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
-    except FinediffError as err:
-        print(f"finediff: error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"finediff: error: {user_error}", file=sys.stderr)
         sys.exit(2)
     return metrics.get("val/divergence")
 

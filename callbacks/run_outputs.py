@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class RunOutputs(L.Callback):
-    """Saves the prompt when training ends and the validation metrics after each validation.
+    """Saves the prompt when fit ends and the validation metrics after each validation.
 
     Args:
         output_dir: the run's output folder (``paths.output_dir``).
@@ -29,7 +29,7 @@ class RunOutputs(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             path = self.output_dir / names.SOFT_PROMPT_FILE
             torch_save(path, pl_module.prompt_record())

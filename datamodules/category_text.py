@@ -50,6 +50,7 @@ class CategoryTextDataModule(L.LightningDataModule):
         tokenizer=None,
     ):
         super().__init__()
+        categories = [str(c) for c in categories]  # plain list: checkpoints load with weights_only
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
         self.train_set: Optional[_Tokenized] = None

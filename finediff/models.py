@@ -314,7 +314,11 @@ class ModelPair(nn.Module):
         in eval mode.
         """
         for model in (self.base, self.finetuned):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self._checkpointing = True
         self._flag_checkpoint_layers()
 

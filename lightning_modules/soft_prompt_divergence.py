@@ -7,6 +7,7 @@ Thin glue: the objective is :func:`finediff.divergence.pair_divergence`, the pro
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Optional
 
 import lightning as L
@@ -18,6 +19,8 @@ from finediff.models import ModelPair
 from finediff.soft_prompt import SoftPrompt, apply_trainable, is_trainable, random_like
 
 log = logging.getLogger(__name__)
+# The frozen pair is in eval mode on purpose; Lightning's generic warning about it is noise.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class SoftPromptDivergence(L.LightningModule):

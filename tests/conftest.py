@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny real model pair built once per session, and composed configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("FINEDIFF_ROOT", str(ROOT))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """``base``, ``finetuned`` (a briefly trained copy) and ``adapter`` (LoRA) directories."""
+    from finediff.tiny import build_tiny_pair
+
+    return build_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_dirs):
+    from finediff.models import load_model_pair
+
+    return load_model_pair(str(tiny_dirs["base"]), str(tiny_dirs["finetuned"]))
+
+
+def tiny_overrides(tiny_dirs, output_dir: Path) -> list[str]:
+    """Overrides that point the main config at the tiny pair and keep a run to seconds."""
+    return [
+        f"model.base={tiny_dirs['base']}",
+        f"model.finetuned={tiny_dirs['finetuned']}",
+        "model.adapter=null",
+        f"paths.output_dir={output_dir}",
+        "logger=csv",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "data.max_texts_per_category=40",
+    ]
+
+
+def compose(config_name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)

@@ -1,0 +1,164 @@
+"""The main job through the real configs: outputs, learning, overrides, every config group,
+every experiment, one-line CLI errors, CPU DDP, and a GPU run when there is one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from finediff import names
+from tests.conftest import ROOT, compose, requires_gpu, tiny_overrides
+
+
+def run_train(tiny_dirs, out: Path, *extra: str) -> dict:
+    from train import train
+
+    cfg = compose("train", tiny_overrides(tiny_dirs, out) + list(extra))
+    return train(cfg)
+
+
+def test_outputs_and_checkpoint_hold_prompt_only(tiny_dirs, tmp_path):
+    run_train(tiny_dirs, tmp_path)
+    record = torch.load(tmp_path / names.SOFT_PROMPT_FILE, weights_only=True)
+    assert record["prompt"].shape == (8, 64) and record["num_soft_prompt_tokens"] == 8
+    assert record["pair"]["base"] == str(tiny_dirs["base"]) and record["divergence"] == "kl_ft_base"
+    metrics = json.loads((tmp_path / names.METRICS_FILE).read_text())
+    assert set(names.VAL_METRIC_KEYS) <= set(metrics)
+    assert metrics["global_step"] == 6
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert list(ckpt["state_dict"]) == ["soft_prompt.weight"]
+    assert (tmp_path / "checkpoints" / "last.ckpt").stat().st_size < 100_000
+
+
+def test_learned_prompt_beats_baselines_on_held_out_texts(tiny_dirs, tmp_path):
+    metrics = run_train(tiny_dirs, tmp_path, "trainer.max_steps=30", "trainer.val_check_interval=10",
+                        "data.max_texts_per_category=100")
+    learned = metrics[names.VAL_DIVERGENCE]
+    assert learned > 1.2 * metrics[names.VAL_DIVERGENCE_NO_PROMPT], metrics
+    assert learned > 1.2 * metrics[names.VAL_DIVERGENCE_RANDOM_PROMPT], metrics
+
+
+def test_resume_from_checkpoint_restores_prompt(tiny_dirs, tmp_path):
+    run_train(tiny_dirs, tmp_path / "a")
+    first = torch.load(tmp_path / "a" / names.SOFT_PROMPT_FILE, weights_only=True)["prompt"]
+    run_train(tiny_dirs, tmp_path / "b", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}",
+              "trainer.max_steps=6")
+    resumed = torch.load(tmp_path / "b" / names.SOFT_PROMPT_FILE, weights_only=True)
+    torch.testing.assert_close(resumed["prompt"], first)  # already at max_steps: nothing more trained
+    assert resumed["global_step"] == 6
+
+
+@pytest.mark.parametrize("logger", ["csv", "wandb", "none"])
+def test_logger_overrides(tiny_dirs, tmp_path, logger):
+    run_train(tiny_dirs, tmp_path, f"logger={logger}", "trainer.max_steps=2")
+    assert (tmp_path / names.METRICS_FILE).exists()
+    assert (tmp_path / "wandb").exists() == (logger == "wandb")
+    assert (tmp_path / "csv").exists() == (logger == "csv")
+
+
+@pytest.mark.parametrize("divergence", ["kl_base_ft", "symmetric_kl", "jsd"])
+def test_other_divergences_and_options(tiny_dirs, tmp_path, divergence):
+    run_train(tiny_dirs, tmp_path, f"module.divergence={divergence}", "module.temperature=2.0",
+              "module.gradient_checkpointing=true", "module.init=random", "trainer.max_steps=2",
+              "module.num_soft_prompt_tokens=3")
+    assert torch.load(tmp_path / names.SOFT_PROMPT_FILE, weights_only=True)["prompt"].shape == (3, 64)
+
+
+def test_adapter_override_and_debug_fdr(tiny_dirs, tmp_path):
+    run_train(tiny_dirs, tmp_path, "model.finetuned=null", f"model.adapter={tiny_dirs['adapter']}",
+              "debug=fdr")
+    assert (tmp_path / names.SOFT_PROMPT_FILE).exists()
+
+
+def _config_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml"))
+
+
+def test_every_config_group_instantiates(tiny_dirs, tmp_path):
+    import hydra
+
+    for trainer in _config_names("trainer"):
+        cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"trainer={trainer}"])
+        needs_gpu = cfg.trainer.get("accelerator") == "gpu"
+        if trainer == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+            continue  # optional dependency (pip install deepspeed); it trains on CUDA only
+        if needs_gpu and not torch.cuda.is_available():
+            continue  # covered by the GPU test on a GPU machine
+        with open_dict(cfg):
+            cfg.trainer.accelerator = "cpu"
+        assert hydra.utils.instantiate(cfg.trainer, logger=False) is not None
+    for logger in _config_names("logger"):
+        cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"logger={logger}"])
+        for conf in (cfg.logger or {}).values():
+            assert hydra.utils.instantiate(conf) is not None
+    for callbacks in _config_names("callbacks"):
+        cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"callbacks={callbacks}"])
+        for conf in (cfg.callbacks or {}).values():
+            if conf is not None:
+                assert hydra.utils.instantiate(conf) is not None
+    for debug in _config_names("debug"):
+        assert compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"debug={debug}"]).trainer
+    cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path))
+    pair = hydra.utils.instantiate(cfg.model)
+    dm = hydra.utils.instantiate(cfg.data, tokenizer=pair.tokenizer)
+    dm.setup()
+    assert hydra.utils.instantiate(cfg.module, pair=pair).n_trainable == 8 * 64
+    for key in ("max_length", "num_generations_per_prompt", "temperature", "top_p"):
+        assert key in cfg.generation
+
+
+@pytest.mark.parametrize("experiment", _config_names("experiment"))
+def test_every_experiment_runs_one_step(tiny_dirs, tmp_path, experiment):
+    run_train(tiny_dirs, tmp_path, f"experiment={experiment}", "model.adapter=null",
+              "trainer.max_steps=1", "trainer.val_check_interval=1",
+              f"model.base={tiny_dirs['base']}", f"model.finetuned={tiny_dirs['finetuned']}")
+    assert (tmp_path / names.METRICS_FILE).exists()
+
+
+def _cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.adapter=/nonexistent/adapter", "adapter directory not found: /nonexistent/adapter"),
+        ("data.categories=[nope]", "unknown category 'nope'; known:"),
+        ("module.divergence=kl", "unknown divergence 'kl'"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_nonzero(tiny_dirs, tmp_path, override, message):
+    proc = _cli(tiny_overrides(tiny_dirs, tmp_path) + [override])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("finediff: error: ") and message in last, last
+    assert not (tmp_path / names.SOFT_PROMPT_FILE).exists()
+    assert not (tmp_path / names.METRICS_FILE).exists()
+
+
+def test_cpu_ddp_two_processes(tiny_dirs, tmp_path):
+    proc = _cli(tiny_overrides(tiny_dirs, tmp_path) + [
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3",
+        "trainer.val_check_interval=3", "data.batch_size=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr + proc.stdout
+    metrics = json.loads((tmp_path / names.METRICS_FILE).read_text())
+    assert metrics["global_step"] == 3
+    assert torch.load(tmp_path / names.SOFT_PROMPT_FILE, weights_only=True)["prompt"].shape == (8, 64)
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_gpu_run(tiny_dirs, tmp_path):
+    run_train(tiny_dirs, tmp_path, "trainer=gpu", "trainer.max_steps=3", "trainer.precision=bf16-mixed")
+    assert (tmp_path / names.METRICS_FILE).exists()
