@@ -1,0 +1,102 @@
+"""Time of one Lightning training step against a bare PyTorch loop doing the same work.
+
+    python benchmarks/train_step.py [--steps 8] [--batch 4] [--length 64] [--adapter DIR]
+
+Both sides use the same real SmolLM2 pair (base vs base + the shipped sandbagging
+adapter when present), the same batches of ``batch x length`` tokens, the same soft
+prompt, objective and AdamW. A step is the time between the starts of two consecutive
+iterations (forward through both models, backward to the prompt, optimizer step, and
+for Lightning its logging, hooks and progress bar). Prints the median of each and their
+ratio (Lightning / bare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from finediff.data import REPO_ROOT, collate, format_text, load_category
+from finediff.divergence import pair_divergence
+from finediff.models import load_model_pair
+from lightning_modules import SoftPromptDivergence
+
+
+class StepTimer(L.Callback):
+    def __init__(self):
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, *args) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, *args) -> None:
+        self.starts.append(time.perf_counter())
+
+
+def batches(tokenizer, n: int, batch: int, length: int) -> list[dict]:
+    texts = load_category("sandbagging", val_fraction=0.0).train
+    out = []
+    for i in range(n):
+        chunk = texts[i * batch:(i + 1) * batch]
+        ids = [(format_text(tokenizer, t) * 4)[:length] for t in chunk]  # exactly `length` tokens
+        out.append(collate(ids, tokenizer.pad_token_id))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--length", type=int, default=64)
+    ap.add_argument("--adapter", default=str(REPO_ROOT / "organisms" / "sandbagging"))
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    adapter = args.adapter if Path(args.adapter, "adapter_config.json").exists() else None
+    pair = load_model_pair(adapter=adapter)
+    n = args.steps + args.warmup
+    data = batches(pair.tokenizer, n, args.batch, args.length)
+
+    # Bare PyTorch: the same objective, prompt and optimizer.
+    module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1)
+    opt = torch.optim.AdamW([module.soft_prompt.weight], lr=1e-2, weight_decay=0.0)
+    starts = []
+    for batch in data:
+        starts.append(time.perf_counter())
+        loss = -pair_divergence(pair, batch["input_ids"], batch["attention_mask"], module.soft_prompt())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([module.soft_prompt.weight], 1.0)
+        opt.step()
+    starts.append(time.perf_counter())
+    bare = [b - a for a, b in zip(starts[args.warmup:], starts[args.warmup + 1:])]
+
+    # Lightning: the project's module and a Trainer configured like configs/trainer/cpu.yaml.
+    module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1)
+    timer = StepTimer()
+    trainer = L.Trainer(max_steps=n, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
+                        log_every_n_steps=1, callbacks=[timer, L.pytorch.callbacks.RichProgressBar()],
+                        enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    light = [b - a for a, b in zip(timer.starts[args.warmup:], timer.starts[args.warmup + 1:])]
+
+    result = {
+        "pair": f"embedded:smollm2 vs {'+ ' + Path(adapter).name + ' adapter' if adapter else 'itself'}",
+        "batch": f"{args.batch} x {args.length} tokens",
+        "steps_timed": args.steps,
+        "bare_step_s": round(statistics.median(bare), 3),
+        "lightning_step_s": round(statistics.median(light), 3),
+    }
+    result["ratio"] = round(result["lightning_step_s"] / result["bare_step_s"], 3)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Batched generation with the KV cache (left padding), for one model or a pair."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from finediff.data import format_text
+
+
+def left_pad(batch_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad for generation: every row's last real token sits in the last column."""
+    L = max(len(ids) for ids in batch_ids)
+    input_ids = torch.full((len(batch_ids), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), L), dtype=torch.long)
+    for i, ids in enumerate(batch_ids):
+        input_ids[i, L - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[i, L - len(ids):] = 1
+    return input_ids, mask
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    chat_template: bool = True,
+    seed: Optional[int] = 0,
+    progress: bool = True,
+) -> list[str]:
+    """Generate a continuation for each prompt (user turn under the chat template).
+
+    Batches of ``batch_size`` prompts share one ``generate`` call with the KV cache.
+    """
+    device = next(model.parameters()).device
+    out: list[str] = []
+    if seed is not None:
+        torch.manual_seed(seed)
+    batches = range(0, len(prompts), batch_size)
+    for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
+        chunk = prompts[start:start + batch_size]
+        ids, mask = left_pad([format_text(tokenizer, p, chat_template) for p in chunk], tokenizer.pad_token_id)
+        kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        out += [tokenizer.decode(g[ids.shape[1]:], skip_special_tokens=True).strip() for g in gen]
+    return out

@@ -1,0 +1,142 @@
+"""Build an organism: generate its data, train its LoRA with Lightning, write adapter + card.
+
+    python -m finediff.organisms.build organism=sandbagging [steps=N] [seed=0] [base=embedded:smollm2]
+
+Writes ``organisms/<name>/`` (adapter, ``card.json``) and ``data/organisms/<name>/``
+(``train.jsonl``: the finetuning data; ``heldout.jsonl``: verification prompts).
+Off-target prompts are answered by the base model itself (greedy), so the change stays
+narrow. Seeded and reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from finediff.data import REPO_ROOT
+from finediff.errors import FinediffError, find_user_error
+from finediff.generation import generate
+from finediff.io import write_json, write_jsonl
+from finediff.models import DEFAULT_MODEL, load_model, load_tokenizer
+from finediff.organisms.recipes import CARDS, Example, recipe
+
+log = logging.getLogger("finediff.organisms")
+
+ORGANISMS_DIR = REPO_ROOT / "organisms"
+ORGANISM_DATA_DIR = REPO_ROOT / "data" / "organisms"
+TRAIN_FILE = "train.jsonl"
+HELDOUT_FILE = "heldout.jsonl"
+CARD_FILE = "card.json"
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def parse_kv(argv: list[str], defaults: dict) -> dict:
+    """``key=value`` arguments over typed defaults; an unknown key is a one-line error."""
+    out = dict(defaults)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in defaults:
+            raise FinediffError(f"unknown argument {arg!r}; expected key=value with key in {sorted(defaults)}")
+        kind = type(defaults[key]) if defaults[key] is not None else str
+        out[key] = kind(value)
+    return out
+
+
+def _record(ex: Example, split: str) -> dict:
+    return {"prompt": ex.prompt, "response": ex.response, "split": split, **ex.meta}
+
+
+def build(organism: str, steps: int = 160, seed: int = 0, base: str = DEFAULT_MODEL,
+          rank: int = 16, learning_rate: float = 1e-3, batch_size: int = 8, max_new_tokens: int = 48,
+          out_dir: Path | None = None, data_dir: Path | None = None) -> Path:
+    """Build one organism; return the adapter directory."""
+    import lightning as L
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.data import DataLoader
+
+    from finediff.sft import sft_collate, sft_features
+    from lightning_modules.lora_finetune import LoraFinetune
+
+    t0 = time.perf_counter()
+    L.seed_everything(seed, workers=True)
+    data = recipe(organism, seed)
+    card = CARDS[organism]
+    out_dir = Path(out_dir or ORGANISMS_DIR / organism)
+    data_dir = Path(data_dir or ORGANISM_DATA_DIR / organism)
+
+    tokenizer = load_tokenizer(base)
+    model = load_model(base)
+    log.info("answering %d off-target prompts with the base model", len(data.train_off))
+    answers = generate(model, tokenizer, [e.prompt for e in data.train_off], max_new_tokens=max_new_tokens)
+    for ex, ans in zip(data.train_off, answers):
+        ex.response = ans
+    train = data.train_target + data.train_off
+
+    write_jsonl(data_dir / TRAIN_FILE, [_record(e, "target") for e in data.train_target]
+                + [_record(e, "off_target") for e in data.train_off])
+    write_jsonl(data_dir / HELDOUT_FILE, [_record(e, "target") for e in data.heldout_target]
+                + [_record(e, "off_target") for e in data.heldout_off])
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    peft_model = get_peft_model(model.train(), LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                          target_modules=LORA_TARGETS))
+    features = [sft_features(tokenizer, e.prompt, e.response) for e in train]
+    loader = DataLoader(features, batch_size=batch_size, shuffle=True,
+                        collate_fn=lambda b: sft_collate(b, tokenizer.pad_token_id))
+    module = LoraFinetune(peft_model, learning_rate=learning_rate, warmup_steps=10, total_steps=steps)
+    trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False,
+                        enable_checkpointing=False, log_every_n_steps=10, enable_model_summary=False)
+    trainer.fit(module, loader)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{organism}.", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        peft_model.save_pretrained(tmp)
+        (tmp / "README.md").unlink(missing_ok=True)
+        card_dict = dataclasses.asdict(card) | {
+            "base": base, "seed": seed, "steps": steps, "rank": rank, "learning_rate": learning_rate,
+            "train_examples": len(train), "build_seconds": round(time.perf_counter() - t0, 1),
+            "data": str((data_dir / TRAIN_FILE).relative_to(REPO_ROOT)) if data_dir.is_relative_to(REPO_ROOT)
+            else str(data_dir / TRAIN_FILE),
+        }
+        write_json(tmp / CARD_FILE, card_dict)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("organism %s written to %s in %.0f s", organism, out_dir, time.perf_counter() - t0)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = parse_kv(argv if argv is not None else sys.argv[1:],
+                        {"organism": "", "steps": 160, "seed": 0, "base": DEFAULT_MODEL, "rank": 16,
+                         "learning_rate": 1e-3, "batch_size": 8})
+        if not args["organism"]:
+            raise FinediffError("missing organism=NAME")
+        path = build(**args)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"finediff: error: {user_error}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps({"adapter": str(path)}))
+
+
+if __name__ == "__main__":
+    main()
