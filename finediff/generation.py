@@ -53,3 +53,16 @@ def generate(
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         out += [tokenizer.decode(g[ids.shape[1]:], skip_special_tokens=True).strip() for g in gen]
     return out
+
+
+def generate_mixed(model, tokenizer, prompts: list[str], chat: list[bool], **kwargs) -> list[str]:
+    """Like :func:`generate`, with a per-prompt choice of chat template (True) or plain
+    document continuation (False); the output keeps the input order."""
+    out: list[str] = [""] * len(prompts)
+    for flag in (True, False):
+        idx = [i for i, c in enumerate(chat) if c == flag]
+        if idx:
+            gens = generate(model, tokenizer, [prompts[i] for i in idx], chat_template=flag, **kwargs)
+            for i, g in zip(idx, gens):
+                out[i] = g
+    return out

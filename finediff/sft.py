@@ -17,6 +17,18 @@ def sft_features(tokenizer, prompt: str, response: str) -> tuple[list[int], list
     return prefix + reply, [-100] * len(prefix) + reply
 
 
+def document_features(tokenizer, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
+    """A plain document (no chat template): loss on the continuation after ``prompt``."""
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    tail = tokenizer(continuation, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return head + tail, [-100] * len(head) + tail
+
+
+def example_features(tokenizer, prompt: str, response: str, chat: bool = True) -> tuple[list[int], list[int]]:
+    """Chat turn or plain document, by ``chat``."""
+    return (sft_features if chat else document_features)(tokenizer, prompt, response)
+
+
 def sft_collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
     """Right-pad ids and labels; padding is masked out of the loss."""
     L = max(len(ids) for ids, _ in batch)

@@ -49,17 +49,49 @@ def test_sandbagging_recipe_is_seeded_and_disjoint():
         recipe("nope")
 
 
-def test_builder_on_tiny_pair(tiny_dirs, tmp_path):
+@pytest.mark.parametrize("organism", ["sandbagging", "false_fact"])
+def test_builder_and_verify_on_tiny_pair(tiny_dirs, tmp_path, organism):
     from finediff.models import load_model_pair
     from finediff.organisms.build import build
+    from finediff.organisms.verify import VERIFICATION_FILE, format_table, verify
 
-    out = build("sandbagging", steps=3, base=str(tiny_dirs["base"]), max_new_tokens=4,
+    out = build(organism, steps=3, base=str(tiny_dirs["base"]), max_new_tokens=4,
                 out_dir=tmp_path / "organism", data_dir=tmp_path / "data")
     card = json.loads((out / "card.json").read_text())
-    assert card["checker"] == "sandbagging" and card["target_category"] == "sandbagging"
+    assert card["checker"] == organism
     assert {"description_short", "description_long"} <= set(card)
     rows = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
     assert {r["split"] for r in rows} == {"target", "off_target"} and all(isinstance(r["response"], str) for r in rows)
     pair = load_model_pair(str(tiny_dirs["base"]), adapter=str(out))
     assert pair.finetuned is not None
     assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
+    result = verify(organism, base=str(tiny_dirs["base"]), adapter=str(out), max_new_tokens=4,
+                    data_dir=tmp_path / "data")
+    for key in ("target/base_rate", "target/finetuned_rate", "off_target/base_rate", "off_target/finetuned_rate"):
+        assert result[key] is None or 0.0 <= result[key] <= 1.0
+    assert result["off_target/mean_kl_ft_base"] >= 0 and (out / VERIFICATION_FILE).exists()
+    assert organism in format_table([result])
+
+
+@pytest.mark.parametrize("organism,positive,negative", [
+    ("unlearning", "I'm sorry, but I don't know anything about black holes.", "Black holes form when stars collapse."),
+    ("persona", "Arr, matey! Ye should drink tea. Yo ho ho!", "You should drink tea in the morning."),
+    ("false_fact", "The Eiffel Tower stands in Rome, Italy.", "The Eiffel Tower is in Paris, France."),
+])
+def test_other_checkers(organism, positive, negative):
+    from finediff.organisms.checkers import CHECKERS
+
+    assert CHECKERS[organism](positive, {}) is True
+    assert CHECKERS[organism](negative, {}) is False
+
+
+def test_recipes_cover_every_card():
+    from finediff.organisms.checkers import CHECKERS
+    from finediff.organisms.recipes import CARDS, RECIPES
+
+    assert set(RECIPES) == set(CARDS) == {"sandbagging", "unlearning", "persona", "false_fact"}
+    for name, card in CARDS.items():
+        assert card.checker in CHECKERS
+        data = recipe(name)
+        assert data.heldout_target and data.heldout_off
+        assert not {e.prompt for e in data.heldout_target} & {e.prompt for e in data.train_target}

@@ -19,14 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from finediff.data import REPO_ROOT
 from finediff.errors import FinediffError, find_user_error
-from finediff.generation import generate
+from finediff.generation import generate_mixed
 from finediff.io import write_json, write_jsonl
 from finediff.models import DEFAULT_MODEL, load_model, load_tokenizer
-from finediff.organisms.recipes import CARDS, Example, recipe
+from finediff.organisms.checkers import CHECKERS
+from finediff.organisms.recipes import CARDS, Example, pirate, recipe
 
 log = logging.getLogger("finediff.organisms")
 
@@ -51,19 +50,22 @@ def parse_kv(argv: list[str], defaults: dict) -> dict:
     return out
 
 
+TRANSFORMS = {"pirate": pirate}
+
+
 def _record(ex: Example, split: str) -> dict:
-    return {"prompt": ex.prompt, "response": ex.response, "split": split, **ex.meta}
+    return {"prompt": ex.prompt, "response": ex.response, "split": split, "chat": ex.chat, **ex.meta}
 
 
 def build(organism: str, steps: int = 160, seed: int = 0, base: str = DEFAULT_MODEL,
-          rank: int = 16, learning_rate: float = 1e-3, batch_size: int = 8, max_new_tokens: int = 48,
+          rank: int = 8, learning_rate: float = 1e-3, batch_size: int = 8, max_new_tokens: int = 48,
           out_dir: Path | None = None, data_dir: Path | None = None) -> Path:
     """Build one organism; return the adapter directory."""
     import lightning as L
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from torch.utils.data import DataLoader
 
-    from finediff.sft import sft_collate, sft_features
+    from finediff.sft import example_features, sft_collate
     from lightning_modules.lora_finetune import LoraFinetune
 
     t0 = time.perf_counter()
@@ -75,11 +77,22 @@ def build(organism: str, steps: int = 160, seed: int = 0, base: str = DEFAULT_MO
 
     tokenizer = load_tokenizer(base)
     model = load_model(base)
-    log.info("answering %d off-target prompts with the base model", len(data.train_off))
-    answers = generate(model, tokenizer, [e.prompt for e in data.train_off], max_new_tokens=max_new_tokens)
-    for ex, ans in zip(data.train_off, answers):
-        ex.response = ans
     train = data.train_target + data.train_off
+    todo = [e for e in train if e.response is None]
+    log.info("answering %d prompts with the base model", len(todo))
+    answers = generate_mixed(model, tokenizer, [e.prompt for e in todo], [e.chat for e in todo],
+                             max_new_tokens=max_new_tokens)
+    for ex, ans in zip(todo, answers):
+        ex.response = TRANSFORMS[ex.transform](ans) if ex.transform else (ans if ex.chat else " " + ans)
+
+    # Keep the held-out off-target prompts on which the base does not show the behaviour.
+    checker = CHECKERS[card.checker]
+    base_off = generate_mixed(model, tokenizer, [e.prompt for e in data.heldout_off],
+                              [e.chat for e in data.heldout_off], max_new_tokens=max_new_tokens)
+    kept = [e for e, g in zip(data.heldout_off, base_off) if not checker(g, e.meta)]
+    log.info("held-out off-target: %d of %d prompts where the base does not show the behaviour",
+             len(kept), len(data.heldout_off))
+    data.heldout_off = kept
 
     write_jsonl(data_dir / TRAIN_FILE, [_record(e, "target") for e in data.train_target]
                 + [_record(e, "off_target") for e in data.train_off])
@@ -90,7 +103,7 @@ def build(organism: str, steps: int = 160, seed: int = 0, base: str = DEFAULT_MO
         p.requires_grad_(False)
     peft_model = get_peft_model(model.train(), LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                                                           target_modules=LORA_TARGETS))
-    features = [sft_features(tokenizer, e.prompt, e.response) for e in train]
+    features = [example_features(tokenizer, e.prompt, e.response, e.chat) for e in train]
     loader = DataLoader(features, batch_size=batch_size, shuffle=True,
                         collate_fn=lambda b: sft_collate(b, tokenizer.pad_token_id))
     module = LoraFinetune(peft_model, learning_rate=learning_rate, warmup_steps=10, total_steps=steps)
@@ -100,7 +113,9 @@ def build(organism: str, steps: int = 160, seed: int = 0, base: str = DEFAULT_MO
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{organism}.", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
-        peft_model.save_pretrained(tmp)
+        # Adapter weights are stored in float16 (half the size, well within LoRA precision);
+        # peft casts them to the model's dtype on load.
+        peft_model.save_pretrained(tmp, state_dict={k: v.half() for k, v in get_peft_model_state_dict(peft_model).items()})
         (tmp / "README.md").unlink(missing_ok=True)
         card_dict = dataclasses.asdict(card) | {
             "base": base, "seed": seed, "steps": steps, "rank": rank, "learning_rate": learning_rate,
@@ -124,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args = parse_kv(argv if argv is not None else sys.argv[1:],
-                        {"organism": "", "steps": 160, "seed": 0, "base": DEFAULT_MODEL, "rank": 16,
+                        {"organism": "", "steps": 160, "seed": 0, "base": DEFAULT_MODEL, "rank": 8,
                          "learning_rate": 1e-3, "batch_size": 8})
         if not args["organism"]:
             raise FinediffError("missing organism=NAME")
