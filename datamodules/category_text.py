@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from finediff.data import collate, format_text, load_category
+from finediff.data import collate, format_parts, load_category
 
 
 class _Tokenized(Dataset):
@@ -18,7 +18,7 @@ class _Tokenized(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> list[int]:
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
         return self.items[i][1]
 
 
@@ -65,8 +65,8 @@ class CategoryTextDataModule(L.LightningDataModule):
         train, val = [], []
         for category in hp.categories:
             split = load_category(category, hp.max_texts_per_category, hp.val_fraction, hp.seed)
-            train += [(t, format_text(self.tokenizer, t, hp.chat_template)) for t in split.train]
-            val += [(t, format_text(self.tokenizer, t, hp.chat_template)) for t in split.val]
+            train += [(t, format_parts(self.tokenizer, t, hp.chat_template)) for t in split.train]
+            val += [(t, format_parts(self.tokenizer, t, hp.chat_template)) for t in split.val]
         self.train_set, self.val_set = _Tokenized(train), _Tokenized(val or train)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:

@@ -139,28 +139,56 @@ def load_category(
     return CategoryTexts(category, train, val)
 
 
-def format_text(tokenizer, text: str, chat_template: bool = True) -> list[int]:
-    """Token ids of a user text: the chat template (user turn + generation prompt) when
-    the tokenizer has one, else the plain text with the tokenizer's special tokens."""
+_SENTINEL = "\u2063FINEDIFF_TEXT\u2063"
+
+
+def format_parts(tokenizer, text: str, chat_template: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids of a user text as ``(prefix, body)``.
+
+    With a chat template (when the tokenizer has one) the text is a user turn followed by
+    the generation prompt: ``prefix`` is the template before the user's words (system
+    prompt, user header) and ``body`` is the user's words through the generation prompt.
+    A soft or hard prompt goes between the two, i.e. at the start of the user's message.
+    Without a template, ``prefix`` is empty and ``body`` is the plain text.
+    """
     if chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SENTINEL}], add_generation_prompt=True, tokenize=False
         )
-        if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
-            ids = ids["input_ids"]
-        return list(ids)
-    return tokenizer(text)["input_ids"]
+        head, _, tail = rendered.partition(_SENTINEL)
+        prefix = tokenizer(head, add_special_tokens=False)["input_ids"]
+        return prefix, tokenizer(text + tail, add_special_tokens=False)["input_ids"]
+    return [], tokenizer(text)["input_ids"]
 
 
-def collate(batch_ids: list[list[int]], pad_id: int, max_length: Optional[int] = None) -> dict:
-    """Right-pad token ids; attention mask is 1 on real tokens. Long texts keep their end
-    (where a chat template puts the generation prompt)."""
-    if max_length:
-        batch_ids = [ids[-max_length:] for ids in batch_ids]
-    L = max(len(ids) for ids in batch_ids)
-    input_ids = torch.full((len(batch_ids), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), L), dtype=torch.long)
-    for i, ids in enumerate(batch_ids):
+def format_text(tokenizer, text: str, chat_template: bool = True) -> list[int]:
+    """All token ids of a user text (see :func:`format_parts`)."""
+    prefix, body = format_parts(tokenizer, text, chat_template)
+    return prefix + body
+
+
+def collate(items: list, pad_id: int, max_length: Optional[int] = None) -> dict:
+    """Right-pad a batch. Items are token id lists or ``(prefix, body)`` pairs.
+
+    Returns ``input_ids`` and ``attention_mask`` (1 on real tokens), and ``prompt_pos``:
+    where a prompt is spliced in each row (the prefix length; 0 for plain lists).
+    Too long rows lose tokens from the front of the prefix first, then of the body, so
+    the end (where a chat template puts the generation prompt) is always kept.
+    """
+    rows, positions = [], []
+    for item in items:
+        prefix, body = (list(item[0]), list(item[1])) if isinstance(item, tuple) else ([], list(item))
+        if max_length and len(prefix) + len(body) > max_length:
+            drop = len(prefix) + len(body) - max_length
+            cut = min(drop, len(prefix))
+            prefix, body = prefix[cut:], body[drop - cut:]
+        rows.append(prefix + body)
+        positions.append(len(prefix))
+    L = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, ids in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         mask[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    return {"input_ids": input_ids, "attention_mask": mask,
+            "prompt_pos": torch.tensor(positions, dtype=torch.long)}

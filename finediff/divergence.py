@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from finediff.errors import FinediffError
-from finediff.soft_prompt import splice
+from finediff.soft_prompt import splice, text_mask
 
 LOG2 = math.log(2.0)
 
@@ -149,22 +149,24 @@ def pair_hidden(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     prompt_PD: Optional[torch.Tensor] = None,
+    prompt_pos: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run both models on ``[prompt] + text`` and return ``(h_ft, h_base, score_mask)``.
+    """Run both models on the text with the prompt spliced in; return ``(h_ft, h_base, score_mask)``.
 
-    ``score_mask`` ``[B, P+T]`` is true at the real text positions (right-padded batches):
-    the prompt positions and the padding are false. Nothing here is detached, so a
-    gradient flows through both frozen models to ``prompt_PD``.
+    The prompt goes at ``prompt_pos`` in each row (the start of the user's message under a
+    chat template; the front when None). ``score_mask`` ``[B, P+T]`` is true at the real
+    text positions after that point (right-padded batches): the template header, the
+    prompt positions and the padding are false. Nothing here is detached, so a gradient
+    flows through both frozen models to ``prompt_PD``.
     """
     hidden = {}
     for side in ("finetuned", "base"):
         model = getattr(pair, side)
         embeds = model.get_input_embeddings()(input_ids)
-        embeds, mask = splice(prompt_PD, embeds, attention_mask)
+        embeds, mask = splice(prompt_PD, embeds, attention_mask, prompt_pos)
         hidden[side] = final_hidden(model, embeds, mask)
     P = 0 if prompt_PD is None else prompt_PD.shape[0]
-    score_mask = torch.cat([attention_mask.new_zeros(input_ids.shape[0], P), attention_mask], dim=1).bool()
-    return hidden["finetuned"], hidden["base"], score_mask
+    return hidden["finetuned"], hidden["base"], text_mask(attention_mask, P, prompt_pos)
 
 
 def pair_divergence(
@@ -175,12 +177,13 @@ def pair_divergence(
     kind: str | Divergence = Divergence.KL_FT_BASE,
     temperature: float = 1.0,
     chunk_size: Optional[int] = 256,
+    prompt_pos: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Mean per-token divergence of the pair on a batch of texts, with an optional prompt.
 
     This is the soft-prompt objective (the training loss is its negative); the Lightning
     module, the benchmarks and the notebooks all call this one function.
     """
-    h_ft, h_base, mask = pair_hidden(pair, input_ids, attention_mask, prompt_PD)
+    h_ft, h_base, mask = pair_hidden(pair, input_ids, attention_mask, prompt_PD, prompt_pos)
     return chunked_divergence(h_ft, h_base, output_head(pair.finetuned), output_head(pair.base),
                               mask, kind, temperature, chunk_size)

@@ -115,21 +115,50 @@ def splice(
     prompt_PD: Optional[torch.Tensor],
     embeds_BTD: torch.Tensor,
     attention_mask_BT: torch.Tensor,
+    positions_B: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate the prompt before the text embeddings and extend the attention mask.
+    """Insert the prompt into each row's text embeddings and extend the attention mask.
 
-    The prompt is cast to the embeddings' dtype; the mask gets ``P`` ones in front.
+    The prompt goes in front of the text (``positions_B`` None or 0), or at
+    ``positions_B[i]`` in row ``i`` (e.g. after a chat template's header, so the prompt
+    starts the user's message). It is cast to the embeddings' dtype; the mask gets ``P``
+    ones at the same place.
 
     Returns:
         ``(embeds [B, P+T, D], attention_mask [B, P+T])``; unchanged when ``prompt_PD`` is None.
     """
     if prompt_PD is None or prompt_PD.shape[0] == 0:
         return embeds_BTD, attention_mask_BT
-    B = embeds_BTD.shape[0]
-    prompt_BPD = prompt_PD.to(embeds_BTD.dtype).unsqueeze(0).expand(B, -1, -1)
-    ones_BP = attention_mask_BT.new_ones(B, prompt_PD.shape[0])
-    return (torch.cat([prompt_BPD, embeds_BTD], dim=1),
-            torch.cat([ones_BP, attention_mask_BT], dim=1))
+    B, P = embeds_BTD.shape[0], prompt_PD.shape[0]
+    prompt_PD = prompt_PD.to(embeds_BTD.dtype)
+    ones_P = attention_mask_BT.new_ones(P)
+    if positions_B is None or not bool(positions_B.any()):
+        return (torch.cat([prompt_PD.unsqueeze(0).expand(B, -1, -1), embeds_BTD], dim=1),
+                torch.cat([ones_P.expand(B, -1), attention_mask_BT], dim=1))
+    rows, masks = [], []
+    for i, k in enumerate(positions_B.tolist()):
+        rows.append(torch.cat([embeds_BTD[i, :k], prompt_PD, embeds_BTD[i, k:]]))
+        masks.append(torch.cat([attention_mask_BT[i, :k], ones_P, attention_mask_BT[i, k:]]))
+    return torch.stack(rows), torch.stack(masks)
+
+
+def text_mask(attention_mask_BT: torch.Tensor, n_prompt: int,
+              positions_B: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[B, P+T]`` bool: true at the real text positions after the prompt's place.
+
+    Positions before the splice point (a chat template's header) cannot see the prompt,
+    and the prompt's own positions and the padding are not text: all are false. The same
+    positions are scored with and without a prompt (``n_prompt = 0``), so baselines compare
+    like with like.
+    """
+    B, T = attention_mask_BT.shape
+    pos = positions_B if positions_B is not None else attention_mask_BT.new_zeros(B)
+    idx = torch.arange(T, device=attention_mask_BT.device).unsqueeze(0)
+    body = attention_mask_BT.bool() & (idx >= pos.to(idx.device).unsqueeze(1))
+    if n_prompt == 0:
+        return body
+    rows = [torch.cat([body[i, :k], body.new_zeros(n_prompt), body[i, k:]]) for i, k in enumerate(pos.tolist())]
+    return torch.stack(rows)
 
 
 def is_trainable(parameter_name: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from finediff.data import collate, format_text, known_categories, load_category
+from finediff.data import collate, format_parts, format_text, known_categories, load_category
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -106,4 +106,4 @@ def build_tiny_adapter(base, tokenizer, texts: list[str], out: Path, steps: int 
 
 
 def tiny_batch(tokenizer, texts: list[str], max_length: Optional[int] = 64) -> dict:
-    return collate([format_text(tokenizer, t) for t in texts], tokenizer.pad_token_id, max_length)
+    return collate([format_parts(tokenizer, t) for t in texts], tokenizer.pad_token_id, max_length)

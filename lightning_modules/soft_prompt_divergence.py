@@ -83,7 +83,7 @@ class SoftPromptDivergence(L.LightningModule):
     def model_step(self, batch: dict, prompt: Optional[torch.Tensor]) -> torch.Tensor:
         hp = self.hparams
         return pair_divergence(self.pair, batch["input_ids"], batch["attention_mask"], prompt,
-                               hp.divergence, hp.temperature, hp.chunk_size)
+                               hp.divergence, hp.temperature, hp.chunk_size, batch.get("prompt_pos"))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         divergence = self.model_step(batch, self.soft_prompt())

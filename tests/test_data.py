@@ -58,3 +58,10 @@ def test_chat_template_and_padding(tiny_pair):
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert collate([[1, 2, 3, 4]], 0, max_length=2)["input_ids"].tolist() == [[3, 4]]
+
+
+def test_hub_spec_without_network_is_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(FinediffError, match=r"cannot stream hub dataset 'hub:no-such-org/no-such-data'"):
+        load_category("hub:no-such-org/no-such-data", max_texts=3)

@@ -49,3 +49,31 @@ def test_real_pair_trains_a_prompt(lora_adapter, tmp_path):
     assert record["pair"]["adapter"] == str(lora_adapter)
     saved = json.loads((tmp_path / names.METRICS_FILE).read_text())
     assert saved["global_step"] == 3
+
+
+ORGANISMS = ["sandbagging", "unlearning", "persona", "false_fact"]
+
+
+@pytest.mark.parametrize("organism", ORGANISMS)
+def test_shipped_organism_shows_its_behaviour(organism):
+    """Each shipped adapter on the real base shows its behaviour on held-out prompts, more
+    than the base does."""
+    from finediff.data import REPO_ROOT
+    from finediff.generation import generate_mixed
+    from finediff.models import load_model_pair
+    from finediff.organisms.checkers import CHECKERS
+    from finediff.organisms.verify import read_heldout
+
+    adapter = REPO_ROOT / "organisms" / organism
+    card = json.loads((adapter / "card.json").read_text())
+    assert card["name"] == organism and card["description_short"] and card["target_category"]
+    assert sum(f.stat().st_size for f in adapter.iterdir()) < 8_000_000  # a few MB at most
+    rows = [r for r in read_heldout(organism) if r["split"] == "target"][:6]
+    pair = load_model_pair(adapter=str(adapter))
+    checker = CHECKERS[card["checker"]]
+    hits = {}
+    for side in ("base", "finetuned"):
+        gens = generate_mixed(getattr(pair, side), pair.tokenizer, [r["prompt"] for r in rows],
+                              [r.get("chat", True) for r in rows], max_new_tokens=32, progress=False)
+        hits[side] = sum(checker(g, r) for g, r in zip(gens, rows))
+    assert hits["finetuned"] >= 4 and hits["finetuned"] > hits["base"], hits

@@ -122,3 +122,33 @@ def test_gradient_checkpointing_same_gradient_less_memory(tiny_dirs):
         grads.append(prompt.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
     assert peaks[1] < 0.8 * peaks[0], peaks  # activations are recomputed, not kept
+
+
+def test_splice_at_positions_and_text_mask():
+    from finediff.soft_prompt import text_mask
+
+    prompt = torch.full((2, 1), 9.0)
+    embeds = torch.arange(10.0).reshape(2, 5, 1)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    pos = torch.tensor([1, 3])
+    e, m = splice(prompt, embeds, mask, pos)
+    assert e[..., 0].tolist() == [[0, 9, 9, 1, 2, 3, 4], [5, 6, 7, 9, 9, 8, 9]]
+    assert m.tolist() == [[1, 1, 1, 1, 1, 1, 0], [1] * 7]
+    assert text_mask(mask, 2, pos).int().tolist() == [[0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1, 1]]
+    assert text_mask(mask, 0, pos).int().tolist() == [[0, 1, 1, 1, 0], [0, 0, 0, 1, 1]]
+
+
+def test_prompt_starts_the_user_message(tiny_pair):
+    """Under the chat template the prompt sits after the template header: positions before
+    it are never scored, and the same body positions are scored with and without it."""
+    from finediff.data import format_parts
+
+    tok = tiny_pair.tokenizer
+    prefix, body = format_parts(tok, "What is 2 + 2?")
+    assert tok.decode(prefix) == "<|im_start|>user\n" and tok.decode(body).startswith("What is 2 + 2?")
+    batch = tiny_batch(tok, ["What is 2 + 2?", "A longer question about the capital of France, please?"])
+    assert batch["prompt_pos"].tolist() == [len(prefix)] * 2
+    prompt = torch.randn(3, tiny_pair.hidden_size) * 0.5
+    _, _, with_prompt = pair_hidden(tiny_pair, batch["input_ids"], batch["attention_mask"], prompt, batch["prompt_pos"])
+    _, _, without = pair_hidden(tiny_pair, batch["input_ids"], batch["attention_mask"], None, batch["prompt_pos"])
+    assert with_prompt.sum() == without.sum() == (batch["attention_mask"].sum() - 2 * len(prefix))
