@@ -1,3 +1,4 @@
+from callbacks.evidence import DivergentDatasetCallback, HardPromptCallback
 from callbacks.run_outputs import RunOutputs
 
-__all__ = ["RunOutputs"]
+__all__ = ["DivergentDatasetCallback", "HardPromptCallback", "RunOutputs"]

@@ -153,7 +153,8 @@ def pair_hidden(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run both models on the text with the prompt spliced in; return ``(h_ft, h_base, score_mask)``.
 
-    The prompt goes at ``prompt_pos`` in each row (the start of the user's message under a
+    ``prompt_PD`` is a ``[P, D]`` soft prompt or ``[P]`` token ids (a hard prompt, embedded
+    by each model's own embedding). The prompt goes at ``prompt_pos`` in each row (the start of the user's message under a
     chat template; the front when None). ``score_mask`` ``[B, P+T]`` is true at the real
     text positions after that point (right-padded batches): the template header, the
     prompt positions and the padding are false. Nothing here is detached, so a gradient
@@ -162,8 +163,10 @@ def pair_hidden(
     hidden = {}
     for side in ("finetuned", "base"):
         model = getattr(pair, side)
-        embeds = model.get_input_embeddings()(input_ids)
-        embeds, mask = splice(prompt_PD, embeds, attention_mask, prompt_pos)
+        embed = model.get_input_embeddings()
+        embeds = embed(input_ids)
+        prompt = embed(prompt_PD) if prompt_PD is not None and not prompt_PD.is_floating_point() else prompt_PD
+        embeds, mask = splice(prompt, embeds, attention_mask, prompt_pos)
         hidden[side] = final_hidden(model, embeds, mask)
     P = 0 if prompt_PD is None else prompt_PD.shape[0]
     return hidden["finetuned"], hidden["base"], text_mask(attention_mask, P, prompt_pos)

@@ -34,10 +34,13 @@ def generate(
     chat_template: bool = True,
     seed: Optional[int] = 0,
     progress: bool = True,
-) -> list[str]:
+    return_ids: bool = False,
+) -> list:
     """Generate a continuation for each prompt (user turn under the chat template).
 
     Batches of ``batch_size`` prompts share one ``generate`` call with the KV cache.
+    Returns the decoded texts, or ``(text, token_ids)`` pairs with ``return_ids`` (ids end
+    before the first end-of-sequence or padding token).
     """
     device = next(model.parameters()).device
     out: list[str] = []
@@ -51,7 +54,11 @@ def generate(
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        out += [tokenizer.decode(g[ids.shape[1]:], skip_special_tokens=True).strip() for g in gen]
+        for g in gen[:, ids.shape[1]:].tolist():
+            stop = [i for i, t in enumerate(g) if t in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+            g = g[: stop[0]] if stop else g
+            text = tokenizer.decode(g, skip_special_tokens=True).strip()
+            out.append((text, g) if return_ids else text)
     return out
 
 

@@ -5,6 +5,13 @@ consumer reads is defined here and imported by both."""
 SOFT_PROMPT_FILE = "soft_prompt.pt"
 METRICS_FILE = "metrics.json"
 HPARAMS_FILE = "config.yaml"
+HARD_PROMPTS_FILE = "hard_prompts.jsonl"
+DIVERGENT_DATASET_PT = "divergent_dataset.pt"
+DIVERGENT_DATASET_JSONL = "divergent_dataset.jsonl"
+COMPARISON_CSV = "comparison.csv"
+COMPARISON_MD = "comparison.md"
+COMPARISON_PNG = "comparison.png"
+HARD_PROMPT_EVAL_FILE = "hard_prompt_eval.json"
 
 # Metric keys (logged by the LightningModule, written to ``metrics.json``).
 TRAIN_DIVERGENCE = "train/divergence"

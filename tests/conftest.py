@@ -33,9 +33,15 @@ def tiny_pair(tiny_dirs):
     return load_model_pair(str(tiny_dirs["base"]), str(tiny_dirs["finetuned"]))
 
 
-def tiny_overrides(tiny_dirs, output_dir: Path) -> list[str]:
-    """Overrides that point the main config at the tiny pair and keep a run to seconds."""
-    return [
+def tiny_overrides(tiny_dirs, output_dir: Path, evidence: bool = True) -> list[str]:
+    """Overrides that point the main config at the tiny pair and keep a run to seconds
+    (``evidence``: also shrink the end-of-fit hard prompt and dataset callbacks)."""
+    small = [
+        "callbacks.hard_prompts.pez_steps=2", "callbacks.hard_prompts.gcg_steps=1",
+        "callbacks.hard_prompts.n_candidates=4", "callbacks.divergent_dataset.max_scored_texts=24",
+        "generation.max_length=8", "generation.num_generations_per_prompt=2",
+    ] if evidence else []
+    return small + [
         f"model.base={tiny_dirs['base']}",
         f"model.finetuned={tiny_dirs['finetuned']}",
         "model.adapter=null",

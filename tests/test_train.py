@@ -100,7 +100,7 @@ def test_every_config_group_instantiates(tiny_dirs, tmp_path):
         for conf in (cfg.logger or {}).values():
             assert hydra.utils.instantiate(conf) is not None
     for callbacks in _config_names("callbacks"):
-        cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"callbacks={callbacks}"])
+        cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path, evidence=False) + [f"callbacks={callbacks}"])
         for conf in (cfg.callbacks or {}).values():
             if conf is not None:
                 assert hydra.utils.instantiate(conf) is not None
@@ -162,3 +162,24 @@ def test_cpu_ddp_two_processes(tiny_dirs, tmp_path):
 def test_gpu_run(tiny_dirs, tmp_path):
     run_train(tiny_dirs, tmp_path, "trainer=gpu", "trainer.max_steps=3", "trainer.precision=bf16-mixed")
     assert (tmp_path / names.METRICS_FILE).exists()
+
+
+def test_evidence_callbacks_write_hard_prompts_and_divergent_dataset(tiny_dirs, tmp_path):
+    from finediff.hard_prompts import HardPrompt
+
+    run_train(tiny_dirs, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / names.HARD_PROMPTS_FILE).read_text().splitlines()]
+    assert {r["method"] for r in rows} == {"projection", "pez", "gcg"}
+    assert set(rows[0]) == set(HardPrompt.__dataclass_fields__)
+    assert rows == sorted(rows, key=lambda r: -r["divergence"])
+    records = torch.load(tmp_path / names.DIVERGENT_DATASET_PT, weights_only=True)
+    jsonl = [json.loads(line) for line in (tmp_path / names.DIVERGENT_DATASET_JSONL).read_text().splitlines()]
+    assert records == jsonl and len(records) == (2 * 3 + 5) * 2
+    for r in records:
+        assert set(r) == {"prompt", "generation_1", "generation_2", "metrics"}
+        assert set(r["metrics"]) == {"kl_divergence", "token_disagreement_rate", "vocab_jaccard_similarity",
+                                     "disagreement_positions"}
+        assert set(r["metrics"]["disagreement_positions"]) == {"first_divergence", "num_disagreements",
+                                                               "response_length"}
+    assert any(r["prompt"].startswith(rows[0]["text"].strip()) for r in records)
+    assert not list(tmp_path.glob(".*.tmp"))

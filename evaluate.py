@@ -1,0 +1,163 @@
+"""finediff evaluations on a trained run or on a pair alone (thin Hydra shell).
+
+    python evaluate.py task=compare experiment=sandbagging
+    python evaluate.py task=hard_prompts task.prompts_file=logs/.../hard_prompts.jsonl experiment=sandbagging
+    python evaluate.py task=generate task.run_dir=logs/sandbagging/runs/<date>
+
+* ``compare``: mean divergence per category with a 95% CI, highest first ->
+  ``comparison.csv`` / ``comparison.md`` / ``comparison.png``;
+* ``hard_prompts``: per-prompt divergence on category texts against the texts alone ->
+  ``hard_prompt_eval.json`` (accepts ``hard_prompts.jsonl``, any JSONL with ``text`` or
+  ``prompt`` fields, or a ``divergent_dataset.pt``);
+* ``generate``: the divergent dataset from a run's ``soft_prompt.pt`` (and its
+  ``hard_prompts.jsonl``) -> ``divergent_dataset.pt`` / ``.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from finediff import names  # noqa: E402
+from finediff.errors import FinediffError, find_user_error  # noqa: E402
+
+log = logging.getLogger("finediff.evaluate")
+
+
+def _categories(cfg: DictConfig) -> list[str]:
+    from finediff.data import known_categories
+
+    return list(cfg.task.get("categories") or known_categories())
+
+
+def run_compare(cfg: DictConfig, pair, out: Path) -> dict:
+    from finediff.compare import compare_categories, write_comparison
+
+    results = compare_categories(pair, _categories(cfg), cfg.task.max_texts_per_category, cfg.task.batch_size,
+                                 cfg.data.max_length)
+    write_comparison(results, out / names.COMPARISON_CSV, out / names.COMPARISON_MD, out / names.COMPARISON_PNG,
+                     title=cfg.task_name)
+    for i, r in enumerate(results, 1):
+        print(f"{i}. {r.category:20s} {r.mean_divergence:.4f}  [{r.ci_low:.4f}, {r.ci_high:.4f}]  n={r.n}")
+    return {"ranking": [r.category for r in results]}
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from hard_prompts.jsonl, a JSONL with text/prompt fields, or a divergent_dataset.pt."""
+    if not path.exists():
+        raise FinediffError(f"prompts file not found: {path}")
+    if path.suffix == ".pt":
+        records = torch.load(path, weights_only=True)
+        return list(dict.fromkeys(r["prompt"] for r in records))
+    prompts = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise FinediffError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+        text = row.get("text", row.get("prompt")) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise FinediffError(f"{path}:{lineno}: expected a 'text' or 'prompt' string")
+        prompts.append(text)
+    if not prompts:
+        raise FinediffError(f"{path}: no prompts")
+    return prompts
+
+
+def run_hard_prompts(cfg: DictConfig, pair, out: Path) -> dict:
+    from finediff.data import load_category
+    from finediff.divergent_dataset import text_divergences, with_hard_prompt
+    from finediff.io import write_json
+
+    if not cfg.task.get("prompts_file"):
+        raise FinediffError("task=hard_prompts needs task.prompts_file=PATH")
+    prompts = read_prompts(Path(cfg.task.prompts_file))[: cfg.task.max_prompts]
+    texts = [t for c in _categories(cfg) for t in load_category(c, cfg.task.max_texts_per_category, 0.0).train]
+    baseline = text_divergences(pair, texts, batch_size=cfg.task.batch_size, max_length=cfg.data.max_length)
+    mean_base = sum(baseline) / len(baseline)
+    rows = []
+    for p in prompts:
+        scores = text_divergences(pair, [with_hard_prompt(p, t) for t in texts], batch_size=cfg.task.batch_size)
+        mean = sum(scores) / len(scores)
+        rows.append({"prompt": p, "mean_divergence": mean, "max_divergence": max(scores),
+                     "gain_over_texts": mean - mean_base,
+                     "share_of_texts_increased": sum(s > b for s, b in zip(scores, baseline)) / len(texts)})
+    rows.sort(key=lambda r: -r["mean_divergence"])
+    result = {"categories": _categories(cfg), "n_texts": len(texts), "baseline_mean_divergence": mean_base,
+              "baseline_max_divergence": max(baseline), "prompts": rows,
+              "best_prompt_mean_divergence": rows[0]["mean_divergence"],
+              "mean_over_prompts": sum(r["mean_divergence"] for r in rows) / len(rows)}
+    write_json(out / names.HARD_PROMPT_EVAL_FILE, result)
+    print(f"texts alone: {mean_base:.4f}")
+    for r in rows:
+        print(f"{r['mean_divergence']:.4f} (+{r['gain_over_texts']:.4f})  {r['prompt']!r}")
+    return result
+
+
+def run_generate(cfg: DictConfig, pair, out: Path) -> dict:
+    from finediff.data import load_category
+    from finediff.divergent_dataset import (GenerationConfig, generate_dataset, save_dataset, text_divergences,
+                                            with_hard_prompt)
+
+    if not cfg.task.get("run_dir"):
+        raise FinediffError("task=generate needs task.run_dir=DIR (a finished train.py run)")
+    run = Path(cfg.task.run_dir)
+    prompt_file = run / names.SOFT_PROMPT_FILE
+    if not prompt_file.exists():
+        raise FinediffError(f"no {names.SOFT_PROMPT_FILE} in run directory: {run}")
+    record = torch.load(prompt_file, weights_only=True)
+    if record["hidden_size"] != pair.hidden_size:
+        raise FinediffError(f"{prompt_file} was trained for hidden size {record['hidden_size']}, "
+                            f"the pair has {pair.hidden_size}")
+    texts = [t for c in cfg.data.categories for t in load_category(c, cfg.data.max_texts_per_category, 0.0).train]
+    scores = text_divergences(pair, texts, batch_size=cfg.task.batch_size, max_length=cfg.data.max_length)
+    ranked = [t for _, t in sorted(zip(scores, texts), key=lambda x: -x[0])]
+    hard_file = run / names.HARD_PROMPTS_FILE
+    hard = [json.loads(x)["text"] for x in hard_file.read_text().splitlines()] if hard_file.exists() else []
+    prompts = [with_hard_prompt(h, t) for h in hard[: cfg.task.n_hard_prompts] for t in ranked[: cfg.task.texts_per_hard_prompt]]
+    prompts += ranked[: cfg.task.n_texts]
+    records = generate_dataset(pair, prompts, GenerationConfig(**cfg.generation), seed=cfg.seed)
+    save_dataset(records, out, names.DIVERGENT_DATASET_PT, names.DIVERGENT_DATASET_JSONL)
+    print(f"{len(records)} records -> {out / names.DIVERGENT_DATASET_PT}")
+    return {"records": len(records)}
+
+
+TASKS = {"compare": run_compare, "hard_prompts": run_hard_prompts, "generate": run_generate}
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    name = cfg.task.name
+    if name not in TASKS:
+        raise FinediffError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("Instantiating model pair <%s>", cfg.model._target_)
+    pair = hydra.utils.instantiate(cfg.model)
+    return TASKS[name](cfg, pair, out)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate.yaml")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"finediff: error: {user_error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Model comparison across categories: which category did the finetune change most?
+
+For each category, the pair's mean per-text divergence (no prompt) over its texts, with a
+95% confidence interval (normal approximation: mean +/- 1.96 * sd / sqrt(n)), sorted
+highest first and written as CSV (first column the category), Markdown and a bar chart.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from finediff.data import load_category
+from finediff.divergent_dataset import text_divergences
+from finediff.io import atomic_path
+
+
+@dataclass
+class CategoryResult:
+    category: str
+    n: int
+    mean_divergence: float
+    ci_low: float
+    ci_high: float
+    std: float
+    max_divergence: float
+
+
+def summarise(category: str, values: list[float]) -> CategoryResult:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * std / math.sqrt(n) if n > 1 else 0.0
+    return CategoryResult(category, n, mean, mean - half, mean + half, std, max(values))
+
+
+def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 100, batch_size: int = 8,
+                       max_length: Optional[int] = None, progress: bool = True) -> list[CategoryResult]:
+    """Mean divergence per category with a 95% CI, highest first."""
+    results = []
+    for category in categories:
+        split = load_category(category, max_texts, val_fraction=0.0)
+        values = text_divergences(pair, split.train, batch_size=batch_size, max_length=max_length, progress=progress)
+        results.append(summarise(category, values))
+    return sorted(results, key=lambda r: r.mean_divergence, reverse=True)
+
+
+def write_comparison(results: list[CategoryResult], csv_path: Path, md_path: Path, png_path: Path,
+                     title: str = "") -> None:
+    """CSV (first column the category), Markdown table and bar chart with CI whiskers."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(asdict(results[0])))
+    writer.writeheader()
+    for r in results:
+        writer.writerow(asdict(r))
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buf.getvalue())
+    lines = [f"# Category comparison{': ' + title if title else ''}", "",
+             "| rank | category | texts | mean divergence | 95% CI |", "|---|---|---|---|---|"]
+    lines += [f"| {i} | {r.category} | {r.n} | {r.mean_divergence:.4f} | [{r.ci_low:.4f}, {r.ci_high:.4f}] |"
+              for i, r in enumerate(results, 1)]
+    with atomic_path(md_path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(results) + 1.5))
+    names = [r.category for r in results][::-1]
+    means = [r.mean_divergence for r in results][::-1]
+    errs = [r.mean_divergence - r.ci_low for r in results][::-1]
+    ax.barh(names, means, xerr=errs, color="#4c72b0", capsize=3)
+    ax.set_xlabel("mean per-token KL(ft || base)")
+    ax.set_title(f"Divergence by category{': ' + title if title else ''}")
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,105 @@
+"""The divergent dataset: prompts with both models' generations side by side, scored.
+
+Prompts are the hard prompts (each starting the user message of the highest-divergence
+category texts) and the highest-divergence category texts alone. Both models sample
+``num_generations_per_prompt`` continuations per prompt (batched, KV cache); each pair is
+scored with :mod:`finediff.metrics`. Records follow the seed format exactly:
+``{"prompt", "generation_1" (base), "generation_2" (finetuned), "metrics"}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from finediff.data import collate, format_parts, format_text
+from finediff.divergence import final_hidden, output_head, pair_hidden, token_divergence
+from finediff.generation import generate
+from finediff.io import torch_save, write_jsonl
+from finediff.metrics import argmax_disagreement, example_metrics, kl_per_position
+
+
+@dataclass
+class GenerationConfig:
+    """The seed framework's ``generation`` block."""
+
+    max_length: int = 128
+    """New tokens per generation."""
+    num_generations_per_prompt: int = 10
+    """Samples per prompt and model."""
+    temperature: float = 0.7
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+
+    def __post_init__(self):
+        if self.max_length < 1 or self.num_generations_per_prompt < 1:
+            raise ValueError("generation.max_length and num_generations_per_prompt must be >= 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("generation.temperature must be > 0 and top_p in (0, 1]")
+
+
+@torch.no_grad()
+def text_divergences(pair, texts: list[str], prompt: Optional[torch.Tensor] = None, batch_size: int = 8,
+                     kind: str = "kl_ft_base", max_length: Optional[int] = None, progress: bool = False) -> list[float]:
+    """Mean divergence of the pair on each text (optionally with a prompt spliced in)."""
+    heads = output_head(pair.finetuned), output_head(pair.base)
+    out: list[float] = []
+    for i in tqdm(range(0, len(texts), batch_size), desc="scoring texts", disable=not progress):
+        b = collate([format_parts(pair.tokenizer, t) for t in texts[i:i + batch_size]], pair.tokenizer.pad_token_id,
+                    max_length)
+        h_ft, h_base, mask = pair_hidden(pair, b["input_ids"], b["attention_mask"], prompt, b["prompt_pos"])
+        for r in range(mask.shape[0]):
+            div = token_divergence(heads[0](h_ft[r, mask[r]]), heads[1](h_base[r, mask[r]]), kind)
+            out.append(float(div.mean()) if div.numel() else 0.0)
+    return out
+
+
+def with_hard_prompt(hard_text: str, text: str) -> str:
+    """The user message that starts with a hard prompt."""
+    return f"{hard_text.strip()} {text}"
+
+
+@torch.no_grad()
+def score_pairs(pair, prompts: list[str], gens_base: list[list[int]], gens_ft: list[list[int]],
+                batch_size: int = 8, progress: bool = True) -> list[dict]:
+    """Teacher-force both models on ``prompt + generation_2``; per-record metrics."""
+    out = []
+    head_ft, head_base = output_head(pair.finetuned), output_head(pair.base)
+    for i in tqdm(range(0, len(prompts), batch_size), desc="scoring generations", disable=not progress):
+        prompt_ids = [format_text(pair.tokenizer, p) for p in prompts[i:i + batch_size]]
+        rows = [p + g for p, g in zip(prompt_ids, gens_ft[i:i + batch_size])]
+        b = collate(rows, pair.tokenizer.pad_token_id)
+        h_ft = final_hidden(pair.finetuned, pair.finetuned.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
+        h_base = final_hidden(pair.base, pair.base.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
+        for r, (p, g) in enumerate(zip(prompt_ids, gens_ft[i:i + batch_size])):
+            pos = slice(len(p) - 1, len(p) - 1 + len(g))  # positions that predict the response tokens
+            lf, lb = head_ft(h_ft[r, pos]), head_base(h_base[r, pos])
+            out.append(example_metrics(kl_per_position(lf, lb), argmax_disagreement(lf, lb),
+                                       gens_base[i + r], g))
+    return out
+
+
+def generate_dataset(pair, prompts: list[str], config: GenerationConfig, seed: int = 0,
+                     batch_size: int = 16, progress: bool = True) -> list[dict]:
+    """Sample both models on every prompt and score each generation pair (seed format),
+    sorted by ``kl_divergence``, highest first."""
+    expanded = [p for p in prompts for _ in range(config.num_generations_per_prompt)]
+    kwargs = dict(max_new_tokens=config.max_length, batch_size=batch_size, do_sample=True,
+                  temperature=config.temperature, top_p=config.top_p, return_ids=True, progress=progress)
+    base = generate(pair.base, pair.tokenizer, expanded, seed=seed, **kwargs)
+    ft = generate(pair.finetuned, pair.tokenizer, expanded, seed=seed, **kwargs)
+    metrics = score_pairs(pair, expanded, [ids for _, ids in base], [ids for _, ids in ft], progress=progress)
+    records = [{"prompt": p, "generation_1": b[0], "generation_2": f[0], "metrics": m}
+               for p, b, f, m in zip(expanded, base, ft, metrics)]
+    return sorted(records, key=lambda r: r["metrics"]["kl_divergence"], reverse=True)
+
+
+def save_dataset(records: list[dict], output_dir: str | Path, pt_name: str, jsonl_name: str) -> None:
+    """Write the ``.pt`` (``torch.load(..., weights_only=True)``) and ``.jsonl`` files, atomically."""
+    torch_save(Path(output_dir) / pt_name, records)
+    write_jsonl(Path(output_dir) / jsonl_name, records)

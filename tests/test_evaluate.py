@@ -1,0 +1,64 @@
+"""evaluate.py tasks on the tiny pair: compare, hard_prompts, generate, and their errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from finediff import names
+from finediff.errors import FinediffError
+from tests.conftest import compose, tiny_overrides
+
+
+def run_eval(tiny_dirs, out, *extra):
+    from evaluate import evaluate
+
+    base = [o for o in tiny_overrides(tiny_dirs, out, evidence=False) if not o.startswith(("logger", "trainer"))]
+    return evaluate(compose("evaluate", base + list(extra)))
+
+
+def test_compare_writes_sorted_csv_md_png(tiny_dirs, tmp_path):
+    result = run_eval(tiny_dirs, tmp_path, "task=compare", "task.max_texts_per_category=10")
+    rows = list(csv.DictReader((tmp_path / names.COMPARISON_CSV).open()))
+    assert list(rows[0])[0] == "category"
+    means = [float(r["mean_divergence"]) for r in rows]
+    assert means == sorted(means, reverse=True) and [r["category"] for r in rows] == result["ranking"]
+    assert all(float(r["ci_low"]) <= float(r["mean_divergence"]) <= float(r["ci_high"]) for r in rows)
+    assert (tmp_path / names.COMPARISON_PNG).read_bytes()[:4] == b"\x89PNG"
+    assert "| 1 |" in (tmp_path / names.COMPARISON_MD).read_text()
+
+
+def test_hard_prompts_and_generate_from_a_run(tiny_dirs, tmp_path):
+    from tests.test_train import run_train
+
+    run = tmp_path / "run"
+    run_train(tiny_dirs, run)
+    res = run_eval(tiny_dirs, tmp_path / "hp", "task=hard_prompts",
+                   f"task.prompts_file={run / names.HARD_PROMPTS_FILE}", "task.max_texts_per_category=8")
+    saved = json.loads((tmp_path / "hp" / names.HARD_PROMPT_EVAL_FILE).read_text())
+    assert saved["prompts"][0]["mean_divergence"] == res["best_prompt_mean_divergence"]
+    assert len(saved["prompts"]) == 3 and saved["n_texts"] == 8
+    run_eval(tiny_dirs, tmp_path / "gen", "task=generate", f"task.run_dir={run}", "generation.max_length=6",
+             "generation.num_generations_per_prompt=2", "data.max_texts_per_category=10")
+    records = torch.load(tmp_path / "gen" / names.DIVERGENT_DATASET_PT, weights_only=True)
+    assert len(records) == (2 * 3 + 5) * 2
+    # the seed script's input: a divergent_dataset.pt as the prompts file
+    run_eval(tiny_dirs, tmp_path / "hp2", "task=hard_prompts",
+             f"task.prompts_file={tmp_path / 'gen' / names.DIVERGENT_DATASET_PT}", "task.max_texts_per_category=4",
+             "task.max_prompts=2")
+
+
+def test_task_errors(tiny_dirs, tmp_path):
+    with pytest.raises(FinediffError, match="prompts file not found: /no/file.jsonl"):
+        run_eval(tiny_dirs, tmp_path, "task=hard_prompts", "task.prompts_file=/no/file.jsonl")
+    with pytest.raises(FinediffError, match="needs task.run_dir"):
+        run_eval(tiny_dirs, tmp_path, "task=generate")
+    with pytest.raises(FinediffError, match="no soft_prompt.pt in run directory"):
+        run_eval(tiny_dirs, tmp_path, "task=generate", f"task.run_dir={tmp_path}")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"other": 1}\n')
+    with pytest.raises(FinediffError, match="bad.jsonl:2: expected a 'text' or 'prompt' string"):
+        run_eval(tiny_dirs, tmp_path, "task=hard_prompts", f"task.prompts_file={bad}")
