@@ -24,3 +24,14 @@ VAL_METRIC_KEYS = (VAL_DIVERGENCE, VAL_DIVERGENCE_NO_PROMPT, VAL_DIVERGENCE_RAND
 # Shipped data.
 CATEGORY_DIR = "data/categories"
 CATEGORY_TEXT_FIELD = "text"
+
+# Activation Difference Lens and diffing methods.
+LENS_DIR = "lens"
+LENS_SUMMARY = "lens.json"
+LENS_NORM_PNG = "difference_norms.png"
+LENS_RELEVANCE_PNG = "token_relevance.png"
+DIFF_DIR = "diff"
+DIFF_SUMMARY = "summary.json"
+ACTIVATION_CACHE_DIR = "activation_cache"
+KL_HIST_PNG = "kl_distribution.png"
+NORMDIFF_PNG = "normdiff_by_layer.png"
