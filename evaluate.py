@@ -3,12 +3,16 @@
     python evaluate.py task=compare experiment=sandbagging
     python evaluate.py task=hard_prompts task.prompts_file=logs/.../hard_prompts.jsonl experiment=sandbagging
     python evaluate.py task=generate task.run_dir=logs/sandbagging/runs/<date>
+    python evaluate.py task=diff diffing/method=kl|normdiff|adl pipeline.mode=preprocessing|diffing|full
+    python evaluate.py --multirun task=diff diffing/method=kl,normdiff experiment=sandbagging
 
 * ``compare``: mean divergence per category with a 95% CI, highest first ->
   ``comparison.csv`` / ``comparison.md`` / ``comparison.png``;
 * ``hard_prompts``: per-prompt divergence on category texts against the texts alone ->
   ``hard_prompt_eval.json`` (accepts ``hard_prompts.jsonl``, any JSONL with ``text`` or
   ``prompt`` fields, or a ``divergent_dataset.pt``);
+* ``diff``: the diffing toolkit's methods (ADL, per-token KL, per-layer norm difference)
+  over an activation cache -> ``lens/`` and ``diff/<method>/``;
 * ``generate``: the divergent dataset from a run's ``soft_prompt.pt`` (and its
   ``hard_prompts.jsonl``) -> ``divergent_dataset.pt`` / ``.jsonl``.
 """
@@ -133,7 +137,52 @@ def run_generate(cfg: DictConfig, pair, out: Path) -> dict:
     return {"records": len(records)}
 
 
-TASKS = {"compare": run_compare, "hard_prompts": run_hard_prompts, "generate": run_generate}
+def run_diff(cfg: DictConfig, pair, out: Path) -> dict:
+    """The diffing toolkit's pipeline: ``pipeline.mode=preprocessing|diffing|full`` with
+    ``diffing/method=adl|kl|normdiff``."""
+    from callbacks.lens import lens_report, write_lens
+    from finediff.data import stream_texts, take
+    from finediff.io import write_json
+    from finediff.lens import LensConfig
+    from finediff.methods import kl_method, normdiff_method, preprocess
+    from finediff.plots import by_layer, histogram
+
+    mode, method = cfg.pipeline.mode, cfg.diffing.method.name
+    if mode not in ("preprocessing", "diffing", "full"):
+        raise FinediffError(f"unknown pipeline.mode {mode!r}; choose preprocessing, diffing or full")
+    d = cfg.diffing.method
+    cache = Path(cfg.diffing.cache_dir)
+    result: dict = {"mode": mode, "method": method}
+    if method != "adl" and mode in ("preprocessing", "full"):
+        texts = take(stream_texts(cfg.diffing.dataset), cfg.diffing.max_texts)
+        result["cache"] = preprocess(pair, texts, cache, list(cfg.diffing.layers) if cfg.diffing.layers else None,
+                                     cfg.diffing.n_tokens, cfg.diffing.batch_size)
+    if mode == "preprocessing":
+        return result
+    if method == "adl":
+        folder = out / names.LENS_DIR
+        summary = lens_report(pair, cfg.diffing.dataset, dict(cfg.organism) if cfg.get("organism") else None,
+                              LensConfig(layers=list(d.layers), n_positions=d.n_positions, max_texts=d.max_texts,
+                                         top_k=d.top_k, steering_tokens=d.steering_tokens,
+                                         coherence_factor=d.coherence_factor, strengths=tuple(d.strengths)))
+        write_lens(summary, folder)
+    else:
+        folder = out / names.DIFF_DIR / method
+        if method == "kl":
+            summary, values = kl_method(pair, cache, d.top_examples)
+            histogram(values, folder / names.KL_HIST_PNG, "KL(ft || base) per token", "Per-token KL distribution")
+        elif method == "normdiff":
+            summary = normdiff_method(pair.tokenizer, cache, d.top_examples)
+            by_layer(list(summary["mean_by_layer"].values()), folder / names.NORMDIFF_PNG,
+                     "mean |h_ft - h_base|", "Activation difference norm by layer")
+        else:
+            raise FinediffError(f"unknown diffing method {method!r}; choose adl, kl or normdiff")
+        write_json(folder / names.DIFF_SUMMARY, summary)
+    print(f"{method}: results in {folder}")
+    return result | {"summary": summary}
+
+
+TASKS = {"compare": run_compare, "hard_prompts": run_hard_prompts, "generate": run_generate, "diff": run_diff}
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -62,3 +62,21 @@ def test_task_errors(tiny_dirs, tmp_path):
     bad.write_text('{"text": "ok"}\n{"other": 1}\n')
     with pytest.raises(FinediffError, match="bad.jsonl:2: expected a 'text' or 'prompt' string"):
         run_eval(tiny_dirs, tmp_path, "task=hard_prompts", f"task.prompts_file={bad}")
+
+
+def test_diff_pipeline_preprocess_then_methods(tiny_dirs, tmp_path):
+    run_eval(tiny_dirs, tmp_path, "task=diff", "diffing/method=kl", "pipeline.mode=preprocessing",
+             "diffing.max_texts=12", "diffing.n_tokens=16")
+    assert (tmp_path / names.ACTIVATION_CACHE_DIR / "index.json").exists()
+    assert not (tmp_path / names.DIFF_DIR).exists()
+    kl = run_eval(tiny_dirs, tmp_path, "task=diff", "diffing/method=kl", "pipeline.mode=diffing")["summary"]
+    assert kl["stats"]["n_tokens"] == 12 * 16 and kl["stats"]["mean"] > 0 and len(kl["max_examples"]) == 10
+    nd = run_eval(tiny_dirs, tmp_path, "task=diff", "diffing/method=normdiff", "pipeline.mode=diffing")["summary"]
+    assert set(nd["mean_by_layer"]) == {"0", "1"} and nd["peak_layer"] in (0, 1)
+    for method, png in (("kl", names.KL_HIST_PNG), ("normdiff", names.NORMDIFF_PNG)):
+        assert (tmp_path / names.DIFF_DIR / method / names.DIFF_SUMMARY).exists()
+        assert (tmp_path / names.DIFF_DIR / method / png).exists()
+    with pytest.raises(FinediffError, match="unknown pipeline.mode 'both'"):
+        run_eval(tiny_dirs, tmp_path, "task=diff", "pipeline.mode=both")
+    with pytest.raises(FinediffError, match="no activation cache"):
+        run_eval(tiny_dirs, tmp_path / "empty", "task=diff", "pipeline.mode=diffing")
