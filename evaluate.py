@@ -182,7 +182,20 @@ def run_diff(cfg: DictConfig, pair, out: Path) -> dict:
     return result | {"summary": summary}
 
 
-TASKS = {"compare": run_compare, "hard_prompts": run_hard_prompts, "generate": run_generate, "diff": run_diff}
+def run_analyze(cfg: DictConfig, pair, out: Path) -> dict:
+    """Write report.md / report.html for a finished run (task.run_dir, default the output dir)."""
+    from callbacks.report import checker_for
+    from finediff.report import write_report
+
+    run = Path(cfg.task.get("run_dir") or out)
+    if not run.is_dir():
+        raise FinediffError(f"run directory not found: {run}")
+    md, page = write_report(run, cfg.task_name, checker_for(dict(cfg.organism) if cfg.get("organism") else None))
+    print(f"report: {md} and {page}")
+    return {"report": str(md)}
+
+
+TASKS = {"analyze": run_analyze, "compare": run_compare, "hard_prompts": run_hard_prompts, "generate": run_generate, "diff": run_diff}
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -191,8 +204,10 @@ def evaluate(cfg: DictConfig) -> dict:
         raise FinediffError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log.info("Instantiating model pair <%s>", cfg.model._target_)
-    pair = hydra.utils.instantiate(cfg.model)
+    pair = None
+    if name != "analyze":  # the report reads files only
+        log.info("Instantiating model pair <%s>", cfg.model._target_)
+        pair = hydra.utils.instantiate(cfg.model)
     return TASKS[name](cfg, pair, out)
 
 

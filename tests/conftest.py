@@ -42,6 +42,7 @@ def tiny_overrides(tiny_dirs, output_dir: Path, evidence: bool = True) -> list[s
         "generation.max_length=8", "generation.num_generations_per_prompt=2",
         "callbacks.activation_lens.max_texts=40", "callbacks.activation_lens.steering_tokens=4",
         "callbacks.activation_lens.n_steer_prompts=2", "callbacks.activation_lens.strengths=[1.0,4.0]",
+        "callbacks.report.max_texts_per_category=6",
     ] if evidence else []
     return small + [
         f"model.base={tiny_dirs['base']}",

@@ -1,0 +1,62 @@
+"""End-of-fit report: the category comparison, then ``report.md`` / ``report.html``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+
+from finediff import names
+from finediff.compare import compare_categories, write_comparison
+from finediff.data import known_categories
+from finediff.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+class ReportCallback(L.Callback):
+    """Compare categories (optional) and write the report; the last callback of a run.
+
+    Args:
+        output_dir: the run's output folder.
+        organism: the ``organism`` config (its checker marks the examples) or None.
+        compare: run the category comparison first.
+        categories: categories to compare (None = every shipped one).
+        max_texts_per_category: texts per category in the comparison.
+    """
+
+    def __init__(self, output_dir: str, organism: Optional[dict] = None, compare: bool = True,
+                 categories: Optional[list[str]] = None, max_texts_per_category: int = 40, title: str = ""):
+        self.output_dir = Path(output_dir)
+        self.organism = dict(organism) if organism else None
+        self.compare, self.categories, self.max_texts, self.title = compare, categories, max_texts_per_category, title
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.compare:
+            results = compare_categories(pl_module.pair, list(self.categories or known_categories()), self.max_texts,
+                                         max_length=trainer.datamodule.hparams.max_length)
+            write_comparison(results, self.output_dir / names.COMPARISON_CSV, self.output_dir / names.COMPARISON_MD,
+                             self.output_dir / names.COMPARISON_PNG, self.title)
+        md, page = write_report(self.output_dir, self.title, checker_for(self.organism))
+        log.info("report written to %s and %s", md, page)
+        for lg in trainer.loggers:
+            experiment = getattr(lg, "experiment", None)
+            if experiment is not None and hasattr(experiment, "log_artifact"):
+                import wandb
+
+                artifact = wandb.Artifact("report", type="report")
+                artifact.add_file(str(page))
+                artifact.add_file(str(md))
+                experiment.log_artifact(artifact)
+
+
+def checker_for(organism: Optional[dict]):
+    if not organism:
+        return None
+    from finediff.organisms.checkers import CHECKERS
+
+    return CHECKERS[organism["checker"]]
