@@ -45,6 +45,16 @@ def test_hard_prompts_and_generate_from_a_run(tiny_dirs, tmp_path):
              "generation.num_generations_per_prompt=2", "data.max_texts_per_category=10")
     records = torch.load(tmp_path / "gen" / names.DIVERGENT_DATASET_PT, weights_only=True)
     assert len(records) == (2 * 3 + 5) * 2
+    # the report of that run, rebuilt from its files (no model needed)
+    (run / "report.md").unlink()
+    run_eval(tiny_dirs, tmp_path / "an", "task=analyze", f"task.run_dir={run}", "experiment=sandbagging")
+    report = (run / "report.md").read_text()
+    for heading in ("What changed", "The soft prompt", "Which category changed most", "Hard prompts",
+                    "Activation Difference Lens"):
+        assert f"## {heading}" in report
+    assert "| behaviour |" in report  # the organism's checker marks the examples
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "<table>" in page
     # the seed script's input: a divergent_dataset.pt as the prompts file
     run_eval(tiny_dirs, tmp_path / "hp2", "task=hard_prompts",
              f"task.prompts_file={tmp_path / 'gen' / names.DIVERGENT_DATASET_PT}", "task.max_texts_per_category=4",
