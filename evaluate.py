@@ -184,12 +184,13 @@ def run_diff(cfg: DictConfig, pair, out: Path) -> dict:
 
 def run_analyze(cfg: DictConfig, pair, out: Path) -> dict:
     """Write report.md / report.html for a finished run (task.run_dir, default the output dir)."""
-    from callbacks.report import checker_for
+    from callbacks.report import analyze_dataset, checker_for
     from finediff.report import write_report
 
     run = Path(cfg.task.get("run_dir") or out)
     if not run.is_dir():
         raise FinediffError(f"run directory not found: {run}")
+    analyze_dataset(run, cfg.task.embedder)
     md, page = write_report(run, cfg.task_name, checker_for(dict(cfg.organism) if cfg.get("organism") else None))
     print(f"report: {md} and {page}")
     return {"report": str(md)}

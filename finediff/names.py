@@ -35,3 +35,11 @@ DIFF_SUMMARY = "summary.json"
 ACTIVATION_CACHE_DIR = "activation_cache"
 KL_HIST_PNG = "kl_distribution.png"
 NORMDIFF_PNG = "normdiff_by_layer.png"
+
+# Analysis of the divergent dataset.
+ANALYSIS_FILE = "divergence_analysis.json"
+ANALYSIS_KL_PNG = "analysis_kl.png"
+ANALYSIS_FIRST_PNG = "analysis_first_divergence.png"
+CLUSTERS_FILE = "clusters.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"

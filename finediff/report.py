@@ -19,8 +19,7 @@ from typing import Optional
 from finediff import names
 from finediff.io import atomic_path
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
+from finediff.names import REPORT_HTML, REPORT_MD
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -80,6 +79,26 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
         lines += [f"| {h['method']} | `{_cell(h['text'], 120)}` | {h['divergence']:.4f} | "
                   f"{h['divergence_no_prompt']:.4f} | {h['perplexity']:.0f} |" for h in hard]
         sections.append(("Hard prompts", lines, []))
+    clusters = _read_json(run / names.CLUSTERS_FILE)
+    if clusters:
+        lines = [f"{clusters['k']} clusters of what the finetuned model said differently "
+                 f"(silhouette {clusters['silhouette']:.2f}), highest mean KL first:", ""]
+        for c in clusters["clusters"]:
+            lines += [f"**{c['label']}** ({c['size']} records, mean KL {c['mean_kl']:.2f})", "",
+                      "| prompt | base | finetuned |", "|---|---|---|"]
+            lines += [f"| {_cell(e['prompt'], 120)} | {_cell(e['generation_1'], 200)} | {_cell(e['generation_2'], 200)} |"
+                      for e in c["examples"]]
+            lines.append("")
+        sections.append(("Behaviour clusters", lines, []))
+    analysis = _read_json(run / names.ANALYSIS_FILE)
+    if analysis:
+        words = analysis["words"]
+        lines = ["* Words the finetuned model favours: " + ", ".join(f"`{w}`" for w, *_ in words["finetuned_favours"][:15]),
+                 "* Words the base model favours: " + ", ".join(f"`{w}`" for w, *_ in words["base_favours"][:15]),
+                 f"* The generations part ways at token {analysis['first_divergence']['mean_position'] or 0:.1f} on "
+                 f"average ({analysis['first_divergence']['at_first_token']} of {analysis['n_records']} at the first "
+                 "token)."]
+        sections.append(("Divergence analysis", lines, [run / names.ANALYSIS_KL_PNG, run / names.ANALYSIS_FIRST_PNG]))
     lens = _read_json(run / names.LENS_DIR / names.LENS_SUMMARY)
     if lens:
         lines = []
@@ -157,7 +176,9 @@ def _markdown_to_html(lines: list[str]) -> str:
                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows)
                        + "</table>")
             table = []
-        if line.startswith("* "):
+        if line.startswith("**") and line.count("**") >= 2:
+            out.append("<h3>" + inline(line.split("**")[1]) + "</h3>" + (f"<p>{inline(line.split('**', 2)[2])}</p>"))
+        elif line.startswith("* "):
             out.append(f"<li>{inline(line[2:])}</li>")
         elif line.strip():
             out.append(f"<p>{inline(line)}</p>")

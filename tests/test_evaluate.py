@@ -50,11 +50,13 @@ def test_hard_prompts_and_generate_from_a_run(tiny_dirs, tmp_path):
     run_eval(tiny_dirs, tmp_path / "an", "task=analyze", f"task.run_dir={run}", "experiment=sandbagging")
     report = (run / "report.md").read_text()
     for heading in ("What changed", "The soft prompt", "Which category changed most", "Hard prompts",
-                    "Activation Difference Lens"):
+                    "Behaviour clusters", "Divergence analysis", "Activation Difference Lens"):
         assert f"## {heading}" in report
     assert "| behaviour |" in report  # the organism's checker marks the examples
     page = (run / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 3 and "<table>" in page
+    assert page.count("data:image/png;base64,") >= 5 and "<table>" in page
+    clusters = json.loads((run / names.CLUSTERS_FILE).read_text())
+    assert clusters["k"] >= 2 and sum(c["size"] for c in clusters["clusters"]) == 22
     # the seed script's input: a divergent_dataset.pt as the prompts file
     run_eval(tiny_dirs, tmp_path / "hp2", "task=hard_prompts",
              f"task.prompts_file={tmp_path / 'gen' / names.DIVERGENT_DATASET_PT}", "task.max_texts_per_category=4",
