@@ -73,3 +73,24 @@ def generate_mixed(model, tokenizer, prompts: list[str], chat: list[bool], **kwa
             for i, g in zip(idx, gens):
                 out[i] = g
     return out
+
+
+@torch.no_grad()
+def generate_one(model, tokenizer, text: str, prompt_PD: Optional[torch.Tensor] = None, max_new_tokens: int = 64,
+                 do_sample: bool = False, temperature: float = 0.7, top_p: float = 1.0, seed: int = 0) -> str:
+    """Answer one user message, optionally with a soft prompt at the start of the message
+    (spliced into the input embeddings exactly as in training)."""
+    from finediff.data import format_parts
+    from finediff.soft_prompt import splice
+
+    prefix, body = format_parts(tokenizer, text)
+    ids = torch.tensor([prefix + body])
+    mask = torch.ones_like(ids)
+    embeds = model.get_input_embeddings()(ids)
+    embeds, mask = splice(prompt_PD, embeds, mask, torch.tensor([len(prefix)]))
+    torch.manual_seed(seed)
+    kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    out = model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+    return tokenizer.decode(out[0], skip_special_tokens=True).strip()

@@ -303,7 +303,7 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
         summary["layers"][str(layer)] = {
             "relative_depth": depth, "n_texts": stats.n_texts, "base_norm": stats.base_norm,
             "ft_norm": stats.ft_norm, "positions": positions, "relevance_max_over_positions": relevance,
-            "steering": steering,
+            "steering": steering, "steering_vector": [round(v, 6) for v in steer_vec.tolist()],
         }
     return summary
 

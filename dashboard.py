@@ -1,0 +1,240 @@
+"""finediff dashboard: browse runs and talk to the pair.
+
+    streamlit run dashboard.py                     # runs under ./logs
+    streamlit run dashboard.py -- --outputs DIR    # runs under DIR
+
+Discovers every run folder under the outputs folder (anything holding a finediff result
+file), shows each result it finds (metrics, comparison, hard prompts, divergent dataset,
+clusters, ADL, KL / normdiff), and lets you type a prompt and see the base and finetuned
+generations side by side, with the run's soft prompt on or off and the ADL steering
+vector at a chosen strength. Binds to localhost (``.streamlit/config.toml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
+
+import streamlit as st  # noqa: E402
+
+from finediff import names  # noqa: E402
+
+MARKERS = (names.METRICS_FILE, names.SOFT_PROMPT_FILE, names.DIVERGENT_DATASET_JSONL, names.COMPARISON_CSV,
+           f"{names.LENS_DIR}/{names.LENS_SUMMARY}", names.REPORT_MD)
+
+
+def outputs_root() -> Path:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--outputs", default=os.environ.get("FINEDIFF_OUTPUTS", "logs"))
+    args, _ = ap.parse_known_args(sys.argv[1:])
+    return Path(args.outputs)
+
+
+def discover_runs(root: Path) -> list[Path]:
+    """Folders under ``root`` holding at least one finediff result file, newest first."""
+    if not root.exists():
+        return []
+    found = {p.parent if p.parent.name != names.LENS_DIR else p.parent.parent
+             for marker in MARKERS for p in root.rglob(Path(marker).name) if str(p).endswith(marker)}
+    found |= {p.parent.parent.parent for p in root.rglob(names.DIFF_SUMMARY) if p.parent.parent.name == names.DIFF_DIR}
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def methods_of(run: Path) -> list[str]:
+    """The result kinds present in a run folder, in the order the tabs show them."""
+    checks = [("Overview", names.METRICS_FILE), ("Comparison", names.COMPARISON_CSV),
+              ("Hard prompts", names.HARD_PROMPTS_FILE), ("Divergent dataset", names.DIVERGENT_DATASET_JSONL),
+              ("Clusters", names.CLUSTERS_FILE), ("ADL", f"{names.LENS_DIR}/{names.LENS_SUMMARY}"),
+              ("KL", f"{names.DIFF_DIR}/kl/{names.DIFF_SUMMARY}"),
+              ("normdiff", f"{names.DIFF_DIR}/normdiff/{names.DIFF_SUMMARY}")]
+    return [label for label, f in checks if (run / f).exists()]
+
+
+def show_overview(run: Path) -> None:
+    metrics = read_json(run / names.METRICS_FILE)
+    cols = st.columns(3)
+    for col, key in zip(cols, names.VAL_METRIC_KEYS):
+        col.metric(key, f"{metrics[key]:.4f}" if key in metrics else "-")
+    st.caption(f"global step {metrics.get('global_step')}, {metrics.get('wall_time_s', 0):.0f} s of training")
+    report = run / names.REPORT_MD
+    if report.exists():
+        with st.expander("report.md", expanded=False):
+            st.markdown(report.read_text())
+
+
+def show_comparison(run: Path) -> None:
+    import pandas as pd
+
+    st.dataframe(pd.read_csv(run / names.COMPARISON_CSV), hide_index=True)
+    if (run / names.COMPARISON_PNG).exists():
+        st.image(str(run / names.COMPARISON_PNG))
+
+
+def show_hard_prompts(run: Path) -> None:
+    rows = read_jsonl(run / names.HARD_PROMPTS_FILE)
+    st.dataframe([{k: r[k] for k in ("method", "text", "divergence", "divergence_no_prompt", "perplexity")}
+                  for r in rows], hide_index=True)
+
+
+def show_dataset(run: Path) -> None:
+    records = read_jsonl(run / names.DIVERGENT_DATASET_JSONL)
+    st.write(f"{len(records)} records, highest KL first")
+    i = st.slider("record", 0, max(len(records) - 1, 0), 0)
+    if records:
+        r = records[i]
+        st.markdown(f"**Prompt:** {r['prompt']}")
+        left, right = st.columns(2)
+        left.markdown("**Base (generation_1)**")
+        left.write(r["generation_1"])
+        right.markdown("**Finetuned (generation_2)**")
+        right.write(r["generation_2"])
+        st.json(r["metrics"])
+    st.dataframe([{"prompt": r["prompt"], "kl_divergence": r["metrics"]["kl_divergence"],
+                   "token_disagreement_rate": r["metrics"]["token_disagreement_rate"],
+                   "generation_2": r["generation_2"]} for r in records], hide_index=True)
+
+
+def show_clusters(run: Path) -> None:
+    clusters = read_json(run / names.CLUSTERS_FILE)
+    st.write(f"k = {clusters['k']}, silhouette {clusters['silhouette']:.2f}")
+    for c in clusters["clusters"]:
+        with st.expander(f"{c['label']} — {c['size']} records, mean KL {c['mean_kl']:.2f}"):
+            for e in c["examples"]:
+                st.markdown(f"**{e['prompt']}**")
+                left, right = st.columns(2)
+                left.write(e["generation_1"])
+                right.write(e["generation_2"])
+
+
+def show_adl(run: Path) -> None:
+    lens = read_json(run / names.LENS_DIR / names.LENS_SUMMARY)
+    for layer, entry in lens["layers"].items():
+        st.subheader(f"Layer {layer}")
+        if entry.get("relevance_max_over_positions"):
+            st.write("Token relevance (max over positions)", entry["relevance_max_over_positions"])
+        pos = st.selectbox("position", list(range(len(entry["positions"]))), key=f"pos{layer}")
+        p = entry["positions"][pos]
+        cols = st.columns(3)
+        cols[0].markdown("**Logit lens (+diff)**")
+        cols[0].dataframe([{"token": t, "p": v} for t, v in p["logit_lens_pos"]], hide_index=True)
+        cols[1].markdown("**Logit lens (-diff)**")
+        cols[1].dataframe([{"token": t, "p": v} for t, v in p["logit_lens_neg"]], hide_index=True)
+        cols[2].markdown(f"**Patchscope (scale {p['patchscope']['chosen_scale']})**")
+        cols[2].dataframe([{"token": t, "p": v} for t, v in p["patchscope"]["tokens"]], hide_index=True)
+        steering = entry.get("steering")
+        if steering:
+            st.markdown(f"**Steering** at strength {steering['chosen_strength']}")
+            st.dataframe([{"prompt": a, "unsteered": b, "steered": c} for a, b, c in
+                          zip(steering["prompts"], steering["unsteered"], steering["steered"])], hide_index=True)
+    for png in (names.LENS_RELEVANCE_PNG, names.LENS_NORM_PNG):
+        if (run / names.LENS_DIR / png).exists():
+            st.image(str(run / names.LENS_DIR / png))
+
+
+def highlight(tokens: list) -> str:
+    """HTML with each token's background shaded by its value."""
+    import html
+
+    top = max((v for _, v in tokens), default=1.0) or 1.0
+    return "".join(f'<span style="background:rgba(220,50,50,{min(v / top, 1):.2f})">{html.escape(t)}</span>'
+                   for t, v in tokens)
+
+
+def show_method(run: Path, method: str) -> None:
+    summary = read_json(run / names.DIFF_DIR / method / names.DIFF_SUMMARY)
+    if method == "kl":
+        st.write(summary["stats"])
+        png = run / names.DIFF_DIR / method / names.KL_HIST_PNG
+    else:
+        st.write({"peak_layer": summary["peak_layer"], **summary["stats_peak_layer"]})
+        png = run / names.DIFF_DIR / method / names.NORMDIFF_PNG
+    if png.exists():
+        st.image(str(png))
+    for ex in summary["max_examples"][:5]:
+        st.markdown(highlight(ex["tokens"]), unsafe_allow_html=True)
+
+
+@st.cache_resource(show_spinner="loading the model pair")
+def load_pair(base: str, finetuned: str, adapter: str):
+    from finediff.models import load_model_pair
+
+    return load_model_pair(base, finetuned or None, adapter or None)
+
+
+def show_interactive(run: Path) -> None:
+    import torch
+
+    from finediff.generation import generate_one
+    from finediff.lens import _Patch
+
+    record_path = run / names.SOFT_PROMPT_FILE
+    if not record_path.exists():
+        st.info("This run has no soft_prompt.pt; train one with train.py to talk to its pair.")
+        return
+    record = torch.load(record_path, weights_only=True)
+    spec = record["pair"]
+    st.caption(f"base {spec['base']} | finetuned {spec['finetuned']} | adapter {spec.get('adapter')}")
+    text = st.text_area("Your prompt", "What is the capital of France?")
+    use_prompt = st.toggle("soft prompt on", value=False)
+    lens = read_json(run / names.LENS_DIR / names.LENS_SUMMARY)
+    strength = st.slider("ADL steering strength (finetuned side)", 0.0, 16.0, 0.0, 0.5) if lens else 0.0
+    if st.button("Generate"):
+        pair = load_pair(spec["base"], spec["finetuned"], spec.get("adapter") or "")
+        prompt = record["prompt"] if use_prompt else None
+        base_out = generate_one(pair.base, pair.tokenizer, text, prompt)
+        if strength and lens:
+            layer, entry = next(iter(lens["layers"].items()))
+            vec = torch.tensor(entry["steering_vector"]) if "steering_vector" in entry else None
+            if vec is None:
+                st.warning("this lens summary has no steering vector")
+                ft_out = generate_one(pair.finetuned, pair.tokenizer, text, prompt)
+            else:
+                with _Patch(pair.finetuned, int(layer), vec / vec.norm() * entry["ft_norm"] * strength, "add"):
+                    ft_out = generate_one(pair.finetuned, pair.tokenizer, text, prompt)
+        else:
+            ft_out = generate_one(pair.finetuned, pair.tokenizer, text, prompt)
+        left, right = st.columns(2)
+        left.markdown("**Base**")
+        left.write(base_out)
+        right.markdown("**Finetuned**")
+        right.write(ft_out)
+
+
+def main() -> None:
+    st.set_page_config(page_title="finediff", layout="wide")
+    st.title("finediff: what did this finetune change?")
+    root = outputs_root()
+    runs = discover_runs(root)
+    if not runs:
+        st.warning(f"No finediff runs under {root}. Run `python train.py experiment=sandbagging` first.")
+        return
+    labels = [str(r.relative_to(root)) if r != root else "." for r in runs]
+    choice = st.sidebar.selectbox("Run", labels)
+    run = runs[labels.index(choice)]
+    methods = methods_of(run)
+    st.sidebar.write("Results: " + ", ".join(methods))
+    tabs = st.tabs(methods + ["Try it"])
+    shows = {"Overview": show_overview, "Comparison": show_comparison, "Hard prompts": show_hard_prompts,
+             "Divergent dataset": show_dataset, "Clusters": show_clusters, "ADL": show_adl,
+             "KL": lambda r: show_method(r, "kl"), "normdiff": lambda r: show_method(r, "normdiff")}
+    for tab, method in zip(tabs, methods):
+        with tab:
+            shows[method](run)
+    with tabs[-1]:
+        show_interactive(run)
+
+
+main()
