@@ -147,9 +147,9 @@ def test_cli_bad_input_is_one_line_and_nonzero(tiny_dirs, tmp_path, override, me
 
 
 def test_cpu_ddp_two_processes(tiny_dirs, tmp_path):
-    proc = _cli(tiny_overrides(tiny_dirs, tmp_path) + [
+    proc = _cli(tiny_overrides(tiny_dirs, tmp_path, evidence=False) + [
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3",
-        "trainer.val_check_interval=3", "data.batch_size=2"])
+        "trainer.val_check_interval=3", "data.batch_size=2", "callbacks=minimal"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr + proc.stdout
     metrics = json.loads((tmp_path / names.METRICS_FILE).read_text())
