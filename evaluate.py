@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from finediff import names  # noqa: E402
-from finediff.errors import FinediffError, find_user_error  # noqa: E402
+from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
 
 log = logging.getLogger("finediff.evaluate")
 
@@ -217,11 +217,7 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except Exception as err:
-        user_error = find_user_error(err)
-        if user_error is None:
-            raise
-        print(f"finediff: error: {user_error}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_user_error(err)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from finediff.errors import find_user_error  # noqa: E402
+from finediff.errors import exit_on_user_error  # noqa: E402
 
 log = logging.getLogger("finediff.train")
 
@@ -71,11 +71,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as err:
-        user_error = find_user_error(err)
-        if user_error is None:
-            raise
-        print(f"finediff: error: {user_error}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_user_error(err)
     return metrics.get("val/divergence")
 
 

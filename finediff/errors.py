@@ -19,3 +19,15 @@ def find_user_error(exc: BaseException | None) -> FinediffError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def exit_on_user_error(err: BaseException) -> None:
+    """Entry points' one error path: a user error becomes ``finediff: error: <message>`` on
+    stderr and exit status 2; anything else is re-raised with its traceback."""
+    import sys
+
+    user_error = find_user_error(err)
+    if user_error is None:
+        raise err
+    print(f"finediff: error: {user_error}", file=sys.stderr)
+    sys.exit(2)

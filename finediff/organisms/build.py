@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from finediff.data import REPO_ROOT
-from finediff.errors import FinediffError, find_user_error
+from finediff.errors import FinediffError, exit_on_user_error
 from finediff.generation import generate_mixed
 from finediff.io import write_json, write_jsonl
 from finediff.models import DEFAULT_MODEL, load_model, load_tokenizer
@@ -148,11 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             raise FinediffError("missing organism=NAME")
         path = build(**args)
     except Exception as err:
-        user_error = find_user_error(err)
-        if user_error is None:
-            raise
-        print(f"finediff: error: {user_error}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_user_error(err)
     print(json.dumps({"adapter": str(path)}))
 
 

@@ -18,7 +18,7 @@ import torch
 
 from finediff.data import collate, format_text
 from finediff.divergence import pair_divergence
-from finediff.errors import FinediffError, find_user_error
+from finediff.errors import FinediffError, exit_on_user_error
 from finediff.generation import generate_mixed
 from finediff.io import write_json
 from finediff.models import DEFAULT_MODEL, load_model_pair
@@ -50,6 +50,10 @@ def mean_kl(pair, rows: list[dict], batch_size: int = 16) -> float:
 
 def verify(organism: str, base: str = DEFAULT_MODEL, adapter: str | None = None,
            max_new_tokens: int = 48, data_dir: Path | None = None) -> dict:
+    from finediff.organisms.recipes import RECIPES
+
+    if organism not in RECIPES:
+        raise FinediffError(f"unknown organism {organism!r}; known: {', '.join(sorted(RECIPES))}")
     t0 = time.perf_counter()
     adapter_dir = Path(adapter or ORGANISMS_DIR / organism)
     card = json.loads((adapter_dir / "card.json").read_text()) if (adapter_dir / "card.json").exists() else {}
@@ -105,11 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         names = sorted(RECIPES) if args["organism"] == "all" else [args["organism"]]
         results = [verify(**(args | {"organism": name})) for name in names]
     except Exception as err:
-        user_error = find_user_error(err)
-        if user_error is None:
-            raise
-        print(f"finediff: error: {user_error}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_user_error(err)
     print(format_table(results))
 
 
