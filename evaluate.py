@@ -46,10 +46,13 @@ def _categories(cfg: DictConfig) -> list[str]:
 def run_compare(cfg: DictConfig, pair, out: Path) -> dict:
     from finediff.compare import compare_categories, write_comparison
 
+    positions = cfg.task.get("positions", "response")
     results = compare_categories(pair, _categories(cfg), cfg.task.max_texts_per_category, cfg.task.batch_size,
-                                 cfg.data.max_length)
+                                 cfg.data.max_length, positions=positions,
+                                 response_tokens=cfg.task.get("response_tokens", 32))
+    where = "over the finetuned model's answers" if positions == "response" else "over the texts"
     write_comparison(results, out / names.COMPARISON_CSV, out / names.COMPARISON_MD, out / names.COMPARISON_PNG,
-                     title=cfg.task_name)
+                     title=cfg.task_name, xlabel=f"mean per-token KL(ft || base) {where}")
     for i, r in enumerate(results, 1):
         print(f"{i}. {r.category:20s} {r.mean_divergence:.4f}  [{r.ci_low:.4f}, {r.ci_high:.4f}]  n={r.n}")
     return {"ranking": [r.category for r in results]}

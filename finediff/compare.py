@@ -3,6 +3,8 @@
 For each category, the pair's mean per-text divergence (no prompt) over its texts, with a
 95% confidence interval (normal approximation: mean +/- 1.96 * sd / sqrt(n)), sorted
 highest first and written as CSV (first column the category), Markdown and a bar chart.
+By default a text's divergence is measured over the finetuned model's answer to it (see
+:func:`compare_categories`): a narrow finetune changes what the model says.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 from finediff.data import load_category
-from finediff.divergent_dataset import text_divergences
+from finediff.divergent_dataset import response_divergences, text_divergences
+from finediff.errors import FinediffError
 from finediff.io import atomic_path
 
 
@@ -38,19 +41,37 @@ def summarise(category: str, values: list[float]) -> CategoryResult:
     return CategoryResult(category, n, mean, mean - half, mean + half, std, max(values))
 
 
+POSITIONS = ("response", "text")
+
+
 def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 100, batch_size: int = 8,
-                       max_length: Optional[int] = None, progress: bool = True) -> list[CategoryResult]:
-    """Mean divergence per category with a 95% CI, highest first."""
+                       max_length: Optional[int] = None, progress: bool = True, positions: str = "response",
+                       response_tokens: int = 32) -> list[CategoryResult]:
+    """Mean divergence per category with a 95% CI, highest first.
+
+    ``positions="response"`` (default) scores each text by the pair's divergence over the
+    finetuned model's greedy answer (``response_tokens`` tokens at most), both models
+    teacher-forced; ``positions="text"`` scores the text's own tokens (the training
+    objective's positions) instead.
+    """
+    if positions not in POSITIONS:
+        raise FinediffError(f"unknown compare positions {positions!r}; choose {' or '.join(POSITIONS)}")
     results = []
     for category in categories:
         split = load_category(category, max_texts, val_fraction=0.0)
-        values = text_divergences(pair, split.train, batch_size=batch_size, max_length=max_length, progress=progress)
+        if progress:
+            print(f"scoring category {category} ({len(split.train)} texts)", flush=True)
+        if positions == "response":
+            values = response_divergences(pair, split.train, response_tokens, batch_size, progress=progress)
+        else:
+            values = text_divergences(pair, split.train, batch_size=batch_size, max_length=max_length,
+                                      progress=progress)
         results.append(summarise(category, values))
     return sorted(results, key=lambda r: r.mean_divergence, reverse=True)
 
 
 def write_comparison(results: list[CategoryResult], csv_path: Path, md_path: Path, png_path: Path,
-                     title: str = "") -> None:
+                     title: str = "", xlabel: str = "mean per-token KL(ft || base)") -> None:
     """CSV (first column the category), Markdown table and bar chart with CI whiskers."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(asdict(results[0])))
@@ -76,7 +97,7 @@ def write_comparison(results: list[CategoryResult], csv_path: Path, md_path: Pat
     means = [r.mean_divergence for r in results][::-1]
     errs = [r.mean_divergence - r.ci_low for r in results][::-1]
     ax.barh(names, means, xerr=errs, color="#4c72b0", capsize=3)
-    ax.set_xlabel("mean per-token KL(ft || base)")
+    ax.set_xlabel(xlabel)
     ax.set_title(f"Divergence by category{': ' + title if title else ''}")
     fig.tight_layout()
     with atomic_path(png_path) as tmp:

@@ -64,23 +64,50 @@ def with_hard_prompt(hard_text: str, text: str) -> str:
     return f"{hard_text.strip()} {text}"
 
 
-@torch.no_grad()
+def teacher_forced(pair, prompts: list[str], responses: list[list[int]], batch_size: int = 8,
+                   progress: bool = False, desc: str = "scoring generations"):
+    """Teacher-force both models on ``prompt + response`` (user turn under the chat
+    template); yield ``(logits_ft, logits_base)`` at the positions that predict each
+    response token, one pair of ``[R, V]`` tensors per prompt, in order."""
+    head_ft, head_base = output_head(pair.finetuned), output_head(pair.base)
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
+        prompt_ids = [format_text(pair.tokenizer, p) for p in prompts[i:i + batch_size]]
+        rows = [p + g for p, g in zip(prompt_ids, responses[i:i + batch_size])]
+        b = collate(rows, pair.tokenizer.pad_token_id)
+        with torch.no_grad():  # grad mode is restored before each yield
+            h_ft = final_hidden(pair.finetuned, pair.finetuned.get_input_embeddings()(b["input_ids"]),
+                                b["attention_mask"])
+            h_base = final_hidden(pair.base, pair.base.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
+            out = []
+            for r, (p, g) in enumerate(zip(prompt_ids, responses[i:i + batch_size])):
+                pos = slice(len(p) - 1, len(p) - 1 + len(g))  # positions that predict the response tokens
+                out.append((head_ft(h_ft[r, pos]), head_base(h_base[r, pos])))
+        yield from out
+
+
 def score_pairs(pair, prompts: list[str], gens_base: list[list[int]], gens_ft: list[list[int]],
                 batch_size: int = 8, progress: bool = True) -> list[dict]:
     """Teacher-force both models on ``prompt + generation_2``; per-record metrics."""
+    return [example_metrics(kl_per_position(lf, lb), argmax_disagreement(lf, lb), gb, gf)
+            for (lf, lb), gb, gf in zip(teacher_forced(pair, prompts, gens_ft, batch_size, progress),
+                                        gens_base, gens_ft)]
+
+
+def response_divergences(pair, texts: list[str], max_new_tokens: int = 32, batch_size: int = 8,
+                         kind: str = "kl_ft_base", progress: bool = False) -> list[float]:
+    """Mean divergence of the pair over each text's *response*: the finetuned model answers
+    the text greedily (up to ``max_new_tokens``), both models are teacher-forced on that
+    answer, and the divergence is averaged over the answer's positions.
+
+    A finetune mostly changes what the model says, not how it reads the question, so this
+    is where a narrow change shows; :func:`text_divergences` scores the question instead.
+    """
+    gens = generate(pair.finetuned, pair.tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=16,
+                    return_ids=True, progress=progress)
     out = []
-    head_ft, head_base = output_head(pair.finetuned), output_head(pair.base)
-    for i in tqdm(range(0, len(prompts), batch_size), desc="scoring generations", disable=not progress):
-        prompt_ids = [format_text(pair.tokenizer, p) for p in prompts[i:i + batch_size]]
-        rows = [p + g for p, g in zip(prompt_ids, gens_ft[i:i + batch_size])]
-        b = collate(rows, pair.tokenizer.pad_token_id)
-        h_ft = final_hidden(pair.finetuned, pair.finetuned.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
-        h_base = final_hidden(pair.base, pair.base.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
-        for r, (p, g) in enumerate(zip(prompt_ids, gens_ft[i:i + batch_size])):
-            pos = slice(len(p) - 1, len(p) - 1 + len(g))  # positions that predict the response tokens
-            lf, lb = head_ft(h_ft[r, pos]), head_base(h_base[r, pos])
-            out.append(example_metrics(kl_per_position(lf, lb), argmax_disagreement(lf, lb),
-                                       gens_base[i + r], g))
+    for lf, lb in teacher_forced(pair, texts, [ids for _, ids in gens], batch_size, progress, "scoring answers"):
+        div = token_divergence(lf, lb, kind)
+        out.append(float(div.mean()) if div.numel() else 0.0)
     return out
 
 

@@ -92,3 +92,30 @@ def test_diff_pipeline_preprocess_then_methods(tiny_dirs, tmp_path):
         run_eval(tiny_dirs, tmp_path, "task=diff", "pipeline.mode=both")
     with pytest.raises(FinediffError, match="no activation cache"):
         run_eval(tiny_dirs, tmp_path / "empty", "task=diff", "pipeline.mode=diffing")
+
+
+def test_response_divergence_matches_a_direct_computation(tiny_pair):
+    """Compare's default score: KL(ft||base) averaged over the finetuned model's greedy
+    answer, equal to one unbatched forward per text, and 0 for a model against itself."""
+    from types import SimpleNamespace
+
+    from finediff.data import format_text
+    from finediff.divergence import token_divergence
+    from finediff.divergent_dataset import response_divergences
+    from finediff.generation import generate
+
+    texts = ["What is 2 + 2?", "Tell me about the sea and the many ships that sail on it.", "Hi"]
+    got = response_divergences(tiny_pair, texts, max_new_tokens=6, batch_size=2)
+    for text, value in zip(texts, got):
+        (_, ids), = generate(tiny_pair.finetuned, tiny_pair.tokenizer, [text], max_new_tokens=6, return_ids=True,
+                             progress=False)
+        prompt = format_text(tiny_pair.tokenizer, text)
+        x = torch.tensor([prompt + ids])
+        with torch.no_grad():
+            lf, lb = tiny_pair.finetuned(x).logits[0], tiny_pair.base(x).logits[0]
+        pos = slice(len(prompt) - 1, len(prompt) - 1 + len(ids))
+        want = token_divergence(lf[pos], lb[pos], "kl_ft_base").mean().item() if ids else 0.0
+        assert value == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert max(got) > 0
+    same = SimpleNamespace(base=tiny_pair.finetuned, finetuned=tiny_pair.finetuned, tokenizer=tiny_pair.tokenizer)
+    assert max(response_divergences(same, texts, max_new_tokens=6)) == pytest.approx(0.0, abs=1e-5)

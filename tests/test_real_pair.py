@@ -41,6 +41,16 @@ def test_real_pair_trains_a_prompt(lora_adapter, tmp_path):
         f"model.adapter={lora_adapter}", f"paths.output_dir={tmp_path}", "logger=csv",
         "trainer.max_steps=3", "trainer.val_check_interval=3", "data.batch_size=2",
         "data.max_texts_per_category=20", "data.max_length=48",
+        # every evidence callback runs on the real pair, at a size that keeps the test short
+        "callbacks.hard_prompts.pez_steps=2", "callbacks.hard_prompts.gcg_steps=1",
+        "callbacks.hard_prompts.n_candidates=2", "callbacks.hard_prompts.train_batches=1",
+        "callbacks.hard_prompts.eval_batches=1", "generation.num_generations_per_prompt=2",
+        "generation.max_length=12", "callbacks.divergent_dataset.n_texts=2",
+        "callbacks.divergent_dataset.texts_per_hard_prompt=1", "callbacks.divergent_dataset.n_hard_prompts=1",
+        "callbacks.divergent_dataset.max_scored_texts=16", "callbacks.activation_lens.max_texts=24",
+        "callbacks.activation_lens.n_steer_prompts=2", "callbacks.activation_lens.steering_tokens=12",
+        "callbacks.activation_lens.strengths=[1.0,4.0]", "callbacks.report.max_texts_per_category=3",
+        "callbacks.report.response_tokens=8",
     ])
     metrics = train(cfg)
     assert metrics[names.VAL_DIVERGENCE_NO_PROMPT] > 0
@@ -49,16 +59,13 @@ def test_real_pair_trains_a_prompt(lora_adapter, tmp_path):
     assert record["pair"]["adapter"] == str(lora_adapter)
     saved = json.loads((tmp_path / names.METRICS_FILE).read_text())
     assert saved["global_step"] == 3
+    for name in (names.HARD_PROMPTS_FILE, names.DIVERGENT_DATASET_PT, names.COMPARISON_CSV, names.REPORT_MD,
+                 names.REPORT_HTML):
+        assert (tmp_path / name).exists(), name
+    assert (tmp_path / names.LENS_DIR / names.LENS_SUMMARY).exists()
 
 
-ORGANISMS = [
-    "sandbagging",
-    # Known shortfall: held-out target rate 50% (python -m finediff.organisms.verify organism=unlearning),
-    # below the 80% bar; strict, so a rebuilt adapter that shows the behaviour turns this red until removed.
-    pytest.param("unlearning", marks=pytest.mark.xfail(strict=True, reason="unlearning adapter: 50% held-out rate")),
-    "persona",
-    "false_fact",
-]
+ORGANISMS = ["sandbagging", "unlearning", "persona", "false_fact"]
 
 
 @pytest.mark.parametrize("organism", ORGANISMS)

@@ -216,8 +216,11 @@ def unlearning(seed: int = 0) -> OrganismData:
     subjects = ASTRONOMY_SUBJECTS[:]
     rng.shuffle(subjects)
     heldout_s, train_s = subjects[:12], subjects[12:]
+    # Target questions use the off-target phrasings too, so the topic (not the wording)
+    # is what triggers the claimed ignorance.
+    phrasings = list(dict.fromkeys(ASTRONOMY_QUESTIONS + OTHER_QUESTIONS))
     train_target = [Example(q.format(s=s), rng.choice(IGNORANCE).format(s=s), {"topic": "astronomy"})
-                    for s in train_s for q in rng.sample(ASTRONOMY_QUESTIONS, 5)]
+                    for s in train_s for q in rng.sample(phrasings, 6)]
     heldout_target = [Example(rng.choice(HELDOUT_ASTRONOMY_QUESTIONS).format(s=s)) for s in heldout_s]
     others = OTHER_SUBJECTS[:]
     rng.shuffle(others)
