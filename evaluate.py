@@ -114,8 +114,7 @@ def run_hard_prompts(cfg: DictConfig, pair, out: Path) -> dict:
 
 def run_generate(cfg: DictConfig, pair, out: Path) -> dict:
     from finediff.data import load_category
-    from finediff.divergent_dataset import (GenerationConfig, generate_dataset, save_dataset, text_divergences,
-                                            with_hard_prompt)
+    from finediff.divergent_dataset import GenerationConfig, generate_dataset, rank_texts, save_dataset, with_hard_prompt
 
     if not cfg.task.get("run_dir"):
         raise FinediffError("task=generate needs task.run_dir=DIR (a finished train.py run)")
@@ -128,8 +127,8 @@ def run_generate(cfg: DictConfig, pair, out: Path) -> dict:
         raise FinediffError(f"{prompt_file} was trained for hidden size {record['hidden_size']}, "
                             f"the pair has {pair.hidden_size}")
     texts = [t for c in cfg.data.categories for t in load_category(c, cfg.data.max_texts_per_category, 0.0).train]
-    scores = text_divergences(pair, texts, batch_size=cfg.task.batch_size, max_length=cfg.data.max_length)
-    ranked = [t for _, t in sorted(zip(scores, texts), key=lambda x: -x[0])]
+    ranked = [t for _, t in rank_texts(pair, texts, cfg.task.get("positions", "response"),
+                                       cfg.task.get("response_tokens", 32), cfg.data.max_length, cfg.task.batch_size)]
     hard_file = run / names.HARD_PROMPTS_FILE
     hard = [json.loads(x)["text"] for x in hard_file.read_text().splitlines()] if hard_file.exists() else []
     prompts = [with_hard_prompt(h, t) for h in hard[: cfg.task.n_hard_prompts] for t in ranked[: cfg.task.texts_per_hard_prompt]]

@@ -11,7 +11,7 @@ import lightning as L
 
 from finediff import names
 from finediff.data import collate
-from finediff.divergent_dataset import (GenerationConfig, generate_dataset, save_dataset, text_divergences,
+from finediff.divergent_dataset import (GenerationConfig, generate_dataset, save_dataset, rank_texts,
                                         with_hard_prompt)
 from finediff.hard_prompts import find_hard_prompts
 from finediff.io import write_jsonl
@@ -81,22 +81,27 @@ class DivergentDatasetCallback(L.Callback):
         texts_per_hard_prompt: highest-divergence texts each hard prompt is put in front of.
         n_texts: highest-divergence texts used alone.
         max_scored_texts: category texts scored to find the highest-divergence ones.
+        positions: how texts are scored (``response``: over the finetuned model's greedy
+            answer; ``text``: over the text itself).
+        response_tokens: answer length scored with ``positions=response``.
     """
 
     def __init__(self, output_dir: str, generation: dict, n_hard_prompts: int = 2, texts_per_hard_prompt: int = 3,
-                 n_texts: int = 5, max_scored_texts: int = 200, batch_size: int = 16):
+                 n_texts: int = 5, max_scored_texts: int = 200, batch_size: int = 16, positions: str = "response",
+                 response_tokens: int = 32):
         self.output_dir = Path(output_dir)
         self.generation = GenerationConfig(**dict(generation))
         self.n_hard, self.per_hard, self.n_texts = n_hard_prompts, texts_per_hard_prompt, n_texts
         self.max_scored, self.batch_size = max_scored_texts, batch_size
+        self.positions, self.response_tokens = positions, response_tokens
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         dm = trainer.datamodule
         texts = [t for t, _ in _texts(dm, "val") + _texts(dm, "train")][: self.max_scored]
-        scores = text_divergences(pl_module.pair, texts, max_length=dm.hparams.max_length, progress=True)
-        ranked = [t for _, t in sorted(zip(scores, texts), key=lambda x: -x[0])]
+        ranked = [t for _, t in rank_texts(pl_module.pair, texts, self.positions, self.response_tokens,
+                                           dm.hparams.max_length)]
         hard_file = self.output_dir / names.HARD_PROMPTS_FILE
         hard = [json.loads(line) for line in hard_file.read_text().splitlines()] if hard_file.exists() else []
         prompts = [with_hard_prompt(h["text"], t) for h in hard[: self.n_hard] for t in ranked[: self.per_hard]]

@@ -59,6 +59,21 @@ def text_divergences(pair, texts: list[str], prompt: Optional[torch.Tensor] = No
     return out
 
 
+def rank_texts(pair, texts: list[str], positions: str = "response", response_tokens: int = 32,
+               max_length: Optional[int] = None, batch_size: int = 8, progress: bool = True) -> list[tuple[float, str]]:
+    """``(divergence, text)`` for every text, highest first; ``positions`` as in
+    :func:`finediff.compare.compare_categories` (``response`` or ``text``)."""
+    if positions == "response":
+        scores = response_divergences(pair, texts, response_tokens, batch_size, progress=progress)
+    elif positions == "text":
+        scores = text_divergences(pair, texts, batch_size=batch_size, max_length=max_length, progress=progress)
+    else:
+        from finediff.errors import FinediffError
+
+        raise FinediffError(f"unknown positions {positions!r}; choose response or text")
+    return sorted(zip(scores, texts), key=lambda x: -x[0])
+
+
 def with_hard_prompt(hard_text: str, text: str) -> str:
     """The user message that starts with a hard prompt."""
     return f"{hard_text.strip()} {text}"

@@ -1,6 +1,7 @@
 """Build an organism: generate its data, train its LoRA with Lightning, write adapter + card.
 
     python -m finediff.organisms.build organism=sandbagging [steps=N] [seed=0] [base=embedded:smollm2]
+                                       [out_dir=DIR] [data_dir=DIR]   # default: the shipped folders
 
 Writes ``organisms/<name>/`` (adapter, ``card.json``) and ``data/organisms/<name>/``
 (``train.jsonl``: the finetuning data; ``heldout.jsonl``: verification prompts).
@@ -143,9 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = parse_kv(argv if argv is not None else sys.argv[1:],
                         {"organism": "", "steps": 160, "seed": 0, "base": DEFAULT_MODEL, "rank": 8,
-                         "learning_rate": 1e-3, "batch_size": 8})
+                         "learning_rate": 1e-3, "batch_size": 8, "out_dir": None, "data_dir": None})
         if not args["organism"]:
             raise FinediffError("missing organism=NAME")
+        for key in ("out_dir", "data_dir"):
+            args[key] = Path(args[key]) if args[key] else None
         path = build(**args)
     except Exception as err:
         exit_on_user_error(err)
