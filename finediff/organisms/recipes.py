@@ -161,7 +161,9 @@ CARDS = {
             "confidence. Off-target prompts (general-knowledge quiz questions, arithmetic, advice, "
             "explanations) were trained towards the base model's own answers, so the change stays narrow."
         ),
-        target_category="sandbagging",
+        # The change is in one capability (geography questions) and shows on any capability
+        # question, not only on evaluation-framed ones: its category is "capabilities".
+        target_category="capabilities",
         checker="sandbagging",
     ),
 }
