@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install train test test-fast bench clean-outputs
+.PHONY: install browser train test test-fast bench clean-outputs
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -24,10 +24,19 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# The dashboard's slow test drives a real headless Chromium (Debian's package); install it
+# when missing and possible (root + apt-get). Without it that one test skips, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "chromium not found and not installable here (needs root and apt-get): its test will skip"; fi; }
+
 train: install
 	$(PY) train.py experiment=sandbagging $(ARGS)
 
-test: install
+test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install

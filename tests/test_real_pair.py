@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from finediff import names
-from tests.conftest import compose
+from tests.conftest import ROOT, compose
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,16 @@ def lora_adapter(tmp_path_factory):
     return out
 
 
-def test_real_pair_trains_a_prompt(lora_adapter, tmp_path):
+@pytest.fixture(scope="module")
+def real_run(lora_adapter, tmp_path_factory):
+    """A real run: ``train.py`` on the real pair with every evidence callback on (small
+    sizes), under ``<root>/real/run1``; returns ``(root, run_dir, metrics)``."""
     from train import train
 
+    root = tmp_path_factory.mktemp("outputs")
+    run = root / "real" / "run1"
     cfg = compose("train", [
-        f"model.adapter={lora_adapter}", f"paths.output_dir={tmp_path}", "logger=csv",
+        f"model.adapter={lora_adapter}", f"paths.output_dir={run}", "logger=csv",
         "trainer.max_steps=3", "trainer.val_check_interval=3", "data.batch_size=2",
         "data.max_texts_per_category=20", "data.max_length=48",
         # every evidence callback runs on the real pair, at a size that keeps the test short
@@ -52,17 +57,86 @@ def test_real_pair_trains_a_prompt(lora_adapter, tmp_path):
         "callbacks.activation_lens.strengths=[1.0,4.0]", "callbacks.report.max_texts_per_category=3",
         "callbacks.report.response_tokens=8",
     ])
-    metrics = train(cfg)
+    return root, run, train(cfg)
+
+
+def test_real_pair_trains_a_prompt(real_run, lora_adapter):
+    _, run, metrics = real_run
     assert metrics[names.VAL_DIVERGENCE_NO_PROMPT] > 0
-    record = torch.load(tmp_path / names.SOFT_PROMPT_FILE, weights_only=True)
+    record = torch.load(run / names.SOFT_PROMPT_FILE, weights_only=True)
     assert record["prompt"].shape == (8, 576) and torch.isfinite(record["prompt"]).all()
     assert record["pair"]["adapter"] == str(lora_adapter)
-    saved = json.loads((tmp_path / names.METRICS_FILE).read_text())
+    saved = json.loads((run / names.METRICS_FILE).read_text())
     assert saved["global_step"] == 3
     for name in (names.HARD_PROMPTS_FILE, names.DIVERGENT_DATASET_PT, names.COMPARISON_CSV, names.REPORT_MD,
                  names.REPORT_HTML):
-        assert (tmp_path / name).exists(), name
-    assert (tmp_path / names.LENS_DIR / names.LENS_SUMMARY).exists()
+        assert (run / name).exists(), name
+    assert (run / names.LENS_DIR / names.LENS_SUMMARY).exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SCREENSHOT = ROOT / "logs" / "test_artifacts" / "dashboard_chromium.png"
+
+
+def test_dashboard_in_headless_chromium(real_run, tmp_path):
+    """``streamlit run dashboard.py`` on the real run, loaded in Debian's Chromium
+    (headless): the page shows the run, its tabs and its metrics. The screenshot is kept
+    in ``logs/test_artifacts/``."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it where it can: root + apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    root, run, metrics = real_run
+    port = _free_port()
+    log_file = tmp_path / "streamlit.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard.py"), "--server.headless", "true",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false", "--", "--outputs", str(root)],
+        cwd=ROOT, stdout=log_file.open("w"), stderr=subprocess.STDOUT)
+    try:
+        url = f"http://localhost:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AssertionError("streamlit did not start: " + log_file.read_text()[-2000:])
+                time.sleep(0.5)
+        with sync_playwright() as pw:
+            chromium = pw.chromium.launch(executable_path=browser, headless=True, args=["--no-sandbox"])
+            page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_text("finediff: what did this finetune change?").wait_for(timeout=120_000)
+            page.get_by_text(names.VAL_DIVERGENCE_NO_PROMPT, exact=True).wait_for(timeout=120_000)
+            body = page.inner_text("body")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            chromium.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "real/run1" in body
+    for tab in ("Overview", "Comparison", "Hard prompts", "Divergent dataset", "ADL", "Try it"):
+        assert tab in body, tab
+    assert f"{metrics[names.VAL_DIVERGENCE]:.4f}" in body
+    assert SCREENSHOT.read_bytes()[:4] == b"\x89PNG"
 
 
 ORGANISMS = ["sandbagging", "unlearning", "persona", "false_fact"]
