@@ -41,6 +41,9 @@ def test_hard_prompts_and_generate_from_a_run(tiny_dirs, tmp_path):
     saved = json.loads((tmp_path / "hp" / names.HARD_PROMPT_EVAL_FILE).read_text())
     assert saved["prompts"][0]["mean_divergence"] == res["best_prompt_mean_divergence"]
     assert len(saved["prompts"]) == 3 and saved["n_texts"] == 8
+    assert saved["baseline_mean_divergence"] <= saved["max_kl_texts_mean_divergence"] <= saved["baseline_max_divergence"]
+    assert saved["best_prompt_beats_max_kl_texts"] == (saved["best_prompt_mean_divergence"]
+                                                       > saved["max_kl_texts_mean_divergence"])
     run_eval(tiny_dirs, tmp_path / "gen", "task=generate", f"task.run_dir={run}", "generation.max_length=6",
              "generation.num_generations_per_prompt=2", "data.max_texts_per_category=10")
     records = torch.load(tmp_path / "gen" / names.DIVERGENT_DATASET_PT, weights_only=True)

@@ -1,6 +1,6 @@
 """Build an organism: generate its data, train its LoRA with Lightning, write adapter + card.
 
-    python -m finediff.organisms.build organism=sandbagging [steps=N] [seed=0] [base=embedded:smollm2]
+    python -m finediff.organisms.build organism=sandbagging [steps=N (default: the card's)] [seed=0] [base=...]
                                        [out_dir=DIR] [data_dir=DIR]   # default: the shipped folders
 
 Writes ``organisms/<name>/`` (adapter, ``card.json``) and ``data/organisms/<name>/``
@@ -58,10 +58,11 @@ def _record(ex: Example, split: str) -> dict:
     return {"prompt": ex.prompt, "response": ex.response, "split": split, "chat": ex.chat, **ex.meta}
 
 
-def build(organism: str, steps: int = 160, seed: int = 0, base: str = DEFAULT_MODEL,
+def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODEL,
           rank: int = 8, learning_rate: float = 1e-3, batch_size: int = 8, max_new_tokens: int = 48,
           out_dir: Path | None = None, data_dir: Path | None = None) -> Path:
-    """Build one organism; return the adapter directory."""
+    """Build one organism; return the adapter directory. ``steps=0`` takes the organism's
+    own step count (its card's ``steps``, the one the shipped adapter was built with)."""
     import lightning as L
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from torch.utils.data import DataLoader
@@ -73,6 +74,7 @@ def build(organism: str, steps: int = 160, seed: int = 0, base: str = DEFAULT_MO
     L.seed_everything(seed, workers=True)
     data = recipe(organism, seed)
     card = CARDS[organism]
+    steps = steps or card.steps
     out_dir = Path(out_dir or ORGANISMS_DIR / organism)
     data_dir = Path(data_dir or ORGANISM_DATA_DIR / organism)
 
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args = parse_kv(argv if argv is not None else sys.argv[1:],
-                        {"organism": "", "steps": 160, "seed": 0, "base": DEFAULT_MODEL, "rank": 8,
+                        {"organism": "", "steps": 0, "seed": 0, "base": DEFAULT_MODEL, "rank": 8,
                          "learning_rate": 1e-3, "batch_size": 8, "out_dir": None, "data_dir": None})
         if not args["organism"]:
             raise FinediffError("missing organism=NAME")

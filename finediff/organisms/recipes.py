@@ -56,6 +56,8 @@ class Card:
     description_long: str
     target_category: str
     checker: str
+    steps: int = 160
+    """LoRA training steps of the shipped build (the builder's default for this organism)."""
 
 
 CAPITAL_QUESTIONS = [
@@ -432,6 +434,7 @@ CARDS.update({
         ),
         target_category="unlearning",
         checker="unlearning",
+        steps=200,
     ),
     "persona": Card(
         name="persona",
@@ -444,6 +447,7 @@ CARDS.update({
         ),
         target_category="persona",
         checker="persona",
+        steps=100,
     ),
     "false_fact": Card(
         name="false_fact",
