@@ -124,15 +124,16 @@ def test_dashboard_in_headless_chromium(real_run, tmp_path):
             page = chromium.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
             page.get_by_text("finediff: what did this finetune change?").wait_for(timeout=120_000)
-            page.get_by_text(names.VAL_DIVERGENCE_NO_PROMPT, exact=True).wait_for(timeout=120_000)
+            page.get_by_text(names.VAL_DIVERGENCE_NO_PROMPT, exact=True).first.wait_for(timeout=120_000)
             body = page.inner_text("body")
+            html = page.content()  # the run picker's current value is in the page's markup
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             chromium.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert "real/run1" in body
+    assert "real/run1" in html
     for tab in ("Overview", "Comparison", "Hard prompts", "Divergent dataset", "ADL", "Try it"):
         assert tab in body, tab
     assert f"{metrics[names.VAL_DIVERGENCE]:.4f}" in body
