@@ -25,9 +25,14 @@ class RunOutputs(L.Callback):
     def __init__(self, output_dir: str):
         self.output_dir = Path(output_dir)
         self._t0 = None
+        self._train_s = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # training time only: a validation after fit must not add the evidence callbacks' time
+        self._train_s = time.perf_counter() - self._t0 if self._t0 is not None else None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -44,5 +49,6 @@ class RunOutputs(L.Callback):
             return
         metrics["global_step"] = int(trainer.global_step)
         if self._t0 is not None:
-            metrics["wall_time_s"] = round(time.perf_counter() - self._t0, 2)
+            elapsed = self._train_s if self._train_s is not None else time.perf_counter() - self._t0
+            metrics["wall_time_s"] = round(elapsed, 2)
         write_json(self.output_dir / names.METRICS_FILE, metrics)
