@@ -54,7 +54,10 @@ class ReportCallback(L.Callback):
         analyze_dataset(self.output_dir, self.embedder)
         md, page = write_report(self.output_dir, self.title, checker_for(self.organism))
         log.info("report written to %s and %s", md, page)
+        pngs = sorted(str(p) for p in self.output_dir.glob("*.png"))  # comparison and analysis plots
         for lg in trainer.loggers:
+            if pngs and hasattr(lg, "log_image"):
+                lg.log_image("report_plots", images=pngs, caption=[Path(p).name for p in pngs])
             experiment = getattr(lg, "experiment", None)
             if experiment is not None and hasattr(experiment, "log_artifact"):
                 import wandb

@@ -62,6 +62,10 @@ def test_logger_overrides(tiny_dirs, tmp_path, logger):
     assert (tmp_path / names.METRICS_FILE).exists()
     assert (tmp_path / "wandb").exists() == (logger == "wandb")
     assert (tmp_path / "csv").exists() == (logger == "csv")
+    if logger == "wandb":  # offline run: plots as images, the dataset and hard prompts as tables
+        run = next((tmp_path / "wandb").glob("offline-run-*"))
+        media = {p.name.split("_")[0] for p in (run / "files" / "media").rglob("*") if p.is_file()}
+        assert {"lens", "report", "divergent", "hard"} <= media, media
 
 
 @pytest.mark.parametrize("divergence", ["kl_base_ft", "symmetric_kl", "jsd"])
