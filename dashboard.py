@@ -57,7 +57,7 @@ def methods_of(run: Path) -> list[str]:
     """The result kinds present in a run folder, in the order the tabs show them."""
     checks = [("Overview", names.METRICS_FILE), ("Comparison", names.COMPARISON_CSV),
               ("Hard prompts", names.HARD_PROMPTS_FILE), ("Divergent dataset", names.DIVERGENT_DATASET_JSONL),
-              ("Clusters", names.CLUSTERS_FILE), ("ADL", f"{names.LENS_DIR}/{names.LENS_SUMMARY}"),
+              ("Analysis", names.ANALYSIS_FILE), ("Clusters", names.CLUSTERS_FILE), ("ADL", f"{names.LENS_DIR}/{names.LENS_SUMMARY}"),
               ("KL", f"{names.DIFF_DIR}/kl/{names.DIFF_SUMMARY}"),
               ("normdiff", f"{names.DIFF_DIR}/normdiff/{names.DIFF_SUMMARY}")]
     return [label for label, f in checks if (run / f).exists()]
@@ -117,6 +117,26 @@ def show_clusters(run: Path) -> None:
                 left, right = st.columns(2)
                 left.write(e["generation_1"])
                 right.write(e["generation_2"])
+
+
+def show_analysis(run: Path) -> None:
+    """The DivergenceAnalyzer's summary of the divergent dataset, with its plots."""
+    analysis = read_json(run / names.ANALYSIS_FILE)
+    st.write(f"{analysis['n_records']} records")
+    st.dataframe([{"metric": k, **v} for k, v in analysis["metrics"].items()], hide_index=True)
+    first = analysis["first_divergence"]
+    st.write(f"The generations part ways at token {first['mean_position']:.1f} on average "
+             f"({first['at_first_token']} at the very first token; {first['identical_pairs']} identical pairs).")
+    if analysis.get("per_category"):
+        st.markdown("**Per category**")
+        st.dataframe([{"category": c, **v} for c, v in analysis["per_category"].items()], hide_index=True)
+    cols = st.columns(len(analysis["words"]))
+    for col, (side, rows) in zip(cols, analysis["words"].items()):
+        col.markdown(f"**{side.replace('_', ' ')}**")
+        col.dataframe([{"word": r[0], "log-ratio": r[1]} for r in rows[:20]], hide_index=True)
+    for png in (names.ANALYSIS_KL_PNG, names.ANALYSIS_FIRST_PNG):
+        if (run / png).exists():
+            st.image(str(run / png))
 
 
 def show_adl(run: Path) -> None:
@@ -228,7 +248,7 @@ def main() -> None:
     st.sidebar.write("Results: " + ", ".join(methods))
     tabs = st.tabs(methods + ["Try it"])
     shows = {"Overview": show_overview, "Comparison": show_comparison, "Hard prompts": show_hard_prompts,
-             "Divergent dataset": show_dataset, "Clusters": show_clusters, "ADL": show_adl,
+             "Divergent dataset": show_dataset, "Analysis": show_analysis, "Clusters": show_clusters, "ADL": show_adl,
              "KL": lambda r: show_method(r, "kl"), "normdiff": lambda r: show_method(r, "normdiff")}
     for tab, method in zip(tabs, methods):
         with tab:

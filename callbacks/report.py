@@ -11,7 +11,7 @@ import lightning as L
 
 from finediff import names
 from finediff.compare import compare_categories, write_comparison
-from finediff.data import known_categories
+from finediff.data import known_categories, load_category
 from finediff.report import write_report
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,9 @@ def analyze_dataset(run: Path, embedder: str) -> None:
     if not path.exists():
         return
     records = torch.load(path, weights_only=True)
-    DivergenceAnalyzer(output_dir=run).analyze_divergence_patterns(records)
+    # per-category summaries: a record's prompt ends with the category text it was built from
+    categories = {t: c for c in known_categories() for t in load_category(c, None, 0.0).train}
+    DivergenceAnalyzer(output_dir=run).analyze_divergence_patterns(records, categories)
     if len(records) >= 3:
         BehavioralClusteringAnalyzer(embedder, output_dir=run).analyze_divergent_behaviors(records)
 

@@ -25,7 +25,8 @@ def test_dashboard_discovers_and_shows_a_run(run_root, monkeypatch):
     assert not at.exception, at.exception
     assert at.sidebar.selectbox[0].value == "sandbagging/run1"
     labels = [t.label for t in at.tabs]
-    for label in ("Overview", "Comparison", "Hard prompts", "Divergent dataset", "Clusters", "ADL", "Try it"):
+    for label in ("Overview", "Comparison", "Hard prompts", "Divergent dataset", "Analysis", "Clusters", "ADL",
+                  "Try it"):
         assert label in labels
     assert [m.label for m in at.metric][:3] == ["val/divergence", "val/divergence_no_prompt",
                                                 "val/divergence_random_prompt"]

@@ -60,6 +60,8 @@ def test_hard_prompts_and_generate_from_a_run(tiny_dirs, tmp_path):
     assert page.count("data:image/png;base64,") >= 5 and "<table>" in page
     clusters = json.loads((run / names.CLUSTERS_FILE).read_text())
     assert clusters["k"] >= 2 and sum(c["size"] for c in clusters["clusters"]) == 22
+    per_category = json.loads((run / names.ANALYSIS_FILE).read_text())["per_category"]
+    assert sum(v["n"] for v in per_category.values()) == 22 and set(per_category) - {"other"}
     # the seed script's input: a divergent_dataset.pt as the prompts file
     run_eval(tiny_dirs, tmp_path / "hp2", "task=hard_prompts",
              f"task.prompts_file={tmp_path / 'gen' / names.DIVERGENT_DATASET_PT}", "task.max_texts_per_category=4",

@@ -134,7 +134,7 @@ def test_dashboard_in_headless_chromium(real_run, tmp_path):
         server.terminate()
         server.wait(timeout=30)
     assert "real/run1" in html
-    for tab in ("Overview", "Comparison", "Hard prompts", "Divergent dataset", "ADL", "Try it"):
+    for tab in ("Overview", "Comparison", "Hard prompts", "Divergent dataset", "Analysis", "ADL", "Try it"):
         assert tab in body, tab
     assert f"{metrics[names.VAL_DIVERGENCE]:.4f}" in body
     assert SCREENSHOT.read_bytes()[:4] == b"\x89PNG"
