@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from finediff.data import load_category
-from finediff.divergent_dataset import response_divergences, text_divergences
+from finediff.divergent_dataset import POSITIONS, score_texts
 from finediff.errors import FinediffError
 from finediff.io import atomic_path
 
@@ -41,9 +41,6 @@ def summarise(category: str, values: list[float]) -> CategoryResult:
     return CategoryResult(category, n, mean, mean - half, mean + half, std, max(values))
 
 
-POSITIONS = ("response", "text")
-
-
 def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 100, batch_size: int = 8,
                        max_length: Optional[int] = None, progress: bool = True, positions: str = "response",
                        response_tokens: int = 32) -> list[CategoryResult]:
@@ -61,11 +58,7 @@ def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 1
         split = load_category(category, max_texts, val_fraction=0.0)
         if progress:
             print(f"scoring category {category} ({len(split.train)} texts)", flush=True)
-        if positions == "response":
-            values = response_divergences(pair, split.train, response_tokens, batch_size, progress=progress)
-        else:
-            values = text_divergences(pair, split.train, batch_size=batch_size, max_length=max_length,
-                                      progress=progress)
+        values = score_texts(pair, split.train, positions, response_tokens, max_length, batch_size, progress)
         results.append(summarise(category, values))
     return sorted(results, key=lambda r: r.mean_divergence, reverse=True)
 

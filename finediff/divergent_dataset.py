@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from finediff.data import collate, format_parts, format_text
 from finediff.divergence import final_hidden, output_head, pair_hidden, token_divergence
+from finediff.errors import FinediffError
 from finediff.generation import generate
 from finediff.io import torch_save, write_jsonl
 from finediff.metrics import argmax_disagreement, example_metrics, kl_per_position
@@ -59,18 +60,25 @@ def text_divergences(pair, texts: list[str], prompt: Optional[torch.Tensor] = No
     return out
 
 
+POSITIONS = ("response", "text")
+
+
+def score_texts(pair, texts: list[str], positions: str = "response", response_tokens: int = 32,
+                max_length: Optional[int] = None, batch_size: int = 8, progress: bool = False) -> list[float]:
+    """The pair's divergence on each text, in order: ``positions="response"`` over the
+    finetuned model's greedy answer (:func:`response_divergences`), ``"text"`` over the
+    text itself (:func:`text_divergences`)."""
+    if positions == "response":
+        return response_divergences(pair, texts, response_tokens, batch_size, progress=progress)
+    if positions == "text":
+        return text_divergences(pair, texts, batch_size=batch_size, max_length=max_length, progress=progress)
+    raise FinediffError(f"unknown positions {positions!r}; choose {' or '.join(POSITIONS)}")
+
+
 def rank_texts(pair, texts: list[str], positions: str = "response", response_tokens: int = 32,
                max_length: Optional[int] = None, batch_size: int = 8, progress: bool = True) -> list[tuple[float, str]]:
-    """``(divergence, text)`` for every text, highest first; ``positions`` as in
-    :func:`finediff.compare.compare_categories` (``response`` or ``text``)."""
-    if positions == "response":
-        scores = response_divergences(pair, texts, response_tokens, batch_size, progress=progress)
-    elif positions == "text":
-        scores = text_divergences(pair, texts, batch_size=batch_size, max_length=max_length, progress=progress)
-    else:
-        from finediff.errors import FinediffError
-
-        raise FinediffError(f"unknown positions {positions!r}; choose response or text")
+    """``(divergence, text)`` for every text, highest first (see :func:`score_texts`)."""
+    scores = score_texts(pair, texts, positions, response_tokens, max_length, batch_size, progress)
     return sorted(zip(scores, texts), key=lambda x: -x[0])
 
 
