@@ -46,10 +46,10 @@ def _categories(cfg: DictConfig) -> list[str]:
 def run_compare(cfg: DictConfig, pair, out: Path) -> dict:
     from finediff.compare import compare_categories, write_comparison
 
-    positions = cfg.task.get("positions", "response")
+    positions = cfg.task.positions
     results = compare_categories(pair, _categories(cfg), cfg.task.max_texts_per_category, cfg.task.batch_size,
                                  cfg.data.max_length, positions=positions,
-                                 response_tokens=cfg.task.get("response_tokens", 32))
+                                 response_tokens=cfg.task.response_tokens)
     where = "over the finetuned model's answers" if positions == "response" else "over the texts"
     write_comparison(results, out / names.COMPARISON_CSV, out / names.COMPARISON_MD, out / names.COMPARISON_PNG,
                      title=cfg.task_name, xlabel=f"mean per-token KL(ft || base) {where}")
@@ -101,7 +101,7 @@ def run_hard_prompts(cfg: DictConfig, pair, out: Path) -> dict:
                      "gain_over_texts": mean - mean_base,
                      "share_of_texts_increased": sum(s > b for s, b in zip(scores, baseline)) / len(texts)})
     rows.sort(key=lambda r: -r["mean_divergence"])
-    top = sorted(baseline, reverse=True)[: cfg.task.get("max_kl_texts", 10)]
+    top = sorted(baseline, reverse=True)[: cfg.task.max_kl_texts]
     result = {"categories": _categories(cfg), "n_texts": len(texts), "baseline_mean_divergence": mean_base,
               "baseline_max_divergence": max(baseline),
               # the diffing toolkit's max-KL corpus baseline: the mean of the highest-KL texts alone
@@ -131,8 +131,8 @@ def run_generate(cfg: DictConfig, pair, out: Path) -> dict:
         raise FinediffError(f"{prompt_file} was trained for hidden size {record['hidden_size']}, "
                             f"the pair has {pair.hidden_size}")
     texts = [t for c in cfg.data.categories for t in load_category(c, cfg.data.max_texts_per_category, 0.0).train]
-    ranked = [t for _, t in rank_texts(pair, texts, cfg.task.get("positions", "response"),
-                                       cfg.task.get("response_tokens", 32), cfg.data.max_length, cfg.task.batch_size)]
+    ranked = [t for _, t in rank_texts(pair, texts, cfg.task.positions,
+                                       cfg.task.response_tokens, cfg.data.max_length, cfg.task.batch_size)]
     hard_file = run / names.HARD_PROMPTS_FILE
     hard = [json.loads(x)["text"] for x in hard_file.read_text().splitlines()] if hard_file.exists() else []
     prompts = [with_hard_prompt(h, t) for h in hard[: cfg.task.n_hard_prompts] for t in ranked[: cfg.task.texts_per_hard_prompt]]
