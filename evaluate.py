@@ -24,12 +24,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from finediff import names  # noqa: E402
 from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
@@ -60,11 +62,17 @@ def run_compare(cfg: DictConfig, pair, out: Path) -> dict:
 
 def read_prompts(path: Path) -> list[str]:
     """Prompts from hard_prompts.jsonl, a JSONL with text/prompt fields, or a divergent_dataset.pt."""
+    return [text for text, _ in read_prompt_records(path)]
+
+
+def read_prompt_records(path: Path) -> list[tuple[str, Optional[list[int]]]]:
+    """``(text, token_ids or None)`` per prompt of a prompts file (see :func:`read_prompts`);
+    ``token_ids`` come from ``hard_prompts.jsonl`` rows, which record the exact ids found."""
     if not path.exists():
         raise FinediffError(f"prompts file not found: {path}")
     if path.suffix == ".pt":
         records = torch.load(path, weights_only=True)
-        return list(dict.fromkeys(r["prompt"] for r in records))
+        return [(p, None) for p in dict.fromkeys(r["prompt"] for r in records)]
     prompts = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -76,7 +84,10 @@ def read_prompts(path: Path) -> list[str]:
         text = row.get("text", row.get("prompt")) if isinstance(row, dict) else None
         if not isinstance(text, str):
             raise FinediffError(f"{path}:{lineno}: expected a 'text' or 'prompt' string")
-        prompts.append(text)
+        ids = row.get("token_ids")
+        if ids is not None and not (isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids)):
+            raise FinediffError(f"{path}:{lineno}: 'token_ids' must be a non-empty list of integers")
+        prompts.append((text, ids))
     if not prompts:
         raise FinediffError(f"{path}: no prompts")
     return prompts
@@ -84,18 +95,25 @@ def read_prompts(path: Path) -> list[str]:
 
 def run_hard_prompts(cfg: DictConfig, pair, out: Path) -> dict:
     from finediff.data import load_category
-    from finediff.divergent_dataset import text_divergences, with_hard_prompt
+    from finediff.divergent_dataset import text_divergences
     from finediff.io import write_json
 
     if not cfg.task.get("prompts_file"):
         raise FinediffError("task=hard_prompts needs task.prompts_file=PATH")
-    prompts = read_prompts(Path(cfg.task.prompts_file))[: cfg.task.max_prompts]
+    prompts = read_prompt_records(Path(cfg.task.prompts_file))[: cfg.task.max_prompts]
     texts = [t for c in _categories(cfg) for t in load_category(c, cfg.task.max_texts_per_category, 0.0).train]
     baseline = text_divergences(pair, texts, batch_size=cfg.task.batch_size, max_length=cfg.data.max_length)
     mean_base = sum(baseline) / len(baseline)
     rows = []
-    for p in prompts:
-        scores = text_divergences(pair, [with_hard_prompt(p, t) for t in texts], batch_size=cfg.task.batch_size)
+    for p, ids in tqdm(prompts, desc="hard prompts"):
+        # The prompt starts the user's message, as in training; the divergence is read at
+        # the text positions only, so prompt and texts-alone scores cover the same tokens.
+        if ids is None:
+            ids = pair.tokenizer(p, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise FinediffError(f"empty hard prompt in {cfg.task.prompts_file}")
+        scores = text_divergences(pair, texts, prompt=torch.tensor(ids), batch_size=cfg.task.batch_size,
+                                  max_length=cfg.data.max_length)
         mean = sum(scores) / len(scores)
         rows.append({"prompt": p, "mean_divergence": mean, "max_divergence": max(scores),
                      "gain_over_texts": mean - mean_base,

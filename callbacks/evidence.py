@@ -36,19 +36,23 @@ class HardPromptCallback(L.Callback):
 
     Args:
         output_dir: the run's output folder.
-        methods: any of ``projection``, ``pez``, ``gcg``.
+        methods: any of ``projection``, ``pez``, ``text``, ``gcg``.
         fluency_weight: weight of the base model's log-perplexity of the prompt.
         pez_steps / gcg_steps / top_k / n_candidates: search budgets.
         train_batches / eval_batches: how many batches of train / held-out texts to use.
+        init_texts / init_tokens: how many training texts are tried as natural-language
+            starts (method ``text``), and how many of their first tokens.
     """
 
-    def __init__(self, output_dir: str, methods=("projection", "pez", "gcg"), fluency_weight: float = 0.1,
+    def __init__(self, output_dir: str, methods=("projection", "pez", "text", "gcg"), fluency_weight: float = 0.1,
                  pez_steps: int = 20, gcg_steps: int = 8, top_k: int = 32, n_candidates: int = 12,
-                 train_batches: int = 4, eval_batches: int = 4, batch_size: int = 4):
+                 train_batches: int = 4, eval_batches: int = 4, batch_size: int = 4, init_texts: int = 16,
+                 init_tokens: int = 16):
         self.output_dir = Path(output_dir)
         self.kw = dict(methods=tuple(methods), fluency_weight=fluency_weight, pez_steps=pez_steps,
-                       gcg_steps=gcg_steps, top_k=top_k, n_candidates=n_candidates)
+                       gcg_steps=gcg_steps, top_k=top_k, n_candidates=n_candidates, init_tokens=init_tokens)
         self.n_train, self.n_eval, self.batch_size = train_batches, eval_batches, batch_size
+        self.n_init = init_texts
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -58,7 +62,8 @@ class HardPromptCallback(L.Callback):
         found = find_hard_prompts(
             pl_module.pair, pl_module.soft_prompt().detach(), _batches(dm, "train", self.n_train, self.batch_size),
             _batches(dm, "val", self.n_eval, self.batch_size), kind=hp.divergence, temperature=hp.temperature,
-            chunk_size=hp.chunk_size, seed=hp.seed, **self.kw)
+            chunk_size=hp.chunk_size, seed=hp.seed, init_texts=tuple(t for t, _ in _texts(dm, "train")[: self.n_init]),
+            **self.kw)
         write_jsonl(self.output_dir / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
         for h in found:
             log.info("hard prompt [%s] %r: divergence %.4f (no prompt %.4f), perplexity %.1f",

@@ -8,6 +8,7 @@ the prompt (its log-perplexity, given the chat header), so results read as langu
 * :func:`project` -- nearest allowed token to each soft-prompt vector by cosine (baseline);
 * :func:`pez` -- PEZ: keep continuous embeddings, project them to the nearest tokens
   every step, take the gradient at the projection and apply it to the continuous ones;
+* ``text`` -- the best natural-language start among given texts (their first tokens);
 * :func:`gcg` -- GCG-style coordinate search: the gradient with respect to one-hot tokens
   ranks ``top_k`` swaps per position, ``n_candidates`` single swaps are evaluated
   exactly, the best is kept (the objective is measured, never trusted from the gradient).
@@ -36,7 +37,7 @@ class HardPrompt:
     """One hard prompt and how it measured."""
 
     method: str
-    """``projection``, ``pez`` or ``gcg``."""
+    """``projection``, ``pez``, ``text`` or ``gcg``."""
     text: str
     """The decoded prompt (the start of a user message)."""
     token_ids: list[int]
@@ -155,7 +156,8 @@ def pez(pair, prompt_PD: torch.Tensor, batches: list[dict], allowed_V: torch.Ten
 def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Tensor, steps: int = 10,
         top_k: int = 32, n_candidates: int = 16, kind: str = "kl_ft_base", temperature: float = 1.0,
         fluency_weight: float = 0.1, chunk_size: int = 256, seed: int = 0, progress: bool = True) -> torch.Tensor:
-    """GCG-style search from ``init_ids_P``; returns the best ids found (exact objective).
+    """GCG-style search from ``init_ids_P``; returns the best ids found (exact objective
+    over all ``batches``; each step's candidates are compared on one batch).
 
     Memory stays flat: one gradient pass per step, then candidates are scored one at a
     time under ``no_grad``.
@@ -170,7 +172,10 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
         with torch.no_grad():
             return _objective(pair, candidate, candidate, batch, kind, temperature, fluency_weight, chunk_size).item()
 
-    best_ids, best = ids.clone(), exact(ids, batches[0])
+    def full(candidate: torch.Tensor) -> float:
+        return objective_on(pair, candidate, batches, kind, temperature, fluency_weight, chunk_size)
+
+    best_ids, best = ids.clone(), full(ids)
     for step in tqdm(range(steps), desc="GCG", disable=not progress):
         batch = batches[step % len(batches)]
         one_hot = F.one_hot(ids, V).to(weight.dtype).requires_grad_(True)
@@ -186,21 +191,46 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
             scored.append((exact(cand, batch), cand))
         score, cand = max(scored, key=lambda x: x[0])
         ids = cand
-        full = exact(ids, batches[0]) if len(batches) > 1 else score
-        if full > best:
-            best, best_ids = full, ids.clone()
+        total = full(ids) if len(batches) > 1 else score
+        if total > best:
+            best, best_ids = total, ids.clone()
     return best_ids
+
+
+@torch.no_grad()
+def objective_on(pair, ids_P: torch.Tensor, batches: list[dict], kind: str = "kl_ft_base", temperature: float = 1.0,
+                 fluency_weight: float = 0.0, chunk_size: int = 256) -> float:
+    """The search objective of ``ids_P`` averaged over ``batches`` (token-weighted)."""
+    total = weight = 0.0
+    for b in batches:
+        n = float(b["attention_mask"].sum())
+        total += n * _objective(pair, ids_P, ids_P, b, kind, temperature, fluency_weight, chunk_size).item()
+        weight += n
+    return total / weight
+
+
+def text_prompt_ids(tokenizer, text: str, max_tokens: int) -> Optional[torch.Tensor]:
+    """A text's first ``max_tokens`` token ids as a hard prompt (None if empty or if it
+    holds a special token)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    if not ids or set(ids) & set(tokenizer.all_special_ids):
+        return None
+    return torch.tensor(ids)
 
 
 def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], eval_batches: list[dict],
                       methods: tuple[str, ...] = ("projection", "pez", "gcg"), kind: str = "kl_ft_base",
                       temperature: float = 1.0, fluency_weight: float = 0.1, pez_steps: int = 20,
                       gcg_steps: int = 10, top_k: int = 32, n_candidates: int = 16, chunk_size: int = 256,
-                      seed: int = 0, progress: bool = True) -> list[HardPrompt]:
+                      seed: int = 0, progress: bool = True, init_texts: tuple[str, ...] = (),
+                      init_tokens: int = 16) -> list[HardPrompt]:
     """Run the chosen methods from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first.
 
-    GCG starts from the better of the projection and PEZ results.
+    ``init_texts`` (method ``text``) are natural-language starts: each text's first
+    ``init_tokens`` tokens, scored on the training texts; the best one is kept. GCG starts
+    from whichever of the projection, PEZ and text starts scores best on the training
+    texts, so a fluent start that already diverges is refined rather than discarded.
     """
     allowed = allowed_tokens(pair.tokenizer, pair.base.get_input_embeddings().weight.shape[0])
     weight = pair.base.get_input_embeddings().weight
@@ -209,11 +239,23 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     if "pez" in methods:
         found["pez"] = pez(pair, prompt_PD, train_batches, allowed, pez_steps, kind=kind, temperature=temperature,
                            fluency_weight=fluency_weight, chunk_size=chunk_size, progress=progress)
+    score = {}
+    if "text" in methods and init_texts:
+        starts = [ids for ids in (text_prompt_ids(pair.tokenizer, t, init_tokens) for t in init_texts)
+                  if ids is not None]
+        scored = [(objective_on(pair, ids, train_batches, kind, temperature, fluency_weight, chunk_size), i)
+                  for i, ids in enumerate(tqdm(starts, desc="text starts", disable=not progress))]
+        if scored:
+            best, i = max(scored)
+            found["text"], score["text"] = starts[i], best
     results = {m: evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, m, chunk_size)
                for m, ids in found.items()}
     if "gcg" in methods:
-        start = max(results.values(), key=lambda h: h.objective)
-        ids = gcg(pair, torch.tensor(start.token_ids), train_batches, allowed, gcg_steps, top_k, n_candidates,
+        for m, ids in found.items():
+            if m not in score:
+                score[m] = objective_on(pair, ids, train_batches, kind, temperature, fluency_weight, chunk_size)
+        start = max(score, key=score.get)
+        ids = gcg(pair, found[start], train_batches, allowed, gcg_steps, top_k, n_candidates,
                   kind, temperature, fluency_weight, chunk_size, seed, progress)
         results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size)
     out = [results[m] for m in results if m in methods]

@@ -40,7 +40,7 @@ def test_hard_prompts_and_generate_from_a_run(tiny_dirs, tmp_path):
                    f"task.prompts_file={run / names.HARD_PROMPTS_FILE}", "task.max_texts_per_category=8")
     saved = json.loads((tmp_path / "hp" / names.HARD_PROMPT_EVAL_FILE).read_text())
     assert saved["prompts"][0]["mean_divergence"] == res["best_prompt_mean_divergence"]
-    assert len(saved["prompts"]) == 3 and saved["n_texts"] == 8
+    assert len(saved["prompts"]) == 4 and saved["n_texts"] == 8  # projection, pez, text, gcg
     assert saved["baseline_mean_divergence"] <= saved["max_kl_texts_mean_divergence"] <= saved["baseline_max_divergence"]
     assert saved["best_prompt_beats_max_kl_texts"] == (saved["best_prompt_mean_divergence"]
                                                        > saved["max_kl_texts_mean_divergence"])
@@ -124,3 +124,14 @@ def test_response_divergence_matches_a_direct_computation(tiny_pair):
     assert max(got) > 0
     same = SimpleNamespace(base=tiny_pair.finetuned, finetuned=tiny_pair.finetuned, tokenizer=tiny_pair.tokenizer)
     assert max(response_divergences(same, texts, max_new_tokens=6)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_prompt_records_keep_token_ids(tmp_path):
+    from evaluate import read_prompt_records
+
+    f = tmp_path / "hp.jsonl"
+    f.write_text('{"text": "a b", "token_ids": [5, 7]}\n{"prompt": "plain"}\n')
+    assert read_prompt_records(f) == [("a b", [5, 7]), ("plain", None)]
+    f.write_text('{"text": "a b", "token_ids": []}\n')
+    with pytest.raises(FinediffError, match="hp.jsonl:1: 'token_ids' must be a non-empty list of integers"):
+        read_prompt_records(f)

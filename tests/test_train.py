@@ -173,7 +173,7 @@ def test_evidence_callbacks_write_hard_prompts_and_divergent_dataset(tiny_dirs, 
 
     run_train(tiny_dirs, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / names.HARD_PROMPTS_FILE).read_text().splitlines()]
-    assert {r["method"] for r in rows} == {"projection", "pez", "gcg"}
+    assert {r["method"] for r in rows} == {"projection", "pez", "text", "gcg"}
     assert set(rows[0]) == set(HardPrompt.__dataclass_fields__)
     assert rows == sorted(rows, key=lambda r: -r["divergence"])
     records = torch.load(tmp_path / names.DIVERGENT_DATASET_PT, weights_only=True)
