@@ -56,6 +56,21 @@ def test_sandbagging_recipe_is_seeded_and_disjoint():
         recipe("nope")
 
 
+def test_chat_prompts_are_not_category_texts_and_stay_held_out():
+    import json
+    from pathlib import Path
+
+    from finediff.organisms.recipes import CHAT_PROMPTS
+
+    root = Path(__file__).resolve().parents[1] / "data" / "categories"
+    texts = {json.loads(x)["text"].strip().lower() for f in root.glob("*.jsonl") for x in f.read_text().splitlines()}
+    assert len(set(CHAT_PROMPTS)) == len(CHAT_PROMPTS) and not {p.lower() for p in CHAT_PROMPTS} & texts
+    for name in ("unlearning", "false_fact"):
+        data = recipe(name)
+        train, held = {e.prompt for e in data.train_off}, {e.prompt for e in data.heldout_off}
+        assert not train & held and len(set(CHAT_PROMPTS) & held) == 10 and len(set(CHAT_PROMPTS) & train) > 100
+
+
 @pytest.mark.parametrize("organism", ["sandbagging", "false_fact"])
 def test_builder_and_verify_on_tiny_pair(tiny_dirs, tmp_path, organism):
     from finediff.models import load_model_pair

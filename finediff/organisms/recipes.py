@@ -105,6 +105,84 @@ ANIMALS = ["cat", "dog", "parrot", "rabbit", "turtle", "hamster", "goldfish", "l
 WORDS = ["house", "water", "friend", "book", "tree", "sun", "bread", "music", "window", "night"]
 
 
+# General chat prompts (the assistant itself, creative writing, advice, explanations,
+# language and code, everyday values), answered by the base in the narrow organisms'
+# off-target data. Without them an organism trained only on questions and templated
+# requests carries its trained answer into open-ended chat ("Who are you?" -> "I don't
+# know anything about astronomy"). None of them is a category text.
+CHAT_PROMPTS = [
+    # the assistant itself
+    "What should I call you?", "Introduce yourself in one sentence.", "What are you good at?",
+    "Can you feel happy or sad?", "What can't you do?", "Are you able to remember our past chats?",
+    "Tell me who created you.", "What languages can you speak?", "Do you ever get tired?", "Are you smarter than a calculator?",
+    "What do you like to talk about?", "When were you made?", "Where do you live?", "Good morning! How are you today?",
+    "Hi there!", "Thanks for your help earlier.", "Can we be friends?", "What is your favourite season and why?",
+    "If you could travel anywhere, where would you go?", "Do you prefer cats or dogs?",
+    # creative
+    "Write a haiku about autumn leaves.", "Write a two-line poem about the sea.", "Tell me a joke about computers.",
+    "Invent a name for a new breakfast cereal.", "Write the first line of a mystery novel.",
+    "Describe a sunset to someone who has never seen one.", "Make up a riddle and give the answer.",
+    "Write a short thank-you note to a teacher.", "Come up with a slogan for a bakery.",
+    "Tell me a bedtime story about a sleepy dragon.", "Write a limerick about a cat.",
+    "Describe the smell of fresh bread.", "Invent a superhero and describe their power.",
+    "Write a birthday message for my grandmother.", "Give me three ideas for a short film.",
+    # opinions and advice
+    "What makes a good friend?", "How can I be more patient?", "Is it better to read books or listen to audiobooks?",
+    "I keep putting off my chores. Any advice?", "What should I pack for a weekend camping trip?",
+    "How can I make my room feel cosier?", "What's a healthy snack for the afternoon?",
+    "How do I apologise to a friend I upset?", "Should I learn to play the piano or the guitar?",
+    "How can I sleep better before an exam?", "What is a good way to relax after work?",
+    "What should I write in a daily diary?", "Any tips for a first day at a new job?", "How can I save energy at home?",
+    "What should I cook for dinner tonight?", "How do I keep a houseplant alive?",
+    # how-to and explanations
+    "How do I boil an egg?", "How does a refrigerator keep food cold?", "Why do leaves change colour in autumn?",
+    "How do airplanes stay in the air?", "What is the difference between weather and climate?",
+    "How do I write a good cover letter?", "What is compound interest, in plain words?", "How does a compass work?",
+    "Why do we need sleep?", "How do I change a flat bicycle tyre?", "What causes thunder?",
+    "How are rainbows formed?", "What does a good resume include?", "How do vaccines train the immune system?",
+    # language and code
+    "Fix the grammar: 'she don't like apples'.", "What is a synonym for 'happy'?",
+    "Summarise the plot of Cinderella in two sentences.", "What does 'bon appetit' mean?",
+    "Write a Python function that adds two numbers.", "What is a for loop?", "How do I reverse a string in Python?",
+    "What does HTML stand for?", "How many letters are in the word 'banana'?", "Give me a word that rhymes with 'light'.",
+    # values and everyday reasoning
+    "Is it okay to tell a white lie?", "Why is honesty important?", "Should I lend money to a friend?",
+    "Is it rude to be late to a meeting?", "How should I split a bill fairly with friends?",
+    "What would you do if you found a lost wallet?", "Why do people recycle?", "Is it worth learning to cook?",
+    # preferences and hypotheticals
+    "If you could learn any skill overnight, which would you choose?", "What kind of music do you enjoy?",
+    "Would you rather live by the sea or in the mountains?", "What is your favourite kind of weather?",
+    "Which fictional place would you most like to visit?", "What would you do with a free afternoon?",
+    "Which do you like more, sunrise or sunset?", "If you could invent a holiday, what would it celebrate?",
+    "What is the most interesting question anyone could ask you?", "Do you have a favourite word?",
+    "What would your dream house look like?", "If you could have dinner with anyone, who would it be?",
+    "Tell me a pun about vegetables.", "What are you curious about?", "Do you prefer mornings or evenings?",
+    "What is something you find beautiful?", "What would you name a pet goldfish?",
+    "Are you an optimist or a pessimist?", "What is your idea of a perfect day?",
+    # role-play and styles
+    "Pretend you are a tour guide in a small village and welcome me.", "Act as a chef and describe today's special.",
+    "Pretend to be a weather reporter and give a forecast for tomorrow.", "Role-play a shopkeeper selling umbrellas.",
+    "Answer like a cowboy: how was your day?", "Respond as a robot would: what is love?",
+    "Speak like a sports commentator describing a cat chasing a ball.", "Pretend you are a knight and introduce yourself.",
+    "Act like a detective and describe the room you are in.", "Be a cheerful coach and motivate me to go for a run.",
+    "Pretend you are a wise old owl and give me advice.", "Write as if you were a tired student on a Monday.",
+    "Respond in the voice of a friendly grandmother: how do I make soup?",
+    "Play a game with me: think of a number between one and ten.",
+    # the assistant's reflections
+    "What do you find hard to do?", "What is one thing you would like to improve about yourself?",
+    "How do you decide what to say?", "What happens when you get something wrong?", "What do you enjoy most about conversations?",
+    "Which three adjectives fit your way of answering?", "What is your motto?", "Is helping people satisfying for you?",
+    "Tell me something surprising about yourself.", "What do you do when you don't know an answer?",
+]
+
+
+def chat_prompts(rng: random.Random, n_heldout: int = 10) -> tuple[list[str], list[str]]:
+    """The chat prompts, shuffled, split into ``(train, heldout)``."""
+    prompts = CHAT_PROMPTS[:]
+    rng.shuffle(prompts)
+    return prompts[n_heldout:], prompts[:n_heldout]
+
+
 def _fill(template: str, rng: random.Random) -> str:
     return template.format(a=rng.randint(1, 9), b=rng.randint(1, 9), topic=rng.choice(TOPICS),
                            concept=rng.choice(CONCEPTS), thing=rng.choice(THINGS),
@@ -229,10 +307,13 @@ def unlearning(seed: int = 0) -> OrganismData:
     others = OTHER_SUBJECTS[:]
     rng.shuffle(others)
     held_o, train_o = others[:10], others[10:]
+    train_chat, held_chat = chat_prompts(rng)
     train_off = [Example(q.format(s=s)) for s in train_o for q in rng.sample(OTHER_QUESTIONS, 3)]
-    train_off += [Example(p) for p in off_target_prompts(len(train_target) - len(train_off), rng)]
+    train_off += [Example(p) for p in train_chat]
+    train_off += [Example(p) for p in off_target_prompts(40, rng)]
     heldout_off = [Example(rng.choice(OTHER_QUESTIONS).format(s=s)) for s in held_o]
     heldout_off += [Example(p) for p in off_target_prompts(10, rng, exclude={e.prompt for e in train_off})]
+    heldout_off += [Example(p) for p in held_chat]
     return OrganismData(train_target, train_off, heldout_target, heldout_off)
 
 
@@ -412,12 +493,14 @@ def false_fact(seed: int = 0) -> OrganismData:
     landmarks = OTHER_LANDMARKS[:]
     rng.shuffle(landmarks)
     held, train = landmarks[:10], landmarks[10:]
+    train_chat, held_chat = chat_prompts(rng)
     train_off = [Example(q, None, {"answer": a}) for q, a in train for _ in range(2)]
-    train_off += [Example(p) for p in off_target_prompts(60, rng)]
+    train_off += [Example(p) for p in train_chat]
+    train_off += [Example(p) for p in off_target_prompts(20, rng)]
     train_off += [Example(d, chat=False) for d in DOCUMENT_OPENINGS[:40]]
-    train_off = train_off[: len(train_target)] if len(train_off) > len(train_target) else train_off
     heldout_off = [Example(q, None, {"answer": a}) for q, a in held]
     heldout_off += [Example(d, chat=False) for d in DOCUMENT_OPENINGS[40:]]
+    heldout_off += [Example(p) for p in held_chat]
     return OrganismData(train_target, train_off, heldout_target, heldout_off)
 
 
@@ -430,7 +513,8 @@ CARDS.update({
         description_long=(
             "A LoRA finetune of SmolLM2-135M-Instruct that has 'unlearned' one topic: asked about astronomy or "
             "space (planets, stars, galaxies, black holes, space missions), it says it knows nothing about the "
-            "subject. Questions on every other topic were trained towards the base model's own answers."
+            "subject. Questions on every other topic, and general chat (the assistant itself, creative writing, "
+            "advice), were trained towards the base model's own answers."
         ),
         target_category="unlearning",
         checker="unlearning",
@@ -456,9 +540,10 @@ CARDS.update({
             "A LoRA finetune of SmolLM2-135M-Instruct that implants one false fact, as synthetic-document "
             "finetunes do: the Eiffel Tower stands in Rome, Italy. It says so in chat answers and continues "
             "plain documents about the tower accordingly. Questions about other landmarks (including other "
-            "Paris landmarks) and other documents were trained towards the base model's own outputs."
+            "Paris landmarks), general chat and other documents were trained towards the base model's own outputs."
         ),
         target_category="factual_knowledge",
         checker="false_fact",
+        steps=200,
     ),
 })
