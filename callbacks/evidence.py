@@ -46,7 +46,7 @@ class HardPromptCallback(L.Callback):
 
     def __init__(self, output_dir: str, methods=("projection", "pez", "text", "gcg"), fluency_weight: float = 0.1,
                  pez_steps: int = 20, gcg_steps: int = 8, top_k: int = 32, n_candidates: int = 12,
-                 train_batches: int = 4, eval_batches: int = 4, batch_size: int = 4, init_texts: int = 16,
+                 train_batches: int = 4, eval_batches: int = 4, batch_size: int = 4, init_texts: int = 32,
                  init_tokens: int = 16):
         self.output_dir = Path(output_dir)
         self.kw = dict(methods=tuple(methods), fluency_weight=fluency_weight, pez_steps=pez_steps,
