@@ -60,14 +60,10 @@ def run_compare(cfg: DictConfig, pair, out: Path) -> dict:
     return {"ranking": [r.category for r in results]}
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Prompts from hard_prompts.jsonl, a JSONL with text/prompt fields, or a divergent_dataset.pt."""
-    return [text for text, _ in read_prompt_records(path)]
-
-
 def read_prompt_records(path: Path) -> list[tuple[str, Optional[list[int]]]]:
-    """``(text, token_ids or None)`` per prompt of a prompts file (see :func:`read_prompts`);
-    ``token_ids`` come from ``hard_prompts.jsonl`` rows, which record the exact ids found."""
+    """``(text, token_ids or None)`` per prompt of hard_prompts.jsonl, a JSONL with
+    text/prompt fields, or a divergent_dataset.pt; ``token_ids`` come from
+    ``hard_prompts.jsonl`` rows, which record the exact ids found."""
     if not path.exists():
         raise FinediffError(f"prompts file not found: {path}")
     if path.suffix == ".pt":

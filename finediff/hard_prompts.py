@@ -168,14 +168,10 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     V = weight.shape[0]
     not_allowed = ~allowed_V.to(weight.device)
 
-    def exact(candidate: torch.Tensor, batch: dict) -> float:
-        with torch.no_grad():
-            return _objective(pair, candidate, candidate, batch, kind, temperature, fluency_weight, chunk_size).item()
+    def exact(candidate: torch.Tensor, on: list[dict]) -> float:
+        return objective_on(pair, candidate, on, kind, temperature, fluency_weight, chunk_size)
 
-    def full(candidate: torch.Tensor) -> float:
-        return objective_on(pair, candidate, batches, kind, temperature, fluency_weight, chunk_size)
-
-    best_ids, best = ids.clone(), full(ids)
+    best_ids, best = ids.clone(), exact(ids, batches)
     for step in tqdm(range(steps), desc="GCG", disable=not progress):
         batch = batches[step % len(batches)]
         one_hot = F.one_hot(ids, V).to(weight.dtype).requires_grad_(True)
@@ -188,10 +184,10 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
             cand = ids.clone()
             pos = int(torch.randint(0, len(ids), (1,), generator=g))
             cand[pos] = top[pos, int(torch.randint(0, top_k, (1,), generator=g))]
-            scored.append((exact(cand, batch), cand))
+            scored.append((exact(cand, [batch]), cand))
         score, cand = max(scored, key=lambda x: x[0])
         ids = cand
-        total = full(ids) if len(batches) > 1 else score
+        total = exact(ids, batches) if len(batches) > 1 else score
         if total > best:
             best, best_ids = total, ids.clone()
     return best_ids
