@@ -1,9 +1,12 @@
-"""LoraFinetune: the LightningModule that trains an organism's LoRA adapter (response-only loss)."""
+"""LoraFinetune: the LightningModule that trains an organism's LoRA adapter (response-only loss;
+off-target rows distilled from the base, see :func:`finediff.sft.sft_loss`)."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
+
+from finediff.sft import sft_loss
 
 
 class LoraFinetune(L.LightningModule):
@@ -22,7 +25,14 @@ class LoraFinetune(L.LightningModule):
         self.model = peft_model
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        distill = batch.get("distill")
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        base_logits = None
+        if distill is not None and bool(distill.any()):
+            # The base model is the PEFT model with its adapter switched off.
+            with torch.no_grad(), self.model.disable_adapter():
+                base_logits = self.model(**inputs).logits
+        loss = sft_loss(self.model(**inputs).logits, batch["labels"], distill, base_logits)
         self.log("organism/train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

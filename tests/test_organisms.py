@@ -117,3 +117,26 @@ def test_recipes_cover_every_card():
         data = recipe(name)
         assert data.heldout_target and data.heldout_off
         assert not {e.prompt for e in data.heldout_target} & {e.prompt for e in data.train_target}
+
+
+def test_sft_loss_distils_off_target_rows():
+    import torch
+
+    from finediff.sft import sft_collate, sft_loss
+
+    torch.manual_seed(0)
+    batch = sft_collate([([1, 2, 3, 4], [-100, -100, 3, 4], False), ([5, 6, 7], [-100, 6, 7], True)], pad_id=0)
+    assert batch["distill"].tolist() == [False, True]
+    logits = torch.randn(2, 4, 9)
+    # Without distillation: the causal LM loss of transformers.
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 9), batch["labels"][:, 1:].reshape(-1))
+    assert torch.allclose(sft_loss(logits, batch["labels"]), ce)
+    # A distilled row matching the base exactly costs nothing; the target row keeps its CE.
+    base = logits.clone()
+    base[0] = torch.randn(4, 9)
+    only_target = sft_loss(logits[:1], batch["labels"][:1])
+    mixed = sft_loss(logits, batch["labels"], batch["distill"], base)
+    assert torch.allclose(mixed, only_target * 2 / 4)  # 2 target tokens + 2 zero-KL tokens
+    # and a distilled row that differs from the base costs KL(base || ft) > 0.
+    base[1] = torch.randn(4, 9)
+    assert sft_loss(logits, batch["labels"], batch["distill"], base) > mixed

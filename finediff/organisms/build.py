@@ -5,8 +5,9 @@
 
 Writes ``organisms/<name>/`` (adapter, ``card.json``) and ``data/organisms/<name>/``
 (``train.jsonl``: the finetuning data; ``heldout.jsonl``: verification prompts).
-Off-target prompts are answered by the base model itself (greedy), so the change stays
-narrow. Seeded and reproducible.
+Off-target prompts are answered by the base model itself (greedy) and, by default (the
+card's ``off_target_loss``), trained by distilling the base's next-token distribution on
+those answers, so the change stays narrow. Seeded and reproducible.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     model = load_model(base)
     train = data.train_target + data.train_off
     todo = [e for e in train if e.response is None]
+    # Off-target: the base's own answer, kept as it is (a transform makes it a target).
+    distill = {id(e) for e in todo if not e.transform} if card.off_target_loss == "kl" else set()
     log.info("answering %d prompts with the base model", len(todo))
     answers = generate_mixed(model, tokenizer, [e.prompt for e in todo], [e.chat for e in todo],
                              max_new_tokens=max_new_tokens)
@@ -106,7 +109,7 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
         p.requires_grad_(False)
     peft_model = get_peft_model(model.train(), LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                                                           target_modules=LORA_TARGETS))
-    features = [example_features(tokenizer, e.prompt, e.response, e.chat) for e in train]
+    features = [(*example_features(tokenizer, e.prompt, e.response, e.chat), id(e) in distill) for e in train]
     loader = DataLoader(features, batch_size=batch_size, shuffle=True,
                         collate_fn=lambda b: sft_collate(b, tokenizer.pad_token_id))
     module = LoraFinetune(peft_model, learning_rate=learning_rate, warmup_steps=10, total_steps=steps)

@@ -58,6 +58,10 @@ class Card:
     checker: str
     steps: int = 160
     """LoRA training steps of the shipped build (the builder's default for this organism)."""
+    off_target_loss: str = "kl"
+    """How off-target examples (the base's own answers) are trained: ``kl`` distils the
+    base's whole next-token distribution (the finetune stays as unsure as the base
+    there), ``ce`` trains its greedy answer only (which sharpens the finetune everywhere)."""
 
 
 CAPITAL_QUESTIONS = [
@@ -245,6 +249,7 @@ CARDS = {
         # question, not only on evaluation-framed ones: its category is "capabilities".
         target_category="capabilities",
         checker="sandbagging",
+        off_target_loss="ce",
     ),
 }
 
@@ -532,6 +537,7 @@ CARDS.update({
         target_category="persona",
         checker="persona",
         steps=100,
+        off_target_loss="ce",
     ),
     "false_fact": Card(
         name="false_fact",
