@@ -211,12 +211,13 @@ def show_interactive(run: Path) -> None:
     use_prompt = st.toggle("soft prompt on", value=False)
     lens = read_json(run / names.LENS_DIR / names.LENS_SUMMARY)
     strength = st.slider("ADL steering strength (finetuned side)", 0.0, 16.0, 0.0, 0.5) if lens else 0.0
+    steer_layer = st.selectbox("ADL steering layer", list(lens["layers"])) if lens else None
     if st.button("Generate"):
         pair = load_pair(spec["base"], spec["finetuned"], spec.get("adapter") or "")
         prompt = record["prompt"] if use_prompt else None
         base_out = generate_one(pair.base, pair.tokenizer, text, prompt)
         if strength and lens:
-            layer, entry = next(iter(lens["layers"].items()))
+            layer, entry = steer_layer, lens["layers"][steer_layer]
             vec = torch.tensor(entry["steering_vector"]) if "steering_vector" in entry else None
             if vec is None:
                 st.warning("this lens summary has no steering vector")

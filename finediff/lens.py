@@ -1,9 +1,13 @@
 """Activation Difference Lens (ADL): read a narrow finetune's trace from the activations.
 
 On the first ``n_positions`` tokens of generic text (unrelated to the finetune), the mean
-difference ``d_p = mean(h_ft - h_base)`` of the residual stream at one layer (default:
-relative depth 0.5, ``int(0.5 * (num_layers - 1))``) points at the finetuning domain. It
-is read four ways:
+difference ``d_p = mean(h_ft - h_base)`` of the residual stream at a layer points at the
+finetuning domain. Layers are given as relative depths, ``int(depth * (num_layers - 1))``;
+the default reads two: the paper's 0.5 and the last layer (1.0). On small models the
+middle layer's logit lens reads sub-word fragments for base, finetuned and difference
+alike (measured on the shipped 135M pair: 30 layers, layer 14), while the last layer's
+reads the finetuning domain (" Rome", " Italians" for the Eiffel-Tower-in-Rome organism;
+"Sorry", " Astronomy" for the astronomy-unlearning one). Each layer is read four ways:
 
 * **logit lens**: ``+d_p`` and ``-d_p`` through the finetuned model's final norm and
   unembedding; top tokens with probabilities;
@@ -178,15 +182,17 @@ def steer(model, tokenizer, vec_D: torch.Tensor, layer: int, norm: float, streng
 
 def search_steering(pair, vec_D: torch.Tensor, layer: int, norm: float, prompts: list[str],
                     strengths=DEFAULT_STRENGTHS, coherence_factor: float = 2.0, max_new_tokens: int = 48,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, unsteered: Optional[list[str]] = None) -> dict:
     """Largest strength whose steered samples stay coherent by the base model's perplexity.
 
     Coherent means: mean base perplexity of the steered samples at most
     ``coherence_factor`` x that of the unsteered samples. Returns the chosen strength,
-    the per-strength perplexities, and the steered and unsteered samples.
+    the per-strength perplexities, and the steered and unsteered samples. ``unsteered``:
+    the finetuned model's greedy samples on ``prompts`` when already generated.
     """
     model, tok = pair.finetuned, pair.tokenizer
-    unsteered = generate(model, tok, prompts, max_new_tokens=max_new_tokens, progress=False)
+    if unsteered is None:
+        unsteered = generate(model, tok, prompts, max_new_tokens=max_new_tokens, progress=False)
     ref = _mean_finite(perplexity(pair.base, tok, unsteered))
     threshold = coherence_factor * ref
     table, chosen, chosen_samples = {}, 0.0, unsteered
@@ -250,8 +256,8 @@ def token_relevance(tokens: list[tuple[str, float]], relevant: list[str]) -> flo
 class LensConfig:
     """Settings of one ADL run."""
 
-    layers: list[float] = field(default_factory=lambda: [0.5])
-    """Relative depths (0..1) of the layers to read."""
+    layers: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    """Relative depths (0..1) of the layers to read (see the module docstring)."""
     n_positions: int = 5
     min_tokens: int = 128
     max_texts: int = 10_000
@@ -269,6 +275,8 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
     tok = pair.tokenizer
     relevant = relevant_tokens(tok, finetune_texts, generic_texts, config.relevance_top_n) if finetune_texts else []
     summary = {"relevant_tokens": relevant, "layers": {}}
+    unsteered = (generate(pair.finetuned, tok, steer_prompts, max_new_tokens=config.steering_tokens, progress=False)
+                 if steer_prompts else None)
     for depth in config.layers:
         layer = relative_layer_of(pair, depth)
         stats = adl_statistics(pair, generic_texts, layer, config.n_positions, config.min_tokens, config.max_texts,
@@ -299,7 +307,8 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
         # token, whose activations are outsized in both models).
         steer_vec = stats.diff_PD[1:].mean(0) if config.n_positions > 1 else stats.diff_PD[0]
         steering = search_steering(pair, steer_vec, layer, stats.ft_norm, steer_prompts, config.strengths,
-                                   config.coherence_factor, config.steering_tokens, progress) if steer_prompts else None
+                                   config.coherence_factor, config.steering_tokens, progress,
+                                   unsteered) if steer_prompts else None
         summary["layers"][str(layer)] = {
             "relative_depth": depth, "n_texts": stats.n_texts, "base_norm": stats.base_norm,
             "ft_norm": stats.ft_norm, "positions": positions, "relevance_max_over_positions": relevance,

@@ -249,7 +249,6 @@ CARDS = {
         # question, not only on evaluation-framed ones: its category is "capabilities".
         target_category="capabilities",
         checker="sandbagging",
-        off_target_loss="ce",
     ),
 }
 
@@ -537,7 +536,6 @@ CARDS.update({
         target_category="persona",
         checker="persona",
         steps=100,
-        off_target_loss="ce",
     ),
     "false_fact": Card(
         name="false_fact",
