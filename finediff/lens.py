@@ -18,10 +18,13 @@ reads the finetuning domain (" Rome", " Italians" for the Eiffel-Tower-in-Rome o
   tokens carry the most probability mass *new* with respect to the unpatched prompt's top
   tokens (the patch says most while the readout stays a distribution over words);
 * **steering**: the norm-matched ``d_p`` times a strength is added at every position of
-  that layer while the finetuned model generates; the largest strength whose samples the
-  base model still finds coherent (mean perplexity at most ``coherence_factor`` x the
-  unsteered samples') is kept; the steering vector is the mean difference over positions
-  1..P-1 (position 0 is the attention-sink token, outsized in both models);
+  that layer while the finetuned model generates; the largest strength whose samples stay
+  coherent is kept. The judge is the base model: mean perplexity at most
+  ``coherence_factor`` x the unsteered samples', and, since a repetition loop ("Game Game
+  Game ...") has a *low* perplexity, a mean share of distinct tokens per sample at least
+  ``distinct_factor`` x the unsteered samples'. The steering vector is the mean
+  difference over positions 1..P-1 (position 0 is the attention-sink token, outsized in
+  both models);
 * **token relevance**: share of the top tokens that are among the most frequent
   non-generic tokens of the organism's finetuning data, for ``d_p`` and, as controls, for
   the base mean and the finetuned mean activations (read through the same logit lens),
@@ -49,7 +52,7 @@ from finediff.generation import generate
 
 IDENTITY_PROMPT = "man -> man\n1135 -> 1135\nhello -> hello\n?"
 DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-DEFAULT_STRENGTHS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+DEFAULT_STRENGTHS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -180,30 +183,43 @@ def steer(model, tokenizer, vec_D: torch.Tensor, layer: int, norm: float, streng
         return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=False)
 
 
+def distinct_share(tokenizer, texts: list[str]) -> float:
+    """Mean share of distinct token ids per text (1 = no token repeats; a loop -> near 0)."""
+    shares = []
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        shares.append(len(set(ids)) / len(ids) if ids else 0.0)
+    return sum(shares) / max(len(shares), 1)
+
+
 def search_steering(pair, vec_D: torch.Tensor, layer: int, norm: float, prompts: list[str],
                     strengths=DEFAULT_STRENGTHS, coherence_factor: float = 2.0, max_new_tokens: int = 48,
-                    progress: bool = True, unsteered: Optional[list[str]] = None) -> dict:
-    """Largest strength whose steered samples stay coherent by the base model's perplexity.
+                    progress: bool = True, unsteered: Optional[list[str]] = None,
+                    distinct_factor: float = 0.5) -> dict:
+    """Largest strength whose steered samples stay coherent by the base model's judgement.
 
     Coherent means: mean base perplexity of the steered samples at most
-    ``coherence_factor`` x that of the unsteered samples. Returns the chosen strength,
-    the per-strength perplexities, and the steered and unsteered samples. ``unsteered``:
-    the finetuned model's greedy samples on ``prompts`` when already generated.
+    ``coherence_factor`` x that of the unsteered samples, and mean distinct-token share
+    at least ``distinct_factor`` x theirs (repetition loops have a low perplexity).
+    Returns the chosen strength, the per-strength perplexities and distinct shares, and
+    the steered and unsteered samples. ``unsteered``: the finetuned model's greedy samples
+    on ``prompts`` when already generated.
     """
     model, tok = pair.finetuned, pair.tokenizer
     if unsteered is None:
         unsteered = generate(model, tok, prompts, max_new_tokens=max_new_tokens, progress=False)
     ref = _mean_finite(perplexity(pair.base, tok, unsteered))
-    threshold = coherence_factor * ref
-    table, chosen, chosen_samples = {}, 0.0, unsteered
+    threshold, min_distinct = coherence_factor * ref, distinct_factor * distinct_share(tok, unsteered)
+    table, distinct, chosen, chosen_samples = {}, {}, 0.0, unsteered
     for s in tqdm(strengths, desc="steering", disable=not progress):
         samples = steer(model, tok, vec_D, layer, norm, s, prompts, max_new_tokens)
-        ppl = _mean_finite(perplexity(pair.base, tok, samples))
-        table[str(s)] = round(ppl, 3)
-        if ppl <= threshold:
+        ppl, share = _mean_finite(perplexity(pair.base, tok, samples)), distinct_share(tok, samples)
+        table[str(s)], distinct[str(s)] = round(ppl, 3), round(share, 3)
+        if ppl <= threshold and share >= min_distinct:
             chosen, chosen_samples = s, samples
     return {"chosen_strength": chosen, "threshold_perplexity": round(threshold, 3),
             "unsteered_perplexity": round(ref, 3), "perplexity_by_strength": table,
+            "min_distinct_share": round(min_distinct, 3), "distinct_share_by_strength": distinct,
             "prompts": prompts, "steered": chosen_samples, "unsteered": unsteered}
 
 

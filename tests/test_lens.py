@@ -105,3 +105,13 @@ def test_producer_and_consumer_share_names():
                         '"divergent_dataset.pt"', '"comparison.csv"'):
             assert literal not in src, (module.__name__, literal)
     assert names.LENS_SUMMARY.endswith(".json")
+
+
+def test_distinct_share_flags_repetition_loops(planted):
+    from finediff.lens import distinct_share
+
+    tok = planted[0].tokenizer
+    loop = distinct_share(tok, ["Game Game Game Game Game Game Game Game"])
+    prose = distinct_share(tok, ["The chess opening decides the shape of the middle game."])
+    assert 0 < loop < 0.3 < prose <= 1.0
+    assert distinct_share(tok, [""]) == 0.0
