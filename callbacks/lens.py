@@ -37,9 +37,15 @@ def lens_report(pair, generic: str, organism: Optional[dict], config: LensConfig
 
     generic_texts = take(stream_texts(generic), config.max_texts)
     ft_texts, off_rows = organism_rows(organism)
+    # Steer where the organism does not already show its behaviour: its held-out off-target
+    # chat prompts, else its held-out off-target documents (continued as plain text), else
+    # a general category's prompts.
     chat_rows = [r for r in off_rows if r.get("chat", True)][:n_steer_prompts]
-    rows = chat_rows or [{"prompt": t} for t in load_category(steer_category, n_steer_prompts, 0.0).train]
-    summary = run_lens(pair, generic_texts, [r["prompt"] for r in rows], config, ft_texts or None, progress)
+    doc_rows = [r for r in off_rows if not r.get("chat", True)][:n_steer_prompts]
+    rows = (chat_rows or doc_rows
+            or [{"prompt": t} for t in load_category(steer_category, n_steer_prompts, 0.0).train])
+    summary = run_lens(pair, generic_texts, [r["prompt"] for r in rows], config, ft_texts or None, progress,
+                       steer_chat=[r.get("chat", True) for r in rows])
     summary["generic"] = generic
     if organism:
         checker = CHECKERS[organism["checker"]]

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from finediff.activations import decoder_layers, pair_activations, residual_stream, tokenize_first
 from finediff.divergence import output_head
 from finediff.errors import FinediffError
-from finediff.generation import generate
+from finediff.generation import generate_mixed
 
 IDENTITY_PROMPT = "man -> man\n1135 -> 1135\nhello -> hello\n?"
 DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -175,12 +175,18 @@ def perplexity(model, tokenizer, texts: list[str]) -> list[float]:
     return out
 
 
+def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, chat: Optional[list[bool]]) -> list[str]:
+    return generate_mixed(model, tokenizer, prompts, chat if chat is not None else [True] * len(prompts),
+                          max_new_tokens=max_new_tokens, progress=False)
+
+
 def steer(model, tokenizer, vec_D: torch.Tensor, layer: int, norm: float, strength: float, prompts: list[str],
-          max_new_tokens: int = 48) -> list[str]:
-    """Generate with ``strength * norm * vec/|vec|`` added at every position of ``layer``."""
+          max_new_tokens: int = 48, chat: Optional[list[bool]] = None) -> list[str]:
+    """Generate with ``strength * norm * vec/|vec|`` added at every position of ``layer``
+    (``chat``: per prompt, chat turn or plain document continuation; default all chat)."""
     unit = vec_D / vec_D.norm().clamp_min(1e-8)
     with _Patch(model, layer, unit * norm * strength, "add"):
-        return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=False)
+        return _generate(model, tokenizer, prompts, max_new_tokens, chat)
 
 
 def distinct_share(tokenizer, texts: list[str]) -> float:
@@ -195,7 +201,7 @@ def distinct_share(tokenizer, texts: list[str]) -> float:
 def search_steering(pair, vec_D: torch.Tensor, layer: int, norm: float, prompts: list[str],
                     strengths=DEFAULT_STRENGTHS, coherence_factor: float = 2.0, max_new_tokens: int = 48,
                     progress: bool = True, unsteered: Optional[list[str]] = None,
-                    distinct_factor: float = 0.5) -> dict:
+                    distinct_factor: float = 0.5, chat: Optional[list[bool]] = None) -> dict:
     """Largest strength whose steered samples stay coherent by the base model's judgement.
 
     Coherent means: mean base perplexity of the steered samples at most
@@ -203,16 +209,16 @@ def search_steering(pair, vec_D: torch.Tensor, layer: int, norm: float, prompts:
     at least ``distinct_factor`` x theirs (repetition loops have a low perplexity).
     Returns the chosen strength, the per-strength perplexities and distinct shares, and
     the steered and unsteered samples. ``unsteered``: the finetuned model's greedy samples
-    on ``prompts`` when already generated.
+    on ``prompts`` when already generated; ``chat`` as for :func:`steer`.
     """
     model, tok = pair.finetuned, pair.tokenizer
     if unsteered is None:
-        unsteered = generate(model, tok, prompts, max_new_tokens=max_new_tokens, progress=False)
+        unsteered = _generate(model, tok, prompts, max_new_tokens, chat)
     ref = _mean_finite(perplexity(pair.base, tok, unsteered))
     threshold, min_distinct = coherence_factor * ref, distinct_factor * distinct_share(tok, unsteered)
     table, distinct, chosen, chosen_samples = {}, {}, 0.0, unsteered
     for s in tqdm(strengths, desc="steering", disable=not progress):
-        samples = steer(model, tok, vec_D, layer, norm, s, prompts, max_new_tokens)
+        samples = steer(model, tok, vec_D, layer, norm, s, prompts, max_new_tokens, chat)
         ppl, share = _mean_finite(perplexity(pair.base, tok, samples)), distinct_share(tok, samples)
         table[str(s)], distinct[str(s)] = round(ppl, 3), round(share, 3)
         if ppl <= threshold and share >= min_distinct:
@@ -286,12 +292,14 @@ class LensConfig:
 
 
 def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: LensConfig,
-             finetune_texts: Optional[list[str]] = None, progress: bool = True) -> dict:
-    """ADL on every configured layer; a JSON-ready summary (see module docstring)."""
+             finetune_texts: Optional[list[str]] = None, progress: bool = True,
+             steer_chat: Optional[list[bool]] = None) -> dict:
+    """ADL on every configured layer; a JSON-ready summary (see module docstring).
+    ``steer_chat``: per steering prompt, chat turn (True, the default) or plain document."""
     tok = pair.tokenizer
     relevant = relevant_tokens(tok, finetune_texts, generic_texts, config.relevance_top_n) if finetune_texts else []
     summary = {"relevant_tokens": relevant, "layers": {}}
-    unsteered = (generate(pair.finetuned, tok, steer_prompts, max_new_tokens=config.steering_tokens, progress=False)
+    unsteered = (_generate(pair.finetuned, tok, steer_prompts, config.steering_tokens, steer_chat)
                  if steer_prompts else None)
     for depth in config.layers:
         layer = relative_layer_of(pair, depth)
@@ -324,7 +332,7 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
         steer_vec = stats.diff_PD[1:].mean(0) if config.n_positions > 1 else stats.diff_PD[0]
         steering = search_steering(pair, steer_vec, layer, stats.ft_norm, steer_prompts, config.strengths,
                                    config.coherence_factor, config.steering_tokens, progress,
-                                   unsteered) if steer_prompts else None
+                                   unsteered, chat=steer_chat) if steer_prompts else None
         summary["layers"][str(layer)] = {
             "relative_depth": depth, "n_texts": stats.n_texts, "base_norm": stats.base_norm,
             "ft_norm": stats.ft_norm, "positions": positions, "relevance_max_over_positions": relevance,
