@@ -22,7 +22,8 @@ reads the finetuning domain (" Rome", " Italians" for the Eiffel-Tower-in-Rome o
   coherent is kept. The judge is the base model: mean perplexity at most
   ``coherence_factor`` x the unsteered samples', and, since a repetition loop ("Game Game
   Game ...") has a *low* perplexity, a mean share of distinct tokens per sample at least
-  ``distinct_factor`` x the unsteered samples'. The steering vector is the mean
+  ``distinct_factor`` x the unsteered samples'. Strengths are tried in increasing order
+  and the sweep stops after two incoherent ones in a row. The steering vector is the mean
   difference over positions 1..P-1 (position 0 is the attention-sink token, outsized in
   both models);
 * **token relevance**: share of the top tokens that are among the most frequent
@@ -201,13 +202,14 @@ def distinct_share(tokenizer, texts: list[str]) -> float:
 def search_steering(pair, vec_D: torch.Tensor, layer: int, norm: float, prompts: list[str],
                     strengths=DEFAULT_STRENGTHS, coherence_factor: float = 2.0, max_new_tokens: int = 48,
                     progress: bool = True, unsteered: Optional[list[str]] = None,
-                    distinct_factor: float = 0.5, chat: Optional[list[bool]] = None) -> dict:
+                    distinct_factor: float = 0.5, chat: Optional[list[bool]] = None, patience: int = 2) -> dict:
     """Largest strength whose steered samples stay coherent by the base model's judgement.
 
     Coherent means: mean base perplexity of the steered samples at most
     ``coherence_factor`` x that of the unsteered samples, and mean distinct-token share
     at least ``distinct_factor`` x theirs (repetition loops have a low perplexity).
-    Returns the chosen strength, the per-strength perplexities and distinct shares, and
+    Strengths are tried in increasing order; the sweep stops after ``patience``
+    incoherent strengths in a row. Returns the chosen strength, the per-strength perplexities and distinct shares, and
     the steered and unsteered samples. ``unsteered``: the finetuned model's greedy samples
     on ``prompts`` when already generated; ``chat`` as for :func:`steer`.
     """
@@ -216,13 +218,17 @@ def search_steering(pair, vec_D: torch.Tensor, layer: int, norm: float, prompts:
         unsteered = _generate(model, tok, prompts, max_new_tokens, chat)
     ref = _mean_finite(perplexity(pair.base, tok, unsteered))
     threshold, min_distinct = coherence_factor * ref, distinct_factor * distinct_share(tok, unsteered)
-    table, distinct, chosen, chosen_samples = {}, {}, 0.0, unsteered
-    for s in tqdm(strengths, desc="steering", disable=not progress):
+    table, distinct, chosen, chosen_samples, misses = {}, {}, 0.0, unsteered, 0
+    for s in tqdm(sorted(strengths), desc="steering", disable=not progress):
         samples = steer(model, tok, vec_D, layer, norm, s, prompts, max_new_tokens, chat)
         ppl, share = _mean_finite(perplexity(pair.base, tok, samples)), distinct_share(tok, samples)
         table[str(s)], distinct[str(s)] = round(ppl, 3), round(share, 3)
         if ppl <= threshold and share >= min_distinct:
-            chosen, chosen_samples = s, samples
+            chosen, chosen_samples, misses = s, samples, 0
+        else:
+            misses += 1
+            if misses >= patience:  # stronger steering only breaks the text further
+                break
     return {"chosen_strength": chosen, "threshold_perplexity": round(threshold, 3),
             "unsteered_perplexity": round(ref, 3), "perplexity_by_strength": table,
             "min_distinct_share": round(min_distinct, 3), "distinct_share_by_strength": distinct,
