@@ -83,6 +83,8 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     model = load_model(base)
     train = data.train_target + data.train_off
     todo = [e for e in train if e.response is None]
+    if card.off_target_loss not in ("kl", "ce"):
+        raise FinediffError(f"organism {organism!r}: unknown off_target_loss {card.off_target_loss!r}; choose kl or ce")
     # Off-target: the base's own answer, kept as it is (a transform makes it a target).
     distill = {id(e) for e in todo if not e.transform} if card.off_target_loss == "kl" else set()
     log.info("answering %d prompts with the base model", len(todo))
