@@ -12,7 +12,7 @@ import lightning as L
 from finediff import names
 from finediff.data import load_category, take, stream_texts
 from finediff.io import write_json
-from finediff.lens import LensConfig, run_lens
+from finediff.lens import DEFAULT_STRENGTHS, LensConfig, run_lens
 from finediff.plots import lens_norms, lens_relevance
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class ActivationLensCallback(L.Callback):
 
     def __init__(self, output_dir: str, generic: str, organism: Optional[dict] = None, layers=(0.5,),
                  n_positions: int = 5, max_texts: int = 1000, top_k: int = 20, steering_tokens: int = 48,
-                 coherence_factor: float = 2.0, n_steer_prompts: int = 12, strengths=(0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)):
+                 coherence_factor: float = 2.0, n_steer_prompts: int = 12, strengths=DEFAULT_STRENGTHS):
         self.output_dir = Path(output_dir) / names.LENS_DIR
         self.generic, self.organism, self.n_steer = generic, dict(organism) if organism else None, n_steer_prompts
         self.config = LensConfig(layers=list(layers), n_positions=n_positions, max_texts=max_texts, top_k=top_k,
