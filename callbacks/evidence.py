@@ -39,18 +39,22 @@ class HardPromptCallback(L.Callback):
         methods: any of ``projection``, ``pez``, ``text``, ``gcg``.
         fluency_weight: weight of the base model's log-perplexity of the prompt.
         pez_steps / gcg_steps / top_k / n_candidates: search budgets.
+        fluent_top: GCG swaps only to the tokens the base model ranks this high at each
+            position (0: any allowed token).
         train_batches / eval_batches: how many batches of train / held-out texts to use.
-        init_texts / init_tokens: how many training texts are tried as natural-language
-            starts (method ``text``), and how many of their first tokens.
+        init_texts / n_starts / init_tokens: how many training texts are ranked by their
+            divergence alone, how many of the highest are tried as natural-language starts
+            (method ``text``), and how many of their first tokens.
     """
 
-    def __init__(self, output_dir: str, methods=("projection", "pez", "text", "gcg"), fluency_weight: float = 0.1,
-                 pez_steps: int = 20, gcg_steps: int = 8, top_k: int = 32, n_candidates: int = 12,
-                 train_batches: int = 4, eval_batches: int = 4, batch_size: int = 4, init_texts: int = 32,
-                 init_tokens: int = 16):
+    def __init__(self, output_dir: str, methods=("projection", "pez", "text", "gcg"), fluency_weight: float = 0.02,
+                 pez_steps: int = 20, gcg_steps: int = 4, top_k: int = 32, n_candidates: int = 12,
+                 fluent_top: int = 128, train_batches: int = 4, eval_batches: int = 4, batch_size: int = 4,
+                 init_texts: int = 64, n_starts: int = 12, init_tokens: int = 16):
         self.output_dir = Path(output_dir)
         self.kw = dict(methods=tuple(methods), fluency_weight=fluency_weight, pez_steps=pez_steps,
-                       gcg_steps=gcg_steps, top_k=top_k, n_candidates=n_candidates, init_tokens=init_tokens)
+                       gcg_steps=gcg_steps, top_k=top_k, n_candidates=n_candidates, fluent_top=fluent_top,
+                       n_starts=n_starts, init_tokens=init_tokens)
         self.n_train, self.n_eval, self.batch_size = train_batches, eval_batches, batch_size
         self.n_init = init_texts
 

@@ -8,10 +8,16 @@ the prompt (its log-perplexity, given the chat header), so results read as langu
 * :func:`project` -- nearest allowed token to each soft-prompt vector by cosine (baseline);
 * :func:`pez` -- PEZ: keep continuous embeddings, project them to the nearest tokens
   every step, take the gradient at the projection and apply it to the continuous ones;
-* ``text`` -- the best natural-language start among given texts (their first tokens);
+* ``text`` -- the best natural-language start among the highest-divergence texts (their
+  first tokens);
 * :func:`gcg` -- GCG-style coordinate search: the gradient with respect to one-hot tokens
-  ranks ``top_k`` swaps per position, ``n_candidates`` single swaps are evaluated
-  exactly, the best is kept (the objective is measured, never trusted from the gradient).
+  ranks ``top_k`` swaps per position among the tokens the base model finds likely there
+  (AutoDAN-style fluent candidates), ``n_candidates`` single swaps are evaluated exactly
+  on all training texts, and the best is kept only if it improves the objective (it is
+  measured, never trusted from the gradient).
+
+Many prompts are scored at once by :func:`prompt_divergences`, which runs each text's
+chat header once and continues it with every prompt from its key/value cache.
 
 Tokens are restricted to an allowed vocabulary (printable, no special or control tokens).
 """
@@ -27,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from finediff.divergence import pair_divergence
+from finediff.divergence import output_head, pair_divergence, token_divergence
 
 log = logging.getLogger(__name__)
 
@@ -104,22 +110,37 @@ def prompt_nll(base, header: list[int], prompt_P: torch.Tensor, embeds_PD: Optio
 
 
 @torch.no_grad()
+def no_prompt_divergence(pair, batches: list[dict], kind: str = "kl_ft_base", temperature: float = 1.0,
+                         chunk_size: int = 256) -> float:
+    """The pair's divergence on ``batches`` without any prompt, weighted as in :func:`evaluate`."""
+    total = weight = 0.0
+    for b in batches:
+        n = float(b["attention_mask"].sum())
+        total += n * pair_divergence(pair, b["input_ids"], b["attention_mask"], None, kind, temperature,
+                                     chunk_size, b.get("prompt_pos")).item()
+        weight += n
+    return total / weight
+
+
+@torch.no_grad()
 def evaluate(pair, ids_P: torch.Tensor, batches: list[dict], kind: str = "kl_ft_base",
              temperature: float = 1.0, fluency_weight: float = 0.0, method: str = "",
-             chunk_size: int = 256) -> HardPrompt:
-    """Measure a hard prompt on ``batches``: divergence with and without it, perplexity."""
-    total = base_total = weight = 0.0
+             chunk_size: int = 256, divergence_no_prompt: Optional[float] = None) -> HardPrompt:
+    """Measure a hard prompt on ``batches``: divergence with and without it (the latter
+    computed unless given), perplexity."""
+    total = weight = 0.0
     for b in batches:
         n = float(b["attention_mask"].sum())
         total += n * pair_divergence(pair, b["input_ids"], b["attention_mask"], ids_P, kind, temperature,
                                      chunk_size, b.get("prompt_pos")).item()
-        base_total += n * pair_divergence(pair, b["input_ids"], b["attention_mask"], None, kind, temperature,
-                                          chunk_size, b.get("prompt_pos")).item()
         weight += n
-    div, div0 = total / weight, base_total / weight
+    div = total / weight
+    if divergence_no_prompt is None:
+        divergence_no_prompt = no_prompt_divergence(pair, batches, kind, temperature, chunk_size)
     nll = prompt_nll(pair.base, _header(pair, batches[0]), ids_P).item()
     ids = ids_P.tolist()
-    return HardPrompt(method, pair.tokenizer.decode(ids), ids, div, div0, math.exp(nll), div - fluency_weight * nll)
+    return HardPrompt(method, pair.tokenizer.decode(ids), ids, div, divergence_no_prompt, math.exp(nll),
+                      div - fluency_weight * nll)
 
 
 def _objective(pair, embeds_PD: torch.Tensor, ids_P: torch.Tensor, batch: dict, kind: str,
@@ -153,56 +174,158 @@ def pez(pair, prompt_PD: torch.Tensor, batches: list[dict], allowed_V: torch.Ten
     return best_ids
 
 
-def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Tensor, steps: int = 10,
-        top_k: int = 32, n_candidates: int = 16, kind: str = "kl_ft_base", temperature: float = 1.0,
-        fluency_weight: float = 0.1, chunk_size: int = 256, seed: int = 0, progress: bool = True) -> torch.Tensor:
-    """GCG-style search from ``init_ids_P``; returns the best ids found (exact objective
-    over all ``batches``; each step's candidates are compared on one batch).
+def _hidden_after(model, header_H: torch.Tensor, rows_CL: torch.Tensor, mask_CL: torch.Tensor) -> torch.Tensor:
+    """Final hidden states ``[C, L, D]`` of ``rows`` continuing one shared ``header``.
 
-    Memory stays flat: one gradient pass per step, then candidates are scored one at a
-    time under ``no_grad``.
+    The header runs once (batch 1) and its key/value cache is repeated for every row, so
+    candidates that differ only after the header cost only their own tokens. A model that
+    returns no cache gets the header in front of every row instead (same result).
     """
-    weight = pair.base.get_input_embeddings().weight
-    g = torch.Generator().manual_seed(seed)
-    ids = init_ids_P.clone()
-    V = weight.shape[0]
-    not_allowed = ~allowed_V.to(weight.device)
-
-    def exact(candidate: torch.Tensor, on: list[dict]) -> float:
-        return objective_on(pair, candidate, on, kind, temperature, fluency_weight, chunk_size)
-
-    best_ids, best = ids.clone(), exact(ids, batches)
-    for step in tqdm(range(steps), desc="GCG", disable=not progress):
-        batch = batches[step % len(batches)]
-        one_hot = F.one_hot(ids, V).to(weight.dtype).requires_grad_(True)
-        obj = _objective(pair, one_hot @ weight, ids, batch, kind, temperature, fluency_weight, chunk_size)
-        (grad,) = torch.autograd.grad(obj, one_hot)
-        grad[:, not_allowed] = -float("inf")
-        top = grad.topk(top_k, dim=-1).indices  # [P, k] swaps that increase the objective most
-        scored = []
-        for _ in range(n_candidates):
-            cand = ids.clone()
-            pos = int(torch.randint(0, len(ids), (1,), generator=g))
-            cand[pos] = top[pos, int(torch.randint(0, top_k, (1,), generator=g))]
-            scored.append((exact(cand, [batch]), cand))
-        score, cand = max(scored, key=lambda x: x[0])
-        ids = cand
-        total = exact(ids, batches) if len(batches) > 1 else score
-        if total > best:
-            best, best_ids = total, ids.clone()
-    return best_ids
+    decoder, embed = model.get_decoder(), model.get_input_embeddings()
+    if header_H.numel() == 0:
+        return decoder(inputs_embeds=embed(rows_CL), attention_mask=mask_CL, use_cache=False).last_hidden_state
+    mask = torch.cat([mask_CL.new_ones(rows_CL.shape[0], header_H.numel()), mask_CL], dim=1)
+    cache = decoder(inputs_embeds=embed(header_H.unsqueeze(0)), use_cache=True).past_key_values
+    if cache is None:  # no cache (e.g. gradient checkpointing in train mode): run the header with every row
+        full = torch.cat([header_H.unsqueeze(0).expand(rows_CL.shape[0], -1), rows_CL], dim=1)
+        out = decoder(inputs_embeds=embed(full), attention_mask=mask, use_cache=False).last_hidden_state
+        return out[:, header_H.numel():]
+    cache.batch_repeat_interleave(rows_CL.shape[0])
+    return decoder(inputs_embeds=embed(rows_CL), attention_mask=mask, past_key_values=cache,
+                   use_cache=True).last_hidden_state
 
 
 @torch.no_grad()
-def objective_on(pair, ids_P: torch.Tensor, batches: list[dict], kind: str = "kl_ft_base", temperature: float = 1.0,
-                 fluency_weight: float = 0.0, chunk_size: int = 256) -> float:
-    """The search objective of ``ids_P`` averaged over ``batches`` (token-weighted)."""
-    total = weight = 0.0
+def prompt_divergences(pair, prompts: list[torch.Tensor], batches: list[dict], kind: str = "kl_ft_base",
+                       temperature: float = 1.0) -> torch.Tensor:
+    """``[C]``: the pair's mean divergence at the text positions of ``batches`` with each
+    of ``prompts`` (token ids, any lengths) at the start of the user's message.
+
+    The same quantity as :func:`finediff.divergence.pair_divergence` with a hard prompt,
+    token-weighted over all texts, but for many prompts at once: each text's header runs
+    once and all prompts continue it as one batch (about 2.5x faster than splicing every
+    prompt into every row).
+    """
+    C = len(prompts)
+    total = torch.zeros(C, dtype=torch.float64)
+    count = torch.zeros(C, dtype=torch.float64)
+    heads = output_head(pair.finetuned), output_head(pair.base)
+    device = pair.base.get_input_embeddings().weight.device
+    pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     for b in batches:
-        n = float(b["attention_mask"].sum())
-        total += n * _objective(pair, ids_P, ids_P, b, kind, temperature, fluency_weight, chunk_size).item()
-        weight += n
-    return total / weight
+        pos = b.get("prompt_pos")
+        for r in range(b["input_ids"].shape[0]):
+            n = int(b["attention_mask"][r].sum())
+            k = int(pos[r]) if pos is not None else 0
+            header, body = b["input_ids"][r, :k].to(device), b["input_ids"][r, k:n].to(device)
+            if body.numel() == 0:
+                continue
+            L = max(len(p) for p in prompts) + body.numel()
+            rows = torch.full((C, L), pad, dtype=torch.long, device=device)
+            mask = torch.zeros((C, L), dtype=torch.long, device=device)
+            score = torch.zeros((C, L), dtype=torch.bool, device=device)
+            for i, p in enumerate(prompts):
+                P = len(p)
+                rows[i, :P], rows[i, P:P + body.numel()] = p.to(device), body
+                mask[i, :P + body.numel()] = 1
+                score[i, P:P + body.numel()] = True
+            h_ft = _hidden_after(pair.finetuned, header, rows, mask)
+            h_base = _hidden_after(pair.base, header, rows, mask)
+            div = token_divergence(heads[0](h_ft[score]), heads[1](h_base[score]), kind, temperature).double().cpu()
+            owner = torch.arange(C).unsqueeze(1).expand(C, L)[score.cpu()]
+            total.index_add_(0, owner, div)
+            count.index_add_(0, owner, torch.ones_like(div))
+    return (total / count.clamp(min=1)).float()
+
+
+@torch.no_grad()
+def prompt_objectives(pair, prompts: list[torch.Tensor], batches: list[dict], kind: str = "kl_ft_base",
+                      temperature: float = 1.0, fluency_weight: float = 0.0) -> torch.Tensor:
+    """``[C]``: the search objective of each prompt, ``divergence - fluency_weight * NLL``."""
+    div = prompt_divergences(pair, prompts, batches, kind, temperature)
+    if not fluency_weight:
+        return div
+    header = _header(pair, batches[0])
+    nll = torch.tensor([prompt_nll(pair.base, header, p.to(pair.base.device)).item() for p in prompts])
+    return div - fluency_weight * nll
+
+
+@torch.no_grad()
+def fluent_tokens(base, header: list[int], ids_P: torch.Tensor, allowed_V: torch.Tensor, n: int) -> torch.Tensor:
+    """``[P, V]`` bool: at each prompt position, the ``n`` allowed tokens the base model
+    finds likeliest there given the header and the prompt before it. A position with no
+    context (no header, first token) allows every allowed token."""
+    device = ids_P.device
+    x = torch.tensor(header + ids_P.tolist(), dtype=torch.long, device=device).unsqueeze(0)
+    logits = base(input_ids=x).logits[0].float()
+    keep = torch.zeros(len(ids_P), logits.shape[-1], dtype=torch.bool, device=device)
+    allowed = allowed_V.to(device)
+    for p in range(len(ids_P)):
+        at = len(header) + p - 1  # the position that predicts prompt token p
+        if at < 0:
+            keep[p] = allowed
+            continue
+        row = logits[at].masked_fill(~allowed, -float("inf"))
+        keep[p, row.topk(min(n, int(allowed.sum()))).indices] = True
+    return keep
+
+
+def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Tensor, steps: int = 8,
+        top_k: int = 32, n_candidates: int = 12, kind: str = "kl_ft_base", temperature: float = 1.0,
+        fluency_weight: float = 0.02, chunk_size: int = 256, seed: int = 0, progress: bool = True,
+        fluent_top: int = 128, batches_per_step: Optional[int] = None) -> torch.Tensor:
+    """GCG-style search from ``init_ids_P``; returns the best ids found.
+
+    Each step: the gradient of the objective with respect to one-hot tokens ranks swaps;
+    at each position only the ``fluent_top`` tokens the base model finds likeliest there
+    are eligible (0: any allowed token), and the ``top_k`` of those the gradient favours
+    are the candidates. ``n_candidates`` distinct single swaps are drawn and scored
+    exactly (:func:`prompt_objectives`) with the current prompt on ``batches_per_step``
+    of ``batches`` (taken in turn; None: half of them, at least one); the best replaces the
+    current prompt if it scores higher there. At the end the result is scored on all
+    ``batches`` and returned only if it beats the start, so the search never ends below
+    the start on ``batches``.
+    """
+    weight = pair.base.get_input_embeddings().weight
+    g = torch.Generator().manual_seed(seed)
+    header = _header(pair, batches[0])
+    start = ids = init_ids_P.clone().to(weight.device)
+    V = weight.shape[0]
+    allowed = allowed_V.to(weight.device)
+    per_step = min(len(batches), batches_per_step or max(1, len(batches) // 2))
+    bar = tqdm(range(steps), desc="GCG", disable=not progress)
+    for step in bar:
+        on = [batches[(step * per_step + j) % len(batches)] for j in range(per_step)]
+        one_hot = F.one_hot(ids, V).to(weight.dtype).requires_grad_(True)
+        obj = _objective(pair, one_hot @ weight, ids, on[0], kind, temperature, fluency_weight, chunk_size)
+        (grad,) = torch.autograd.grad(obj, one_hot)
+        eligible = fluent_tokens(pair.base, header, ids, allowed, fluent_top) if fluent_top else \
+            allowed.unsqueeze(0).expand(len(ids), -1).clone()
+        eligible[torch.arange(len(ids)), ids] = False  # a swap must change the token
+        top = grad.float().masked_fill(~eligible, -float("inf")).topk(top_k, dim=-1)
+        seen, cands = set(), []
+        for _ in range(n_candidates * 4):
+            if len(cands) == n_candidates:
+                break
+            pos = int(torch.randint(0, len(ids), (1,), generator=g))
+            j = int(torch.randint(0, top_k, (1,), generator=g))
+            if not torch.isfinite(top.values[pos, j]) or (pos, j) in seen:
+                continue
+            seen.add((pos, j))
+            cand = ids.clone()
+            cand[pos] = top.indices[pos, j]
+            cands.append(cand)
+        if not cands:
+            break
+        scores = prompt_objectives(pair, [ids] + cands, on, kind, temperature, fluency_weight)
+        i = int(scores.argmax())
+        if i > 0:
+            ids = cands[i - 1]
+        bar.set_postfix(objective=f"{float(scores[i]):.4f}")
+    if ids.equal(start):
+        return ids
+    before, after = prompt_objectives(pair, [start, ids], batches, kind, temperature, fluency_weight).tolist()
+    return ids if after > before else start
 
 
 def text_prompt_ids(tokenizer, text: str, max_tokens: int) -> Optional[torch.Tensor]:
@@ -215,44 +338,45 @@ def text_prompt_ids(tokenizer, text: str, max_tokens: int) -> Optional[torch.Ten
 
 
 def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], eval_batches: list[dict],
-                      methods: tuple[str, ...] = ("projection", "pez", "gcg"), kind: str = "kl_ft_base",
-                      temperature: float = 1.0, fluency_weight: float = 0.1, pez_steps: int = 20,
-                      gcg_steps: int = 10, top_k: int = 32, n_candidates: int = 16, chunk_size: int = 256,
+                      methods: tuple[str, ...] = ("projection", "pez", "text", "gcg"), kind: str = "kl_ft_base",
+                      temperature: float = 1.0, fluency_weight: float = 0.02, pez_steps: int = 20,
+                      gcg_steps: int = 4, top_k: int = 32, n_candidates: int = 12, chunk_size: int = 256,
                       seed: int = 0, progress: bool = True, init_texts: tuple[str, ...] = (),
-                      init_tokens: int = 16) -> list[HardPrompt]:
+                      init_tokens: int = 16, n_starts: int = 12, fluent_top: int = 128) -> list[HardPrompt]:
     """Run the chosen methods from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first.
 
-    ``init_texts`` (method ``text``) are natural-language starts: each text's first
-    ``init_tokens`` tokens, scored on the training texts; the best one is kept. GCG starts
-    from whichever of the projection, PEZ and text starts scores best on the training
-    texts, so a fluent start that already diverges is refined rather than discarded.
+    ``init_texts`` (method ``text``) are candidate natural-language starts. They are
+    ranked by the pair's divergence on each text alone; the first ``init_tokens`` tokens
+    of the ``n_starts`` highest are scored as prompts on the training texts, and the best
+    is kept. GCG starts from whichever of the projection, PEZ and text prompts scores best
+    on the training texts, so a fluent start that already diverges is refined rather than
+    discarded.
     """
+    from finediff.divergent_dataset import text_divergences
+
     allowed = allowed_tokens(pair.tokenizer, pair.base.get_input_embeddings().weight.shape[0])
     weight = pair.base.get_input_embeddings().weight
-    found: dict[str, torch.Tensor] = {}
-    found["projection"] = project(prompt_PD, weight, allowed)
+    found: dict[str, torch.Tensor] = {"projection": project(prompt_PD, weight, allowed)}
     if "pez" in methods:
         found["pez"] = pez(pair, prompt_PD, train_batches, allowed, pez_steps, kind=kind, temperature=temperature,
                            fluency_weight=fluency_weight, chunk_size=chunk_size, progress=progress)
-    score = {}
     if "text" in methods and init_texts:
-        starts = [ids for ids in (text_prompt_ids(pair.tokenizer, t, init_tokens) for t in init_texts)
-                  if ids is not None]
-        scored = [(objective_on(pair, ids, train_batches, kind, temperature, fluency_weight, chunk_size), i)
-                  for i, ids in enumerate(tqdm(starts, desc="text starts", disable=not progress))]
-        if scored:
-            best, i = max(scored)
-            found["text"], score["text"] = starts[i], best
-    results = {m: evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, m, chunk_size)
-               for m, ids in found.items()}
+        alone = text_divergences(pair, list(init_texts), kind=kind, progress=progress)
+        ranked = [t for _, t in sorted(zip(alone, init_texts), key=lambda x: -x[0])]
+        starts = [ids for ids in (text_prompt_ids(pair.tokenizer, t, init_tokens) for t in ranked)
+                  if ids is not None][:n_starts]
+        if starts:
+            scores = prompt_objectives(pair, starts, train_batches, kind, temperature, fluency_weight)
+            found["text"] = starts[int(scores.argmax())]
+    div0 = no_prompt_divergence(pair, eval_batches, kind, temperature, chunk_size)
+    results = {m: evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, m, chunk_size, div0)
+               for m, ids in found.items() if m in methods}
     if "gcg" in methods:
-        for m, ids in found.items():
-            if m not in score:
-                score[m] = objective_on(pair, ids, train_batches, kind, temperature, fluency_weight, chunk_size)
-        start = max(score, key=score.get)
-        ids = gcg(pair, found[start], train_batches, allowed, gcg_steps, top_k, n_candidates,
-                  kind, temperature, fluency_weight, chunk_size, seed, progress)
-        results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size)
-    out = [results[m] for m in results if m in methods]
-    return sorted(out, key=lambda h: h.divergence, reverse=True)
+        names = list(found)
+        scores = prompt_objectives(pair, [found[m] for m in names], train_batches, kind, temperature, fluency_weight)
+        start = found[names[int(scores.argmax())]]
+        ids = gcg(pair, start, train_batches, allowed, gcg_steps, top_k, n_candidates, kind, temperature,
+                  fluency_weight, chunk_size, seed, progress, fluent_top)
+        results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size, div0)
+    return sorted(results.values(), key=lambda h: h.divergence, reverse=True)

@@ -1,0 +1,90 @@
+"""Hard-prompt search: the batched scorer matches the spliced objective, fluent candidates
+are the base model's likely tokens, and GCG never ends below its start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finediff.divergence import pair_divergence
+from finediff.hard_prompts import (allowed_tokens, fluent_tokens, gcg, prompt_divergences, prompt_nll,
+                                   prompt_objectives)
+from finediff.tiny import tiny_batch
+
+TEXTS = ["What is 2 + 2?", "A longer question about the capital of France, please?", "Name a colour."]
+
+
+def _prompts(tok) -> list[torch.Tensor]:
+    return [torch.tensor(tok(t, add_special_tokens=False)["input_ids"]) for t in ("Answer now:", "Hi", "Tell me more")]
+
+
+def test_prompt_divergences_match_the_spliced_objective(tiny_pair):
+    """Many prompts scored at once from a cached header give each prompt's token-weighted
+    divergence, the same as splicing it into every row."""
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS[:2]), tiny_batch(tok, TEXTS[2:])]
+    prompts = _prompts(tok)
+    got = prompt_divergences(tiny_pair, prompts, batches)
+    for p, value in zip(prompts, got):
+        total = count = 0.0
+        for b in batches:
+            n = float(b["attention_mask"].sum() - b["prompt_pos"].sum())  # scored (body) positions
+            total += n * pair_divergence(tiny_pair, b["input_ids"], b["attention_mask"], p,
+                                         prompt_pos=b["prompt_pos"]).item()
+            count += n
+        assert value.item() == pytest.approx(total / count, rel=1e-3, abs=1e-6)
+    assert (got >= 0).all()
+
+
+def test_prompt_objectives_subtract_weighted_nll(tiny_pair):
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS)]
+    prompts = _prompts(tok)
+    header = batches[0]["input_ids"][0, : int(batches[0]["prompt_pos"][0])].tolist()
+    div = prompt_divergences(tiny_pair, prompts, batches)
+    obj = prompt_objectives(tiny_pair, prompts, batches, fluency_weight=0.5)
+    nll = torch.tensor([prompt_nll(tiny_pair.base, header, p).item() for p in prompts])
+    assert torch.allclose(obj, div - 0.5 * nll, atol=1e-5)
+
+
+def test_fluent_tokens_are_the_base_models_likeliest(tiny_pair):
+    tok = tiny_pair.tokenizer
+    batch = tiny_batch(tok, TEXTS[:1])
+    header = batch["input_ids"][0, : int(batch["prompt_pos"][0])].tolist()
+    ids = _prompts(tok)[0]
+    allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
+    keep = fluent_tokens(tiny_pair.base, header, ids, allowed, 5)
+    assert keep.sum(-1).tolist() == [5] * len(ids) and not (keep & ~allowed).any()
+    with torch.no_grad():
+        logits = tiny_pair.base(input_ids=torch.tensor([header + ids.tolist()])).logits[0]
+    at = len(header) - 1  # predicts the prompt's first token
+    top = logits[at].masked_fill(~allowed, -float("inf")).topk(5).indices
+    assert set(top.tolist()) == set(keep[0].nonzero().flatten().tolist())
+    assert fluent_tokens(tiny_pair.base, [], ids, allowed, 5)[0].equal(allowed)  # no context: any allowed token
+
+
+def test_gcg_never_ends_below_its_start(tiny_pair):
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS)]
+    allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
+    start = _prompts(tok)[2]
+    out = gcg(tiny_pair, start, batches, allowed, steps=3, top_k=8, n_candidates=4, fluency_weight=0.02,
+              progress=False, fluent_top=32)
+    assert out.shape == start.shape and allowed[out].all()
+    before, after = prompt_objectives(tiny_pair, [start, out], batches, fluency_weight=0.02)
+    assert after >= before
+
+
+def test_prompt_divergences_without_a_cache(tiny_dirs):
+    """A model that returns no key/value cache (gradient checkpointing in train mode) gets
+    the header in front of every row: the same scores."""
+    from finediff.models import load_model_pair
+
+    pair = load_model_pair(str(tiny_dirs["base"]), str(tiny_dirs["finetuned"]))
+    batches = [tiny_batch(pair.tokenizer, TEXTS)]
+    prompts = _prompts(pair.tokenizer)
+    cached = prompt_divergences(pair, prompts, batches)
+    for model in (pair.base, pair.finetuned):
+        model.gradient_checkpointing_enable()
+        model.train()
+    assert torch.allclose(prompt_divergences(pair, prompts, batches), cached, atol=1e-5)
