@@ -96,7 +96,10 @@ def run_hard_prompts(cfg: DictConfig, pair, out: Path) -> dict:
 
     if not cfg.task.get("prompts_file"):
         raise FinediffError("task=hard_prompts needs task.prompts_file=PATH")
-    prompts = read_prompt_records(Path(cfg.task.prompts_file))[: cfg.task.max_prompts]
+    records = read_prompt_records(Path(cfg.task.prompts_file))
+    # one row per distinct prompt (a search that kept its start records it twice)
+    distinct = {(text, tuple(ids) if ids else None): (text, ids) for text, ids in records}
+    prompts = list(distinct.values())[: cfg.task.max_prompts]
     texts = [t for c in _categories(cfg) for t in load_category(c, cfg.task.max_texts_per_category, 0.0).train]
     baseline = text_divergences(pair, texts, batch_size=cfg.task.batch_size, max_length=cfg.data.max_length)
     mean_base = sum(baseline) / len(baseline)
@@ -132,7 +135,7 @@ def run_hard_prompts(cfg: DictConfig, pair, out: Path) -> dict:
 
 def run_generate(cfg: DictConfig, pair, out: Path) -> dict:
     from finediff.data import load_category
-    from finediff.divergent_dataset import GenerationConfig, generate_dataset, rank_texts, save_dataset, with_hard_prompt
+    from finediff.divergent_dataset import GenerationConfig, dataset_prompts, generate_dataset, rank_texts, save_dataset
 
     if not cfg.task.get("run_dir"):
         raise FinediffError("task=generate needs task.run_dir=DIR (a finished train.py run)")
@@ -149,8 +152,7 @@ def run_generate(cfg: DictConfig, pair, out: Path) -> dict:
                                        cfg.task.response_tokens, cfg.data.max_length, cfg.task.batch_size)]
     hard_file = run / names.HARD_PROMPTS_FILE
     hard = [json.loads(x)["text"] for x in hard_file.read_text().splitlines()] if hard_file.exists() else []
-    prompts = [with_hard_prompt(h, t) for h in hard[: cfg.task.n_hard_prompts] for t in ranked[: cfg.task.texts_per_hard_prompt]]
-    prompts += ranked[: cfg.task.n_texts]
+    prompts = dataset_prompts(hard, ranked, cfg.task.n_hard_prompts, cfg.task.texts_per_hard_prompt, cfg.task.n_texts)
     records = generate_dataset(pair, prompts, GenerationConfig(**cfg.generation), seed=cfg.seed)
     save_dataset(records, out, names.DIVERGENT_DATASET_PT, names.DIVERGENT_DATASET_JSONL)
     print(f"{len(records)} records -> {out / names.DIVERGENT_DATASET_PT}")

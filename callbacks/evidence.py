@@ -11,8 +11,7 @@ import lightning as L
 
 from finediff import names
 from finediff.data import collate
-from finediff.divergent_dataset import (GenerationConfig, generate_dataset, save_dataset, rank_texts,
-                                        with_hard_prompt)
+from finediff.divergent_dataset import GenerationConfig, dataset_prompts, generate_dataset, rank_texts, save_dataset
 from finediff.hard_prompts import find_hard_prompts
 from finediff.io import write_jsonl
 from finediff.metrics import AGGREGATES
@@ -112,9 +111,8 @@ class DivergentDatasetCallback(L.Callback):
         ranked = [t for _, t in rank_texts(pl_module.pair, texts, self.positions, self.response_tokens,
                                            dm.hparams.max_length)]
         hard_file = self.output_dir / names.HARD_PROMPTS_FILE
-        hard = [json.loads(line) for line in hard_file.read_text().splitlines()] if hard_file.exists() else []
-        prompts = [with_hard_prompt(h["text"], t) for h in hard[: self.n_hard] for t in ranked[: self.per_hard]]
-        prompts += ranked[: self.n_texts]
+        hard = [json.loads(line)["text"] for line in hard_file.read_text().splitlines()] if hard_file.exists() else []
+        prompts = dataset_prompts(hard, ranked, self.n_hard, self.per_hard, self.n_texts)
         records = generate_dataset(pl_module.pair, prompts, self.generation, seed=pl_module.hparams.seed,
                                    batch_size=self.batch_size)
         save_dataset(records, self.output_dir, names.DIVERGENT_DATASET_PT, names.DIVERGENT_DATASET_JSONL)

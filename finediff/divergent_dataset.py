@@ -87,6 +87,18 @@ def with_hard_prompt(hard_text: str, text: str) -> str:
     return f"{hard_text.strip()} {text}"
 
 
+def dataset_prompts(hard_texts: list[str], ranked_texts: list[str], n_hard: int, per_hard: int,
+                    n_texts: int) -> list[str]:
+    """The divergent dataset's prompts: each of the ``n_hard`` best distinct hard prompts
+    starting the ``per_hard`` highest-divergence texts (a text the hard prompt already is
+    is skipped for the next), then the ``n_texts`` highest-divergence texts alone."""
+    prompts = []
+    for hard in list(dict.fromkeys(h.strip() for h in hard_texts if h.strip()))[:n_hard]:
+        texts = [t for t in ranked_texts if t.strip() != hard][:per_hard]
+        prompts += [with_hard_prompt(hard, t) for t in texts]
+    return prompts + ranked_texts[:n_texts]
+
+
 def teacher_forced(pair, prompts: list[str], responses: list[list[int]], batch_size: int = 8,
                    progress: bool = False, desc: str = "scoring generations"):
     """Teacher-force both models on ``prompt + response`` (user turn under the chat

@@ -40,7 +40,9 @@ def test_hard_prompts_and_generate_from_a_run(tiny_dirs, tmp_path):
                    f"task.prompts_file={run / names.HARD_PROMPTS_FILE}", "task.max_texts_per_category=8")
     saved = json.loads((tmp_path / "hp" / names.HARD_PROMPT_EVAL_FILE).read_text())
     assert saved["prompts"][0]["mean_divergence"] == res["best_prompt_mean_divergence"]
-    assert len(saved["prompts"]) == 4 and saved["n_texts"] == 8  # projection, pez, text, gcg
+    rows = [json.loads(line) for line in (run / names.HARD_PROMPTS_FILE).read_text().splitlines()]
+    distinct = {(r["text"], tuple(r["token_ids"])) for r in rows}  # projection, pez, text, gcg; repeats once
+    assert len(rows) == 4 and len(saved["prompts"]) == len(distinct) and saved["n_texts"] == 8
     assert saved["baseline_mean_divergence"] <= saved["max_kl_texts_mean_divergence"] <= saved["baseline_max_divergence"]
     assert saved["best_prompt_beats_max_kl_texts"] == (saved["best_prompt_mean_divergence"]
                                                        > saved["max_kl_texts_mean_divergence"])

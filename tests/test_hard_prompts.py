@@ -88,3 +88,13 @@ def test_prompt_divergences_without_a_cache(tiny_dirs):
         model.gradient_checkpointing_enable()
         model.train()
     assert torch.allclose(prompt_divergences(pair, prompts, batches), cached, atol=1e-5)
+
+
+def test_dataset_prompts_use_distinct_hard_prompts_and_skip_their_own_text():
+    from finediff.divergent_dataset import dataset_prompts
+
+    ranked = ["Capital of Peru?", "Capital of Chile?", "Capital of Oman?"]
+    hard = ["Capital of Peru?", " Capital of Peru? ", "zz qq"]  # the second is the first again
+    got = dataset_prompts(hard, ranked, n_hard=2, per_hard=2, n_texts=1)
+    assert got == ["Capital of Peru? Capital of Chile?", "Capital of Peru? Capital of Oman?",
+                   "zz qq Capital of Peru?", "zz qq Capital of Chile?", "Capital of Peru?"]
