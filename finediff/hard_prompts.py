@@ -13,8 +13,9 @@ the prompt (its log-perplexity, given the chat header), so results read as langu
 * :func:`gcg` -- GCG-style coordinate search: the gradient with respect to one-hot tokens
   ranks ``top_k`` swaps per position among the tokens the base model finds likely there
   (AutoDAN-style fluent candidates), ``n_candidates`` single swaps are evaluated exactly
-  on all training texts, and the best is kept only if it improves the objective (it is
-  measured, never trusted from the gradient).
+  with the current prompt on part of the training texts, and the best is kept only if it
+  improves the objective there; the result must beat its start on all training texts (the
+  objective is measured, never trusted from the gradient).
 
 Many prompts are scored at once by :func:`prompt_divergences`, which runs each text's
 chat header once and continues it with every prompt from its key/value cache.
@@ -203,8 +204,8 @@ def prompt_divergences(pair, prompts: list[torch.Tensor], batches: list[dict], k
 
     The same quantity as :func:`finediff.divergence.pair_divergence` with a hard prompt,
     token-weighted over all texts, but for many prompts at once: each text's header runs
-    once and all prompts continue it as one batch (about 2.5x faster than splicing every
-    prompt into every row).
+    once and all prompts continue it as one batch (1.3x faster than splicing every prompt
+    into every row on the real pair: ``benchmarks/hard_prompts.py``).
     """
     C = len(prompts)
     total = torch.zeros(C, dtype=torch.float64)
