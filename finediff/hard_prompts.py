@@ -111,13 +111,14 @@ def prompt_nll(base, header: list[int], prompt_P: torch.Tensor, embeds_PD: Optio
 
 
 @torch.no_grad()
-def no_prompt_divergence(pair, batches: list[dict], kind: str = "kl_ft_base", temperature: float = 1.0,
-                         chunk_size: int = 256) -> float:
-    """The pair's divergence on ``batches`` without any prompt, weighted as in :func:`evaluate`."""
+def batches_divergence(pair, ids_P: Optional[torch.Tensor], batches: list[dict], kind: str = "kl_ft_base",
+                       temperature: float = 1.0, chunk_size: int = 256) -> float:
+    """The pair's divergence on ``batches`` with the hard prompt ``ids_P`` (None: no
+    prompt), each batch weighted by its tokens."""
     total = weight = 0.0
     for b in batches:
         n = float(b["attention_mask"].sum())
-        total += n * pair_divergence(pair, b["input_ids"], b["attention_mask"], None, kind, temperature,
+        total += n * pair_divergence(pair, b["input_ids"], b["attention_mask"], ids_P, kind, temperature,
                                      chunk_size, b.get("prompt_pos")).item()
         weight += n
     return total / weight
@@ -129,15 +130,9 @@ def evaluate(pair, ids_P: torch.Tensor, batches: list[dict], kind: str = "kl_ft_
              chunk_size: int = 256, divergence_no_prompt: Optional[float] = None) -> HardPrompt:
     """Measure a hard prompt on ``batches``: divergence with and without it (the latter
     computed unless given), perplexity."""
-    total = weight = 0.0
-    for b in batches:
-        n = float(b["attention_mask"].sum())
-        total += n * pair_divergence(pair, b["input_ids"], b["attention_mask"], ids_P, kind, temperature,
-                                     chunk_size, b.get("prompt_pos")).item()
-        weight += n
-    div = total / weight
+    div = batches_divergence(pair, ids_P, batches, kind, temperature, chunk_size)
     if divergence_no_prompt is None:
-        divergence_no_prompt = no_prompt_divergence(pair, batches, kind, temperature, chunk_size)
+        divergence_no_prompt = batches_divergence(pair, None, batches, kind, temperature, chunk_size)
     nll = prompt_nll(pair.base, _header(pair, batches[0]), ids_P).item()
     ids = ids_P.tolist()
     return HardPrompt(method, pair.tokenizer.decode(ids), ids, div, divergence_no_prompt, math.exp(nll),
@@ -370,7 +365,7 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
         if starts:
             scores = prompt_objectives(pair, starts, train_batches, kind, temperature, fluency_weight)
             found["text"] = starts[int(scores.argmax())]
-    div0 = no_prompt_divergence(pair, eval_batches, kind, temperature, chunk_size)
+    div0 = batches_divergence(pair, None, eval_batches, kind, temperature, chunk_size)
     results = {m: evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, m, chunk_size, div0)
                for m, ids in found.items() if m in methods}
     if "gcg" in methods:
