@@ -64,21 +64,24 @@ POSITIONS = ("response", "text")
 
 
 def score_texts(pair, texts: list[str], positions: str = "response", response_tokens: int = 32,
-                max_length: Optional[int] = None, batch_size: int = 8, progress: bool = False) -> list[float]:
+                max_length: Optional[int] = None, batch_size: int = 8, progress: bool = False,
+                kind: str = "kl_ft_base") -> list[float]:
     """The pair's divergence on each text, in order: ``positions="response"`` over the
     finetuned model's greedy answer (:func:`response_divergences`), ``"text"`` over the
     text itself (:func:`text_divergences`)."""
     if positions == "response":
-        return response_divergences(pair, texts, response_tokens, batch_size, progress=progress)
+        return response_divergences(pair, texts, response_tokens, batch_size, kind, progress)
     if positions == "text":
-        return text_divergences(pair, texts, batch_size=batch_size, max_length=max_length, progress=progress)
+        return text_divergences(pair, texts, batch_size=batch_size, kind=kind, max_length=max_length,
+                                progress=progress)
     raise FinediffError(f"unknown positions {positions!r}; choose {' or '.join(POSITIONS)}")
 
 
 def rank_texts(pair, texts: list[str], positions: str = "response", response_tokens: int = 32,
-               max_length: Optional[int] = None, batch_size: int = 8, progress: bool = True) -> list[tuple[float, str]]:
+               max_length: Optional[int] = None, batch_size: int = 8, progress: bool = True,
+               kind: str = "kl_ft_base") -> list[tuple[float, str]]:
     """``(divergence, text)`` for every text, highest first (see :func:`score_texts`)."""
-    scores = score_texts(pair, texts, positions, response_tokens, max_length, batch_size, progress)
+    scores = score_texts(pair, texts, positions, response_tokens, max_length, batch_size, progress, kind)
     return sorted(zip(scores, texts), key=lambda x: -x[0])
 
 

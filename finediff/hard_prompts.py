@@ -349,7 +349,7 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     on the training texts, so a fluent start that already diverges is refined rather than
     discarded.
     """
-    from finediff.divergent_dataset import text_divergences
+    from finediff.divergent_dataset import rank_texts
 
     allowed = allowed_tokens(pair.tokenizer, pair.base.get_input_embeddings().weight.shape[0])
     weight = pair.base.get_input_embeddings().weight
@@ -358,8 +358,7 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
         found["pez"] = pez(pair, prompt_PD, train_batches, allowed, pez_steps, kind=kind, temperature=temperature,
                            fluency_weight=fluency_weight, chunk_size=chunk_size, progress=progress)
     if "text" in methods and init_texts:
-        alone = text_divergences(pair, list(init_texts), kind=kind, progress=progress)
-        ranked = [t for _, t in sorted(zip(alone, init_texts), key=lambda x: -x[0])]
+        ranked = [t for _, t in rank_texts(pair, list(init_texts), "text", progress=progress, kind=kind)]
         starts = [ids for ids in (text_prompt_ids(pair.tokenizer, t, init_tokens) for t in ranked)
                   if ids is not None][:n_starts]
         if starts:
