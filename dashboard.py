@@ -13,7 +13,6 @@ vector at a chosen strength. Binds to localhost (``.streamlit/config.toml``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,9 @@ os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
 import streamlit as st  # noqa: E402
 
 from finediff import names  # noqa: E402
+from finediff.hard_prompts import read_hard_prompts  # noqa: E402
+from finediff.io import read_json as _read_json  # noqa: E402
+from finediff.records import CategoryResult, LensSummary, read_dataset  # noqa: E402
 
 MARKERS = (names.METRICS_FILE, names.SOFT_PROMPT_FILE, names.DIVERGENT_DATASET_JSONL, names.COMPARISON_CSV,
            f"{names.LENS_DIR}/{names.LENS_SUMMARY}", names.REPORT_MD)
@@ -46,11 +48,7 @@ def discover_runs(root: Path) -> list[Path]:
 
 
 def read_json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return _read_json(path) if path.exists() else None
 
 
 def methods_of(run: Path) -> list[str]:
@@ -68,43 +66,44 @@ def show_overview(run: Path) -> None:
     cols = st.columns(3)
     for col, key in zip(cols, names.VAL_METRIC_KEYS):
         col.metric(key, f"{metrics[key]:.4f}" if key in metrics else "-")
-    st.caption(f"global step {metrics.get('global_step')}, {metrics.get('wall_time_s', 0):.0f} s of training")
+    st.caption(f"global step {metrics.get(names.GLOBAL_STEP)}, {metrics.get(names.WALL_TIME, 0):.0f} s of training")
     report = run / names.REPORT_MD
     if report.exists():
-        with st.expander("report.md", expanded=False):
+        with st.expander(names.REPORT_MD, expanded=False):
             st.markdown(report.read_text())
 
 
 def show_comparison(run: Path) -> None:
-    import pandas as pd
+    from dataclasses import asdict
 
-    st.dataframe(pd.read_csv(run / names.COMPARISON_CSV), hide_index=True)
+    st.dataframe([asdict(r) for r in CategoryResult.read_csv(run / names.COMPARISON_CSV)], hide_index=True)
     if (run / names.COMPARISON_PNG).exists():
         st.image(str(run / names.COMPARISON_PNG))
 
 
 def show_hard_prompts(run: Path) -> None:
-    rows = read_jsonl(run / names.HARD_PROMPTS_FILE)
-    st.dataframe([{k: r[k] for k in ("method", "text", "divergence", "divergence_no_prompt", "perplexity")}
-                  for r in rows], hide_index=True)
+    rows = read_hard_prompts(run / names.HARD_PROMPTS_FILE)
+    st.dataframe([{"method": h.method, "text": h.text, "divergence": h.divergence,
+                   "divergence_no_prompt": h.divergence_no_prompt, "perplexity": h.perplexity} for h in rows],
+                 hide_index=True)
 
 
 def show_dataset(run: Path) -> None:
-    records = read_jsonl(run / names.DIVERGENT_DATASET_JSONL)
+    records = read_dataset(run / names.DIVERGENT_DATASET_JSONL)
     st.write(f"{len(records)} records, highest KL first")
     i = st.slider("record", 0, max(len(records) - 1, 0), 0)
     if records:
         r = records[i]
-        st.markdown(f"**Prompt:** {r['prompt']}")
+        st.markdown(f"**Prompt:** {r.prompt}")
         left, right = st.columns(2)
         left.markdown("**Base (generation_1)**")
-        left.write(r["generation_1"])
+        left.write(r.generation_1)
         right.markdown("**Finetuned (generation_2)**")
-        right.write(r["generation_2"])
-        st.json(r["metrics"])
-    st.dataframe([{"prompt": r["prompt"], "kl_divergence": r["metrics"]["kl_divergence"],
-                   "token_disagreement_rate": r["metrics"]["token_disagreement_rate"],
-                   "generation_2": r["generation_2"]} for r in records], hide_index=True)
+        right.write(r.generation_2)
+        st.json(r.as_dict()["metrics"])
+    st.dataframe([{"prompt": r.prompt, names.KL_DIVERGENCE: r.metrics.kl_divergence,
+                   names.TOKEN_DISAGREEMENT: r.metrics.token_disagreement_rate,
+                   "generation_2": r.generation_2} for r in records], hide_index=True)
 
 
 def show_clusters(run: Path) -> None:
@@ -140,25 +139,25 @@ def show_analysis(run: Path) -> None:
 
 
 def show_adl(run: Path) -> None:
-    lens = read_json(run / names.LENS_DIR / names.LENS_SUMMARY)
-    for layer, entry in lens["layers"].items():
+    lens = LensSummary.read(run / names.LENS_DIR / names.LENS_SUMMARY)
+    for layer, entry in lens.layers.items():
         st.subheader(f"Layer {layer}")
-        if entry.get("relevance_max_over_positions"):
-            st.write("Token relevance (max over positions)", entry["relevance_max_over_positions"])
-        pos = st.selectbox("position", list(range(len(entry["positions"]))), key=f"pos{layer}")
-        p = entry["positions"][pos]
+        if entry.relevance_max_over_positions:
+            st.write("Token relevance (max over positions)", entry.relevance_max_over_positions)
+        pos = st.selectbox("position", list(range(len(entry.positions))), key=f"pos{layer}")
+        p = entry.positions[pos]
         cols = st.columns(3)
         cols[0].markdown("**Logit lens (+diff)**")
-        cols[0].dataframe([{"token": t, "p": v} for t, v in p["logit_lens_pos"]], hide_index=True)
+        cols[0].dataframe([{"token": t, "p": v} for t, v in p.logit_lens_pos], hide_index=True)
         cols[1].markdown("**Logit lens (-diff)**")
-        cols[1].dataframe([{"token": t, "p": v} for t, v in p["logit_lens_neg"]], hide_index=True)
-        cols[2].markdown(f"**Patchscope (scale {p['patchscope']['chosen_scale']})**")
-        cols[2].dataframe([{"token": t, "p": v} for t, v in p["patchscope"]["tokens"]], hide_index=True)
-        steering = entry.get("steering")
+        cols[1].dataframe([{"token": t, "p": v} for t, v in p.logit_lens_neg], hide_index=True)
+        cols[2].markdown(f"**Patchscope (scale {p.patchscope['chosen_scale']})**")
+        cols[2].dataframe([{"token": t, "p": v} for t, v in p.patchscope["tokens"]], hide_index=True)
+        steering = entry.steering
         if steering:
-            st.markdown(f"**Steering** at strength {steering['chosen_strength']}")
+            st.markdown(f"**Steering** at strength {steering.chosen_strength}")
             st.dataframe([{"prompt": a, "unsteered": b, "steered": c} for a, b, c in
-                          zip(steering["prompts"], steering["unsteered"], steering["steered"])], hide_index=True)
+                          zip(steering.prompts, steering.unsteered, steering.steered)], hide_index=True)
     for png in (names.LENS_RELEVANCE_PNG, names.LENS_NORM_PNG):
         if (run / names.LENS_DIR / png).exists():
             st.image(str(run / names.LENS_DIR / png))
@@ -198,32 +197,34 @@ def show_interactive(run: Path) -> None:
     import torch
 
     from finediff.generation import generate_one
-    from finediff.lens import _Patch
+    from finediff.lens import Patch
+    from finediff.soft_prompt import load_prompt_record
 
     record_path = run / names.SOFT_PROMPT_FILE
     if not record_path.exists():
-        st.info("This run has no soft_prompt.pt; train one with train.py to talk to its pair.")
+        st.info(f"This run has no {names.SOFT_PROMPT_FILE}; train one with train.py to talk to its pair.")
         return
-    record = torch.load(record_path, weights_only=True)
+    record = load_prompt_record(record_path)
     spec = record["pair"]
     st.caption(f"base {spec['base']} | finetuned {spec['finetuned']} | adapter {spec.get('adapter')}")
     text = st.text_area("Your prompt", "What is the capital of France?")
     use_prompt = st.toggle("soft prompt on", value=False)
-    lens = read_json(run / names.LENS_DIR / names.LENS_SUMMARY)
+    lens_file = run / names.LENS_DIR / names.LENS_SUMMARY
+    lens = LensSummary.read(lens_file) if lens_file.exists() else None
     strength = st.slider("ADL steering strength (finetuned side)", 0.0, 16.0, 0.0, 0.5) if lens else 0.0
-    steer_layer = st.selectbox("ADL steering layer", list(lens["layers"])) if lens else None
+    steer_layer = st.selectbox("ADL steering layer", list(lens.layers)) if lens else None
     if st.button("Generate"):
         pair = load_pair(spec["base"], spec["finetuned"], spec.get("adapter") or "")
         prompt = record["prompt"] if use_prompt else None
         base_out = generate_one(pair.base, pair.tokenizer, text, prompt)
         if strength and lens:
-            layer, entry = steer_layer, lens["layers"][steer_layer]
-            vec = torch.tensor(entry["steering_vector"]) if "steering_vector" in entry else None
+            layer, entry = steer_layer, lens.layers[steer_layer]
+            vec = torch.tensor(entry.steering_vector) if entry.steering_vector else None
             if vec is None:
                 st.warning("this lens summary has no steering vector")
                 ft_out = generate_one(pair.finetuned, pair.tokenizer, text, prompt)
             else:
-                with _Patch(pair.finetuned, int(layer), vec / vec.norm() * entry["ft_norm"] * strength, "add"):
+                with Patch(pair.finetuned, int(layer), vec / vec.norm() * entry.ft_norm * strength, "add"):
                     ft_out = generate_one(pair.finetuned, pair.tokenizer, text, prompt)
         else:
             ft_out = generate_one(pair.finetuned, pair.tokenizer, text, prompt)

@@ -2,19 +2,16 @@
 
     python evaluate.py task=compare experiment=sandbagging
     python evaluate.py task=hard_prompts task.prompts_file=logs/.../hard_prompts.jsonl experiment=sandbagging
-    python evaluate.py task=generate task.run_dir=logs/sandbagging/runs/<date>
+    python evaluate.py task=generate task.run_dir=logs/sandbagging/runs/<date> experiment=sandbagging
+    python evaluate.py task=evidence task.run_dir=RUN experiment=sandbagging   # run / resume the evidence steps
+    python evaluate.py task=analyze task.run_dir=RUN                           # report from the run's files
+    python evaluate.py task=verify experiment=sandbagging                      # an organism's behaviour rates
     python evaluate.py task=diff diffing/method=kl|normdiff|adl pipeline.mode=preprocessing|diffing|full
-    python evaluate.py --multirun task=diff diffing/method=kl,normdiff experiment=sandbagging
 
-* ``compare``: mean divergence per category with a 95% CI, highest first ->
-  ``comparison.csv`` / ``comparison.md`` / ``comparison.png``;
-* ``hard_prompts``: per-prompt divergence on category texts against the texts alone ->
-  ``hard_prompt_eval.json`` (accepts ``hard_prompts.jsonl``, any JSONL with ``text`` or
-  ``prompt`` fields, or a ``divergent_dataset.pt``);
-* ``diff``: the diffing toolkit's methods (ADL, per-token KL, per-layer norm difference)
-  over an activation cache -> ``lens/`` and ``diff/<method>/``;
-* ``generate``: the divergent dataset from a run's ``soft_prompt.pt`` (and its
-  ``hard_prompts.jsonl``) -> ``divergent_dataset.pt`` / ``.jsonl``.
+Each task checks its inputs first, then loads the pair (``analyze`` needs none) and calls
+the core in one line: the evidence steps of :mod:`finediff.pipeline` (the same functions
+train.py's evidence callback runs), :mod:`finediff.prompt_eval`, :mod:`finediff.methods`
+and :mod:`finediff.organisms.verify`.
 """
 
 from __future__ import annotations
@@ -22,203 +19,218 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Optional
 
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
-from finediff import names  # noqa: E402
+from finediff import names, pipeline  # noqa: E402
 from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
+from finediff.records import Organism  # noqa: E402
 
 log = logging.getLogger("finediff.evaluate")
 
 
-def _categories(cfg: DictConfig) -> list[str]:
-    from finediff.data import known_categories
-
-    return list(cfg.task.get("categories") or known_categories())
-
-
-def run_compare(cfg: DictConfig, pair, out: Path) -> dict:
-    from finediff.compare import compare_categories, write_comparison
-
-    positions = cfg.task.positions
-    results = compare_categories(pair, _categories(cfg), cfg.task.max_texts_per_category, cfg.task.batch_size,
-                                 cfg.data.max_length, positions=positions,
-                                 response_tokens=cfg.task.response_tokens)
-    where = "over the finetuned model's answers" if positions == "response" else "over the texts"
-    write_comparison(results, out / names.COMPARISON_CSV, out / names.COMPARISON_MD, out / names.COMPARISON_PNG,
-                     title=cfg.task_name, xlabel=f"mean per-token KL(ft || base) {where}")
-    for i, r in enumerate(results, 1):
-        print(f"{i}. {r.category:20s} {r.mean_divergence:.4f}  [{r.ci_low:.4f}, {r.ci_high:.4f}]  n={r.n}")
-    return {"ranking": [r.category for r in results]}
-
-
-def read_prompt_records(path: Path) -> list[tuple[str, Optional[list[int]]]]:
-    """``(text, token_ids or None)`` per prompt of hard_prompts.jsonl, a JSONL with
-    text/prompt fields, or a divergent_dataset.pt; ``token_ids`` come from
-    ``hard_prompts.jsonl`` rows, which record the exact ids found."""
-    if not path.exists():
-        raise FinediffError(f"prompts file not found: {path}")
-    if path.suffix == ".pt":
-        records = torch.load(path, weights_only=True)
-        return [(p, None) for p in dict.fromkeys(r["prompt"] for r in records)]
-    prompts = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise FinediffError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-        text = row.get("text", row.get("prompt")) if isinstance(row, dict) else None
-        if not isinstance(text, str):
-            raise FinediffError(f"{path}:{lineno}: expected a 'text' or 'prompt' string")
-        ids = row.get("token_ids")
-        if ids is not None and not (isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids)):
-            raise FinediffError(f"{path}:{lineno}: 'token_ids' must be a non-empty list of integers")
-        prompts.append((text, ids))
-    if not prompts:
-        raise FinediffError(f"{path}: no prompts")
-    return prompts
-
-
-def run_hard_prompts(cfg: DictConfig, pair, out: Path) -> dict:
-    from finediff.data import load_category
-    from finediff.divergent_dataset import text_divergences
-    from finediff.io import write_json
-
-    if not cfg.task.get("prompts_file"):
-        raise FinediffError("task=hard_prompts needs task.prompts_file=PATH")
-    records = read_prompt_records(Path(cfg.task.prompts_file))
-    # one row per distinct prompt (a search that kept its start records it twice)
-    distinct = {(text, tuple(ids) if ids else None): (text, ids) for text, ids in records}
-    prompts = list(distinct.values())[: cfg.task.max_prompts]
-    texts = [t for c in _categories(cfg) for t in load_category(c, cfg.task.max_texts_per_category, 0.0).train]
-    baseline = text_divergences(pair, texts, batch_size=cfg.task.batch_size, max_length=cfg.data.max_length)
-    mean_base = sum(baseline) / len(baseline)
-    rows = []
-    for p, ids in tqdm(prompts, desc="hard prompts"):
-        # The prompt starts the user's message, as in training; the divergence is read at
-        # the text positions only, so prompt and texts-alone scores cover the same tokens.
-        if ids is None:
-            ids = pair.tokenizer(p, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise FinediffError(f"empty hard prompt in {cfg.task.prompts_file}")
-        scores = text_divergences(pair, texts, prompt=torch.tensor(ids), batch_size=cfg.task.batch_size,
-                                  max_length=cfg.data.max_length)
-        mean = sum(scores) / len(scores)
-        rows.append({"prompt": p, "mean_divergence": mean, "max_divergence": max(scores),
-                     "gain_over_texts": mean - mean_base,
-                     "share_of_texts_increased": sum(s > b for s, b in zip(scores, baseline)) / len(texts)})
-    rows.sort(key=lambda r: -r["mean_divergence"])
-    top = sorted(baseline, reverse=True)[: cfg.task.max_kl_texts]
-    result = {"categories": _categories(cfg), "n_texts": len(texts), "baseline_mean_divergence": mean_base,
-              "baseline_max_divergence": max(baseline),
-              # the diffing toolkit's max-KL corpus baseline: the mean of the highest-KL texts alone
-              "max_kl_texts_mean_divergence": sum(top) / len(top), "prompts": rows,
-              "best_prompt_mean_divergence": rows[0]["mean_divergence"],
-              "mean_over_prompts": sum(r["mean_divergence"] for r in rows) / len(rows)}
-    result["best_prompt_beats_max_kl_texts"] = result["best_prompt_mean_divergence"] > result["max_kl_texts_mean_divergence"]
-    write_json(out / names.HARD_PROMPT_EVAL_FILE, result)
-    print(f"texts alone: {mean_base:.4f}; the {len(top)} highest-KL texts alone: {result['max_kl_texts_mean_divergence']:.4f}")
-    for r in rows:
-        print(f"{r['mean_divergence']:.4f} (+{r['gain_over_texts']:.4f})  {r['prompt']!r}")
-    return result
-
-
-def run_generate(cfg: DictConfig, pair, out: Path) -> dict:
-    from finediff.data import load_category
-    from finediff.divergent_dataset import GenerationConfig, dataset_prompts, generate_dataset, rank_texts, save_dataset
-
+def _run_dir(cfg: DictConfig, required: str) -> Path:
+    """``task.run_dir``, which must be a folder holding ``required``."""
     if not cfg.task.get("run_dir"):
-        raise FinediffError("task=generate needs task.run_dir=DIR (a finished train.py run)")
+        raise FinediffError(f"task={cfg.task.name} needs task.run_dir=DIR (a finished train.py run)")
     run = Path(cfg.task.run_dir)
-    prompt_file = run / names.SOFT_PROMPT_FILE
-    if not prompt_file.exists():
-        raise FinediffError(f"no {names.SOFT_PROMPT_FILE} in run directory: {run}")
-    record = torch.load(prompt_file, weights_only=True)
-    if record["hidden_size"] != pair.hidden_size:
-        raise FinediffError(f"{prompt_file} was trained for hidden size {record['hidden_size']}, "
-                            f"the pair has {pair.hidden_size}")
-    texts = [t for c in cfg.data.categories for t in load_category(c, cfg.data.max_texts_per_category, 0.0).train]
-    ranked = [t for _, t in rank_texts(pair, texts, cfg.task.positions,
-                                       cfg.task.response_tokens, cfg.data.max_length, cfg.task.batch_size)]
-    hard_file = run / names.HARD_PROMPTS_FILE
-    hard = [json.loads(x)["text"] for x in hard_file.read_text().splitlines()] if hard_file.exists() else []
-    prompts = dataset_prompts(hard, ranked, cfg.task.n_hard_prompts, cfg.task.texts_per_hard_prompt, cfg.task.n_texts)
-    records = generate_dataset(pair, prompts, GenerationConfig(**cfg.generation), seed=cfg.seed)
-    save_dataset(records, out, names.DIVERGENT_DATASET_PT, names.DIVERGENT_DATASET_JSONL)
-    print(f"{len(records)} records -> {out / names.DIVERGENT_DATASET_PT}")
-    return {"records": len(records)}
-
-
-def run_diff(cfg: DictConfig, pair, out: Path) -> dict:
-    """The diffing toolkit's pipeline: ``pipeline.mode=preprocessing|diffing|full`` with
-    ``diffing/method=adl|kl|normdiff``."""
-    from callbacks.lens import lens_report, write_lens
-    from finediff.data import stream_texts, take
-    from finediff.io import write_json
-    from finediff.lens import LensConfig
-    from finediff.methods import kl_method, normdiff_method, preprocess
-    from finediff.plots import by_layer, histogram
-
-    mode, method = cfg.pipeline.mode, cfg.diffing.method.name
-    if mode not in ("preprocessing", "diffing", "full"):
-        raise FinediffError(f"unknown pipeline.mode {mode!r}; choose preprocessing, diffing or full")
-    d = cfg.diffing.method
-    cache = Path(cfg.diffing.cache_dir)
-    result: dict = {"mode": mode, "method": method}
-    if method != "adl" and mode in ("preprocessing", "full"):
-        texts = take(stream_texts(cfg.diffing.dataset), cfg.diffing.max_texts)
-        result["cache"] = preprocess(pair, texts, cache, list(cfg.diffing.layers) if cfg.diffing.layers else None,
-                                     cfg.diffing.n_tokens, cfg.diffing.batch_size)
-    if mode == "preprocessing":
-        return result
-    if method == "adl":
-        folder = out / names.LENS_DIR
-        summary = lens_report(pair, cfg.diffing.dataset, dict(cfg.organism) if cfg.get("organism") else None,
-                              LensConfig(layers=list(d.layers), n_positions=d.n_positions, max_texts=d.max_texts,
-                                         top_k=d.top_k, steering_tokens=d.steering_tokens,
-                                         coherence_factor=d.coherence_factor, strengths=tuple(d.strengths)))
-        write_lens(summary, folder)
-    else:
-        folder = out / names.DIFF_DIR / method
-        if method == "kl":
-            summary, values = kl_method(pair, cache, d.top_examples)
-            histogram(values, folder / names.KL_HIST_PNG, "KL(ft || base) per token", "Per-token KL distribution")
-        elif method == "normdiff":
-            summary = normdiff_method(pair.tokenizer, cache, d.top_examples)
-            by_layer(list(summary["mean_by_layer"].values()), folder / names.NORMDIFF_PNG,
-                     "mean |h_ft - h_base|", "Activation difference norm by layer")
-        else:
-            raise FinediffError(f"unknown diffing method {method!r}; choose adl, kl or normdiff")
-        write_json(folder / names.DIFF_SUMMARY, summary)
-    print(f"{method}: results in {folder}")
-    return result | {"summary": summary}
-
-
-def run_analyze(cfg: DictConfig, pair, out: Path) -> dict:
-    """Write report.md / report.html for a finished run (task.run_dir, default the output dir)."""
-    from callbacks.report import analyze_dataset, checker_for
-    from finediff.report import write_report
-
-    run = Path(cfg.task.get("run_dir") or out)
     if not run.is_dir():
         raise FinediffError(f"run directory not found: {run}")
-    analyze_dataset(run, cfg.task.embedder)
-    md, page = write_report(run, cfg.task_name, checker_for(dict(cfg.organism) if cfg.get("organism") else None))
-    print(f"report: {md} and {page}")
-    return {"report": str(md)}
+    if required and not (run / required).exists():
+        raise FinediffError(f"no {required} in run directory: {run}")
+    return run
 
 
-TASKS = {"analyze": run_analyze, "compare": run_compare, "hard_prompts": run_hard_prompts, "generate": run_generate, "diff": run_diff}
+def _texts(cfg: DictConfig, pair) -> pipeline.RunTexts:
+    """The run's texts, exactly as train.py's datamodule splits them."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.tokenizer = pair.tokenizer
+    return datamodule.texts()
+
+
+def _prompt(record: dict, pair, path: Path) -> torch.Tensor:
+    if record["hidden_size"] != pair.hidden_size:
+        raise FinediffError(f"{path} was trained for hidden size {record['hidden_size']}, "
+                            f"the pair has {pair.hidden_size}")
+    return record["prompt"]
+
+
+class Task:
+    """A task checks what it can before the pair loads (``check``), then runs (``run``)."""
+
+    needs_pair = True
+
+    def __init__(self, cfg: DictConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.settings = pipeline.EvidenceSettings.from_mapping(cfg.get("evidence"))
+        self.organism = Organism.from_config(cfg.get("organism"))
+
+    def check(self) -> None:
+        pass
+
+    def run(self, pair) -> dict:
+        raise NotImplementedError
+
+
+class Compare(Task):
+    """Mean divergence per category (95% CI), highest first -> comparison.csv / .md / .png."""
+
+    def run(self, pair) -> dict:
+        results = pipeline.compare(pair, self.settings.compare, self.cfg.data.max_length, self.out, self.cfg.task_name)
+        for i, r in enumerate(results, 1):
+            print(f"{i}. {r.category:20s} {r.mean_divergence:.4f}  [{r.ci_low:.4f}, {r.ci_high:.4f}]  n={r.n}")
+        return {"ranking": [r.category for r in results]}
+
+
+class HardPrompts(Task):
+    """A prompts file's per-prompt divergence against the texts alone -> hard_prompt_eval.json."""
+
+    def check(self) -> None:
+        from finediff.data import check_category
+        from finediff.prompt_eval import read_prompt_records
+
+        if not self.cfg.task.get("prompts_file"):
+            raise FinediffError("task=hard_prompts needs task.prompts_file=PATH")
+        self.prompts = read_prompt_records(self.cfg.task.prompts_file)
+        for c in self.cfg.task.categories:
+            check_category(str(c))
+
+    def run(self, pair) -> dict:
+        from finediff.data import load_category
+        from finediff.io import write_json
+        from finediff.prompt_eval import evaluate_prompts
+
+        t = self.cfg.task
+        texts = [x for c in t.categories for x in load_category(str(c), t.max_texts_per_category, 0.0).train]
+        result = {"categories": [str(c) for c in t.categories]} | evaluate_prompts(
+            pair, self.prompts, texts, t.batch_size, self.cfg.data.max_length, t.max_kl_texts, t.max_prompts)
+        write_json(self.out / names.HARD_PROMPT_EVAL_FILE, result)
+        print(f"texts alone: {result['baseline_mean_divergence']:.4f}; the {t.max_kl_texts} highest-KL texts alone: "
+              f"{result['max_kl_texts_mean_divergence']:.4f}")
+        for r in result["prompts"]:
+            print(f"{r['mean_divergence']:.4f} (+{r['gain_over_texts']:.4f})  {r['prompt']!r}")
+        return result
+
+
+class Generate(Task):
+    """The divergent dataset from a finished run -> divergent_dataset.pt / .jsonl."""
+
+    def check(self) -> None:
+        from finediff.divergent_dataset import GenerationConfig
+        from finediff.hard_prompts import read_hard_prompts
+        from finediff.soft_prompt import load_prompt_record
+
+        self.run_dir = _run_dir(self.cfg, names.SOFT_PROMPT_FILE)
+        self.record = load_prompt_record(self.run_dir / names.SOFT_PROMPT_FILE)
+        hard_file = self.run_dir / names.HARD_PROMPTS_FILE
+        self.hard = [h.text for h in read_hard_prompts(hard_file)] if hard_file.exists() else []
+        self.generation = GenerationConfig(**self.cfg.generation)
+
+    def run(self, pair) -> dict:
+        _prompt(self.record, pair, self.run_dir / names.SOFT_PROMPT_FILE)
+        texts = _texts(self.cfg, pair)
+        records = pipeline.divergent_dataset(pair, texts.val + texts.train, self.hard, self.settings.divergent_dataset,
+                                             self.generation, self.cfg.seed, self.out, texts.max_length)
+        print(f"{len(records)} records -> {self.out / names.DIVERGENT_DATASET_PT}")
+        return {"records": len(records)}
+
+
+class Evidence(Task):
+    """Every evidence step on a finished (or stopped) run, into its folder; steps whose
+    output is there already are read back (``evidence.resume``)."""
+
+    def check(self) -> None:
+        from finediff.divergent_dataset import GenerationConfig
+        from finediff.soft_prompt import load_prompt_record
+
+        self.run_dir = _run_dir(self.cfg, names.SOFT_PROMPT_FILE)
+        self.record = load_prompt_record(self.run_dir / names.SOFT_PROMPT_FILE)
+        self.generation = GenerationConfig(**self.cfg.generation)
+
+    def run(self, pair) -> dict:
+        prompt = _prompt(self.record, pair, self.run_dir / names.SOFT_PROMPT_FILE)
+        objective = pipeline.Objective(self.record["divergence"], self.record["temperature"], seed=self.cfg.seed)
+        ev = pipeline.run(pair, prompt, _texts(self.cfg, pair), self.settings, objective, self.generation,
+                          self.run_dir, self.organism, self.cfg.task_name)
+        return {"report": str(ev.report[0]) if ev.report else None}
+
+
+class Analyze(Task):
+    """report.md / report.html (and the analysis of the divergent dataset) from a run's files."""
+
+    needs_pair = False
+
+    def check(self) -> None:
+        self.run_dir = Path(self.cfg.task.get("run_dir") or self.out)
+        if not self.run_dir.is_dir():
+            raise FinediffError(f"run directory not found: {self.run_dir}")
+
+    def run(self, pair) -> dict:
+        from finediff.records import read_dataset
+
+        data = self.run_dir / names.DIVERGENT_DATASET_PT
+        if data.exists():
+            pipeline.analysis(read_dataset(data), self.run_dir, self.settings.analysis)
+        md, page = pipeline.report(self.run_dir, self.cfg.task_name, self.organism)
+        print(f"report: {md} and {page}")
+        return {"report": str(md)}
+
+
+class Verify(Task):
+    """An organism's behaviour rates on its held-out prompts -> verification.json."""
+
+    def check(self) -> None:
+        if self.organism is None:
+            raise FinediffError("task=verify needs an organism: experiment=NAME or organism=NAME")
+
+    def run(self, pair) -> dict:
+        from finediff.organisms.verify import format_table, verify
+
+        result = verify(self.organism, pair, self.cfg.task.max_new_tokens)
+        print(format_table([result]))
+        return result
+
+
+class Diff(Task):
+    """The diffing toolkit's pipeline: ``pipeline.mode=preprocessing|diffing|full`` with
+    ``diffing/method=adl|kl|normdiff``."""
+
+    def check(self) -> None:
+        self.mode, self.method = self.cfg.pipeline.mode, self.cfg.diffing.method.name
+        if self.mode not in ("preprocessing", "diffing", "full"):
+            raise FinediffError(f"unknown pipeline.mode {self.mode!r}; choose preprocessing, diffing or full")
+        if self.method not in ("adl", "kl", "normdiff"):
+            raise FinediffError(f"unknown diffing method {self.method!r}; choose adl, kl or normdiff")
+
+    def run(self, pair) -> dict:
+        from finediff.data import stream_texts, take
+        from finediff.methods import run_method, preprocess
+
+        d, cache = self.cfg.diffing, Path(self.cfg.diffing.cache_dir)
+        result: dict = {"mode": self.mode, "method": self.method}
+        if self.method != "adl" and self.mode in ("preprocessing", "full"):
+            texts = take(stream_texts(d.dataset), d.max_texts)
+            result["cache"] = preprocess(pair, texts, cache, list(d.layers) if d.layers else None, d.n_tokens,
+                                         d.batch_size)
+        if self.mode == "preprocessing":
+            return result
+        if self.method == "adl":
+            summary = pipeline.lens(pair, self.settings.lens, self.organism, self.out).as_dict()
+            folder = self.out / names.LENS_DIR
+        else:
+            folder = self.out / names.DIFF_DIR / self.method
+            summary = run_method(self.method, pair, cache, folder, d.method.top_examples)
+        print(f"{self.method}: results in {folder}")
+        return result | {"summary": summary}
+
+
+TASKS = {"analyze": Analyze, "compare": Compare, "diff": Diff, "evidence": Evidence, "generate": Generate,
+         "hard_prompts": HardPrompts, "verify": Verify}
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -226,12 +238,16 @@ def evaluate(cfg: DictConfig) -> dict:
     if name not in TASKS:
         raise FinediffError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FinediffError(f"paths.output_dir is a file, not a folder: {out}")
+    task = TASKS[name](cfg, out)
+    task.check()
     pair = None
-    if name != "analyze":  # the report reads files only
+    if task.needs_pair:
         log.info("Instantiating model pair <%s>", cfg.model._target_)
         pair = hydra.utils.instantiate(cfg.model)
-    return TASKS[name](cfg, pair, out)
+    out.mkdir(parents=True, exist_ok=True)
+    return task.run(pair)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate.yaml")

@@ -3,16 +3,17 @@
     python train.py experiment=sandbagging
     python train.py model.adapter=/path/to/adapter data.categories=[ethics,persona] trainer.max_steps=100
 
-Instantiates, in order, the model pair, datamodule, LightningModule, callbacks, loggers
-and trainer from ``configs/``, fits, validates once more, and returns the metrics.
-Everything lands in ``paths.output_dir``.
+Instantiates, in order, the datamodule, callbacks and loggers (each checks its settings,
+so bad input fails before any model loads), the model pair, the LightningModule and the
+trainer from ``configs/``; fits (the evidence callback runs the evidence pipeline when
+fit ends), validates once more, and returns the metrics. Everything lands in
+``paths.output_dir``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
@@ -21,7 +22,8 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from finediff.errors import exit_on_user_error  # noqa: E402
+from finediff import names  # noqa: E402
+from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
 
 log = logging.getLogger("finediff.train")
 
@@ -36,24 +38,35 @@ def instantiate_group(group: DictConfig | None) -> list:
     return out
 
 
+def check_run_inputs(cfg: DictConfig) -> None:
+    """What can be checked before anything loads: a usable output folder and an existing
+    checkpoint to resume from (the pair checks that there is something to diff)."""
+    out = Path(cfg.paths.output_dir)
+    if out.exists() and not out.is_dir():
+        raise FinediffError(f"paths.output_dir is a file, not a folder: {out}")
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and not Path(ckpt).is_file():
+        raise FinediffError(f"ckpt_path not found: {ckpt}")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run the main job from a composed config; return the final metrics."""
+    check_run_inputs(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+
     log.info("Instantiating model pair <%s>", cfg.model._target_)
     pair = hydra.utils.instantiate(cfg.model)
-
-    log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=pair.tokenizer)
+    datamodule.tokenizer = pair.tokenizer
 
     log.info("Instantiating module <%s>", cfg.module._target_)
     module = hydra.utils.instantiate(cfg.module, pair=pair)
-    print(f"finediff: trainable parameters {module.n_trainable:,} | frozen {module.n_frozen:,}",
-          flush=True)
-
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
+    print(f"finediff: trainable parameters {module.n_trainable:,} | frozen {module.n_frozen:,}", flush=True)
 
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -72,7 +85,7 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except Exception as err:
         exit_on_user_error(err)
-    return metrics.get("val/divergence")
+    return metrics.get(names.VAL_DIVERGENCE)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from finediff import names
 from finediff.activations import pair_activations, relative_layer, tokenize_first
 from finediff.corpus import GENERIC_FILE
 from finediff.data import REPO_ROOT, stream_texts, take
@@ -66,7 +67,7 @@ def main() -> None:
     first = {"base": [], "finetuned": []}
     for batch in pair_activations(pair, ids[:, :args.positions], [layer], args.batch, progress=False):
         for side in first:
-            first[side].append(batch[f"{side}.layer{layer}"])
+            first[side].append(batch[names.activation_key(side, layer)])
     first_s = time.perf_counter() - t
     first = {k: torch.cat(v) for k, v in first.items()}
 

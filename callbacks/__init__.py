@@ -1,4 +1,4 @@
-from callbacks.evidence import DivergentDatasetCallback, HardPromptCallback
+from callbacks.evidence import EvidenceCallback
 from callbacks.run_outputs import RunOutputs
 
-__all__ = ["DivergentDatasetCallback", "HardPromptCallback", "RunOutputs"]
+__all__ = ["EvidenceCallback", "RunOutputs"]

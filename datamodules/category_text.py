@@ -6,20 +6,11 @@ from functools import partial
 from typing import Optional, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from finediff.data import collate, format_parts, load_category
-
-
-class _Tokenized(Dataset):
-    def __init__(self, items: list[tuple[str, list[int]]]):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
-        return self.items[i][1]
+from finediff.data import check_category, collate, format_parts, load_category
+from finediff.errors import FinediffError, check_number
+from finediff.pipeline import RunTexts
 
 
 class CategoryTextDataModule(L.LightningDataModule):
@@ -35,6 +26,8 @@ class CategoryTextDataModule(L.LightningDataModule):
         seed: seed of the train/validation split.
         num_workers: DataLoader workers.
         tokenizer: set by ``train.py`` from the model pair (never from config).
+
+    Every argument is checked here, before any model loads: a bad one is a one-line error.
     """
 
     def __init__(
@@ -50,14 +43,24 @@ class CategoryTextDataModule(L.LightningDataModule):
         tokenizer=None,
     ):
         super().__init__()
+        if isinstance(categories, str) or not categories:
+            raise FinediffError(f"data.categories must be a non-empty list, got {categories!r}")
         categories = [str(c) for c in categories]  # plain list: checkpoints load with weights_only
+        for c in categories:
+            check_category(c)
+        check_number("data.batch_size", batch_size, int, minimum=1)
+        check_number("data.max_length", max_length, int, minimum=2)
+        check_number("data.num_workers", num_workers, int, minimum=0)
+        check_number("data.val_fraction", val_fraction, float, minimum=0.0, below=1.0)
+        if max_texts_per_category is not None:
+            check_number("data.max_texts_per_category", max_texts_per_category, int, minimum=1)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
-        self.train_set: Optional[_Tokenized] = None
-        self.val_set: Optional[_Tokenized] = None
+        self._texts: Optional[RunTexts] = None
+        self._items: dict[str, list] = {}
 
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_set is not None:
+        if self._texts is not None:
             return
         if self.tokenizer is None:
             raise RuntimeError("CategoryTextDataModule needs a tokenizer (train.py sets it)")
@@ -65,13 +68,23 @@ class CategoryTextDataModule(L.LightningDataModule):
         train, val = [], []
         for category in hp.categories:
             split = load_category(category, hp.max_texts_per_category, hp.val_fraction, hp.seed)
-            train += [(t, format_parts(self.tokenizer, t, hp.chat_template)) for t in split.train]
-            val += [(t, format_parts(self.tokenizer, t, hp.chat_template)) for t in split.val]
-        self.train_set, self.val_set = _Tokenized(train), _Tokenized(val or train)
+            train += split.train
+            val += split.val
+        if not val:
+            raise FinediffError(f"no held-out texts in data.categories={list(hp.categories)}: every category has "
+                                "a single text; give at least two texts, or more categories")
+        self._texts = RunTexts(train, val, hp.max_length, hp.chat_template)
+        self._items = {name: [format_parts(self.tokenizer, t, hp.chat_template) for t in texts]
+                       for name, texts in (("train", train), ("val", val))}
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def texts(self) -> RunTexts:
+        """The run's train and held-out texts with their formatting settings."""
+        self.setup()
+        return self._texts
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
-            dataset,
+            self._items[split],
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
             num_workers=self.hparams.num_workers,
@@ -79,7 +92,7 @@ class CategoryTextDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader("val", shuffle=False)

@@ -10,7 +10,7 @@ stops after the deepest requested layer.
 
 The cache (written by a preprocessing pass, read by the diffing pass) is a folder of
 ``safetensors`` shards plus ``index.json``: for each shard, the tensors
-``{side}.layer{l}`` of shape ``[B, P, D]`` with ``input_ids [B, P]`` and ``attention_mask``.
+``names.activation_key(side, l)`` (``finetuned.layer14``) of shape ``[B, P, D]`` with ``input_ids [B, P]`` and ``attention_mask``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from typing import Iterable, Iterator, Optional
 import torch
 from tqdm.auto import tqdm
 
+from finediff import names
 from finediff.errors import FinediffError
 from finediff.io import atomic_path, write_json
 
-CACHE_INDEX = "index.json"
-SIDES = ("base", "finetuned")
 
 
 class _Stop(Exception):
@@ -104,9 +103,9 @@ def pair_activations(pair, ids_NP: torch.Tensor, layers: list[int], batch_size: 
     mask = torch.ones_like(ids_NP)
     for i in tqdm(range(0, len(ids_NP), batch_size), desc="activations", disable=not progress):
         batch = {"input_ids": ids_NP[i:i + batch_size], "attention_mask": mask[i:i + batch_size]}
-        for side in SIDES:
+        for side in names.SIDES:
             acts = residual_stream(getattr(pair, side), batch["input_ids"], batch["attention_mask"], layers)
-            batch.update({f"{side}.layer{l}": a for l, a in acts.items()})
+            batch.update({names.activation_key(side, l): a for l, a in acts.items()})
         yield batch
 
 
@@ -122,7 +121,7 @@ def write_cache(batches: Iterable[dict[str, torch.Tensor]], folder: str | Path, 
         with atomic_path(folder / name) as tmp:
             save_file({k: v.contiguous() for k, v in batch.items()}, str(tmp))
         shards.append({"file": name, "rows": int(batch["input_ids"].shape[0])})
-    write_json(folder / CACHE_INDEX, {**meta, "shards": shards})
+    write_json(folder / names.CACHE_INDEX, {**meta, "shards": shards})
     return folder
 
 
@@ -131,9 +130,9 @@ def read_cache(folder: str | Path) -> tuple[dict, Iterator[dict[str, torch.Tenso
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    index_path = folder / CACHE_INDEX
+    index_path = folder / names.CACHE_INDEX
     if not index_path.exists():
-        raise FinediffError(f"no activation cache in {folder} (missing {CACHE_INDEX}); run pipeline.mode=preprocessing")
+        raise FinediffError(f"no activation cache in {folder} (missing {names.CACHE_INDEX}); run pipeline.mode=preprocessing")
     index = json.loads(index_path.read_text())
 
     def shards():

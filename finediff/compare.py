@@ -12,25 +12,16 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 from finediff.data import load_category
 from finediff.divergent_dataset import POSITIONS, score_texts
 from finediff.errors import FinediffError
-from finediff.io import atomic_path
-
-
-@dataclass
-class CategoryResult:
-    category: str
-    n: int
-    mean_divergence: float
-    ci_low: float
-    ci_high: float
-    std: float
-    max_divergence: float
+from finediff import names
+from finediff.io import atomic_path, write_text
+from finediff.records import CategoryResult
 
 
 def summarise(category: str, values: list[float]) -> CategoryResult:
@@ -63,22 +54,21 @@ def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 1
     return sorted(results, key=lambda r: r.mean_divergence, reverse=True)
 
 
-def write_comparison(results: list[CategoryResult], csv_path: Path, md_path: Path, png_path: Path,
-                     title: str = "", xlabel: str = "mean per-token KL(ft || base)") -> None:
-    """CSV (first column the category), Markdown table and bar chart with CI whiskers."""
+def write_comparison(results: list[CategoryResult], out: Path, title: str = "",
+                     xlabel: str = "mean per-token KL(ft || base)") -> None:
+    """``comparison.csv`` (first column the category), ``comparison.md`` and
+    ``comparison.png`` (bar chart with CI whiskers) in ``out``."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(asdict(results[0])))
     writer.writeheader()
     for r in results:
         writer.writerow(asdict(r))
-    with atomic_path(csv_path) as tmp:
-        tmp.write_text(buf.getvalue())
+    write_text(Path(out) / names.COMPARISON_CSV, buf.getvalue())
     lines = [f"# Category comparison{': ' + title if title else ''}", "",
              "| rank | category | texts | mean divergence | 95% CI |", "|---|---|---|---|---|"]
     lines += [f"| {i} | {r.category} | {r.n} | {r.mean_divergence:.4f} | [{r.ci_low:.4f}, {r.ci_high:.4f}] |"
               for i, r in enumerate(results, 1)]
-    with atomic_path(md_path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_text(Path(out) / names.COMPARISON_MD, "\n".join(lines) + "\n")
 
     import matplotlib
 
@@ -86,13 +76,13 @@ def write_comparison(results: list[CategoryResult], csv_path: Path, md_path: Pat
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(results) + 1.5))
-    names = [r.category for r in results][::-1]
+    labels = [r.category for r in results][::-1]
     means = [r.mean_divergence for r in results][::-1]
     errs = [r.mean_divergence - r.ci_low for r in results][::-1]
-    ax.barh(names, means, xerr=errs, color="#4c72b0", capsize=3)
+    ax.barh(labels, means, xerr=errs, color="#4c72b0", capsize=3)
     ax.set_xlabel(xlabel)
     ax.set_title(f"Divergence by category{': ' + title if title else ''}")
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
+    with atomic_path(Path(out) / names.COMPARISON_PNG) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

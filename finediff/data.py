@@ -47,6 +47,13 @@ def category_file(category: str, root: Optional[str | Path] = None) -> Path:
     return path
 
 
+def check_category(category: str, root: Optional[str | Path] = None) -> None:
+    """Fail fast on a category that cannot be read: an unknown name, a missing file or a
+    malformed line (hub specs are checked when they stream)."""
+    if not category.startswith(HUB_PREFIX):
+        validate_jsonl(category_file(category, root))
+
+
 def validate_jsonl(path: Path, field: str = CATEGORY_TEXT_FIELD) -> int:
     """Check every line of a JSONL file; a malformed one is an error naming file and line."""
     count = 0
@@ -167,6 +174,20 @@ def format_text(tokenizer, text: str, chat_template: bool = True) -> list[int]:
     return prefix + body
 
 
+def pad_rows(rows: list[list[int]], pad_value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [B, L], mask [B, L])``: rows padded with ``pad_value`` to the longest,
+    on the right (training, scoring) or the left (generation: every row's last real
+    token in the last column); ``mask`` is 1 on real tokens."""
+    L = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), L), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, r in enumerate(rows):
+        cols = slice(L - len(r), L) if left else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
+
+
 def collate(items: list, pad_id: int, max_length: Optional[int] = None) -> dict:
     """Right-pad a batch. Items are token id lists or ``(prefix, body)`` pairs.
 
@@ -184,11 +205,6 @@ def collate(items: list, pad_id: int, max_length: Optional[int] = None) -> dict:
             prefix, body = prefix[cut:], body[drop - cut:]
         rows.append(prefix + body)
         positions.append(len(prefix))
-    L = max(len(ids) for ids in rows)
-    input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[i, : len(ids)] = 1
+    input_ids, mask = pad_rows(rows, pad_id)
     return {"input_ids": input_ids, "attention_mask": mask,
             "prompt_pos": torch.tensor(positions, dtype=torch.long)}

@@ -16,12 +16,14 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from finediff import names
 from finediff.data import collate, format_parts, format_text
 from finediff.divergence import final_hidden, output_head, pair_hidden, token_divergence
 from finediff.errors import FinediffError
 from finediff.generation import generate
 from finediff.io import torch_save, write_jsonl
 from finediff.metrics import argmax_disagreement, example_metrics, kl_per_position
+from finediff.records import DivergentRecord, RecordMetrics
 
 
 @dataclass
@@ -39,9 +41,11 @@ class GenerationConfig:
 
     def __post_init__(self):
         if self.max_length < 1 or self.num_generations_per_prompt < 1:
-            raise ValueError("generation.max_length and num_generations_per_prompt must be >= 1")
+            raise FinediffError("generation.max_length and generation.num_generations_per_prompt must be >= 1, "
+                                f"got {self.max_length} and {self.num_generations_per_prompt}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("generation.temperature must be > 0 and top_p in (0, 1]")
+            raise FinediffError(f"generation.temperature must be > 0 and generation.top_p in (0, 1], "
+                                f"got {self.temperature} and {self.top_p}")
 
 
 @torch.no_grad()
@@ -124,7 +128,7 @@ def teacher_forced(pair, prompts: list[str], responses: list[list[int]], batch_s
 
 
 def score_pairs(pair, prompts: list[str], gens_base: list[list[int]], gens_ft: list[list[int]],
-                batch_size: int = 8, progress: bool = True) -> list[dict]:
+                batch_size: int = 8, progress: bool = True) -> list[RecordMetrics]:
     """Teacher-force both models on ``prompt + generation_2``; per-record metrics."""
     return [example_metrics(kl_per_position(lf, lb), argmax_disagreement(lf, lb), gb, gf)
             for (lf, lb), gb, gf in zip(teacher_forced(pair, prompts, gens_ft, batch_size, progress),
@@ -150,7 +154,7 @@ def response_divergences(pair, texts: list[str], max_new_tokens: int = 32, batch
 
 
 def generate_dataset(pair, prompts: list[str], config: GenerationConfig, seed: int = 0,
-                     batch_size: int = 16, progress: bool = True) -> list[dict]:
+                     batch_size: int = 16, progress: bool = True) -> list[DivergentRecord]:
     """Sample both models on every prompt and score each generation pair (seed format),
     sorted by ``kl_divergence``, highest first."""
     expanded = [p for p in prompts for _ in range(config.num_generations_per_prompt)]
@@ -159,12 +163,13 @@ def generate_dataset(pair, prompts: list[str], config: GenerationConfig, seed: i
     base = generate(pair.base, pair.tokenizer, expanded, seed=seed, **kwargs)
     ft = generate(pair.finetuned, pair.tokenizer, expanded, seed=seed, **kwargs)
     metrics = score_pairs(pair, expanded, [ids for _, ids in base], [ids for _, ids in ft], progress=progress)
-    records = [{"prompt": p, "generation_1": b[0], "generation_2": f[0], "metrics": m}
-               for p, b, f, m in zip(expanded, base, ft, metrics)]
-    return sorted(records, key=lambda r: r["metrics"]["kl_divergence"], reverse=True)
+    records = [DivergentRecord(p, b[0], f[0], m) for p, b, f, m in zip(expanded, base, ft, metrics)]
+    return sorted(records, key=lambda r: r.metrics.kl_divergence, reverse=True)
 
 
-def save_dataset(records: list[dict], output_dir: str | Path, pt_name: str, jsonl_name: str) -> None:
-    """Write the ``.pt`` (``torch.load(..., weights_only=True)``) and ``.jsonl`` files, atomically."""
-    torch_save(Path(output_dir) / pt_name, records)
-    write_jsonl(Path(output_dir) / jsonl_name, records)
+def save_dataset(records: list[DivergentRecord], output_dir: str | Path) -> None:
+    """Write ``divergent_dataset.pt`` (plain dicts, ``torch.load(..., weights_only=True)``)
+    and ``divergent_dataset.jsonl``, atomically."""
+    rows = [r.as_dict() for r in records]
+    torch_save(Path(output_dir) / names.DIVERGENT_DATASET_PT, rows)
+    write_jsonl(Path(output_dir) / names.DIVERGENT_DATASET_JSONL, rows)

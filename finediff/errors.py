@@ -31,3 +31,15 @@ def exit_on_user_error(err: BaseException) -> None:
         raise err
     print(f"finediff: error: {user_error}", file=sys.stderr)
     sys.exit(2)
+
+
+def check_number(name: str, value, kind: type, minimum=None, below=None) -> None:
+    """A setting that must be a number of ``kind`` (an ``int`` also passes for ``float``)
+    in ``[minimum, below)``; anything else is a one-line error naming the setting."""
+    ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+    if not ok or isinstance(value, bool):
+        raise FinediffError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise FinediffError(f"{name} must be >= {minimum}, got {value!r}")
+    if below is not None and value >= below:
+        raise FinediffError(f"{name} must be < {below}, got {value!r}")

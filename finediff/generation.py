@@ -7,18 +7,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from finediff.data import format_text
-
-
-def left_pad(batch_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad for generation: every row's last real token sits in the last column."""
-    L = max(len(ids) for ids in batch_ids)
-    input_ids = torch.full((len(batch_ids), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), L), dtype=torch.long)
-    for i, ids in enumerate(batch_ids):
-        input_ids[i, L - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        mask[i, L - len(ids):] = 1
-    return input_ids, mask
+from finediff.data import format_text, pad_rows
 
 
 @torch.no_grad()
@@ -49,7 +38,7 @@ def generate(
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
         chunk = prompts[start:start + batch_size]
-        ids, mask = left_pad([format_text(tokenizer, p, chat_template) for p in chunk], tokenizer.pad_token_id)
+        ids, mask = pad_rows([format_text(tokenizer, p, chat_template) for p in chunk], tokenizer.pad_token_id, left=True)
         kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import torch
@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from finediff.divergence import output_head, pair_divergence, token_divergence
+from finediff.errors import FinediffError
+from finediff.io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,24 @@ class HardPrompt:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def read_hard_prompts(path: str | Path) -> list[HardPrompt]:
+    """The rows of a ``hard_prompts.jsonl``; a bad line is a one-line error naming the
+    file and the line (checked before any model work starts)."""
+    keys = tuple(f.name for f in fields(HardPrompt))
+    out = []
+    for lineno, row in read_jsonl(path):
+        if not isinstance(row, dict) or set(keys) - set(row):
+            missing = sorted(set(keys) - set(row)) if isinstance(row, dict) else list(keys)
+            raise FinediffError(f"{path}:{lineno}: not a hard prompt (missing {', '.join(missing)})")
+        ids = row["token_ids"]
+        if not (isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids)):
+            raise FinediffError(f"{path}:{lineno}: 'token_ids' must be a non-empty list of integers")
+        if not isinstance(row["text"], str):
+            raise FinediffError(f"{path}:{lineno}: 'text' must be a string")
+        out.append(HardPrompt(**{k: row[k] for k in keys}))
+    return out
 
 
 def allowed_tokens(tokenizer, vocab_size: int) -> torch.Tensor:

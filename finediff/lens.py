@@ -46,10 +46,12 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from finediff.activations import decoder_layers, pair_activations, residual_stream, tokenize_first
+from finediff import names
+from finediff.activations import decoder_layers, pair_activations, relative_layer, residual_stream, tokenize_first
 from finediff.divergence import output_head
 from finediff.errors import FinediffError
 from finediff.generation import generate_mixed
+from finediff.records import LensLayer, LensPosition, LensSummary, Steering
 
 IDENTITY_PROMPT = "man -> man\n1135 -> 1135\nhello -> hello\n?"
 DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -91,7 +93,7 @@ def adl_statistics(pair, texts: list[str], layer: int, n_positions: int = 5, min
     sums = {k: torch.zeros(n_positions, pair.hidden_size) for k in ("base", "finetuned")}
     for batch in pair_activations(pair, ids[:, :n_positions], [layer], batch_size, progress):
         for side in sums:
-            sums[side] += batch[f"{side}.layer{layer}"].sum(0)
+            sums[side] += batch[names.activation_key(side, layer)].sum(0)
     n = len(ids)
     base_mean, ft_mean = sums["base"] / n, sums["finetuned"] / n
     norm_ids = ids[:norm_texts, :norm_positions]
@@ -110,7 +112,7 @@ def logit_lens(model, tokenizer, vec_D: torch.Tensor, k: int = 20) -> list[tuple
     return [(tokenizer.decode([i]), round(p, 6)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
 
-class _Patch:
+class Patch:
     """Forward hook: replace (``mode="replace"``, last position) or add (``mode="add"``,
     every position) a vector at a decoder layer's output."""
 
@@ -152,7 +154,7 @@ def patchscope(model, tokenizer, vec_D: torch.Tensor, layer: int, norm: float, s
     unit = vec_D / vec_D.norm().clamp_min(1e-8)
     per_scale, novelty = {}, {}
     for scale in scales:
-        with _Patch(model, layer, unit * norm * scale, "replace"):
+        with Patch(model, layer, unit * norm * scale, "replace"):
             probs = _next_token_probs(model, tokenizer, prompt)
         top = probs.topk(k)
         per_scale[scale] = [(tokenizer.decode([i]), round(p, 6)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
@@ -186,7 +188,7 @@ def steer(model, tokenizer, vec_D: torch.Tensor, layer: int, norm: float, streng
     """Generate with ``strength * norm * vec/|vec|`` added at every position of ``layer``
     (``chat``: per prompt, chat turn or plain document continuation; default all chat)."""
     unit = vec_D / vec_D.norm().clamp_min(1e-8)
-    with _Patch(model, layer, unit * norm * strength, "add"):
+    with Patch(model, layer, unit * norm * strength, "add"):
         return _generate(model, tokenizer, prompts, max_new_tokens, chat)
 
 
@@ -282,8 +284,10 @@ def token_relevance(tokens: list[tuple[str, float]], relevant: list[str]) -> flo
 
 @dataclass
 class LensConfig:
-    """Settings of one ADL run."""
+    """Settings of one ADL run (the ``evidence.lens`` config block)."""
 
+    generic: str = ""
+    """Category spec of the generic text (the shipped corpus when empty, or ``hub:...``)."""
     layers: list[float] = field(default_factory=lambda: [0.5, 1.0])
     """Relative depths (0..1) of the layers to read (see the module docstring)."""
     n_positions: int = 5
@@ -293,61 +297,66 @@ class LensConfig:
     scales: tuple = DEFAULT_SCALES
     strengths: tuple = DEFAULT_STRENGTHS
     coherence_factor: float = 2.0
+    """Steered samples' base perplexity may be at most this many times the unsteered ones'."""
     steering_tokens: int = 48
     relevance_top_n: int = 100
+    n_steer_prompts: int = 12
+    steer_category: str = "general"
+    """Prompts to steer on when there is no organism with held-out off-target prompts."""
+
+    def __post_init__(self):
+        self.layers = [float(x) for x in self.layers]
+        self.scales, self.strengths = tuple(self.scales), tuple(self.strengths)
+        for depth in self.layers:
+            relative_layer(2, depth)  # a one-line error for a depth outside [0, 1]
+        if self.n_positions < 1 or self.max_texts < 1 or self.top_k < 1:
+            raise FinediffError("lens n_positions, max_texts and top_k must be >= 1")
+        if self.coherence_factor <= 0:
+            raise FinediffError(f"lens coherence_factor must be > 0, got {self.coherence_factor}")
 
 
 def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: LensConfig,
              finetune_texts: Optional[list[str]] = None, progress: bool = True,
-             steer_chat: Optional[list[bool]] = None) -> dict:
-    """ADL on every configured layer; a JSON-ready summary (see module docstring).
+             steer_chat: Optional[list[bool]] = None) -> LensSummary:
+    """ADL on every configured layer (see module docstring).
     ``steer_chat``: per steering prompt, chat turn (True, the default) or plain document."""
     tok = pair.tokenizer
     relevant = relevant_tokens(tok, finetune_texts, generic_texts, config.relevance_top_n) if finetune_texts else []
-    summary = {"relevant_tokens": relevant, "layers": {}}
+    summary = LensSummary(relevant_tokens=relevant)
     unsteered = (_generate(pair.finetuned, tok, steer_prompts, config.steering_tokens, steer_chat)
                  if steer_prompts else None)
     for depth in config.layers:
-        layer = relative_layer_of(pair, depth)
+        layer = relative_layer(pair.num_layers, depth)
         stats = adl_statistics(pair, generic_texts, layer, config.n_positions, config.min_tokens, config.max_texts,
                                progress=progress)
         positions = []
         for p in range(config.n_positions):
             diff = stats.diff_PD[p]
-            entry = {
-                "position": p,
-                "diff_norm": round(diff.norm().item(), 5),
-                "logit_lens_pos": logit_lens(pair.finetuned, tok, diff, config.top_k),
-                "logit_lens_neg": logit_lens(pair.finetuned, tok, -diff, config.top_k),
-                "base_mean_lens": logit_lens(pair.finetuned, tok, stats.base_mean_PD[p], config.top_k),
-                "ft_mean_lens": logit_lens(pair.finetuned, tok, stats.ft_mean_PD[p], config.top_k),
-                "patchscope": patchscope(pair.finetuned, tok, diff, layer, stats.ft_norm, config.scales, config.top_k),
-            }
+            entry = LensPosition(
+                position=p, diff_norm=round(diff.norm().item(), 5),
+                logit_lens_pos=logit_lens(pair.finetuned, tok, diff, config.top_k),
+                logit_lens_neg=logit_lens(pair.finetuned, tok, -diff, config.top_k),
+                base_mean_lens=logit_lens(pair.finetuned, tok, stats.base_mean_PD[p], config.top_k),
+                ft_mean_lens=logit_lens(pair.finetuned, tok, stats.ft_mean_PD[p], config.top_k),
+                patchscope=patchscope(pair.finetuned, tok, diff, layer, stats.ft_norm, config.scales, config.top_k))
             if relevant:
-                entry["relevance"] = {
-                    "difference_logit_lens": token_relevance(entry["logit_lens_pos"], relevant),
-                    "difference_patchscope": token_relevance(entry["patchscope"]["tokens"], relevant),
-                    "base_mean": token_relevance(entry["base_mean_lens"], relevant),
-                    "finetuned_mean": token_relevance(entry["ft_mean_lens"], relevant),
+                entry.relevance = {
+                    "difference_logit_lens": token_relevance(entry.logit_lens_pos, relevant),
+                    "difference_patchscope": token_relevance(entry.patchscope["tokens"], relevant),
+                    "base_mean": token_relevance(entry.base_mean_lens, relevant),
+                    "finetuned_mean": token_relevance(entry.ft_mean_lens, relevant),
                 }
             positions.append(entry)
-        relevance = ({key: max(e["relevance"][key] for e in positions) for key in positions[0]["relevance"]}
+        relevance = ({key: max(e.relevance[key] for e in positions) for key in positions[0].relevance}
                      if relevant else {})
         # Steer with the mean difference over positions 1.. (position 0 is the attention-sink
         # token, whose activations are outsized in both models).
         steer_vec = stats.diff_PD[1:].mean(0) if config.n_positions > 1 else stats.diff_PD[0]
-        steering = search_steering(pair, steer_vec, layer, stats.ft_norm, steer_prompts, config.strengths,
-                                   config.coherence_factor, config.steering_tokens, progress,
-                                   unsteered, chat=steer_chat) if steer_prompts else None
-        summary["layers"][str(layer)] = {
-            "relative_depth": depth, "n_texts": stats.n_texts, "base_norm": stats.base_norm,
-            "ft_norm": stats.ft_norm, "positions": positions, "relevance_max_over_positions": relevance,
-            "steering": steering, "steering_vector": [round(v, 6) for v in steer_vec.tolist()],
-        }
+        steering = Steering(**search_steering(pair, steer_vec, layer, stats.ft_norm, steer_prompts, config.strengths,
+                                              config.coherence_factor, config.steering_tokens, progress,
+                                              unsteered, chat=steer_chat)) if steer_prompts else None
+        summary.layers[str(layer)] = LensLayer(
+            relative_depth=depth, n_texts=stats.n_texts, base_norm=stats.base_norm, ft_norm=stats.ft_norm,
+            positions=positions, relevance_max_over_positions=relevance, steering=steering,
+            steering_vector=[round(v, 6) for v in steer_vec.tolist()])
     return summary
-
-
-def relative_layer_of(pair, depth: float) -> int:
-    from finediff.activations import relative_layer
-
-    return relative_layer(pair.num_layers, depth)

@@ -18,7 +18,9 @@ import torch
 
 from finediff.activations import pair_activations, read_cache, tokenize_first, write_cache
 from finediff.divergence import output_head
+from finediff.errors import FinediffError
 from finediff.metrics import kl_per_position
+from finediff.names import activation_key
 
 
 def preprocess(pair, texts: list[str], folder, layers: Optional[list[int]] = None, n_tokens: int = 64,
@@ -59,7 +61,7 @@ def kl_method(pair, folder, top_examples: int = 10) -> tuple[dict, list[float]]:
     norms = pair.finetuned.get_decoder().norm, pair.base.get_decoder().norm
     heads = output_head(pair.finetuned), output_head(pair.base)
     for shard in shards:
-        h_ft, h_base = shard[f"finetuned.layer{last}"], shard[f"base.layer{last}"]
+        h_ft, h_base = shard[activation_key("finetuned", last)], shard[activation_key("base", last)]
         kls.append(kl_per_position(heads[0](norms[0](h_ft)), heads[1](norms[1](h_base))))
         ids.append(shard["input_ids"])
     kl, ids = torch.cat(kls), torch.cat(ids)
@@ -78,7 +80,7 @@ def normdiff_method(tokenizer, folder, top_examples: int = 10) -> dict:
     for shard in shards:
         ids.append(shard["input_ids"])
         for l in layers:
-            per_layer[l].append((shard[f"finetuned.layer{l}"] - shard[f"base.layer{l}"]).norm(dim=-1))
+            per_layer[l].append((shard[activation_key("finetuned", l)] - shard[activation_key("base", l)]).norm(dim=-1))
     ids = torch.cat(ids)
     norms = {l: torch.cat(v) for l, v in per_layer.items()}
     means = {str(l): float(v.mean()) for l, v in norms.items()}
@@ -86,3 +88,26 @@ def normdiff_method(tokenizer, folder, top_examples: int = 10) -> dict:
     return {"method": "normdiff", "layers": layers, "mean_by_layer": means, "peak_layer": peak,
             "stats_peak_layer": _stats(norms[peak]),
             "max_examples": _examples(tokenizer, ids, norms[peak], top_examples)}
+
+
+def run_method(method: str, pair, cache, folder, top_examples: int = 10) -> dict:
+    """Run ``kl`` or ``normdiff`` over the cache; write ``summary.json`` and its plot into
+    ``folder``; return the summary."""
+    from pathlib import Path
+
+    from finediff import names
+    from finediff.io import write_json
+    from finediff.plots import by_layer, histogram
+
+    folder = Path(folder)
+    if method == "kl":
+        summary, values = kl_method(pair, cache, top_examples)
+        histogram(values, folder / names.KL_HIST_PNG, "KL(ft || base) per token", "Per-token KL distribution")
+    elif method == "normdiff":
+        summary = normdiff_method(pair.tokenizer, cache, top_examples)
+        by_layer(list(summary["mean_by_layer"].values()), folder / names.NORMDIFF_PNG,
+                 "mean |h_ft - h_base|", "Activation difference norm by layer")
+    else:
+        raise FinediffError(f"unknown diffing method {method!r}; choose adl, kl or normdiff")
+    write_json(folder / names.DIFF_SUMMARY, summary)
+    return summary

@@ -18,9 +18,11 @@ finetuned model's generation, ``generation_2``):
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric
+from torchmetrics import MeanMetric
 
+from finediff import names
 from finediff.divergence import token_divergence
+from finediff.records import DisagreementPositions, DivergentRecord, RecordMetrics
 
 
 def kl_per_position(logits_ft: torch.Tensor, logits_base: torch.Tensor) -> torch.Tensor:
@@ -47,61 +49,26 @@ def first_divergence(ids_a: list[int], ids_b: list[int]) -> int:
     return -1 if len(ids_a) == len(ids_b) else min(len(ids_a), len(ids_b))
 
 
-def example_metrics(kl_R: torch.Tensor, disagree_R: torch.Tensor, gen1_ids: list[int], gen2_ids: list[int]) -> dict:
-    """The seed's ``metrics`` dict for one record from per-response-position values."""
+def example_metrics(kl_R: torch.Tensor, disagree_R: torch.Tensor, gen1_ids: list[int],
+                    gen2_ids: list[int]) -> RecordMetrics:
+    """The seed's ``metrics`` of one record from per-response-position values."""
     n = int(kl_R.numel())
-    return {
-        "kl_divergence": float(kl_R.mean()) if n else 0.0,
-        "token_disagreement_rate": float(disagree_R.float().mean()) if n else 0.0,
-        "vocab_jaccard_similarity": vocab_jaccard(gen1_ids, gen2_ids),
-        "disagreement_positions": {
-            "first_divergence": first_divergence(gen1_ids, gen2_ids),
-            "num_disagreements": int(disagree_R.sum()),
-            "response_length": len(gen2_ids),
-        },
-    }
+    return RecordMetrics(
+        kl_divergence=float(kl_R.mean()) if n else 0.0,
+        token_disagreement_rate=float(disagree_R.float().mean()) if n else 0.0,
+        vocab_jaccard_similarity=vocab_jaccard(gen1_ids, gen2_ids),
+        disagreement_positions=DisagreementPositions(first_divergence(gen1_ids, gen2_ids), int(disagree_R.sum()),
+                                                     len(gen2_ids)),
+    )
 
 
-class _MeanOf(Metric):
-    """Mean of a per-example value, summed and counted so it reduces across processes."""
-
-    full_state_update = False
-    key = ""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, records: list[dict]) -> None:
+def dataset_means(records: list[DivergentRecord]) -> dict[str, float]:
+    """``{divergent/<metric>: mean over records}`` for every per-record metric, with
+    ``torchmetrics.MeanMetric`` (which reduces across processes under DDP)."""
+    out = {}
+    for key in names.RECORD_METRICS:
+        metric = MeanMetric()
         for r in records:
-            self.total += float(r["metrics"][self.key])
-            self.count += 1
-
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp_min(1)).float()
-
-
-class MeanKLDivergence(_MeanOf):
-    """Mean ``kl_divergence`` over records."""
-
-    key = "kl_divergence"
-
-
-class MeanTokenDisagreement(_MeanOf):
-    """Mean ``token_disagreement_rate`` over records."""
-
-    key = "token_disagreement_rate"
-
-
-class MeanVocabJaccard(_MeanOf):
-    """Mean ``vocab_jaccard_similarity`` over records."""
-
-    key = "vocab_jaccard_similarity"
-
-
-AGGREGATES = {
-    "divergent/kl_divergence": MeanKLDivergence,
-    "divergent/token_disagreement_rate": MeanTokenDisagreement,
-    "divergent/vocab_jaccard_similarity": MeanVocabJaccard,
-}
+            metric.update(r.metric(key))
+        out[names.divergent_key(key)] = float(metric.compute()) if records else 0.0
+    return out

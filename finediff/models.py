@@ -239,20 +239,6 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """Return (trainable, frozen) parameter counts, each shared tensor counted once."""
-    seen, trainable, frozen = set(), 0, 0
-    for p in module.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if p.requires_grad:
-            trainable += p.numel()
-        else:
-            frozen += p.numel()
-    return trainable, frozen
-
-
 # --------------------------------------------------------------------------- the pair
 
 
@@ -351,6 +337,7 @@ def load_model_pair(
     dtype: str = "float32",
     merge_adapter: bool = True,
     trust_remote_code: bool = False,
+    require_finetuned: bool = False,
 ) -> ModelPair:
     """Load base and finetuned models (finetuned defaults to base; add ``adapter`` on top).
 
@@ -361,10 +348,16 @@ def load_model_pair(
         dtype: weights dtype of both models.
         merge_adapter: merge the adapter into the weights (faster forward passes).
         trust_remote_code: allow model repositories to run their own code (off by default).
+        require_finetuned: refuse a pair with neither ``finetuned`` nor ``adapter`` (the
+            command-line runs set it: diffing the base against itself by omission would
+            report zeros as a result); name the base as ``finetuned`` to do it on purpose.
 
     Returns:
         A frozen :class:`ModelPair`.
     """
+    if require_finetuned and not finetuned and not adapter:
+        raise FinediffError("nothing to diff: set model.adapter=DIR (a PEFT adapter on the base) or "
+                            "model.finetuned=NAME (name the base there to diff it against itself)")
     finetuned = finetuned or base
     spec = PairSpec(base=base, finetuned=finetuned, adapter=adapter, dtype=str(dtype))
     tokenizer = load_tokenizer(base, trust_remote_code)

@@ -1,10 +1,11 @@
-"""One name, one place: every file name and metric key that a producer writes and a
-consumer reads is defined here and imported by both."""
+"""One name, one place: every file name, metric key and record key that a producer
+writes and a consumer reads is defined here and imported by both (a test scans every
+module, the shells and the dashboard included, for copies)."""
 
 # Run outputs (in ``paths.output_dir``).
 SOFT_PROMPT_FILE = "soft_prompt.pt"
 METRICS_FILE = "metrics.json"
-HPARAMS_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
 HARD_PROMPTS_FILE = "hard_prompts.jsonl"
 DIVERGENT_DATASET_PT = "divergent_dataset.pt"
 DIVERGENT_DATASET_JSONL = "divergent_dataset.jsonl"
@@ -15,15 +16,36 @@ HARD_PROMPT_EVAL_FILE = "hard_prompt_eval.json"
 
 # Metric keys (logged by the LightningModule, written to ``metrics.json``).
 TRAIN_DIVERGENCE = "train/divergence"
-TRAIN_LOSS = "train/loss"
 VAL_DIVERGENCE = "val/divergence"
 VAL_DIVERGENCE_NO_PROMPT = "val/divergence_no_prompt"
 VAL_DIVERGENCE_RANDOM_PROMPT = "val/divergence_random_prompt"
 VAL_METRIC_KEYS = (VAL_DIVERGENCE, VAL_DIVERGENCE_NO_PROMPT, VAL_DIVERGENCE_RANDOM_PROMPT)
+GLOBAL_STEP = "global_step"
+WALL_TIME = "wall_time_s"
+INTERRUPTED = "interrupted"
+
+# Per-record metrics of the divergent dataset (the seed's format) and their run means.
+KL_DIVERGENCE = "kl_divergence"
+TOKEN_DISAGREEMENT = "token_disagreement_rate"
+VOCAB_JACCARD = "vocab_jaccard_similarity"
+RECORD_METRICS = (KL_DIVERGENCE, TOKEN_DISAGREEMENT, VOCAB_JACCARD)
+DIVERGENT_PREFIX = "divergent/"
+
+
+def divergent_key(metric: str) -> str:
+    """Logged key of a divergent-dataset mean, e.g. ``divergent/kl_divergence``."""
+    return DIVERGENT_PREFIX + metric
+
 
 # Shipped data.
 CATEGORY_DIR = "data/categories"
 CATEGORY_TEXT_FIELD = "text"
+
+# Model organisms: adapter folder files and finetuning data files.
+CARD_FILE = "card.json"
+VERIFICATION_FILE = "verification.json"
+ORGANISM_TRAIN_FILE = "train.jsonl"
+ORGANISM_HELDOUT_FILE = "heldout.jsonl"
 
 # Activation Difference Lens and diffing methods.
 LENS_DIR = "lens"
@@ -33,10 +55,21 @@ LENS_RELEVANCE_PNG = "token_relevance.png"
 DIFF_DIR = "diff"
 DIFF_SUMMARY = "summary.json"
 ACTIVATION_CACHE_DIR = "activation_cache"
+CACHE_INDEX = "index.json"
 KL_HIST_PNG = "kl_distribution.png"
 NORMDIFF_PNG = "normdiff_by_layer.png"
+SIDES = ("base", "finetuned")
 
-# Analysis of the divergent dataset.
+
+def activation_key(side: str, layer: int) -> str:
+    """Name of one model's residual stream after decoder layer ``layer`` (0-based) in an
+    activation batch or cache shard, e.g. ``finetuned.layer14``."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    return f"{side}.layer{int(layer)}"
+
+
+# Analysis of the divergent dataset and the report.
 ANALYSIS_FILE = "divergence_analysis.json"
 ANALYSIS_KL_PNG = "analysis_kl.png"
 ANALYSIS_FIRST_PNG = "analysis_first_divergence.png"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finediff.io import atomic_path
+from finediff.records import LensSummary
 
 
 def _plt():
@@ -23,12 +24,12 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def lens_norms(summary: dict, path: Path) -> Path:
+def lens_norms(summary: LensSummary, path: Path) -> Path:
     """Norm of the mean activation difference per position, one line per layer."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for layer, entry in summary["layers"].items():
-        norms = [p["diff_norm"] for p in entry["positions"]]
+    for layer, entry in summary.layers.items():
+        norms = [p.diff_norm for p in entry.positions]
         ax.plot(range(len(norms)), norms, marker="o", label=f"layer {layer}")
     ax.set_xlabel("position")
     ax.set_ylabel("|mean(h_ft - h_base)|")
@@ -38,15 +39,15 @@ def lens_norms(summary: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def lens_relevance(summary: dict, path: Path) -> Path:
+def lens_relevance(summary: LensSummary, path: Path) -> Path:
     """Token relevance of the difference against the base-mean and finetuned-mean controls."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    layers = list(summary["layers"].items())
+    layers = list(summary.layers.items())
     keys = ["difference_patchscope", "difference_logit_lens", "base_mean", "finetuned_mean"]
     width = 0.8 / max(len(layers), 1)
     for j, (layer, entry) in enumerate(layers):
-        rel = entry.get("relevance_max_over_positions") or {}
+        rel = entry.relevance_max_over_positions or {}
         ax.bar([i + j * width for i in range(len(keys))], [rel.get(k, 0.0) for k in keys], width,
                label=f"layer {layer}")
     ax.set_xticks([i + width * (len(layers) - 1) / 2 for i in range(len(keys))])

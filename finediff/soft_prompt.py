@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from finediff import names
 from finediff.errors import FinediffError
 
 
@@ -180,3 +181,23 @@ def apply_trainable(module: nn.Module) -> tuple[int, int]:
         else:
             frozen += p.numel()
     return trainable, frozen
+
+
+PROMPT_RECORD_KEYS = ("prompt", "num_soft_prompt_tokens", "hidden_size", "init", "divergence", "temperature", "pair",
+                      names.GLOBAL_STEP)
+
+
+def load_prompt_record(path) -> dict:
+    """A run's ``soft_prompt.pt``, checked: a missing, damaged or foreign file is a
+    one-line error naming it."""
+    from finediff.io import load_torch
+
+    record = load_torch(path, "a soft prompt record (soft_prompt.pt)")
+    if not isinstance(record, dict) or set(PROMPT_RECORD_KEYS) - set(record):
+        missing = sorted(set(PROMPT_RECORD_KEYS) - set(record)) if isinstance(record, dict) else ["a dict"]
+        raise FinediffError(f"{path} is not a soft prompt record (missing {', '.join(missing)})")
+    prompt = record["prompt"]
+    if not (isinstance(prompt, torch.Tensor) and prompt.dim() == 2 and prompt.is_floating_point()
+            and prompt.shape[1] == record["hidden_size"]):
+        raise FinediffError(f"{path}: 'prompt' must be a [P, hidden_size] float tensor")
+    return record

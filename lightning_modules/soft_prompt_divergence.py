@@ -15,6 +15,8 @@ import torch
 
 from finediff import names
 from finediff.divergence import pair_divergence, parse_kind
+from finediff.errors import FinediffError, check_number
+from finediff.pipeline import Objective
 from finediff.models import ModelPair
 from finediff.soft_prompt import SoftPrompt, apply_trainable, is_trainable, random_like
 
@@ -59,6 +61,14 @@ class SoftPromptDivergence(L.LightningModule):
     ):
         super().__init__()
         parse_kind(divergence)
+        check_number("module.learning_rate", learning_rate, float, minimum=0.0)
+        check_number("module.weight_decay", weight_decay, float, minimum=0.0)
+        check_number("module.warmup_steps", warmup_steps, int, minimum=0)
+        check_number("module.temperature", temperature, float)
+        if temperature <= 0:
+            raise FinediffError(f"module.temperature must be > 0, got {temperature}")
+        if chunk_size is not None:
+            check_number("module.chunk_size", chunk_size, int, minimum=0)
         self.save_hyperparameters(ignore=["pair"])
         self.hparams["pair"] = pair.spec.as_dict()  # what it was trained on, not the weights
         self.pair = pair
@@ -106,14 +116,35 @@ class SoftPromptDivergence(L.LightningModule):
     def configure_optimizers(self) -> dict:
         params = [p for n, p in self.named_parameters() if is_trainable(n)]
         opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        # linear warm-up over warmup_steps: factor (step + 1) / warmup_steps, then 1
         warmup = max(1, self.hparams.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / warmup, total_iters=warmup - 1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
         if state is not None:
             checkpoint["state_dict"] = {k: v for k, v in state.items() if is_trainable(k)}
+        # The global RNG draws each epoch's shuffle: restoring it lets a resumed run see the
+        # same batches as an uninterrupted one.
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("torch_rng_state")
+
+    def on_train_epoch_start(self) -> None:
+        # A resumed run first closes the checkpoint's epoch (its loader iterator draws from the
+        # RNG), then opens the next: restore the state at each epoch start until a batch runs.
+        if getattr(self, "_rng_to_restore", None) is not None:
+            torch.set_rng_state(self._rng_to_restore)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._rng_to_restore = None
+
+    def objective(self) -> Objective:
+        """The objective the prompt was trained with (the hard prompts optimise it too)."""
+        hp = self.hparams
+        return Objective(str(hp.divergence), float(hp.temperature), int(hp.chunk_size or 0), int(hp.seed))
 
     def prompt_record(self) -> dict:
         """What ``soft_prompt.pt`` holds: the prompt and what is needed to reuse it.
@@ -129,5 +160,5 @@ class SoftPromptDivergence(L.LightningModule):
             "divergence": str(hp.divergence),
             "temperature": float(hp.temperature),
             "pair": dict(hp.pair),
-            "global_step": int(self.global_step),
+            names.GLOBAL_STEP: int(self.global_step),
         }

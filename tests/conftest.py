@@ -37,12 +37,12 @@ def tiny_overrides(tiny_dirs, output_dir: Path, evidence: bool = True) -> list[s
     """Overrides that point the main config at the tiny pair and keep a run to seconds
     (``evidence``: also shrink the end-of-fit hard prompt and dataset callbacks)."""
     small = [
-        "callbacks.hard_prompts.pez_steps=2", "callbacks.hard_prompts.gcg_steps=1",
-        "callbacks.hard_prompts.n_candidates=4", "callbacks.divergent_dataset.max_scored_texts=24",
+        "evidence.hard_prompts.pez_steps=2", "evidence.hard_prompts.gcg_steps=1",
+        "evidence.hard_prompts.n_candidates=4", "evidence.divergent_dataset.max_scored_texts=24",
         "generation.max_length=8", "generation.num_generations_per_prompt=2",
-        "callbacks.activation_lens.max_texts=40", "callbacks.activation_lens.steering_tokens=4",
-        "callbacks.activation_lens.n_steer_prompts=2", "callbacks.activation_lens.strengths=[1.0,4.0]",
-        "callbacks.report.max_texts_per_category=6",
+        "evidence.lens.max_texts=40", "evidence.lens.steering_tokens=4",
+        "evidence.lens.n_steer_prompts=2", "evidence.lens.strengths=[1.0,4.0]",
+        "evidence.compare.max_texts_per_category=6",
     ] if evidence else []
     return small + [
         f"model.base={tiny_dirs['base']}",

@@ -21,7 +21,7 @@ def run_eval(tiny_dirs, out, *extra):
 
 
 def test_compare_writes_sorted_csv_md_png(tiny_dirs, tmp_path):
-    result = run_eval(tiny_dirs, tmp_path, "task=compare", "task.max_texts_per_category=10")
+    result = run_eval(tiny_dirs, tmp_path, "task=compare", "evidence.compare.max_texts_per_category=10")
     rows = list(csv.DictReader((tmp_path / names.COMPARISON_CSV).open()))
     assert list(rows[0])[0] == "category"
     means = [float(r["mean_divergence"]) for r in rows]
@@ -129,7 +129,7 @@ def test_response_divergence_matches_a_direct_computation(tiny_pair):
 
 
 def test_prompt_records_keep_token_ids(tmp_path):
-    from evaluate import read_prompt_records
+    from finediff.prompt_eval import read_prompt_records
 
     f = tmp_path / "hp.jsonl"
     f.write_text('{"text": "a b", "token_ids": [5, 7]}\n{"prompt": "plain"}\n')

@@ -14,6 +14,7 @@ from finediff.activations import read_cache, relative_layer, residual_stream, to
 from finediff.lens import (LensConfig, adl_statistics, logit_lens, patchscope, relevant_tokens, run_lens,
                            token_relevance)
 from finediff.models import ModelPair
+from finediff.records import LensSummary
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +69,19 @@ def test_run_lens_summary(planted):
     cfg = LensConfig(layers=[0.0], max_texts=40, min_tokens=20, steering_tokens=4, strengths=(1.0, 64.0))
     summary = run_lens(pair, generic_texts(40), ["Tell me a fact."], cfg,
                        finetune_texts=["The capital of Spain is Rome."] * 3, progress=False)
-    entry = summary["layers"]["0"]
-    assert len(entry["positions"]) == 5
-    assert set(entry["relevance_max_over_positions"]) == {"difference_logit_lens", "difference_patchscope",
-                                                          "base_mean", "finetuned_mean"}
-    st = entry["steering"]
-    assert st["chosen_strength"] in (0.0, 1.0, 64.0) and len(st["steered"]) == 1
+    entry = summary.layers["0"]
+    assert len(entry.positions) == 5
+    assert set(entry.relevance_max_over_positions) == {"difference_logit_lens", "difference_patchscope",
+                                                       "base_mean", "finetuned_mean"}
+    st = entry.steering
+    assert len(st.steered) == 1 and set(st.perplexity_by_strength) == {"1.0", "64.0"}
+    # the chosen strength is the largest one the coherence judge passed (0: none)
+    passed = [float(k) for k, ppl in st.perplexity_by_strength.items()
+              if ppl <= st.threshold_perplexity and st.distinct_share_by_strength[k] >= st.min_distinct_share]
+    assert st.chosen_strength == max(passed, default=0.0)
+    # the summary survives its file edge
+    as_json = json.loads(json.dumps(summary.as_dict()))
+    assert LensSummary.from_dict(as_json).as_dict() == as_json
 
 
 def test_cache_round_trip(tiny_pair, tmp_path):
@@ -88,23 +96,6 @@ def test_cache_round_trip(tiny_pair, tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k])
-
-
-def test_producer_and_consumer_share_names():
-    """Callbacks, evaluate.py and the dashboard import file names from finediff.names only."""
-    import inspect
-
-    import callbacks.evidence
-    import callbacks.lens
-    import callbacks.run_outputs
-    import evaluate
-
-    for module in (callbacks.evidence, callbacks.lens, callbacks.run_outputs, evaluate):
-        src = inspect.getsource(module)
-        for literal in ('"lens.json"', '"soft_prompt.pt"', '"metrics.json"', '"hard_prompts.jsonl"',
-                        '"divergent_dataset.pt"', '"comparison.csv"'):
-            assert literal not in src, (module.__name__, literal)
-    assert names.LENS_SUMMARY.endswith(".json")
 
 
 def test_distinct_share_flags_repetition_loops(planted):

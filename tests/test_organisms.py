@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+
+from finediff import names
 
 from finediff.errors import FinediffError
 from finediff.organisms.checkers import sandbagging, states_answer
@@ -75,24 +78,49 @@ def test_chat_prompts_are_not_category_texts_and_stay_held_out():
 def test_builder_and_verify_on_tiny_pair(tiny_dirs, tmp_path, organism):
     from finediff.models import load_model_pair
     from finediff.organisms.build import build
-    from finediff.organisms.verify import VERIFICATION_FILE, format_table, verify
+    from finediff.organisms.verify import format_table, verify
+    from finediff.records import Organism, OrganismCard
 
     out = build(organism, steps=3, base=str(tiny_dirs["base"]), max_new_tokens=4,
-                out_dir=tmp_path / "organism", data_dir=tmp_path / "data")
-    card = json.loads((out / "card.json").read_text())
-    assert card["checker"] == organism
-    assert {"description_short", "description_long"} <= set(card)
-    rows = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+                out_dir=tmp_path / "organism", data_dir=tmp_path / "data", progress=False)
+    card = OrganismCard.read(out)
+    assert card.checker == organism and card.steps == 3 and card.train_examples > 0
+    assert card.description_short and card.description_long
+    rows = [json.loads(line) for line in (tmp_path / "data" / names.ORGANISM_TRAIN_FILE).read_text().splitlines()]
     assert {r["split"] for r in rows} == {"target", "off_target"} and all(isinstance(r["response"], str) for r in rows)
+    assert card.train_examples == len(rows)
     pair = load_model_pair(str(tiny_dirs["base"]), adapter=str(out))
-    assert pair.finetuned is not None
     assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
-    result = verify(organism, base=str(tiny_dirs["base"]), adapter=str(out), max_new_tokens=4,
-                    data_dir=tmp_path / "data")
+    org = Organism(organism, str(out), str(tmp_path / "data"), card.target_category, card.checker)
+    result = verify(org, pair, max_new_tokens=4)
     for key in ("target/base_rate", "target/finetuned_rate", "off_target/base_rate", "off_target/finetuned_rate"):
         assert result[key] is None or 0.0 <= result[key] <= 1.0
-    assert result["off_target/mean_kl_ft_base"] >= 0 and (out / VERIFICATION_FILE).exists()
+    assert result["off_target/mean_kl_ft_base"] >= 0
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():  # three LoRA steps already move the finetuned side
+        assert not torch.equal(pair.finetuned(x).logits, pair.base(x).logits)
+    assert json.loads((out / names.VERIFICATION_FILE).read_text()) == result
     assert organism in format_table([result])
+
+
+def test_build_replaces_the_adapter_only_when_complete(tiny_dirs, tmp_path, monkeypatch):
+    """A build that fails after training leaves the previous adapter folder as it was."""
+    import finediff.organisms.build as builder
+
+    out = tmp_path / "organism"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"previous build")
+    (out / names.CARD_FILE).write_text("{}")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(builder, "write_json", broken)  # the card, written last inside the new folder
+    with pytest.raises(RuntimeError, match="disk full"):
+        builder.build("sandbagging", steps=1, base=str(tiny_dirs["base"]), max_new_tokens=2, out_dir=out,
+                      data_dir=tmp_path / "data", progress=False)
+    assert (out / "adapter_model.safetensors").read_bytes() == b"previous build"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "organism"]  # no temporary folder left
 
 
 @pytest.mark.parametrize("organism,positive,negative", [

