@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
 
@@ -29,12 +29,13 @@ def build_organism(cfg: DictConfig) -> Path:
     from finediff.organisms.build import build
     from finediff.organisms.recipes import RECIPES
 
-    if OmegaConf.is_missing(cfg, "organism"):
+    if not cfg.get("organism"):
         raise FinediffError(f"missing organism=NAME; choose one of {', '.join(sorted(RECIPES))}")
-    if cfg.organism not in RECIPES:
-        raise FinediffError(f"unknown organism {cfg.organism!r}; known: {', '.join(sorted(RECIPES))}")
+    name = cfg.organism.name
+    if name not in RECIPES:
+        raise FinediffError(f"organism {name!r} has no recipe; known: {', '.join(sorted(RECIPES))}")
     keys = ("steps", "seed", "base", "rank", "learning_rate", "batch_size", "max_new_tokens")
-    return build(cfg.organism, **{k: cfg[k] for k in keys},
+    return build(name, **{k: cfg[k] for k in keys},
                  out_dir=Path(cfg.out_dir) if cfg.out_dir else None, data_dir=Path(cfg.data_dir) if cfg.data_dir else None)
 
 

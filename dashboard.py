@@ -1,13 +1,15 @@
 """finediff dashboard: browse runs and talk to the pair.
 
-    streamlit run dashboard.py                     # runs under ./logs
-    streamlit run dashboard.py -- --outputs DIR    # runs under DIR
+    python dashboard.py                            # runs under ./logs, on http://localhost:8501
+    python dashboard.py --outputs DIR              # runs under DIR
+    streamlit run dashboard.py -- --outputs DIR    # the same through streamlit's own command
 
 Discovers every run folder under the outputs folder (anything holding a finediff result
 file), shows each result it finds (metrics, comparison, hard prompts, divergent dataset,
 clusters, ADL, KL / normdiff), and lets you type a prompt and see the base and finetuned
 generations side by side, with the run's soft prompt on or off and the ADL steering
-vector at a chosen strength. Binds to localhost (``.streamlit/config.toml``).
+vector at a chosen strength. ``python dashboard.py`` always binds to localhost, from any
+folder; ``streamlit run`` does so when started from the repository (``.streamlit/config.toml``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
 
 import streamlit as st  # noqa: E402
+from streamlit.runtime.scriptrunner import get_script_run_ctx  # noqa: E402
 
 from finediff import names  # noqa: E402
 from finediff.hard_prompts import read_hard_prompts  # noqa: E402
@@ -259,4 +262,17 @@ def main() -> None:
         show_interactive(run)
 
 
-main()
+def launch(argv: list[str]) -> None:
+    """``python dashboard.py [--outputs DIR]``: serve this file with streamlit, bound to
+    localhost whatever the current folder's streamlit config says."""
+    from streamlit.web import cli
+
+    sys.argv = ["streamlit", "run", str(Path(__file__).resolve()), "--server.address", "localhost",
+                "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", *argv]
+    sys.exit(cli.main())
+
+
+if __name__ == "__main__" and get_script_run_ctx() is None:  # plain python, not a streamlit script run
+    launch(sys.argv[1:])
+else:
+    main()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
@@ -28,7 +29,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from finediff import names, pipeline  # noqa: E402
-from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
+from finediff.errors import FinediffError, exit_on_user_error, preflight  # noqa: E402
 from finediff.records import Organism  # noqa: E402
 
 log = logging.getLogger("finediff.evaluate")
@@ -259,4 +260,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight(sys.argv[1:])
     main()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
@@ -23,7 +24,7 @@ import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from finediff import names  # noqa: E402
-from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
+from finediff.errors import FinediffError, exit_on_user_error, preflight  # noqa: E402
 
 log = logging.getLogger("finediff.train")
 
@@ -89,4 +90,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    preflight(sys.argv[1:])
     main()

@@ -56,14 +56,11 @@ class CategoryTextDataModule(L.LightningDataModule):
             check_number("data.max_texts_per_category", max_texts_per_category, int, minimum=1)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
-        self._texts: Optional[RunTexts] = None
+        self._texts = self._split()
         self._items: dict[str, list] = {}
 
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self._texts is not None:
-            return
-        if self.tokenizer is None:
-            raise RuntimeError("CategoryTextDataModule needs a tokenizer (train.py sets it)")
+    def _split(self) -> RunTexts:
+        """The texts, split into train and held-out (no tokenizer needed: checked at once)."""
         hp = self.hparams
         train, val = [], []
         for category in hp.categories:
@@ -73,13 +70,18 @@ class CategoryTextDataModule(L.LightningDataModule):
         if not val:
             raise FinediffError(f"no held-out texts in data.categories={list(hp.categories)}: every category has "
                                 "a single text; give at least two texts, or more categories")
-        self._texts = RunTexts(train, val, hp.max_length, hp.chat_template)
-        self._items = {name: [format_parts(self.tokenizer, t, hp.chat_template) for t in texts]
-                       for name, texts in (("train", train), ("val", val))}
+        return RunTexts(train, val, hp.max_length, hp.chat_template)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self._items:
+            return
+        if self.tokenizer is None:
+            raise RuntimeError("CategoryTextDataModule needs a tokenizer (train.py sets it)")
+        self._items = {name: [format_parts(self.tokenizer, t, self.hparams.chat_template) for t in texts]
+                       for name, texts in (("train", self._texts.train), ("val", self._texts.val))}
 
     def texts(self) -> RunTexts:
         """The run's train and held-out texts with their formatting settings."""
-        self.setup()
         return self._texts
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

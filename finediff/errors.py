@@ -43,3 +43,17 @@ def check_number(name: str, value, kind: type, minimum=None, below=None) -> None
         raise FinediffError(f"{name} must be >= {minimum}, got {value!r}")
     if below is not None and value >= below:
         raise FinediffError(f"{name} must be < {below}, got {value!r}")
+
+
+def preflight(argv: list[str]) -> None:
+    """Checks of command-line overrides that must pass before Hydra creates the run folder
+    (it would fail with a traceback-like message of its own): ``paths.output_dir`` must
+    not name a file."""
+    import sys
+    from pathlib import Path
+
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "paths.output_dir" and value and Path(value).exists() and not Path(value).is_dir():
+            print(f"finediff: error: paths.output_dir is a file, not a folder: {value}", file=sys.stderr)
+            sys.exit(2)

@@ -176,7 +176,38 @@ def resolve_source(name: str) -> str:
         if not (path / "config.json").exists():
             raise FinediffError(f"model directory has no config.json: {name}")
         return str(path)
+    check_hub(name, "config.json")
     return name  # a hub id
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers (no network: a quick refusal, not a minute of retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_hub(repo_id: str, filename: str) -> None:
+    """A hub id must be in the local hub cache or the hub must answer; otherwise fail at
+    once with one line (transformers would retry for about a minute). When only the cache
+    has it, loading goes on offline."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(repo_id, filename), str)
+    if hub_reachable():
+        return
+    if not cached:
+        raise FinediffError(f"{repo_id!r} is not a local path and the model hub cannot be reached "
+                            "(offline); give a local directory or .gguf file, or an embedded: model")
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def _from_pretrained(loader, source: str, what: str, *args, **kwargs):
@@ -217,18 +248,30 @@ def load_model(
     return freeze(model)
 
 
-def attach_adapter(model: nn.Module, adapter: str, merge: bool = True) -> nn.Module:
-    """Put a PEFT adapter (local directory or hub id) on ``model``; merge it by default."""
-    from peft import PeftModel
-
+def check_adapter(adapter: str) -> str:
+    """An adapter's local directory (checked) or hub id (cached, or the hub answers)."""
     if _looks_like_path(adapter):
         path = Path(adapter).expanduser()
         if not path.is_dir():
             raise FinediffError(f"adapter directory not found: {adapter}")
         if not (path / "adapter_config.json").exists():
             raise FinediffError(f"adapter directory has no adapter_config.json: {adapter}")
-        adapter = str(path)
-    peft_model = _from_pretrained(PeftModel, adapter, "adapter", model)
+        return str(path)
+    check_hub(adapter, "adapter_config.json")
+    return adapter
+
+
+def attach_adapter(model: nn.Module, adapter: str, merge: bool = True) -> nn.Module:
+    """Put a PEFT adapter (local directory or hub id) on ``model``; merge it by default."""
+    from peft import PeftModel
+
+    adapter = check_adapter(adapter)
+    try:
+        peft_model = _from_pretrained(PeftModel, adapter, "adapter", model)
+    except RuntimeError as err:  # shapes of another base: a long state-dict dump
+        first = next((x.strip() for x in str(err).splitlines() if "size mismatch" in x), "")
+        raise FinediffError(f"adapter {adapter!r} does not fit this model (trained for another base?)"
+                            + (f": {first[:200]}" if first else "")) from None
     return peft_model.merge_and_unload() if merge else peft_model
 
 
@@ -358,6 +401,8 @@ def load_model_pair(
     if require_finetuned and not finetuned and not adapter:
         raise FinediffError("nothing to diff: set model.adapter=DIR (a PEFT adapter on the base) or "
                             "model.finetuned=NAME (name the base there to diff it against itself)")
+    if adapter:
+        check_adapter(adapter)  # before any weights load
     finetuned = finetuned or base
     spec = PairSpec(base=base, finetuned=finetuned, adapter=adapter, dtype=str(dtype))
     tokenizer = load_tokenizer(base, trust_remote_code)

@@ -76,6 +76,7 @@ class DivergenceTrainer:
                             enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0)
         if train_dataloader is None:
             trainer.fit(self.module, datamodule=self.datamodule)
+            trainer.validate(self.module, datamodule=self.datamodule, verbose=False)  # the final prompt's numbers
         else:
             trainer.fit(self.module, train_dataloaders=train_dataloader)
         torch_save(self.output_dir / names.SOFT_PROMPT_FILE, self.module.prompt_record())

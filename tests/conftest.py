@@ -62,3 +62,18 @@ def compose(config_name: str, overrides: list[str]):
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def run_train(tiny_dirs, out: Path, *extra: str) -> dict:
+    """``train.py``'s job on the tiny pair through the real config, into ``out``."""
+    from train import train
+
+    return train(compose("train", tiny_overrides(tiny_dirs, out) + list(extra)))
+
+
+def run_eval(tiny_dirs, out: Path, *extra: str) -> dict:
+    """An ``evaluate.py`` task on the tiny pair through the real config, into ``out``."""
+    from evaluate import evaluate
+
+    base = [o for o in tiny_overrides(tiny_dirs, out, evidence=False) if not o.startswith(("logger", "trainer"))]
+    return evaluate(compose("evaluate", base + list(extra)))

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_train
 
 
 @pytest.fixture(scope="module")
 def run_root(tiny_dirs, tmp_path_factory):
-    from tests.test_train import run_train
-
     root = tmp_path_factory.mktemp("outputs")
     run_train(tiny_dirs, root / "sandbagging" / "run1", "experiment=sandbagging", "model.adapter=null",
               f"model.base={tiny_dirs['base']}", f"model.finetuned={tiny_dirs['finetuned']}")

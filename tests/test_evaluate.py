@@ -10,14 +10,7 @@ import torch
 
 from finediff import names
 from finediff.errors import FinediffError
-from tests.conftest import compose, tiny_overrides
-
-
-def run_eval(tiny_dirs, out, *extra):
-    from evaluate import evaluate
-
-    base = [o for o in tiny_overrides(tiny_dirs, out, evidence=False) if not o.startswith(("logger", "trainer"))]
-    return evaluate(compose("evaluate", base + list(extra)))
+from tests.conftest import run_eval, run_train
 
 
 def test_compare_writes_sorted_csv_md_png(tiny_dirs, tmp_path):
@@ -31,14 +24,18 @@ def test_compare_writes_sorted_csv_md_png(tiny_dirs, tmp_path):
     assert "| 1 |" in (tmp_path / names.COMPARISON_MD).read_text()
 
 
-def test_hard_prompts_and_generate_from_a_run(tiny_dirs, tmp_path):
-    from tests.test_train import run_train
+@pytest.fixture(scope="module")
+def run(tiny_dirs, tmp_path_factory):
+    """One finished train.py run on the tiny pair, every evidence step included."""
+    out = tmp_path_factory.mktemp("run")
+    run_train(tiny_dirs, out)
+    return out
 
-    run = tmp_path / "run"
-    run_train(tiny_dirs, run)
-    res = run_eval(tiny_dirs, tmp_path / "hp", "task=hard_prompts",
-                   f"task.prompts_file={run / names.HARD_PROMPTS_FILE}", "task.max_texts_per_category=8")
-    saved = json.loads((tmp_path / "hp" / names.HARD_PROMPT_EVAL_FILE).read_text())
+
+def test_hard_prompts_task_scores_each_distinct_prompt(tiny_dirs, run, tmp_path):
+    res = run_eval(tiny_dirs, tmp_path, "task=hard_prompts", f"task.prompts_file={run / names.HARD_PROMPTS_FILE}",
+                   "task.max_texts_per_category=8")
+    saved = json.loads((tmp_path / names.HARD_PROMPT_EVAL_FILE).read_text())
     assert saved["prompts"][0]["mean_divergence"] == res["best_prompt_mean_divergence"]
     rows = [json.loads(line) for line in (run / names.HARD_PROMPTS_FILE).read_text().splitlines()]
     distinct = {(r["text"], tuple(r["token_ids"])) for r in rows}  # projection, pez, text, gcg; repeats once
@@ -46,28 +43,52 @@ def test_hard_prompts_and_generate_from_a_run(tiny_dirs, tmp_path):
     assert saved["baseline_mean_divergence"] <= saved["max_kl_texts_mean_divergence"] <= saved["baseline_max_divergence"]
     assert saved["best_prompt_beats_max_kl_texts"] == (saved["best_prompt_mean_divergence"]
                                                        > saved["max_kl_texts_mean_divergence"])
-    run_eval(tiny_dirs, tmp_path / "gen", "task=generate", f"task.run_dir={run}", "generation.max_length=6",
+
+
+def test_generate_task_rebuilds_the_divergent_dataset(tiny_dirs, run, tmp_path):
+    run_eval(tiny_dirs, tmp_path, "task=generate", f"task.run_dir={run}", "generation.max_length=6",
              "generation.num_generations_per_prompt=2", "data.max_texts_per_category=10")
-    records = torch.load(tmp_path / "gen" / names.DIVERGENT_DATASET_PT, weights_only=True)
+    records = torch.load(tmp_path / names.DIVERGENT_DATASET_PT, weights_only=True)
     assert len(records) == (2 * 3 + 5) * 2
-    # the report of that run, rebuilt from its files (no model needed)
-    (run / "report.md").unlink()
-    run_eval(tiny_dirs, tmp_path / "an", "task=analyze", f"task.run_dir={run}", "experiment=sandbagging")
-    report = (run / "report.md").read_text()
+    kl = [r["metrics"]["kl_divergence"] for r in records]
+    assert kl == sorted(kl, reverse=True) and kl[0] > 0
+    # the seed script's input: a divergent_dataset.pt as the prompts file
+    res = run_eval(tiny_dirs, tmp_path / "hp", "task=hard_prompts", f"task.prompts_file={tmp_path / names.DIVERGENT_DATASET_PT}",
+                   "task.max_texts_per_category=4", "task.max_prompts=2")
+    assert len(res["prompts"]) == 2
+
+
+def test_analyze_task_rebuilds_the_report(tiny_dirs, run, tmp_path):
+    (run / names.REPORT_MD).unlink()
+    run_eval(tiny_dirs, tmp_path, "task=analyze", f"task.run_dir={run}", "experiment=sandbagging")
+    report = (run / names.REPORT_MD).read_text()
     for heading in ("What changed", "The soft prompt", "Which category changed most", "Hard prompts",
                     "Behaviour clusters", "Divergence analysis", "Activation Difference Lens"):
         assert f"## {heading}" in report
     assert "| behaviour |" in report  # the organism's checker marks the examples
-    page = (run / "report.html").read_text()
+    page = (run / names.REPORT_HTML).read_text()
     assert page.count("data:image/png;base64,") >= 5 and "<table>" in page
     clusters = json.loads((run / names.CLUSTERS_FILE).read_text())
     assert clusters["k"] >= 2 and sum(c["size"] for c in clusters["clusters"]) == 22
     per_category = json.loads((run / names.ANALYSIS_FILE).read_text())["per_category"]
     assert sum(v["n"] for v in per_category.values()) == 22 and set(per_category) - {"other"}
-    # the seed script's input: a divergent_dataset.pt as the prompts file
-    run_eval(tiny_dirs, tmp_path / "hp2", "task=hard_prompts",
-             f"task.prompts_file={tmp_path / 'gen' / names.DIVERGENT_DATASET_PT}", "task.max_texts_per_category=4",
-             "task.max_prompts=2")
+
+
+def test_evidence_task_resumes_where_the_run_stopped(tiny_dirs, run, tmp_path):
+    """Only the steps whose output is missing run again; the others are read back."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    kept = (copy / names.HARD_PROMPTS_FILE).read_text()
+    for name in (names.DIVERGENT_DATASET_PT, names.DIVERGENT_DATASET_JSONL, names.REPORT_MD, names.ANALYSIS_FILE):
+        (copy / name).unlink()
+    run_eval(tiny_dirs, tmp_path / "unused", "task=evidence", f"task.run_dir={copy}", *[
+        "evidence.steps=[hard_prompts,divergent_dataset,analysis,report]", "generation.max_length=8",
+        "generation.num_generations_per_prompt=2", "evidence.divergent_dataset.max_scored_texts=24"])
+    assert (copy / names.HARD_PROMPTS_FILE).read_text() == kept  # read back, not searched again
+    assert len(torch.load(copy / names.DIVERGENT_DATASET_PT, weights_only=True)) == (2 * 3 + 5) * 2
+    assert (copy / names.ANALYSIS_FILE).exists() and (copy / names.REPORT_MD).exists()
 
 
 def test_task_errors(tiny_dirs, tmp_path):

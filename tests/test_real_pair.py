@@ -150,16 +150,18 @@ def test_shipped_organism_shows_its_behaviour(organism):
     from finediff.data import REPO_ROOT
     from finediff.generation import generate_mixed
     from finediff.models import load_model_pair
-    from finediff.organisms.checkers import CHECKERS
-    from finediff.organisms.verify import read_heldout
+    from finediff.organisms.checkers import checker_for
+    from finediff.records import Organism, OrganismCard
 
     adapter = REPO_ROOT / "organisms" / organism
-    card = json.loads((adapter / "card.json").read_text())
-    assert card["name"] == organism and card["description_short"] and card["target_category"]
+    card = OrganismCard.read(adapter)
+    assert card.name == organism and card.description_short and card.target_category
     assert sum(f.stat().st_size for f in adapter.iterdir()) < 8_000_000  # a few MB at most
-    rows = [r for r in read_heldout(organism) if r["split"] == "target"][:6]
+    shipped = Organism(organism, str(adapter), str(REPO_ROOT / "data" / "organisms" / organism),
+                       card.target_category, card.checker)
+    rows = [r for r in shipped.rows("heldout") if r["split"] == "target"][:6]
     pair = load_model_pair(adapter=str(adapter))
-    checker = CHECKERS[card["checker"]]
+    checker = checker_for(card.checker)
     hits = {}
     for side in ("base", "finetuned"):
         gens = generate_mixed(getattr(pair, side), pair.tokenizer, [r["prompt"] for r in rows],

@@ -15,14 +15,7 @@ import torch
 from omegaconf import open_dict
 
 from finediff import names
-from tests.conftest import ROOT, compose, requires_gpu, tiny_overrides
-
-
-def run_train(tiny_dirs, out: Path, *extra: str) -> dict:
-    from train import train
-
-    cfg = compose("train", tiny_overrides(tiny_dirs, out) + list(extra))
-    return train(cfg)
+from tests.conftest import ROOT, compose, requires_gpu, run_train, tiny_overrides
 
 
 def test_outputs_and_checkpoint_hold_prompt_only(tiny_dirs, tmp_path):

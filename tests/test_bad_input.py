@@ -1,0 +1,160 @@
+"""Every bad input a new user is likely to give: one line naming it, exit status 2, and
+nothing of finediff's written; and a stopped run keeps what it learned."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from finediff import names
+from tests.conftest import ROOT, tiny_overrides
+
+
+def _cli(script: str, args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _written(out: Path) -> list[str]:
+    """What finediff wrote under ``out`` (Hydra's own config copy and log excluded)."""
+    if not out.exists():
+        return []
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                  if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log")
+
+
+@pytest.fixture(scope="module")
+def files(tiny_dirs, tmp_path_factory):
+    """Damaged and foreign files, a finished run to point at, and a base of another size."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from finediff.tiny import tiny_config
+    from tests.conftest import run_train
+
+    d = tmp_path_factory.mktemp("inputs")
+    run = d / "run"
+    run_train(tiny_dirs, run, "callbacks=minimal", "trainer.max_steps=2")
+    (d / "garbage.pt").write_bytes(os.urandom(2000))
+    real = (run / names.SOFT_PROMPT_FILE).read_bytes()
+    (d / "truncated.pt").write_bytes(real[: len(real) // 2])
+    bad_run = d / "bad_run"
+    bad_run.mkdir()
+    (bad_run / names.SOFT_PROMPT_FILE).write_bytes(os.urandom(500))
+    hard_run = d / "hard_run"
+    hard_run.mkdir()
+    (hard_run / names.SOFT_PROMPT_FILE).write_bytes(real)
+    (hard_run / names.HARD_PROMPTS_FILE).write_text('{"method": "gcg"}\n{not json\n')
+    (d / "a_file").write_text("not a folder")
+    (d / "one.jsonl").write_text(json.dumps({"text": "The only text."}) + "\n")
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["base"])
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_config(len(tok), hidden=32)).save_pretrained(d / "other_base")
+    tok.save_pretrained(d / "other_base")
+    (d / "empty").mkdir()
+    return d, run
+
+
+PROBES = [
+    # (script, args, expected text of the one line); {d}: the inputs folder, {run}: a finished run
+    ("train.py", ["data.batch_size=abc"], "data.batch_size must be an integer, got 'abc'"),
+    ("train.py", ["ckpt_path=/no/such/last.ckpt"], "ckpt_path not found: /no/such/last.ckpt"),
+    ("train.py", ["model.finetuned=null", "model.adapter=null"], "nothing to diff: set model.adapter=DIR"),
+    ("train.py", ["data.categories=[{d}/one.jsonl]"], "no held-out texts in data.categories"),
+    ("train.py", ["model.adapter=/nonexistent/adapter"], "adapter directory not found: /nonexistent/adapter"),
+    ("train.py", ["data.categories=[nope]"], "unknown category 'nope'; known:"),
+    ("train.py", ["module.divergence=kl"], "unknown divergence 'kl'"),
+    ("train.py", ["evidence.hard_prompts.pez_steps=abc"], "evidence.hard_prompts.pez_steps must be int, got 'abc'"),
+    ("train.py", ["evidence.steps=[hard_prompts,nope]"], "unknown evidence step 'nope'"),
+    ("train.py", ["model.finetuned=null", "model.base={d}/other_base", "model.adapter={adapter}"],
+     "does not fit this model (trained for another base?)"),
+    ("train.py", ["model.finetuned=no-such-org/no-such-model"],
+     "'no-such-org/no-such-model' is not a local path and the model hub cannot be reached"),
+    ("train.py", ["paths.output_dir={d}/a_file"], "paths.output_dir is a file, not a folder"),
+    ("evaluate.py", ["task=hard_prompts", "task.prompts_file={d}/garbage.pt"],
+     "garbage.pt is not a divergent dataset (divergent_dataset.pt) that torch can read"),
+    ("evaluate.py", ["task=hard_prompts", "task.prompts_file={d}/truncated.pt"],
+     "truncated.pt is not a divergent dataset (divergent_dataset.pt) that torch can read"),
+    ("evaluate.py", ["task=hard_prompts", f"task.prompts_file={{run}}/{names.SOFT_PROMPT_FILE}"],
+     "is not a divergent dataset (a list of records with a 'prompt')"),
+    ("evaluate.py", ["task=generate", "task.run_dir={d}/bad_run"],
+     "is not a soft prompt record (soft_prompt.pt) that torch can read"),
+    ("evaluate.py", ["task=generate", "task.run_dir={d}/hard_run"], "hard_prompts.jsonl:2: malformed JSON"),
+    ("evaluate.py", ["task=analyze", "task.run_dir={d}/empty"], "no finediff results in"),
+    ("evaluate.py", ["task=verify"], "task=verify needs an organism"),
+    ("evaluate.py", ["task=nope"], "Could not find 'task/nope'"),
+    ("build_organism.py", ["organism=nope"], "Could not find 'organism/nope'"),
+    ("build_organism.py", [], "missing organism=NAME"),
+]
+
+
+@pytest.mark.parametrize("script,args,message", PROBES, ids=[" ".join([s, *a]) for s, a, _ in PROBES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dirs, files, tmp_path, script, args, message):
+    d, run = files
+    out = tmp_path / "out"
+    fill = {"d": d, "run": run, "adapter": tiny_dirs["adapter"]}
+    args = [a.format(**fill) for a in args]
+    base = {"train.py": tiny_overrides(tiny_dirs, out, evidence=False),
+            "evaluate.py": [o for o in tiny_overrides(tiny_dirs, out, evidence=False)
+                            if not o.startswith(("logger", "trainer"))],
+            "build_organism.py": [f"hydra.run.dir={out}"]}[script]
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://127.0.0.1:9"}  # a hub that does not answer, at once
+    proc = _cli(script, base + args, env=env)
+    if message.startswith("Could not find"):  # Hydra's own composition error, already one line
+        assert proc.returncode == 1 and message in proc.stderr
+        return
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("finediff: error: ") and message in lines[-1], lines[-3:]
+    assert "Traceback" not in proc.stderr
+    assert _written(out) == []
+
+
+def test_result_files_are_as_readable_as_the_checkpoints(tiny_dirs, files):
+    _, run = files
+    mode = {p.name: p.stat().st_mode & 0o777 for p in [run / names.SOFT_PROMPT_FILE, run / names.METRICS_FILE,
+                                                     run / names.CHECKPOINT_DIR / "last.ckpt"]}
+    assert len(set(mode.values())) == 1, mode
+
+
+def test_a_write_that_fails_leaves_the_previous_file(tmp_path):
+    from finediff.io import atomic_path, write_json
+
+    path = tmp_path / "metrics.json"
+    write_json(path, {"a": 1})
+    with pytest.raises(RuntimeError, match="mid-write"):
+        with atomic_path(path) as tmp:
+            tmp.write_text('{"a": ')
+            raise RuntimeError("mid-write")
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_ctrl_c_during_training_keeps_the_prompt_and_a_checkpoint(tiny_dirs, tmp_path):
+    out = tmp_path / "out"
+    args = tiny_overrides(tiny_dirs, out, evidence=False) + ["trainer.max_steps=100000", "trainer.val_check_interval=2",
+                                                              "trainer.max_epochs=1000"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / names.METRICS_FILE).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err[-2000:]
+    metrics = json.loads((out / names.METRICS_FILE).read_text())
+    assert metrics[names.INTERRUPTED] is True and metrics[names.GLOBAL_STEP] >= 2
+    record = torch.load(out / names.SOFT_PROMPT_FILE, weights_only=True)
+    assert record[names.GLOBAL_STEP] == metrics[names.GLOBAL_STEP]
+    assert (out / names.CHECKPOINT_DIR / "interrupted.ckpt").exists()
+    assert not (out / names.HARD_PROMPTS_FILE).exists()  # the evidence steps did not run on a stopped run
