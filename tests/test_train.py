@@ -96,25 +96,28 @@ def test_every_config_group_instantiates(tiny_dirs, tmp_path):
             continue  # covered by the GPU test on a GPU machine
         with open_dict(cfg):
             cfg.trainer.accelerator = "cpu"
-        assert hydra.utils.instantiate(cfg.trainer, logger=False) is not None
+        built = hydra.utils.instantiate(cfg.trainer, logger=False)
+        assert type(built).__name__ == "Trainer" and built.max_steps == cfg.trainer.max_steps, trainer
     for logger in _config_names("logger"):
         cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"logger={logger}"])
         for conf in (cfg.logger or {}).values():
-            assert hydra.utils.instantiate(conf) is not None
+            built = hydra.utils.instantiate(conf)
+            assert f"{type(built).__module__}.{type(built).__name__}" == conf._target_
     for callbacks in _config_names("callbacks"):
         cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path, evidence=False) + [f"callbacks={callbacks}"])
         for conf in (cfg.callbacks or {}).values():
-            if conf is not None:
-                assert hydra.utils.instantiate(conf) is not None
+            built = hydra.utils.instantiate(conf)
+            assert conf._target_.endswith(type(built).__name__), conf._target_
     for debug in _config_names("debug"):
-        assert compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"debug={debug}"]).trainer
-    cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path))
+        assert compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"debug={debug}"]).trainer.devices == 1
+    cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path) + ["module.num_soft_prompt_tokens=5"])
     pair = hydra.utils.instantiate(cfg.model)
-    dm = hydra.utils.instantiate(cfg.data, tokenizer=pair.tokenizer)
-    dm.setup()
-    assert hydra.utils.instantiate(cfg.module, pair=pair).n_trainable == 8 * 64
-    for key in ("max_length", "num_generations_per_prompt", "temperature", "top_p"):
-        assert key in cfg.generation
+    module = hydra.utils.instantiate(cfg.module, pair=pair)
+    assert module.n_trainable == 5 * pair.hidden_size
+    assert module.n_frozen == sum(p.numel() for p in pair.parameters())
+    from finediff.divergent_dataset import GenerationConfig
+
+    assert GenerationConfig(**cfg.generation).max_length == cfg.generation.max_length
 
 
 @pytest.mark.parametrize("experiment", _config_names("experiment"))
@@ -129,23 +132,6 @@ def _cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.mark.parametrize(
-    "override,message",
-    [
-        ("model.adapter=/nonexistent/adapter", "adapter directory not found: /nonexistent/adapter"),
-        ("data.categories=[nope]", "unknown category 'nope'; known:"),
-        ("module.divergence=kl", "unknown divergence 'kl'"),
-    ],
-)
-def test_cli_bad_input_is_one_line_and_nonzero(tiny_dirs, tmp_path, override, message):
-    proc = _cli(tiny_overrides(tiny_dirs, tmp_path) + [override])
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("finediff: error: ") and message in last, last
-    assert not (tmp_path / names.SOFT_PROMPT_FILE).exists()
-    assert not (tmp_path / names.METRICS_FILE).exists()
 
 
 def test_cpu_ddp_two_processes(tiny_dirs, tmp_path):
