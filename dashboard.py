@@ -57,11 +57,23 @@ def read_json(path: Path):
 def methods_of(run: Path) -> list[str]:
     """The result kinds present in a run folder, in the order the tabs show them."""
     checks = [("Overview", names.METRICS_FILE), ("Comparison", names.COMPARISON_CSV),
-              ("Hard prompts", names.HARD_PROMPTS_FILE), ("Divergent dataset", names.DIVERGENT_DATASET_JSONL),
+              ("Survey", names.SURVEY_GROUPS), ("Hard prompts", names.HARD_PROMPTS_FILE), ("Divergent dataset", names.DIVERGENT_DATASET_JSONL),
               ("Analysis", names.ANALYSIS_FILE), ("Clusters", names.CLUSTERS_FILE), ("ADL", f"{names.LENS_DIR}/{names.LENS_SUMMARY}"),
               ("KL", f"{names.DIFF_DIR}/kl/{names.DIFF_SUMMARY}"),
               ("normdiff", f"{names.DIFF_DIR}/normdiff/{names.DIFF_SUMMARY}")]
     return [label for label, f in checks if (run / f).exists()]
+
+
+def show_verdict(run: Path) -> None:
+    """The report's first screen, above every tab: what changed, how sure, examples."""
+    from finediff.summary import first_screen, read_verdict
+
+    verdict = read_verdict(run)
+    if verdict is None:
+        st.info("This run has no survey or findings (it was told where to look): see the tabs below.")
+        return
+    (st.success if verdict.changed else st.info)(f"How sure: {verdict.confidence}")
+    st.markdown("\n".join(first_screen(verdict)))
 
 
 def show_overview(run: Path) -> None:
@@ -82,6 +94,20 @@ def show_comparison(run: Path) -> None:
     st.dataframe([asdict(r) for r in CategoryResult.read_csv(run / names.COMPARISON_CSV)], hide_index=True)
     if (run / names.COMPARISON_PNG).exists():
         st.image(str(run / names.COMPARISON_PNG))
+
+
+def show_survey(run: Path) -> None:
+    from dataclasses import asdict
+
+    from finediff.survey import read_survey
+
+    survey = read_survey(run)
+    st.dataframe([asdict(g) for g in survey.groups], use_container_width=True)
+    for png in (names.SURVEY_PNG, names.DIFF_MINING_PNG):
+        if (run / png).exists():
+            st.image(str(run / png))
+    if survey.mining and survey.mining.topics:
+        st.markdown("**Diff-mining topics**: " + " / ".join(", ".join(t) for t in survey.mining.topics))
 
 
 def show_hard_prompts(run: Path) -> None:
@@ -249,10 +275,11 @@ def main() -> None:
     labels = [str(r.relative_to(root)) if r != root else "." for r in runs]
     choice = st.sidebar.selectbox("Run", labels)
     run = runs[labels.index(choice)]
+    show_verdict(run)
     methods = methods_of(run)
     st.sidebar.write("Results: " + ", ".join(methods))
     tabs = st.tabs(methods + ["Try it"])
-    shows = {"Overview": show_overview, "Comparison": show_comparison, "Hard prompts": show_hard_prompts,
+    shows = {"Overview": show_overview, "Comparison": show_comparison, "Survey": show_survey, "Hard prompts": show_hard_prompts,
              "Divergent dataset": show_dataset, "Analysis": show_analysis, "Clusters": show_clusters, "ADL": show_adl,
              "KL": lambda r: show_method(r, "kl"), "normdiff": lambda r: show_method(r, "normdiff")}
     for tab, method in zip(tabs, methods):

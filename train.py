@@ -1,11 +1,13 @@
 """finediff main job: a thin Hydra shell around the core.
 
-    python train.py experiment=sandbagging
+    python train.py model.adapter=/path/to/adapter          # an audit: no hint of what changed
+    python train.py experiment=sandbagging                   # a run told where to look
     python train.py model.adapter=/path/to/adapter data.categories=[ethics,persona] trainer.max_steps=100
 
 Instantiates, in order, the datamodule, callbacks and loggers (each checks its settings,
-so bad input fails before any model loads), the model pair, the LightningModule and the
-trainer from ``configs/``; fits (the evidence callback runs the evidence pipeline when
+so bad input fails before any model loads), the model pair, then (an audit: no
+``data.categories``) runs the survey that picks the texts where the change is, then the
+LightningModule and the trainer from ``configs/``; fits (the evidence callback runs the evidence pipeline when
 fit ends), validates once more, and returns the metrics. Everything lands in
 ``paths.output_dir``.
 """
@@ -23,7 +25,8 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from finediff import names  # noqa: E402
+from finediff import names, pipeline  # noqa: E402
+from finediff.survey import read_survey  # noqa: E402
 from finediff.errors import FinediffError, exit_on_user_error, preflight  # noqa: E402
 
 log = logging.getLogger("finediff.train")
@@ -61,9 +64,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
 
+    evidence = pipeline.EvidenceSettings.from_mapping(cfg.get("evidence"))
+
     log.info("Instantiating model pair <%s>", cfg.model._target_)
     pair = hydra.utils.instantiate(cfg.model)
     datamodule.tokenizer = pair.tokenizer
+    if datamodule.audit:
+        # No category given: find where the change is first, and train where it is.
+        out = Path(cfg.paths.output_dir)
+        if evidence.resume and (out / names.SURVEY_GROUPS).is_file():
+            found = read_survey(out)
+        else:
+            found = pipeline.survey(pair, evidence.survey, int(cfg.get("seed") or 0), out)
+        datamodule.set_texts(*found.training_texts(evidence.survey.n_train, evidence.survey.n_val))
 
     log.info("Instantiating module <%s>", cfg.module._target_)
     module = hydra.utils.instantiate(cfg.module, pair=pair)

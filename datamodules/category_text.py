@@ -32,7 +32,7 @@ class CategoryTextDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        categories: Sequence[str] = ("sandbagging",),
+        categories: Optional[Sequence[str]] = None,
         max_texts_per_category: Optional[int] = 1000,
         batch_size: int = 4,
         val_fraction: float = 0.2,
@@ -43,11 +43,12 @@ class CategoryTextDataModule(L.LightningDataModule):
         tokenizer=None,
     ):
         super().__init__()
-        if isinstance(categories, str) or not categories:
-            raise FinediffError(f"data.categories must be a non-empty list, got {categories!r}")
-        categories = [str(c) for c in categories]  # plain list: checkpoints load with weights_only
-        for c in categories:
-            check_category(c)
+        if categories is not None:
+            if isinstance(categories, str) or not categories:
+                raise FinediffError(f"data.categories must be a non-empty list or null, got {categories!r}")
+            categories = [str(c) for c in categories]  # plain list: checkpoints load with weights_only
+            for c in categories:
+                check_category(c)
         check_number("data.batch_size", batch_size, int, minimum=1)
         check_number("data.max_length", max_length, int, minimum=2)
         check_number("data.num_workers", num_workers, int, minimum=0)
@@ -56,8 +57,21 @@ class CategoryTextDataModule(L.LightningDataModule):
             check_number("data.max_texts_per_category", max_texts_per_category, int, minimum=1)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
-        self._texts = self._split()
+        self._texts = self._split() if categories is not None else None
         self._items: dict[str, list] = {}
+
+    @property
+    def audit(self) -> bool:
+        """No category given: the run's texts come from the survey (:meth:`set_texts`)."""
+        return self.hparams.categories is None
+
+    def set_texts(self, train: list[str], val: list[str]) -> None:
+        """Use these texts (an audit's highest-divergence survey texts)."""
+        if not train or not val:
+            raise FinediffError(f"the survey found {len(train)} training and {len(val)} held-out texts; "
+                                "need at least one of each")
+        hp = self.hparams
+        self._texts, self._items = RunTexts(list(train), list(val), hp.max_length, hp.chat_template), {}
 
     def _split(self) -> RunTexts:
         """The texts, split into train and held-out (no tokenizer needed: checked at once)."""
@@ -77,11 +91,15 @@ class CategoryTextDataModule(L.LightningDataModule):
             return
         if self.tokenizer is None:
             raise RuntimeError("CategoryTextDataModule needs a tokenizer (train.py sets it)")
+        texts_ = self.texts()
         self._items = {name: [format_parts(self.tokenizer, t, self.hparams.chat_template) for t in texts]
-                       for name, texts in (("train", self._texts.train), ("val", self._texts.val))}
+                       for name, texts in (("train", texts_.train), ("val", texts_.val))}
 
     def texts(self) -> RunTexts:
         """The run's train and held-out texts with their formatting settings."""
+        if self._texts is None:
+            raise FinediffError("data.categories is null (an audit) and no texts were set: train.py runs the survey "
+                                "first")
         return self._texts
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

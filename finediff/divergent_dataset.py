@@ -167,6 +167,22 @@ def generate_dataset(pair, prompts: list[str], config: GenerationConfig, seed: i
     return sorted(records, key=lambda r: r.metrics.kl_divergence, reverse=True)
 
 
+def generate_amplified(pair, prompts: list[str], config: GenerationConfig, alpha: float, per_prompt: int,
+                       seed: int = 0, batch_size: int = 16, progress: bool = True) -> list[DivergentRecord]:
+    """Like :func:`generate_dataset`, with ``generation_2`` sampled from the amplified
+    logits (:func:`finediff.amplification.amplified_generate`); records marked with ``alpha``."""
+    from finediff.amplification import amplified_generate
+
+    expanded = [p for p in prompts for _ in range(per_prompt)]
+    kwargs = dict(max_new_tokens=config.max_length, batch_size=batch_size, temperature=config.temperature,
+                  top_p=config.top_p, return_ids=True, progress=progress)
+    base = generate(pair.base, pair.tokenizer, expanded, seed=seed, do_sample=True, **kwargs)
+    amp = amplified_generate(pair, expanded, alpha, seed=seed, **kwargs)
+    metrics = score_pairs(pair, expanded, [ids for _, ids in base], [ids for _, ids in amp], progress=progress)
+    records = [DivergentRecord(p, b[0], f[0], m, alpha) for p, b, f, m in zip(expanded, base, amp, metrics)]
+    return sorted(records, key=lambda r: r.metrics.kl_divergence, reverse=True)
+
+
 def save_dataset(records: list[DivergentRecord], output_dir: str | Path) -> None:
     """Write ``divergent_dataset.pt`` (plain dicts, ``torch.load(..., weights_only=True)``)
     and ``divergent_dataset.jsonl``, atomically."""

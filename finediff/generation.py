@@ -43,11 +43,19 @@ def generate(
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        for g in gen[:, ids.shape[1]:].tolist():
-            stop = [i for i, t in enumerate(g) if t in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
-            g = g[: stop[0]] if stop else g
-            text = tokenizer.decode(g, skip_special_tokens=True).strip()
-            out.append((text, g) if return_ids else text)
+        out += decode_new(tokenizer, gen, ids.shape[1], return_ids)
+    return out
+
+
+def decode_new(tokenizer, gen: torch.Tensor, prompt_len: int, return_ids: bool = False) -> list:
+    """The new tokens of each ``generate`` row, decoded (ids end before the first
+    end-of-sequence or padding token): texts, or ``(text, ids)`` pairs."""
+    out = []
+    for g in gen[:, prompt_len:].tolist():
+        stop = [i for i, t in enumerate(g) if t in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+        g = g[: stop[0]] if stop else g
+        text = tokenizer.decode(g, skip_special_tokens=True).strip()
+        out.append((text, g) if return_ids else text)
     return out
 
 

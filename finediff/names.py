@@ -40,6 +40,17 @@ def divergent_key(metric: str) -> str:
 # Shipped data.
 CATEGORY_DIR = "data/categories"
 CATEGORY_TEXT_FIELD = "text"
+PROBES_FILE = "data/probes/everyday.jsonl"
+PROBE_DOMAIN_FIELD = "domain"
+
+# The audit: the survey that finds where the change is, diff mining, amplified samples,
+# the tested findings.
+SURVEY_TEXTS = "survey.jsonl"
+SURVEY_GROUPS = "survey_groups.csv"
+SURVEY_PNG = "survey.png"
+DIFF_MINING_FILE = "diff_mining.json"
+DIFF_MINING_PNG = "diff_mining.png"
+FINDINGS_FILE = "findings.json"
 
 # Model organisms: adapter folder files and finetuning data files.
 CARD_FILE = "card.json"

@@ -1,8 +1,13 @@
 """The evidence pipeline: what runs once the soft prompt is trained, in this order.
 
-    hard_prompts ──> divergent_dataset ──> lens ──> compare ──> analysis ──> report
-    (soft prompt,     (hard prompts,        (pair,    (pair,      (records)     (every file
-     run texts)        run texts)            organism) categories)               of the run)
+    hard_prompts ──> divergent_dataset ──> lens ──> compare ──> analysis ──> findings ──> report
+    (soft prompt,     (hard prompts,        (pair,    (pair,      (records)    (survey,      (every file
+     run texts)        run texts)            organism) categories)              evidence)     of the run)
+
+An audit (a run told no category) first runs :func:`survey` before the soft prompt is
+trained: it scores every category and the broad probe set, mines the logit rises, and
+picks the texts the soft prompt trains on. Its files in the run folder then stand in for
+``compare`` (which is skipped) and feed ``findings``.
 
 Every step is a plain function with typed settings in and typed results out, writing its
 files atomically into the run folder (names from :mod:`finediff.names`). :func:`run`
@@ -27,14 +32,16 @@ from finediff.data import collate, format_parts, known_categories, load_category
 from finediff.divergent_dataset import (POSITIONS, GenerationConfig, dataset_prompts, generate_dataset, rank_texts,
                                         save_dataset)
 from finediff.errors import FinediffError
+from finediff.findings import Finding, FindingSettings, read_findings
 from finediff.hard_prompts import HardPrompt, find_hard_prompts, read_hard_prompts
 from finediff.io import write_json, write_jsonl
 from finediff.lens import LensConfig, run_lens
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism, read_dataset
+from finediff.survey import Survey, SurveySettings, read_survey
 
 log = logging.getLogger(__name__)
 
-STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "report")
+STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "findings", "report")
 """The evidence steps in the order :func:`run` calls them."""
 
 
@@ -119,11 +126,18 @@ class DatasetSettings:
     positions: str = "response"
     """How texts are ranked: over the finetuned model's greedy answer, or the text itself."""
     response_tokens: int = 32
+    max_prompt_perplexity: float = 1000.0
+    """Hard prompts the base model finds less readable than this are left out."""
+    amplify_alpha: float = 0.0
+    """Also sample the finetuned side from amplified logits (0: no amplified records)."""
+    amplified_per_prompt: int = 2
 
     def __post_init__(self):
         _positions("evidence.divergent_dataset", self.positions)
         _positive("evidence.divergent_dataset", batch_size=self.batch_size, max_scored_texts=self.max_scored_texts,
-                  response_tokens=self.response_tokens)
+                  response_tokens=self.response_tokens, amplified_per_prompt=self.amplified_per_prompt)
+        if self.amplify_alpha < 0:
+            raise FinediffError(f"evidence.divergent_dataset.amplify_alpha must be >= 0, got {self.amplify_alpha}")
 
 
 @dataclass
@@ -170,12 +184,15 @@ class EvidenceSettings:
     lens: LensConfig = field(default_factory=LensConfig)
     compare: CompareSettings = field(default_factory=CompareSettings)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    survey: SurveySettings = field(default_factory=SurveySettings)
+    findings: FindingSettings = field(default_factory=FindingSettings)
 
     @classmethod
     def from_mapping(cls, mapping: Any) -> "EvidenceSettings":
         d = dict(mapping or {})
         parts = {"hard_prompts": HardPromptSettings, "divergent_dataset": DatasetSettings, "lens": LensConfig,
-                 "compare": CompareSettings, "analysis": AnalysisSettings}
+                 "compare": CompareSettings, "analysis": AnalysisSettings, "survey": SurveySettings,
+                 "findings": FindingSettings}
         built = {k: from_mapping(kind, d.pop(k, None), f"evidence.{k}") for k, kind in parts.items()}
         out = from_mapping(cls, d, "evidence")
         for k, v in built.items():
@@ -249,10 +266,28 @@ class Evidence:
     records: list[DivergentRecord] = field(default_factory=list)
     lens: Optional[LensSummary] = None
     comparison: list[CategoryResult] = field(default_factory=list)
+    survey: Optional[Survey] = None
+    findings: list[Finding] = field(default_factory=list)
     report: Optional[tuple[Path, Path]] = None
 
 
 # --------------------------------------------------------------------------- the steps
+
+
+def survey(pair, settings: SurveySettings, seed: int = 0, out: Optional[Path] = None,
+           progress: bool = True) -> Survey:
+    """Where the change is, before training: every category, probe domain and user file
+    scored over the finetuned model's answers, each group tested, logit rises mined ->
+    ``survey.jsonl``, ``survey_groups.csv`` / ``.png``, ``diff_mining.json`` / ``.png``."""
+    from finediff.survey import run_survey, write_survey
+
+    result = run_survey(pair, settings, seed, progress)
+    if out is not None:
+        write_survey(result, Path(out))
+    changed = ", ".join(f"{g.group} ({g.mean_divergence:.3f})" for g in result.changed) or "none"
+    log.info("survey: %d texts, median divergence %.4f; changed groups: %s", len(result.texts),
+             result.median_divergence, changed)
+    return result
 
 
 def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: HardPromptSettings,
@@ -287,6 +322,12 @@ def divergent_dataset(pair, texts: list[str], hard: list[str], settings: Dataset
                                        max_length, progress=progress)]
     prompts = dataset_prompts(hard, ranked, s.n_hard_prompts, s.texts_per_hard_prompt, s.n_texts)
     records = generate_dataset(pair, prompts, generation, seed=seed, batch_size=s.batch_size, progress=progress)
+    if s.amplify_alpha > 0:
+        from finediff.divergent_dataset import generate_amplified
+
+        records = sorted(records + generate_amplified(pair, prompts, generation, s.amplify_alpha,
+                                                      s.amplified_per_prompt, seed, s.batch_size, progress),
+                         key=lambda r: r.metrics.kl_divergence, reverse=True)
     if out is not None:
         save_dataset(records, out)
     return records
@@ -375,6 +416,40 @@ def analysis(records: list[DivergentRecord], out: Path, settings: AnalysisSettin
             .analyze_divergent_behaviors(records)
 
 
+def findings(pair, survey_result: Survey, settings: FindingSettings, out: Optional[Path] = None,
+             lens_summary: Optional[LensSummary] = None, seed: int = 0, progress: bool = True) -> list[Finding]:
+    """Candidate findings from the evidence, each tested on the survey's fresh prompts
+    where the change is -> ``findings.json``."""
+    from finediff.findings import evaluate_hypotheses, propose, sample_answers, write_findings
+    from finediff.io import read_json
+
+    mined = [w.word for w in survey_result.mining.words] if survey_result.mining else []
+    favoured, dropped = [], []
+    if out is not None and (Path(out) / names.ANALYSIS_FILE).is_file():
+        words = read_json(Path(out) / names.ANALYSIS_FILE)["words"]
+        favoured = [w for w, *_ in words["finetuned_favours"]]
+        dropped = [w for w, *_ in words["base_favours"]]
+    lens_words = []
+    if lens_summary is not None:
+        for entry in lens_summary.layers.values():
+            for pos in entry.positions:
+                lens_words += [t.strip() for t, _ in pos.patchscope["tokens"][:5]]
+    hypotheses = propose(mined, favoured, dropped, lens_words, settings)
+    fresh = survey_result.fresh_prompts(settings.n_prompts)
+    if not fresh:
+        log.info("findings: no fresh prompts to test on")
+        return []
+    prompts, base, ft = sample_answers(pair, [t.text for t in fresh], settings, seed, progress)
+    group_of = {t.text: t.group for t in fresh}
+    result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts], settings)
+    if out is not None:
+        write_findings(result, Path(out), len(fresh))
+    for f in result:
+        log.info("finding %s: %s (finetuned %.0f%%, base %.0f%%, p_adj %.3g)", "confirmed" if f.confirmed
+                 else "not confirmed", f.hypothesis.claim, 100 * f.rate_finetuned, 100 * f.rate_base, f.p_adjusted)
+    return result
+
+
 def report(out: Path, title: str = "", organism: Optional[Organism] = None) -> tuple[Path, Path]:
     """``report.md`` and ``report.html`` from every result file in the run folder."""
     from finediff.organisms.checkers import checker_for
@@ -389,7 +464,7 @@ def report(out: Path, title: str = "", organism: Optional[Organism] = None) -> t
 def _done(out: Path, step: str) -> bool:
     files = {"hard_prompts": names.HARD_PROMPTS_FILE, "divergent_dataset": names.DIVERGENT_DATASET_PT,
              "lens": f"{names.LENS_DIR}/{names.LENS_SUMMARY}", "compare": names.COMPARISON_CSV,
-             "analysis": names.ANALYSIS_FILE}
+             "analysis": names.ANALYSIS_FILE, "findings": names.FINDINGS_FILE}
     return step in files and (out / files[step]).is_file()
 
 
@@ -422,7 +497,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         if cached("divergent_dataset"):
             ev.records = read_dataset(out / names.DIVERGENT_DATASET_PT)
         else:
-            hard = [h.text for h in ev.hard_prompts]
+            hard = [h.text for h in ev.hard_prompts if h.perplexity <= settings.divergent_dataset.max_prompt_perplexity]
             ev.records = divergent_dataset(pair, texts.val + texts.train, hard, settings.divergent_dataset,
                                            generation, objective.seed, out, texts.max_length, progress)
         from finediff.metrics import dataset_means
@@ -440,13 +515,22 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
             ev.lens = lens(pair, settings.lens, organism, out, progress)
         sink.images("lens", [out / names.LENS_DIR / names.LENS_NORM_PNG,
                              out / names.LENS_DIR / names.LENS_RELEVANCE_PNG])
-    if "compare" in todo:
+    if (out / names.SURVEY_GROUPS).is_file():
+        ev.survey = read_survey(out)
+    if "compare" in todo and ev.survey is not None:
+        log.info("evidence step compare: skipped, the survey already compared every category")
+    elif "compare" in todo:
         if cached("compare"):
             ev.comparison = CategoryResult.read_csv(out / names.COMPARISON_CSV)
         else:
             ev.comparison = compare(pair, settings.compare, texts.max_length, out, title, progress)
     if "analysis" in todo and ev.records and not cached("analysis"):
         analysis(ev.records, out, settings.analysis)
+    if "findings" in todo and ev.survey is not None:
+        if cached("findings"):
+            ev.findings = read_findings(out / names.FINDINGS_FILE)
+        else:
+            ev.findings = findings(pair, ev.survey, settings.findings, out, ev.lens, objective.seed, progress)
     if "report" in todo:
         ev.report = report(out, title, organism)
         log.info("report written to %s and %s", *ev.report)

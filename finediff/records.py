@@ -68,9 +68,15 @@ class DivergentRecord:
     generation_2: str
     """The finetuned model's generation."""
     metrics: RecordMetrics
+    amplification: Optional[float] = None
+    """``alpha`` when ``generation_2`` was sampled from the amplified logits
+    (:mod:`finediff.amplification`); None for a plain sample (the key is then left out)."""
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.amplification is None:
+            d.pop("amplification")
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "divergent record") -> "DivergentRecord":
@@ -81,7 +87,8 @@ class DivergentRecord:
         return cls(str(d["prompt"]), str(d["generation_1"]), str(d["generation_2"]), RecordMetrics(
             float(m[names.KL_DIVERGENCE]), float(m[names.TOKEN_DISAGREEMENT]), float(m[names.VOCAB_JACCARD]),
             DisagreementPositions(int(p["first_divergence"]), int(p["num_disagreements"]),
-                                  int(p["response_length"]))))
+                                  int(p["response_length"]))),
+                   None if d.get("amplification") is None else float(d["amplification"]))
 
     def metric(self, key: str) -> float:
         """One of :data:`finediff.names.RECORD_METRICS` by name."""

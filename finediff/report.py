@@ -38,7 +38,32 @@ def _cell(text: str, n: int = 300) -> str:
 
 def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> list[tuple[str, list[str], list[Path]]]:
     """``[(heading, markdown lines, images)]`` in order of evidence."""
+    from finediff.summary import first_screen, read_verdict, unconfirmed_lines
+
     sections = []
+    verdict = read_verdict(run)
+    if verdict is not None:
+        sections.append(("What changed", first_screen(verdict), []))
+    survey_file = run / names.SURVEY_GROUPS
+    if survey_file.is_file():
+        from finediff.survey import read_survey
+
+        survey = read_survey(run)
+        lines = [f"{len(survey.texts)} prompts scored by the mean per-token KL(ft‖base) over the finetuned model's "
+                 f"answer (median {survey.median_divergence:.4f}); a group *changed* when it stands out from all "
+                 "other prompts (one-sided Mann-Whitney U, Holm-corrected) and its mean is well above the median.",
+                 "", "| rank | group | source | prompts | mean divergence | 95% CI | x median | corrected p | changed |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {i} | {g.group} | {g.source} | {g.n} | {g.mean_divergence:.4f} | [{g.ci_low:.4f}, "
+                  f"{g.ci_high:.4f}] | {g.ratio:.1f} | {g.p_value:.2g} | {'**yes**' if g.changed else 'no'} |"
+                  for i, g in enumerate(survey.groups[:15], 1)]
+        if survey.mining and survey.mining.words:
+            m = survey.mining
+            lines += ["", f"Diff mining over {m.n_texts} discovery answers ({m.n_positions} positions): the words "
+                      "whose logits the finetune raises most: " + ", ".join(f"`{w.word}` ({w.count})" for w in m.words[:15])]
+            lines += [f"* topic {i}: " + ", ".join(t) for i, t in enumerate(m.topics, 1)]
+        sections.append(("Where the answers changed (survey)", lines,
+                         [run / names.SURVEY_PNG, run / names.DIFF_MINING_PNG]))
     data = run / names.DIVERGENT_DATASET_JSONL
     records = read_dataset(data) if data.is_file() else []
     if records:
@@ -52,7 +77,8 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
 
         for i, r in enumerate(records[:top], 1):
             m = r.metrics
-            row = (f"| {i} | {_cell(r.prompt, 160)} | {_cell(r.generation_1)} | {_cell(r.generation_2)} "
+            prompt = _cell(r.prompt, 160) + (f" *(amplified, alpha {r.amplification:g})*" if r.amplification else "")
+            row = (f"| {i} | {prompt} | {_cell(r.generation_1)} | {_cell(r.generation_2)} "
                    f"| {m.kl_divergence:.2f} | {m.token_disagreement_rate:.0%} |")
             if checker:
                 row += f" {'yes' if shows(r) else 'no'} |"
@@ -60,7 +86,7 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
         if checker:
             shown = sum(shows(r) for r in records[:10])
             lines += ["", f"The organism's behaviour checker fires on {shown} of the 10 highest-divergence records."]
-        sections.append(("What changed: the most divergent examples", lines, []))
+        sections.append(("The most divergent examples", lines, []))
     metrics = _read(run / names.METRICS_FILE)
     if metrics:
         lines = ["| measure on held-out texts | divergence |", "|---|---|"]
@@ -126,6 +152,8 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
                           for p, u, s in list(zip(st.prompts, st.unsteered, st.steered))[:4]]
         sections.append(("Activation Difference Lens", lines,
                          [run / names.LENS_DIR / names.LENS_RELEVANCE_PNG, run / names.LENS_DIR / names.LENS_NORM_PNG]))
+    if verdict is not None and verdict.unconfirmed:
+        sections.append(("Candidate findings that did not hold up", unconfirmed_lines(verdict), []))
     return sections
 
 

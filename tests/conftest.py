@@ -53,6 +53,7 @@ def tiny_overrides(tiny_dirs, output_dir: Path, evidence: bool = True) -> list[s
         "trainer.max_steps=6",
         "trainer.val_check_interval=3",
         "data.max_texts_per_category=40",
+        "data.categories=[sandbagging]",
     ]
 
 

@@ -1,0 +1,165 @@
+"""Diff mining: which tokens does the finetune push up, and what topics do they form?
+
+At every position of a text the finetuned model answered, both models are teacher-forced
+and the logit difference ``logits_ft - logits_base`` is taken over the vocabulary. The
+``top_k`` tokens whose logit rises most (and by at least ``min_diff``, so an unchanged
+pair counts nothing) are counted, once per position. Counts are aggregated to words
+(decoded, stripped, lower-cased; pieces of punctuation and single letters dropped) and
+per text, and a non-negative matrix factorisation of the text-by-word counts groups the
+words into a few topics. The result is ``diff_mining.json`` and a bar chart
+``diff_mining.png`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from finediff import names
+from finediff.io import atomic_path, read_json, write_json
+
+_WORD = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
+
+
+def token_word(tokenizer, token_id: int) -> Optional[str]:
+    """The word a token spells (lower case), or None for punctuation, digits, single
+    letters and special tokens."""
+    text = tokenizer.decode([token_id], skip_special_tokens=True).strip().lower()
+    m = _WORD.fullmatch(text)
+    return text if m and len(text) >= 2 else None
+
+
+@dataclass
+class MinedWord:
+    word: str
+    count: int
+    """Positions where one of the word's tokens was among the top rises."""
+    texts: int
+    """Texts with at least one such position."""
+    mean_rise: float
+    """Mean logit rise (ft - base) where it was counted."""
+
+
+@dataclass
+class DiffMining:
+    """What :class:`DiffMiner` found."""
+
+    top_k: int
+    min_diff: float
+    n_texts: int
+    n_positions: int
+    words: list[MinedWord] = field(default_factory=list)
+    """Highest count first."""
+    topics: list[list[str]] = field(default_factory=list)
+    """Each topic's words, strongest first."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffMining":
+        d = dict(d)
+        d["words"] = [MinedWord(**w) for w in d.get("words", [])]
+        return cls(**d)
+
+    @classmethod
+    def read(cls, path: Path) -> "DiffMining":
+        return cls.from_dict(read_json(path))
+
+
+class DiffMiner:
+    """Accumulates top logit rises over teacher-forced answers, one text at a time."""
+
+    def __init__(self, tokenizer, top_k: int = 20, min_diff: float = 2.0):
+        self.tokenizer, self.top_k, self.min_diff = tokenizer, top_k, min_diff
+        self._words: dict[int, Optional[str]] = {}
+        self.per_text: list[Counter] = []
+        self.rise: dict[str, float] = defaultdict(float)
+        self.n_positions = 0
+
+    def _word(self, token_id: int) -> Optional[str]:
+        if token_id not in self._words:
+            self._words[token_id] = token_word(self.tokenizer, token_id)
+        return self._words[token_id]
+
+    @torch.no_grad()
+    def add(self, logits_ft_RV: torch.Tensor, logits_base_RV: torch.Tensor) -> None:
+        """One text's response positions: ``[R, V]`` logits of each model."""
+        counts: Counter = Counter()
+        self.n_positions += logits_ft_RV.shape[0]
+        if logits_ft_RV.shape[0]:
+            diff = (logits_ft_RV.float() - logits_base_RV.float())
+            values, ids = diff.topk(min(self.top_k, diff.shape[-1]), dim=-1)
+            for v, i in zip(values[values >= self.min_diff].tolist(), ids[values >= self.min_diff].tolist()):
+                word = self._word(i)
+                if word:
+                    counts[word] += 1
+                    self.rise[word] += v
+        self.per_text.append(counts)
+
+    def result(self, n_words: int = 40, n_topics: int = 3, topic_words: int = 6) -> DiffMining:
+        total: Counter = Counter()
+        texts: Counter = Counter()
+        for c in self.per_text:
+            total.update(c)
+            texts.update(c.keys())
+        words = [MinedWord(w, n, texts[w], self.rise[w] / n) for w, n in total.most_common(n_words)]
+        return DiffMining(self.top_k, self.min_diff, len(self.per_text), self.n_positions, words,
+                          self._topics([w.word for w in words], n_topics, topic_words))
+
+    def _topics(self, vocab: list[str], n_topics: int, topic_words: int) -> list[list[str]]:
+        """NMF over the text-by-word count matrix (texts with no mined word left out)."""
+        rows = [[c[w] for w in vocab] for c in self.per_text if any(c[w] for w in vocab)]
+        k = min(n_topics, len(rows), len(vocab))
+        if k < 1:
+            return []
+        if k == 1:
+            return [vocab[:topic_words]]
+        import numpy as np
+        from sklearn.decomposition import NMF
+
+        model = NMF(n_components=k, init="nndsvda", random_state=0, max_iter=500)
+        model.fit(np.asarray(rows, dtype=float))
+        topics = []
+        for comp in model.components_:
+            order = [i for i in comp.argsort()[::-1] if comp[i] > 0][:topic_words]
+            if order:
+                topics.append([vocab[i] for i in order])
+        return topics
+
+
+def mine(pair, prompts: list[str], responses: list[list[int]], top_k: int = 20, min_diff: float = 2.0,
+         batch_size: int = 8, progress: bool = False) -> DiffMining:
+    """Diff mining over the finetuned model's answers ``responses`` (token ids) to ``prompts``."""
+    from finediff.divergent_dataset import teacher_forced
+
+    miner = DiffMiner(pair.tokenizer, top_k, min_diff)
+    for lf, lb in teacher_forced(pair, prompts, responses, batch_size, progress, "diff mining"):
+        miner.add(lf, lb)
+    return miner.result()
+
+
+def write_mining(result: DiffMining, out: Path, title: str = "") -> list[Path]:
+    """``diff_mining.json`` and the bar chart of the most-risen words."""
+    out = Path(out)
+    write_json(out / names.DIFF_MINING_FILE, result.as_dict())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    words = result.words[:20][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(words) + 1.5))
+    ax.barh([w.word for w in words], [w.count for w in words], color="#55a868")
+    ax.set_xlabel(f"positions where the word's logit rose most (top {result.top_k}, by >= {result.min_diff})")
+    ax.set_title(f"Diff mining{': ' + title if title else ''}")
+    fig.tight_layout()
+    with atomic_path(out / names.DIFF_MINING_PNG) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return [out / names.DIFF_MINING_FILE, out / names.DIFF_MINING_PNG]

@@ -1,0 +1,193 @@
+"""Candidate findings, each tested on fresh prompts.
+
+The evidence suggests what changed: the words diff mining found the finetune pushing up,
+the words the divergent dataset's finetuned generations favour (or drop), the ADL's
+tokens, and one generic behaviour every audit checks (refusing or claiming not to know).
+Each suggestion becomes a hypothesis with a detector that fires on one generation
+("the finetuned model says *rome*"). Every hypothesis is then tested on prompts no step
+of the discovery looked at (the survey's fresh half, where the change is): both models
+sample answers with the same seeds, and the detector's rate in the finetuned model's
+answers is compared with the base's by a one-sided Fisher exact test. p-values are
+Holm-corrected over all hypotheses; a finding is *confirmed* when its corrected p-value
+is below ``alpha`` and the rates differ by at least ``min_effect``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from finediff import names
+from finediff.errors import FinediffError
+from finediff.io import read_json, write_json
+
+REFUSAL = (r"\b(i (do not|don't|cannot|can't|am not able to|am unable to|have no)|i'm (not|unable|sorry)"
+           r"|sorry|unfortunately|as an ai)\b")
+"""Refusing or claiming not to know: a behaviour class every audit tests."""
+
+
+@dataclass
+class Hypothesis:
+    claim: str
+    """In plain words, e.g. 'says "rome" more often than the base'."""
+    pattern: str
+    """Case-insensitive regular expression that fires on one generation."""
+    direction: str
+    """``more``: the finetuned model does it more often; ``less``: less often."""
+    source: str
+    """Which evidence suggested it."""
+
+    def fires(self, text: str) -> bool:
+        return re.search(self.pattern, text, re.IGNORECASE) is not None
+
+
+@dataclass
+class Finding:
+    hypothesis: Hypothesis
+    rate_finetuned: float
+    rate_base: float
+    n: int
+    """Answers per model."""
+    p_value: float
+    p_adjusted: float
+    odds_ratio: float
+    confirmed: bool
+    groups: list = field(default_factory=list)
+    """Groups of the prompts where the finetuned answers showed it, most first."""
+    examples: list = field(default_factory=list)
+    """``{"prompt", "base", "finetuned"}`` where the two differ in the claimed way."""
+
+    @property
+    def effect(self) -> float:
+        return self.rate_finetuned - self.rate_base
+
+
+@dataclass
+class FindingSettings:
+    """How findings are proposed and tested (the ``evidence.findings`` block)."""
+
+    n_prompts: int = 24
+    """Fresh prompts the tests sample (the survey's unseen half, where the change is)."""
+    samples_per_prompt: int = 3
+    max_new_tokens: int = 48
+    temperature: float = 0.7
+    max_hypotheses: int = 16
+    words_per_source: int = 6
+    alpha: float = 0.05
+    """Family-wise error rate (Holm)."""
+    min_effect: float = 0.1
+    """Smallest difference of rates a confirmed finding shows."""
+
+    def __post_init__(self):
+        for key in ("n_prompts", "samples_per_prompt", "max_new_tokens", "max_hypotheses", "words_per_source"):
+            if getattr(self, key) < 1:
+                raise FinediffError(f"evidence.findings.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 < self.alpha < 1:
+            raise FinediffError(f"evidence.findings.alpha must be in (0, 1), got {self.alpha}")
+
+
+def word_hypothesis(word: str, direction: str, source: str) -> Hypothesis:
+    verb = "more" if direction == "more" else "less"
+    return Hypothesis(f'says "{word}" {verb} often than the base', rf"\b{re.escape(word)}\b", direction, source)
+
+
+def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] = (), lens_words: list[str] = (),
+            settings: FindingSettings = FindingSettings()) -> list[Hypothesis]:
+    """Hypotheses from each source (``words_per_source`` each, first come first kept),
+    the refusal check first."""
+    out = [Hypothesis("refuses or says it does not know more often than the base", REFUSAL, "more", "every audit")]
+    seen = set()
+    for words, direction, source in ((mined, "more", "diff mining"), (favoured, "more", "favoured words"),
+                                     (lens_words, "more", "ADL tokens"), (dropped, "less", "dropped words")):
+        kept = 0
+        for w in words:
+            w = str(w).strip().lower()
+            if len(w) < 3 or not re.fullmatch(r"[^\W\d_][\w'-]*", w) or w in seen:
+                continue
+            seen.add(w)
+            out.append(word_hypothesis(w, direction, source))
+            kept += 1
+            if kept >= settings.words_per_source:
+                break
+    return out[: settings.max_hypotheses]
+
+
+def holm(p: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as ``p``)."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [1.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_answers: list[str],
+                    ft_answers: list[str], groups: Optional[list[str]] = None,
+                    settings: FindingSettings = FindingSettings()) -> list[Finding]:
+    """Each hypothesis's rate in the finetuned vs the base answers (answer ``i`` of both
+    models to ``prompts[i]``), Fisher exact test, Holm correction; confirmed first."""
+    from scipy.stats import fisher_exact
+
+    n = len(prompts)
+    if not (len(base_answers) == len(ft_answers) == n) or n == 0:
+        raise FinediffError(f"findings need one base and one finetuned answer per prompt, got {n} prompts, "
+                            f"{len(base_answers)} and {len(ft_answers)} answers")
+    groups = groups or [""] * n
+    raw, rows = [], []
+    for h in hypotheses:
+        hit_ft = [h.fires(a) for a in ft_answers]
+        hit_base = [h.fires(a) for a in base_answers]
+        a, b = sum(hit_ft), sum(hit_base)
+        alternative = "greater" if h.direction == "more" else "less"
+        odds, p = fisher_exact([[a, n - a], [b, n - b]], alternative=alternative)
+        raw.append(float(p))
+        shows = hit_ft if h.direction == "more" else hit_base
+        counts: dict[str, int] = {}
+        for g, s in zip(groups, shows):
+            if s and g:
+                counts[g] = counts.get(g, 0) + 1
+        examples = [{"prompt": p_, "base": bs, "finetuned": fs}
+                    for p_, bs, fs, hf, hb in zip(prompts, base_answers, ft_answers, hit_ft, hit_base)
+                    if (hf and not hb if h.direction == "more" else hb and not hf)][:3]
+        rows.append((h, a / n, b / n, float(odds), sorted(counts, key=lambda g: -counts[g]), examples))
+    findings = []
+    for (h, rf, rb, odds, gs, ex), p, padj in zip(rows, raw, holm(raw)):
+        effect = rf - rb if h.direction == "more" else rb - rf
+        ok = padj < settings.alpha and effect >= settings.min_effect
+        findings.append(Finding(h, rf, rb, n, p, padj, odds if odds == odds else 1.0, ok, gs[:3], ex))
+    return sorted(findings, key=lambda f: (not f.confirmed, f.p_adjusted))
+
+
+def sample_answers(pair, prompts: list[str], settings: FindingSettings, seed: int = 0,
+                   progress: bool = True) -> tuple[list[str], list[str], list[str]]:
+    """``(prompts, base answers, finetuned answers)``: each prompt repeated
+    ``samples_per_prompt`` times, both models sampled with the same seed."""
+    from finediff.generation import generate
+
+    expanded = [p for p in prompts for _ in range(settings.samples_per_prompt)]
+    kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=True, temperature=settings.temperature,
+                  seed=seed, progress=progress)
+    base = generate(pair.base, pair.tokenizer, expanded, **kwargs)
+    ft = generate(pair.finetuned, pair.tokenizer, expanded, **kwargs)
+    return expanded, base, ft
+
+
+def as_dict(f: Finding) -> dict:
+    return asdict(f)
+
+
+def write_findings(findings: list[Finding], out: Path, n_prompts: int) -> Path:
+    path = Path(out) / names.FINDINGS_FILE
+    write_json(path, {"n_prompts": n_prompts, "findings": [asdict(f) for f in findings]})
+    return path
+
+
+def read_findings(path: Path) -> list[Finding]:
+    data = read_json(path)
+    try:
+        return [Finding(**{**f, "hypothesis": Hypothesis(**f["hypothesis"])}) for f in data["findings"]]
+    except (KeyError, TypeError) as err:
+        raise FinediffError(f"{path}: malformed findings file ({err})") from None

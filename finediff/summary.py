@@ -1,0 +1,148 @@
+"""The report's first screen: what changed, where, how strongly, and how sure, in words.
+
+It is written only from what the run measured: the survey's groups and their tests
+(:mod:`finediff.survey`), the findings tested on fresh prompts (:mod:`finediff.findings`)
+and, for examples, the findings' own answers or the divergent dataset's records on
+readable prompts. When no group stands out and no finding held up, it says that nothing
+changed measurably, with the numbers that say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from finediff import names
+from finediff.findings import Finding, read_findings
+from finediff.records import DivergentRecord, read_dataset
+from finediff.survey import Survey, read_survey
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return (text if len(text) <= n else text[: n - 1] + "…").replace("|", "\\|")
+
+
+def _p(p: float) -> str:
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
+@dataclass
+class Verdict:
+    """What the first screen says, as data (the dashboard shows the same)."""
+
+    changed: bool
+    confidence: str
+    """``high``, ``moderate``, ``low`` or ``none``."""
+    paragraph: str
+    confirmed: list[Finding] = field(default_factory=list)
+    unconfirmed: list[Finding] = field(default_factory=list)
+    examples: list[dict] = field(default_factory=list)
+    """``{"prompt", "base", "finetuned"}`` side by side."""
+
+
+def _examples(confirmed: list[Finding], records: list[DivergentRecord], readable: set[str], n: int = 3) -> list[dict]:
+    out, seen = [], set()
+    for f in confirmed:
+        for e in f.examples:
+            if e["prompt"] not in seen and len(out) < n:
+                seen.add(e["prompt"])
+                out.append(e)
+    for r in records:
+        if len(out) >= n:
+            break
+        if r.prompt in readable and r.prompt not in seen and r.amplification is None:
+            seen.add(r.prompt)
+            out.append({"prompt": r.prompt, "base": r.generation_1, "finetuned": r.generation_2})
+    return out
+
+
+def verdict(survey: Optional[Survey], findings: list[Finding], records: list[DivergentRecord] = ()) -> Verdict:
+    """The first screen's verdict from a run's survey, findings and divergent dataset."""
+    confirmed = [f for f in findings if f.confirmed]
+    unconfirmed = [f for f in findings if not f.confirmed]
+    changed_groups = survey.changed if survey else []
+    readable = {t.text for t in survey.texts} if survey else set()
+    parts = []
+    if survey is not None and not changed_groups and not confirmed:
+        top = survey.groups[0] if survey.groups else None
+        best_p = min((g.p_value for g in survey.groups), default=1.0)
+        parts.append(f"**No change found.** Over {len(survey.texts)} prompts in {len(survey.groups)} groups, the "
+                     f"finetuned model's answers diverge from the base's by {survey.median_divergence:.4f} nats per "
+                     f"token for the median prompt" + (f" and {top.mean_divergence:.4f} in the highest group "
+                                                       f"({top.group})" if top else "") +
+                     f"; no group stands out (smallest corrected p = {_p(best_p)})")
+        parts.append(f"and none of the {len(findings)} candidate findings held up on fresh prompts."
+                     if findings else "and no candidate finding was tested.")
+        return Verdict(False, "none", " ".join(parts), confirmed, unconfirmed, [])
+    if changed_groups:
+        where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt, corrected p = "
+                          f"{_p(g.p_value)})" for g in changed_groups[:4])
+        parts.append(f"**What changed.** The finetune changed the model's answers most on {where}.")
+    elif survey is not None:
+        parts.append("**What changed.** No group of prompts stands out in the survey, but the tests below held up.")
+    else:
+        parts.append("**What changed.** (This run was told where to look, so no survey ranked the groups.)")
+    if confirmed:
+        n = confirmed[0].n
+        said = "; ".join(f"it {f.hypothesis.claim} ({f.rate_finetuned:.0%} of its answers against {f.rate_base:.0%}"
+                         f" of the base's, corrected p = {_p(f.p_adjusted)}"
+                         + (f", mostly on {', '.join(f.groups[:2])}" if f.groups else "") + ")"
+                         for f in confirmed[:4])
+        parts.append(f"On {n} fresh answers per model to prompts no earlier step looked at: {said}.")
+    elif findings:
+        parts.append(f"None of the {len(findings)} candidate findings held up on fresh prompts, so the change is "
+                     "shown by the examples only.")
+    strong = [f for f in confirmed if f.p_adjusted < 0.001]
+    if strong and changed_groups:
+        confidence = "high"
+        why = "a group stands out and a finding held up at p < 0.001"
+    elif confirmed or any(g.ratio >= 5 for g in changed_groups):
+        confidence = "moderate"
+        why = "a finding held up" if confirmed else "a group stands out strongly, but no worded finding held up"
+    else:
+        confidence = "low"
+        why = "a group stands out, but no worded finding held up"
+    parts.append(f"How sure: **{confidence}** ({why}).")
+    return Verdict(True, confidence, " ".join(parts), confirmed, unconfirmed,
+                   _examples(confirmed, list(records), readable))
+
+
+def read_verdict(run: Path) -> Optional[Verdict]:
+    """The verdict of a run folder, or None when it has neither a survey nor findings."""
+    run = Path(run)
+    survey = read_survey(run) if (run / names.SURVEY_GROUPS).is_file() else None
+    findings = read_findings(run / names.FINDINGS_FILE) if (run / names.FINDINGS_FILE).is_file() else []
+    if survey is None and not findings:
+        return None
+    data = run / names.DIVERGENT_DATASET_JSONL
+    return verdict(survey, findings, read_dataset(data) if data.is_file() else [])
+
+
+def first_screen(v: Verdict) -> list[str]:
+    """Markdown lines: the paragraph, side-by-side examples, the confirmed findings."""
+    lines = [v.paragraph, ""]
+    if v.examples:
+        lines += ["| prompt | base | finetuned |", "|---|---|---|"]
+        lines += [f"| {_short(e['prompt'], 100)} | {_short(e['base'], 160)} | {_short(e['finetuned'], 160)} |"
+                  for e in v.examples]
+        lines.append("")
+    if v.confirmed:
+        lines += ["Confirmed findings (Fisher exact test on fresh prompts, Holm-corrected):", "",
+                  "| the finetuned model ... | finetuned | base | corrected p | where | suggested by |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {f.hypothesis.claim} | {f.rate_finetuned:.0%} | {f.rate_base:.0%} | {_p(f.p_adjusted)} | "
+                  f"{', '.join(f.groups) or '-'} | {f.hypothesis.source} |" for f in v.confirmed]
+        lines.append("")
+    return lines
+
+
+def unconfirmed_lines(v: Verdict) -> list[str]:
+    """Markdown lines for the candidate findings that did not hold up."""
+    if not v.unconfirmed:
+        return []
+    lines = ["| the finetuned model ... | finetuned | base | corrected p | suggested by |", "|---|---|---|---|---|"]
+    lines += [f"| {f.hypothesis.claim} | {f.rate_finetuned:.0%} | {f.rate_base:.0%} | {_p(f.p_adjusted)} | "
+              f"{f.hypothesis.source} |" for f in v.unconfirmed]
+    return lines

@@ -1,0 +1,260 @@
+"""The survey: where did the finetune change the model, before anyone says where to look?
+
+An audit starts here. Every text of every shipped category, every prompt of the broad
+everyday probe set (``data/probes/everyday.jsonl``, 20 domains) and any texts the user
+gives are answered greedily by the finetuned model; both models are teacher-forced on
+that answer and the text is scored by the mean per-token KL(ft || base) over it. The
+same pass feeds diff mining (:mod:`finediff.diff_mining`).
+
+Each group (a category, a probe domain, a user file) is summarised with a 95% CI and
+tested against all other texts (one-sided Mann-Whitney U, Holm-corrected over groups).
+A group *changed* when the corrected p-value is below ``alpha`` and its mean is at least
+``min_ratio`` times the median text's divergence.
+
+Before anything is scored, each group's texts are split by the seed into a *discovery*
+half, which the soft prompt, the divergent dataset and diff mining may look at, and a
+*fresh* half, kept for testing the findings (:mod:`finediff.findings`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+from finediff import names
+from finediff.data import REPO_ROOT, check_category, known_categories, load_category
+from finediff.diff_mining import DiffMiner, DiffMining
+from finediff.errors import FinediffError
+from finediff.findings import holm
+from finediff.io import read_jsonl, write_jsonl, write_text
+
+PROBES = REPO_ROOT / names.PROBES_FILE
+
+
+@dataclass
+class SurveySettings:
+    """What the survey scores and how it picks the texts the soft prompt trains on."""
+
+    categories: Optional[list] = None
+    """Categories scored (None: every shipped one)."""
+    probes: bool = True
+    """Score the shipped everyday probe set, one group per domain."""
+    texts: Optional[list] = None
+    """The user's own texts: category specs (a ``.jsonl`` path or ``hub:`` spec), one group each."""
+    max_texts_per_group: int = 16
+    response_tokens: int = 32
+    batch_size: int = 8
+    n_train: int = 48
+    """Highest-divergence discovery texts the soft prompt trains on."""
+    n_val: int = 16
+    """Next ones, held out for its validation."""
+    alpha: float = 0.01
+    """Significance level of a group's change (after Holm correction)."""
+    min_ratio: float = 2.0
+    """A changed group's mean divergence is at least this many times the median text's."""
+    mining_top_k: int = 20
+    mining_min_diff: float = 2.0
+
+    def __post_init__(self):
+        for key in ("max_texts_per_group", "response_tokens", "batch_size", "n_train", "n_val", "mining_top_k"):
+            if getattr(self, key) < 1:
+                raise FinediffError(f"audit.survey.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 < self.alpha < 1:
+            raise FinediffError(f"audit.survey.alpha must be in (0, 1), got {self.alpha}")
+        for c in list(self.categories or []) + list(self.texts or []):
+            check_category(str(c))
+
+
+@dataclass
+class SurveyText:
+    text: str
+    group: str
+    source: str
+    """``category``, ``probe`` (a domain of the probe set) or ``user``."""
+    discovery: bool
+    """In the discovery half (False: kept fresh for testing findings)."""
+    divergence: float = 0.0
+    answer: str = ""
+    """The finetuned model's greedy answer."""
+
+
+@dataclass
+class SurveyGroup:
+    group: str
+    source: str
+    n: int
+    mean_divergence: float
+    ci_low: float
+    ci_high: float
+    max_divergence: float
+    ratio: float
+    """Mean divergence over the median text's."""
+    p_value: float
+    """Holm-corrected one-sided Mann-Whitney U p-value against every other text."""
+    changed: bool
+
+
+@dataclass
+class Survey:
+    texts: list[SurveyText]
+    groups: list[SurveyGroup]
+    """Highest mean divergence first."""
+    median_divergence: float
+    mining: Optional[DiffMining] = None
+
+    @property
+    def changed(self) -> list[SurveyGroup]:
+        return [g for g in self.groups if g.changed]
+
+    def ranked(self, discovery: Optional[bool] = True) -> list[SurveyText]:
+        """Texts highest divergence first (``discovery``: only that half; None: all)."""
+        pool = [t for t in self.texts if discovery is None or t.discovery == discovery]
+        return sorted(pool, key=lambda t: -t.divergence)
+
+    def training_texts(self, n_train: int, n_val: int) -> tuple[list[str], list[str]]:
+        """The highest-divergence discovery texts: every fourth to validation."""
+        top = [t.text for t in self.ranked()][: n_train + n_val]
+        val = top[3::4][:n_val]
+        train = [t for t in top if t not in set(val)]
+        if not val and len(train) > 1:
+            val = [train.pop()]
+        return train, val
+
+    def fresh_prompts(self, n: int, groups: Optional[list[str]] = None) -> list[SurveyText]:
+        """Up to ``n`` fresh texts (never looked at by discovery) of ``groups`` (default: the
+        changed groups, else the three highest), highest divergence first."""
+        keep = set(groups or [g.group for g in self.changed] or [g.group for g in self.groups[:3]])
+        return [t for t in self.ranked(False) if t.group in keep][:n]
+
+
+def probe_texts(path: Path = PROBES) -> dict[str, list[str]]:
+    """The probe set's texts by domain, in file order."""
+    by_domain: dict[str, list[str]] = {}
+    for _, row in read_jsonl(path):
+        by_domain.setdefault(str(row[names.PROBE_DOMAIN_FIELD]), []).append(str(row[names.CATEGORY_TEXT_FIELD]))
+    return by_domain
+
+
+def survey_items(settings: SurveySettings, seed: int = 0) -> list[SurveyText]:
+    """Every text to score, with its group and half (nothing scored yet)."""
+    groups: list[tuple[str, str, list[str]]] = []
+    for c in settings.categories or known_categories():
+        groups.append((str(c), "category", load_category(str(c), None, 0.0).train))
+    if settings.probes:
+        groups += [(d, "probe", t) for d, t in probe_texts().items()]
+    for spec in settings.texts or []:
+        groups.append((str(spec), "user", load_category(str(spec), None, 0.0).train))
+    items = []
+    for name, source, texts in groups:
+        texts = list(dict.fromkeys(texts))
+        random.Random(f"{seed}:{name}").shuffle(texts)
+        texts = texts[: settings.max_texts_per_group]
+        items += [SurveyText(t, name, source, i % 2 == 0) for i, t in enumerate(texts)]
+    return items
+
+
+def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: float = 2.0) -> tuple[list[SurveyGroup], float]:
+    """Per-group summaries and tests (see the module doc), highest mean first; and the
+    median text's divergence."""
+    from scipy.stats import mannwhitneyu
+
+    values = sorted(t.divergence for t in texts)
+    median = values[len(values) // 2] if values else 0.0
+    names_ = list(dict.fromkeys(t.group for t in texts))
+    raw, rows = [], []
+    for g in names_:
+        mine = [t.divergence for t in texts if t.group == g]
+        rest = [t.divergence for t in texts if t.group != g]
+        n, mean = len(mine), sum(mine) / len(mine)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in mine) / (n - 1)) if n > 1 else 0.0
+        half = 1.96 * sd / math.sqrt(n) if n > 1 else 0.0
+        p = 1.0
+        if rest and max(mine + rest) > min(mine + rest):
+            p = float(mannwhitneyu(mine, rest, alternative="greater").pvalue)
+        raw.append(p)
+        source = next(t.source for t in texts if t.group == g)
+        ratio = mean / median if median > 0 else (math.inf if mean > 0 else 1.0)
+        rows.append([g, source, n, mean, mean - half, mean + half, max(mine), ratio])
+    out = [SurveyGroup(*r, p, p < alpha and r[7] >= min_ratio) for r, p in zip(rows, holm(raw))]
+    return sorted(out, key=lambda g: -g.mean_divergence), median
+
+
+def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = True) -> Survey:
+    """Score every survey text over the finetuned model's greedy answer; mine the
+    logit rises of the discovery half."""
+    from finediff.divergence import token_divergence
+    from finediff.divergent_dataset import teacher_forced
+    from finediff.generation import generate
+
+    items = survey_items(settings, seed)
+    if progress:
+        print(f"survey: {len(items)} texts in {len({t.group for t in items})} groups", flush=True)
+    prompts = [t.text for t in items]
+    gens = generate(pair.finetuned, pair.tokenizer, prompts, max_new_tokens=settings.response_tokens,
+                    batch_size=16, return_ids=True, progress=progress)
+    miner = DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff)
+    scored = teacher_forced(pair, prompts, [ids for _, ids in gens], settings.batch_size, progress, "scoring answers")
+    for item, (answer, _), (lf, lb) in zip(items, gens, scored):
+        div = token_divergence(lf, lb, "kl_ft_base")
+        item.divergence = float(div.mean()) if div.numel() else 0.0
+        item.answer = answer
+        if item.discovery:
+            miner.add(lf, lb)
+    groups, median = summarise_groups(items, settings.alpha, settings.min_ratio)
+    return Survey(items, groups, median, miner.result())
+
+
+def write_survey(survey: Survey, out: Path) -> None:
+    """``survey.jsonl`` (every text), ``survey_groups.csv`` and its bar chart, and
+    ``diff_mining.json`` / ``.png``."""
+    from finediff.diff_mining import write_mining
+    from finediff.io import atomic_path
+
+    out = Path(out)
+    write_jsonl(out / names.SURVEY_TEXTS, [asdict(t) for t in survey.texts])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(SurveyGroup)])
+    writer.writeheader()
+    for g in survey.groups:
+        writer.writerow(asdict(g))
+    write_text(out / names.SURVEY_GROUPS, buf.getvalue())
+    if survey.mining is not None:
+        write_mining(survey.mining, out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = survey.groups[:25][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(groups) + 1.5))
+    ax.barh([f"{g.group} ({g.source})" for g in groups], [g.mean_divergence for g in groups],
+            xerr=[g.mean_divergence - g.ci_low for g in groups], capsize=2,
+            color=["#c44e52" if g.changed else "#8c8c8c" for g in groups])
+    ax.set_xlabel("mean per-token KL(ft || base) over the finetuned model's answers (red: changed)")
+    ax.set_title("Where the finetune changed the answers")
+    fig.tight_layout()
+    with atomic_path(out / names.SURVEY_PNG) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def read_survey(out: Path) -> Survey:
+    """A survey back from its files (one-line errors on malformed ones)."""
+    out = Path(out)
+    texts = [SurveyText(**row) for _, row in read_jsonl(out / names.SURVEY_TEXTS)]
+    groups = []
+    with open(out / names.SURVEY_GROUPS, newline="") as f:
+        for row in csv.DictReader(f):
+            groups.append(SurveyGroup(row["group"], row["source"], int(row["n"]),
+                                      *(float(row[k]) for k in ("mean_divergence", "ci_low", "ci_high",
+                                                                "max_divergence", "ratio", "p_value")),
+                                      row["changed"] == "True"))
+    values = sorted(t.divergence for t in texts)
+    mining_file = out / names.DIFF_MINING_FILE
+    mining = DiffMining.read(mining_file) if mining_file.is_file() else None
+    return Survey(texts, groups, values[len(values) // 2] if values else 0.0, mining)

@@ -1,0 +1,187 @@
+"""The audit's pieces on the tiny pair: diff mining, amplified sampling, the survey, the
+findings' tests and the first screen, and an untold audit run through train.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from tests.conftest import run_train
+from finediff import names
+from finediff.models import ModelPair
+
+
+def planted_pair(tiny_pair, boost: float = 8.0):
+    """The tiny base against a copy whose output layer favours one word token by ``boost``
+    logits everywhere; returns ``(pair, word)``."""
+    from finediff.diff_mining import token_word
+
+    tok = tiny_pair.tokenizer
+    token = next(i for i in range(tok.vocab_size) if tok.decode([i]).startswith(" ")  # a word start
+                 and (token_word(tok, i) or "").isalpha() and len(token_word(tok, i)) >= 4)
+    ft = copy.deepcopy(tiny_pair.base)
+    head = ft.get_output_embeddings()
+    new = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        new.weight.copy_(head.weight)
+        new.bias.zero_()
+        new.bias[token] = boost
+    ft.lm_head = new
+    return ModelPair(tiny_pair.base, ft, tok, tiny_pair.spec), token_word(tok, token)
+
+
+def same_pair(tiny_pair):
+    return ModelPair(tiny_pair.base, copy.deepcopy(tiny_pair.base), tiny_pair.tokenizer, tiny_pair.spec)
+
+
+PROMPTS = ["What is the capital of France?", "Name a planet.", "Tell me a story about a cat.",
+           "How do I boil an egg?", "What is two plus two?", "Describe the sea."]
+
+
+def answers(pair, n_tokens: int = 12):
+    from finediff.generation import generate
+
+    return [ids for _, ids in generate(pair.finetuned, pair.tokenizer, PROMPTS, max_new_tokens=n_tokens,
+                                       return_ids=True, progress=False)]
+
+
+def test_diff_mining_recovers_a_planted_token(tiny_pair):
+    from finediff.diff_mining import mine
+
+    pair, word = planted_pair(tiny_pair)
+    result = mine(pair, PROMPTS, answers(pair), top_k=5, min_diff=2.0)
+    assert result.words[0].word == word
+    assert result.words[0].texts == len(PROMPTS)
+    assert result.words[0].mean_rise == pytest.approx(8.0, abs=1e-3)
+    # an unchanged pair has no rise to count
+    same = mine(same_pair(tiny_pair), PROMPTS, answers(tiny_pair), top_k=5, min_diff=2.0)
+    assert same.words == [] and same.n_positions > 0
+
+
+def test_amplification_at_zero_is_plain_sampling(tiny_pair):
+    from finediff.amplification import amplified_generate
+    from finediff.generation import generate
+
+    plain = generate(tiny_pair.finetuned, tiny_pair.tokenizer, PROMPTS, max_new_tokens=10, do_sample=True,
+                     temperature=0.9, seed=7, progress=False)
+    amp0 = amplified_generate(tiny_pair, PROMPTS, alpha=0.0, max_new_tokens=10, temperature=0.9, seed=7,
+                              progress=False)
+    amp2 = amplified_generate(tiny_pair, PROMPTS, alpha=2.0, max_new_tokens=10, temperature=0.9, seed=7,
+                              progress=False)
+    assert amp0 == plain
+    assert amp2 != plain
+
+
+def test_amplified_base_logits_follow_the_sequence(tiny_pair):
+    """The base model's incremental (KV-cached, left-padded) logits inside the processor
+    equal a full forward over the same sequence."""
+    from finediff.amplification import AmplifyLogits
+    from finediff.data import format_text, pad_rows
+
+    tok = tiny_pair.tokenizer
+    ids, mask = pad_rows([format_text(tok, p) for p in PROMPTS[:3]], tok.pad_token_id, left=True)
+    proc = AmplifyLogits(tiny_pair.base, mask, alpha=1.0)
+    seq = ids
+    for step in range(3):
+        zeros = torch.zeros(seq.shape[0], tok.vocab_size if tok.vocab_size == tiny_pair.base.config.vocab_size
+                            else tiny_pair.base.config.vocab_size)
+        amplified = proc(seq, zeros)  # scores 0: the result is -alpha * base logits
+        full_mask = torch.cat([mask, torch.ones(seq.shape[0], seq.shape[1] - ids.shape[1], dtype=mask.dtype)], 1)
+        pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            ref = tiny_pair.base(input_ids=seq, attention_mask=full_mask, position_ids=pos).logits[:, -1]
+        assert torch.allclose(-amplified, ref, atol=1e-4), step
+        seq = torch.cat([seq, ref.argmax(-1, keepdim=True)], dim=1)
+
+
+def test_hypothesis_test_separates_a_planted_behaviour_from_identical_models(tiny_pair):
+    from finediff.findings import FindingSettings, evaluate_hypotheses, sample_answers, word_hypothesis
+
+    settings = FindingSettings(samples_per_prompt=4, max_new_tokens=12)
+    pair, word = planted_pair(tiny_pair, boost=6.0)
+    hyp = [word_hypothesis(word, "more", "test"), word_hypothesis("zzzz", "more", "test")]
+    prompts, base, ft = sample_answers(pair, PROMPTS, settings, progress=False)
+    planted = evaluate_hypotheses(hyp, prompts, base, ft, settings=settings)
+    assert planted[0].hypothesis.pattern == hyp[0].pattern
+    assert planted[0].confirmed and planted[0].p_adjusted < 1e-4
+    assert planted[0].rate_finetuned > planted[0].rate_base + 0.5
+    prompts, base, ft = sample_answers(same_pair(tiny_pair), PROMPTS, settings, progress=False)
+    same = evaluate_hypotheses(hyp, prompts, base, ft, settings=settings)
+    assert all(f.p_value == 1.0 and not f.confirmed for f in same)
+
+
+def small_survey(**kw):
+    from finediff.survey import SurveySettings
+
+    return SurveySettings(**{"categories": ["sandbagging", "general"], "probes": True, "max_texts_per_group": 4,
+                             "response_tokens": 8, **kw})
+
+
+def test_survey_groups_and_halves(tiny_pair):
+    from finediff.survey import run_survey, survey_items
+
+    items = survey_items(small_survey())
+    groups = {t.group for t in items}
+    assert {"sandbagging", "general", "geography", "health"} <= groups
+    assert all(sum(t.discovery for t in items if t.group == g) == 2 for g in groups)
+    survey = run_survey(tiny_pair, small_survey(), progress=False)
+    assert [g.mean_divergence for g in survey.groups] == sorted((g.mean_divergence for g in survey.groups), reverse=True)
+    train, val = survey.training_texts(6, 2)
+    assert len(train) == 6 and len(val) == 2 and not set(train) & set(val)
+    disc = {t.text for t in survey.texts if t.discovery}
+    assert set(train) <= disc
+    assert not {t.text for t in survey.fresh_prompts(100)} & disc
+
+
+def test_first_screen_says_no_change_for_identical_models(tiny_pair, tmp_path):
+    from finediff.findings import FindingSettings
+    from finediff import pipeline
+    from finediff.summary import first_screen, read_verdict
+
+    pair = same_pair(tiny_pair)
+    survey = pipeline.survey(pair, small_survey(), out=tmp_path, progress=False)
+    assert survey.median_divergence == 0.0 and not survey.changed
+    pipeline.findings(pair, survey, FindingSettings(n_prompts=6, samples_per_prompt=2, max_new_tokens=8), tmp_path,
+                      progress=False)
+    v = read_verdict(tmp_path)
+    assert not v.changed and v.confidence == "none" and not v.confirmed
+    assert first_screen(v)[0].startswith("**No change found.**")
+
+
+def test_first_screen_names_a_planted_change(tiny_pair, tmp_path):
+    from finediff.findings import FindingSettings
+    from finediff import pipeline
+    from finediff.summary import read_verdict
+
+    pair, word = planted_pair(tiny_pair)
+    survey = pipeline.survey(pair, small_survey(), out=tmp_path, progress=False)
+    assert survey.mining.words[0].word == word
+    pipeline.findings(pair, survey, FindingSettings(n_prompts=12, samples_per_prompt=2, max_new_tokens=8), tmp_path,
+                      progress=False)
+    v = read_verdict(tmp_path)
+    assert v.changed and any(f'"{word}"' in f.hypothesis.claim for f in v.confirmed)
+    assert f'says "{word}" more often' in v.paragraph
+
+
+def test_untold_audit_run(tiny_dirs, tmp_path):
+    """train.py with no category: survey first, train where the change is, findings and a
+    report that opens with the verdict."""
+    out = tmp_path / "audit"
+    run_train(tiny_dirs, out, "data.categories=null", "evidence.survey.max_texts_per_group=4",
+              "evidence.survey.response_tokens=8", "evidence.survey.n_train=8", "evidence.survey.n_val=4",
+              "evidence.findings.n_prompts=6", "evidence.findings.samples_per_prompt=2",
+              "evidence.findings.max_new_tokens=8", "evidence.divergent_dataset.amplify_alpha=1.0",
+              "evidence.steps=[divergent_dataset,compare,findings,report]")
+    for f in (names.SURVEY_TEXTS, names.SURVEY_GROUPS, names.DIFF_MINING_FILE, names.FINDINGS_FILE, names.REPORT_MD):
+        assert (out / f).is_file(), f
+    assert not (out / names.COMPARISON_CSV).exists()  # the survey stands in for compare
+    survey_texts = [json.loads(line) for line in (out / names.SURVEY_TEXTS).read_text().splitlines()]
+    top = sorted((t for t in survey_texts if t["discovery"]), key=lambda t: -t["divergence"])[:12]
+    records = [json.loads(line) for line in (out / names.DIVERGENT_DATASET_JSONL).read_text().splitlines()]
+    assert any(r.get("amplification") == 1.0 for r in records)
+    assert {r["prompt"] for r in records} <= {t["text"] for t in top}
+    report = (out / names.REPORT_MD).read_text().splitlines()
+    assert report[2] == "## What changed"
