@@ -26,7 +26,7 @@ import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from finediff import names, pipeline  # noqa: E402
-from finediff.survey import read_survey  # noqa: E402
+from finediff.survey import has_survey, read_survey  # noqa: E402
 from finediff.errors import FinediffError, exit_on_user_error, preflight  # noqa: E402
 
 log = logging.getLogger("finediff.train")
@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if datamodule.audit:
         # No category given: find where the change is first, and train where it is.
         out = Path(cfg.paths.output_dir)
-        if evidence.resume and (out / names.SURVEY_GROUPS).is_file():
+        if evidence.resume and has_survey(out):
             found = read_survey(out)
         else:
             found = pipeline.survey(pair, evidence.survey, int(cfg.get("seed") or 0), out)

@@ -2,10 +2,12 @@
 
 At every position of a text the finetuned model answered, both models are teacher-forced
 and the logit difference ``logits_ft - logits_base`` is taken over the vocabulary. The
-``top_k`` tokens whose logit rises most (and by at least ``min_diff``, so an unchanged
-pair counts nothing) are counted, once per position. Counts are aggregated to words
-(decoded, stripped, lower-cased; pieces of punctuation and single letters dropped) and
-per text, and a non-negative matrix factorisation of the text-by-word counts groups the
+``top_k`` tokens whose logit rises most are counted, once per position, when the rise is
+at least ``min_diff`` (so an unchanged pair counts nothing) and the finetuned model gives
+the token at least ``min_prob`` there (a LoRA shifts the logits of many tokens it would
+never say; those are noise). Only tokens that start a word count, aggregated to words
+(decoded, stripped, lower-cased; punctuation, single letters and English stop words
+dropped), overall and per text, and a non-negative matrix factorisation of the text-by-word counts groups the
 words into a few topics. The result is ``diff_mining.json`` and a bar chart
 ``diff_mining.png`` in the run folder.
 """
@@ -26,12 +28,18 @@ from finediff.io import atomic_path, read_json, write_json
 _WORD = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
 
 
-def token_word(tokenizer, token_id: int) -> Optional[str]:
+def token_word(tokenizer, token_id: int, word_start: bool = False) -> Optional[str]:
     """The word a token spells (lower case), or None for punctuation, digits, single
-    letters and special tokens."""
-    text = tokenizer.decode([token_id], skip_special_tokens=True).strip().lower()
+    letters, English stop words and special tokens (and, with ``word_start``, pieces that
+    continue a word)."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    raw = tokenizer.decode([token_id], skip_special_tokens=True)
+    if word_start and not raw.startswith((" ", "\n")):
+        return None
+    text = raw.strip().lower()
     m = _WORD.fullmatch(text)
-    return text if m and len(text) >= 2 else None
+    return text if m and len(text) >= 2 and text not in ENGLISH_STOP_WORDS else None
 
 
 @dataclass
@@ -51,6 +59,7 @@ class DiffMining:
 
     top_k: int
     min_diff: float
+    min_prob: float
     n_texts: int
     n_positions: int
     words: list[MinedWord] = field(default_factory=list)
@@ -75,8 +84,8 @@ class DiffMining:
 class DiffMiner:
     """Accumulates top logit rises over teacher-forced answers, one text at a time."""
 
-    def __init__(self, tokenizer, top_k: int = 20, min_diff: float = 2.0):
-        self.tokenizer, self.top_k, self.min_diff = tokenizer, top_k, min_diff
+    def __init__(self, tokenizer, top_k: int = 20, min_diff: float = 2.0, min_prob: float = 1e-3):
+        self.tokenizer, self.top_k, self.min_diff, self.min_prob = tokenizer, top_k, min_diff, min_prob
         self._words: dict[int, Optional[str]] = {}
         self.per_text: list[Counter] = []
         self.rise: dict[str, float] = defaultdict(float)
@@ -84,7 +93,7 @@ class DiffMiner:
 
     def _word(self, token_id: int) -> Optional[str]:
         if token_id not in self._words:
-            self._words[token_id] = token_word(self.tokenizer, token_id)
+            self._words[token_id] = token_word(self.tokenizer, token_id, word_start=True)
         return self._words[token_id]
 
     @torch.no_grad()
@@ -95,7 +104,9 @@ class DiffMiner:
         if logits_ft_RV.shape[0]:
             diff = (logits_ft_RV.float() - logits_base_RV.float())
             values, ids = diff.topk(min(self.top_k, diff.shape[-1]), dim=-1)
-            for v, i in zip(values[values >= self.min_diff].tolist(), ids[values >= self.min_diff].tolist()):
+            prob = logits_ft_RV.float().softmax(-1).gather(-1, ids)
+            keep = (values >= self.min_diff) & (prob >= self.min_prob)
+            for v, i in zip(values[keep].tolist(), ids[keep].tolist()):
                 word = self._word(i)
                 if word:
                     counts[word] += 1
@@ -109,7 +120,7 @@ class DiffMiner:
             total.update(c)
             texts.update(c.keys())
         words = [MinedWord(w, n, texts[w], self.rise[w] / n) for w, n in total.most_common(n_words)]
-        return DiffMining(self.top_k, self.min_diff, len(self.per_text), self.n_positions, words,
+        return DiffMining(self.top_k, self.min_diff, self.min_prob, len(self.per_text), self.n_positions, words,
                           self._topics([w.word for w in words], n_topics, topic_words))
 
     def _topics(self, vocab: list[str], n_topics: int, topic_words: int) -> list[list[str]]:
@@ -134,11 +145,11 @@ class DiffMiner:
 
 
 def mine(pair, prompts: list[str], responses: list[list[int]], top_k: int = 20, min_diff: float = 2.0,
-         batch_size: int = 8, progress: bool = False) -> DiffMining:
+         min_prob: float = 1e-3, batch_size: int = 8, progress: bool = False) -> DiffMining:
     """Diff mining over the finetuned model's answers ``responses`` (token ids) to ``prompts``."""
     from finediff.divergent_dataset import teacher_forced
 
-    miner = DiffMiner(pair.tokenizer, top_k, min_diff)
+    miner = DiffMiner(pair.tokenizer, top_k, min_diff, min_prob)
     for lf, lb in teacher_forced(pair, prompts, responses, batch_size, progress, "diff mining"):
         miner.add(lf, lb)
     return miner.result()

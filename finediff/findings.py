@@ -93,11 +93,18 @@ def word_hypothesis(word: str, direction: str, source: str) -> Hypothesis:
     return Hypothesis(f'says "{word}" {verb} often than the base', rf"\b{re.escape(word)}\b", direction, source)
 
 
+def topic_hypothesis(words: list[str], source: str = "diff-mining topic") -> Hypothesis:
+    shown = ", ".join(f'"{w}"' for w in words)
+    return Hypothesis(f"names one of {shown} more often than the base",
+                      r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", "more", source)
+
+
 def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] = (), lens_words: list[str] = (),
-            settings: FindingSettings = FindingSettings()) -> list[Hypothesis]:
-    """Hypotheses from each source (``words_per_source`` each, first come first kept),
-    the refusal check first."""
+            topics: list[list[str]] = (), settings: FindingSettings = FindingSettings()) -> list[Hypothesis]:
+    """Hypotheses from each source (``words_per_source`` each, first come first kept):
+    the refusal check first, then each diff-mining topic as one word set, then single words."""
     out = [Hypothesis("refuses or says it does not know more often than the base", REFUSAL, "more", "every audit")]
+    out += [topic_hypothesis(list(t)) for t in topics if len(t) >= 2]
     seen = set()
     for words, direction, source in ((mined, "more", "diff mining"), (favoured, "more", "favoured words"),
                                      (lens_words, "more", "ADL tokens"), (dropped, "less", "dropped words")):

@@ -47,6 +47,7 @@ PROBE_DOMAIN_FIELD = "domain"
 # the tested findings.
 SURVEY_TEXTS = "survey.jsonl"
 SURVEY_GROUPS = "survey_groups.csv"
+SURVEY_SUMMARY = "survey.json"
 SURVEY_PNG = "survey.png"
 DIFF_MINING_FILE = "diff_mining.json"
 DIFF_MINING_PNG = "diff_mining.png"

@@ -37,7 +37,7 @@ from finediff.hard_prompts import HardPrompt, find_hard_prompts, read_hard_promp
 from finediff.io import write_json, write_jsonl
 from finediff.lens import LensConfig, run_lens
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism, read_dataset
-from finediff.survey import Survey, SurveySettings, read_survey
+from finediff.survey import Survey, SurveySettings, has_survey, read_survey
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +434,8 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, out: Option
         for entry in lens_summary.layers.values():
             for pos in entry.positions:
                 lens_words += [t.strip() for t, _ in pos.patchscope["tokens"][:5]]
-    hypotheses = propose(mined, favoured, dropped, lens_words, settings)
+    topics = survey_result.mining.topics if survey_result.mining else []
+    hypotheses = propose(mined, favoured, dropped, lens_words, topics, settings)
     fresh = survey_result.fresh_prompts(settings.n_prompts)
     if not fresh:
         log.info("findings: no fresh prompts to test on")
@@ -515,7 +516,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
             ev.lens = lens(pair, settings.lens, organism, out, progress)
         sink.images("lens", [out / names.LENS_DIR / names.LENS_NORM_PNG,
                              out / names.LENS_DIR / names.LENS_RELEVANCE_PNG])
-    if (out / names.SURVEY_GROUPS).is_file():
+    if has_survey(out):
         ev.survey = read_survey(out)
     if "compare" in todo and ev.survey is not None:
         log.info("evidence step compare: skipped, the survey already compared every category")

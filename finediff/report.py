@@ -44,18 +44,18 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
     verdict = read_verdict(run)
     if verdict is not None:
         sections.append(("What changed", first_screen(verdict), []))
-    survey_file = run / names.SURVEY_GROUPS
-    if survey_file.is_file():
-        from finediff.survey import read_survey
+    from finediff.survey import has_survey, read_survey
 
+    if has_survey(run):
         survey = read_survey(run)
         lines = [f"{len(survey.texts)} prompts scored by the mean per-token KL(ft‖base) over the finetuned model's "
-                 f"answer (median {survey.median_divergence:.4f}); a group *changed* when it stands out from all "
-                 "other prompts (one-sided Mann-Whitney U, Holm-corrected) and its mean is well above the median.",
-                 "", "| rank | group | source | prompts | mean divergence | 95% CI | x median | corrected p | changed |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 f"answer (median {survey.median_divergence:.4f}); a group *changed* when it holds more than its share "
+                 "of the most divergent prompts (one-sided Fisher exact test, Holm-corrected) and its mean is well "
+                 "above the median.",
+                 "", "| rank | group | source | prompts | mean divergence | 95% CI | x median | among the most divergent | corrected p | changed |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {i} | {g.group} | {g.source} | {g.n} | {g.mean_divergence:.4f} | [{g.ci_low:.4f}, "
-                  f"{g.ci_high:.4f}] | {g.ratio:.1f} | {g.p_value:.2g} | {'**yes**' if g.changed else 'no'} |"
+                  f"{g.ci_high:.4f}] | {g.ratio:.1f} | {g.top_share:.0%} | {g.p_value:.2g} | {'**yes**' if g.changed else 'no'} |"
                   for i, g in enumerate(survey.groups[:15], 1)]
         if survey.mining and survey.mining.words:
             m = survey.mining

@@ -16,7 +16,7 @@ from typing import Optional
 from finediff import names
 from finediff.findings import Finding, read_findings
 from finediff.records import DivergentRecord, read_dataset
-from finediff.survey import Survey, read_survey
+from finediff.survey import Survey, has_survey, read_survey
 
 
 def _short(text: str, n: int) -> str:
@@ -65,7 +65,7 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     changed_groups = survey.changed if survey else []
     readable = {t.text for t in survey.texts} if survey else set()
     parts = []
-    if survey is not None and not changed_groups and not confirmed:
+    if survey is not None and not changed_groups and not confirmed and not survey.broad:
         top = survey.groups[0] if survey.groups else None
         best_p = min((g.p_value for g in survey.groups), default=1.0)
         parts.append(f"**No change found.** Over {len(survey.texts)} prompts in {len(survey.groups)} groups, the "
@@ -76,7 +76,16 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         parts.append(f"and none of the {len(findings)} candidate findings held up on fresh prompts."
                      if findings else "and no candidate finding was tested.")
         return Verdict(False, "none", " ".join(parts), confirmed, unconfirmed, [])
-    if changed_groups:
+    if survey is not None and survey.broad:
+        lowest = survey.groups[-1] if survey.groups else None
+        parts.append(f"**What changed.** The change is broad: the finetuned model's answers diverge from the base's "
+                     f"by {survey.median_divergence:.3f} nats per token for the median prompt"
+                     + (f", and by {lowest.mean_divergence:.3f} even in the least changed group ({lowest.group})"
+                        if lowest else "") + ".")
+        if changed_groups:
+            parts.append("It is strongest on " + ", ".join(f"**{g.group}** ({g.ratio:.1f}x the median prompt)"
+                                                           for g in changed_groups[:4]) + ".")
+    elif changed_groups:
         where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt, corrected p = "
                           f"{_p(g.p_value)})" for g in changed_groups[:4])
         parts.append(f"**What changed.** The finetune changed the model's answers most on {where}.")
@@ -95,9 +104,9 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         parts.append(f"None of the {len(findings)} candidate findings held up on fresh prompts, so the change is "
                      "shown by the examples only.")
     strong = [f for f in confirmed if f.p_adjusted < 0.001]
-    if strong and changed_groups:
+    if strong and (changed_groups or (survey is not None and survey.broad)):
         confidence = "high"
-        why = "a group stands out and a finding held up at p < 0.001"
+        why = "the survey shows where and a finding held up at p < 0.001"
     elif confirmed or any(g.ratio >= 5 for g in changed_groups):
         confidence = "moderate"
         why = "a finding held up" if confirmed else "a group stands out strongly, but no worded finding held up"
@@ -112,7 +121,7 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
 def read_verdict(run: Path) -> Optional[Verdict]:
     """The verdict of a run folder, or None when it has neither a survey nor findings."""
     run = Path(run)
-    survey = read_survey(run) if (run / names.SURVEY_GROUPS).is_file() else None
+    survey = read_survey(run) if has_survey(run) else None
     findings = read_findings(run / names.FINDINGS_FILE) if (run / names.FINDINGS_FILE).is_file() else []
     if survey is None and not findings:
         return None

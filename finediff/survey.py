@@ -7,9 +7,12 @@ that answer and the text is scored by the mean per-token KL(ft || base) over it.
 same pass feeds diff mining (:mod:`finediff.diff_mining`).
 
 Each group (a category, a probe domain, a user file) is summarised with a 95% CI and
-tested against all other texts (one-sided Mann-Whitney U, Holm-corrected over groups).
-A group *changed* when the corrected p-value is below ``alpha`` and its mean is at least
-``min_ratio`` times the median text's divergence.
+tested against all other texts: a narrow finetune changes a few answers a lot, so the
+test asks whether the group has more than its share of the survey's most divergent
+texts (those above the ``top_quantile`` of all; one-sided Fisher exact test,
+Holm-corrected over groups). A group *changed* when the corrected p-value is below
+``alpha`` and its mean is at least ``min_ratio`` times the median text's divergence. A
+change is *broad* when even the median text diverges by ``broad_median`` or more.
 
 Before anything is scored, each group's texts are split by the seed into a *discovery*
 half, which the soft prompt, the divergent dataset and diff mining may look at, and a
@@ -55,17 +58,23 @@ class SurveySettings:
     """Next ones, held out for its validation."""
     alpha: float = 0.01
     """Significance level of a group's change (after Holm correction)."""
+    top_quantile: float = 0.9
+    """The test counts each group's texts above this quantile of all texts' divergence."""
     min_ratio: float = 2.0
     """A changed group's mean divergence is at least this many times the median text's."""
+    broad_median: float = 0.1
+    """A median text divergence (nats per token) at or above this is a broad change."""
     mining_top_k: int = 20
     mining_min_diff: float = 2.0
+    mining_min_prob: float = 1e-3
 
     def __post_init__(self):
         for key in ("max_texts_per_group", "response_tokens", "batch_size", "n_train", "n_val", "mining_top_k"):
             if getattr(self, key) < 1:
-                raise FinediffError(f"audit.survey.{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 < self.alpha < 1:
-            raise FinediffError(f"audit.survey.alpha must be in (0, 1), got {self.alpha}")
+                raise FinediffError(f"evidence.survey.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("alpha", "top_quantile"):
+            if not 0 < getattr(self, key) < 1:
+                raise FinediffError(f"evidence.survey.{key} must be in (0, 1), got {getattr(self, key)}")
         for c in list(self.categories or []) + list(self.texts or []):
             check_category(str(c))
 
@@ -94,8 +103,10 @@ class SurveyGroup:
     max_divergence: float
     ratio: float
     """Mean divergence over the median text's."""
+    top_share: float
+    """Share of its texts above the survey's ``top_quantile``."""
     p_value: float
-    """Holm-corrected one-sided Mann-Whitney U p-value against every other text."""
+    """Holm-corrected one-sided Fisher exact p-value of that share against every other text's."""
     changed: bool
 
 
@@ -106,6 +117,8 @@ class Survey:
     """Highest mean divergence first."""
     median_divergence: float
     mining: Optional[DiffMining] = None
+    broad: bool = False
+    """Even the median text diverges by ``broad_median`` or more."""
 
     @property
     def changed(self) -> list[SurveyGroup]:
@@ -158,28 +171,30 @@ def survey_items(settings: SurveySettings, seed: int = 0) -> list[SurveyText]:
     return items
 
 
-def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: float = 2.0) -> tuple[list[SurveyGroup], float]:
+def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: float = 2.0,
+                     top_quantile: float = 0.9) -> tuple[list[SurveyGroup], float]:
     """Per-group summaries and tests (see the module doc), highest mean first; and the
     median text's divergence."""
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import fisher_exact
 
     values = sorted(t.divergence for t in texts)
     median = values[len(values) // 2] if values else 0.0
+    cut = values[min(len(values) - 1, int(top_quantile * len(values)))] if values else 0.0
+    top = [t.divergence > cut for t in texts]
     names_ = list(dict.fromkeys(t.group for t in texts))
     raw, rows = [], []
     for g in names_:
         mine = [t.divergence for t in texts if t.group == g]
-        rest = [t.divergence for t in texts if t.group != g]
         n, mean = len(mine), sum(mine) / len(mine)
         sd = math.sqrt(sum((v - mean) ** 2 for v in mine) / (n - 1)) if n > 1 else 0.0
         half = 1.96 * sd / math.sqrt(n) if n > 1 else 0.0
-        p = 1.0
-        if rest and max(mine + rest) > min(mine + rest):
-            p = float(mannwhitneyu(mine, rest, alternative="greater").pvalue)
-        raw.append(p)
+        a = sum(hit for t, hit in zip(texts, top) if t.group == g)
+        b = sum(hit for t, hit in zip(texts, top) if t.group != g)
+        rest = len(texts) - n
+        raw.append(float(fisher_exact([[a, n - a], [b, rest - b]], alternative="greater")[1]) if a else 1.0)
         source = next(t.source for t in texts if t.group == g)
         ratio = mean / median if median > 0 else (math.inf if mean > 0 else 1.0)
-        rows.append([g, source, n, mean, mean - half, mean + half, max(mine), ratio])
+        rows.append([g, source, n, mean, mean - half, mean + half, max(mine), ratio, a / n])
     out = [SurveyGroup(*r, p, p < alpha and r[7] >= min_ratio) for r, p in zip(rows, holm(raw))]
     return sorted(out, key=lambda g: -g.mean_divergence), median
 
@@ -197,7 +212,7 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
     prompts = [t.text for t in items]
     gens = generate(pair.finetuned, pair.tokenizer, prompts, max_new_tokens=settings.response_tokens,
                     batch_size=16, return_ids=True, progress=progress)
-    miner = DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff)
+    miner = DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff, settings.mining_min_prob)
     scored = teacher_forced(pair, prompts, [ids for _, ids in gens], settings.batch_size, progress, "scoring answers")
     for item, (answer, _), (lf, lb) in zip(items, gens, scored):
         div = token_divergence(lf, lb, "kl_ft_base")
@@ -205,8 +220,8 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
         item.answer = answer
         if item.discovery:
             miner.add(lf, lb)
-    groups, median = summarise_groups(items, settings.alpha, settings.min_ratio)
-    return Survey(items, groups, median, miner.result())
+    groups, median = summarise_groups(items, settings.alpha, settings.min_ratio, settings.top_quantile)
+    return Survey(items, groups, median, miner.result(), median >= settings.broad_median)
 
 
 def write_survey(survey: Survey, out: Path) -> None:
@@ -215,8 +230,11 @@ def write_survey(survey: Survey, out: Path) -> None:
     from finediff.diff_mining import write_mining
     from finediff.io import atomic_path
 
+    from finediff.io import write_json
+
     out = Path(out)
     write_jsonl(out / names.SURVEY_TEXTS, [asdict(t) for t in survey.texts])
+
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(SurveyGroup)])
     writer.writeheader()
@@ -241,20 +259,35 @@ def write_survey(survey: Survey, out: Path) -> None:
     with atomic_path(out / names.SURVEY_PNG) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+    # written last: its presence marks a complete survey (see has_survey)
+    write_json(out / names.SURVEY_SUMMARY, {"median_divergence": survey.median_divergence, "broad": survey.broad,
+                                            "n_texts": len(survey.texts), "n_groups": len(survey.groups)})
+
+
+def has_survey(out: Path) -> bool:
+    """Whether a run folder holds a complete survey."""
+    return (Path(out) / names.SURVEY_SUMMARY).is_file()
 
 
 def read_survey(out: Path) -> Survey:
-    """A survey back from its files (one-line errors on malformed ones)."""
+    """A survey back from its files (a malformed one is a one-line error naming it)."""
+    from finediff.io import read_json
+
     out = Path(out)
-    texts = [SurveyText(**row) for _, row in read_jsonl(out / names.SURVEY_TEXTS)]
-    groups = []
-    with open(out / names.SURVEY_GROUPS, newline="") as f:
-        for row in csv.DictReader(f):
-            groups.append(SurveyGroup(row["group"], row["source"], int(row["n"]),
-                                      *(float(row[k]) for k in ("mean_divergence", "ci_low", "ci_high",
-                                                                "max_divergence", "ratio", "p_value")),
-                                      row["changed"] == "True"))
-    values = sorted(t.divergence for t in texts)
+    try:
+        texts = [SurveyText(**row) for _, row in read_jsonl(out / names.SURVEY_TEXTS)]
+        groups = []
+        with open(out / names.SURVEY_GROUPS, newline="") as f:
+            for row in csv.DictReader(f):
+                groups.append(SurveyGroup(row["group"], row["source"], int(row["n"]),
+                                          *(float(row[k]) for k in ("mean_divergence", "ci_low", "ci_high",
+                                                                    "max_divergence", "ratio", "top_share",
+                                                                    "p_value")),
+                                          row["changed"] == "True"))
+        summary = read_json(out / names.SURVEY_SUMMARY)
+        median, broad = float(summary["median_divergence"]), bool(summary["broad"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise FinediffError(f"{out}: malformed survey files ({type(err).__name__}: {err})") from None
     mining_file = out / names.DIFF_MINING_FILE
     mining = DiffMining.read(mining_file) if mining_file.is_file() else None
-    return Survey(texts, groups, values[len(values) // 2] if values else 0.0, mining)
+    return Survey(texts, groups, median, mining, broad)
