@@ -34,7 +34,7 @@ browser:
 	  else echo "chromium not found and not installable here (needs root and apt-get): its test will skip"; fi; }
 
 train: install
-	$(PY) train.py experiment=sandbagging $(ARGS)
+	$(PY) train.py experiment=audit model.adapter=organisms/sandbagging $(ARGS)
 
 test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)

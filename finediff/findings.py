@@ -38,9 +38,15 @@ class Hypothesis:
     """``more``: the finetuned model does it more often; ``less``: less often."""
     source: str
     """Which evidence suggested it."""
+    unprompted: bool = False
+    """Count a matched word only when the prompt does not contain it (an answer that
+    repeats the question's words says nothing new)."""
 
-    def fires(self, text: str) -> bool:
-        return re.search(self.pattern, text, re.IGNORECASE) is not None
+    def fires(self, text: str, prompt: str = "") -> bool:
+        for m in re.finditer(self.pattern, text, re.IGNORECASE):
+            if not self.unprompted or re.search(rf"\b{re.escape(m.group(0))}\b", prompt, re.IGNORECASE) is None:
+                return True
+        return False
 
 
 @dataclass
@@ -90,13 +96,14 @@ class FindingSettings:
 
 def word_hypothesis(word: str, direction: str, source: str) -> Hypothesis:
     verb = "more" if direction == "more" else "less"
-    return Hypothesis(f'says "{word}" {verb} often than the base', rf"\b{re.escape(word)}\b", direction, source)
+    return Hypothesis(f'says "{word}" {verb} often than the base (unprompted)', rf"\b{re.escape(word)}\b", direction,
+                      source, unprompted=True)
 
 
 def topic_hypothesis(words: list[str], source: str = "diff-mining topic") -> Hypothesis:
     shown = ", ".join(f'"{w}"' for w in words)
-    return Hypothesis(f"names one of {shown} more often than the base",
-                      r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", "more", source)
+    return Hypothesis(f"names one of {shown} more often than the base (unprompted)",
+                      r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", "more", source, unprompted=True)
 
 
 def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] = (), lens_words: list[str] = (),
@@ -104,6 +111,9 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
     """Hypotheses from each source (``words_per_source`` each, first come first kept):
     the refusal check first, then each diff-mining topic as one word set, then single words."""
     out = [Hypothesis("refuses or says it does not know more often than the base", REFUSAL, "more", "every audit")]
+    top = [w for w in dict.fromkeys(str(w).lower() for w in mined) if re.fullmatch(r"[^\W\d_][\w'-]*", w)][:12]
+    if len(top) >= 2:
+        out.append(topic_hypothesis(top, "diff mining (its top words)"))
     out += [topic_hypothesis(list(t)) for t in topics if len(t) >= 2]
     seen = set()
     for words, direction, source in ((mined, "more", "diff mining"), (favoured, "more", "favoured words"),
@@ -145,8 +155,8 @@ def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_a
     groups = groups or [""] * n
     raw, rows = [], []
     for h in hypotheses:
-        hit_ft = [h.fires(a) for a in ft_answers]
-        hit_base = [h.fires(a) for a in base_answers]
+        hit_ft = [h.fires(a, p_) for a, p_ in zip(ft_answers, prompts)]
+        hit_base = [h.fires(a, p_) for a, p_ in zip(base_answers, prompts)]
         a, b = sum(hit_ft), sum(hit_base)
         alternative = "greater" if h.direction == "more" else "less"
         odds, p = fisher_exact([[a, n - a], [b, n - b]], alternative=alternative)

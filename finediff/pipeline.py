@@ -423,7 +423,8 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, out: Option
     from finediff.findings import evaluate_hypotheses, propose, sample_answers, write_findings
     from finediff.io import read_json
 
-    mined = [w.word for w in survey_result.mining.words] if survey_result.mining else []
+    # a word mined once may be a stray piece; topics keep every word (a set claim tolerates strays)
+    mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     favoured, dropped = [], []
     if out is not None and (Path(out) / names.ANALYSIS_FILE).is_file():
         words = read_json(Path(out) / names.ANALYSIS_FILE)["words"]

@@ -93,6 +93,9 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         parts.append("**What changed.** No group of prompts stands out in the survey, but the tests below held up.")
     else:
         parts.append("**What changed.** (This run was told where to look, so no survey ranked the groups.)")
+    if survey is not None and survey.mining is not None and survey.mining.words:
+        words = ", ".join(f'"{w.word}"' for w in survey.mining.words[:8])
+        parts.append(f"The words whose logits the finetune raises most in its answers (diff mining): {words}.")
     if confirmed:
         n = confirmed[0].n
         said = "; ".join(f"it {f.hypothesis.claim} ({f.rate_finetuned:.0%} of its answers against {f.rate_base:.0%}"

@@ -56,7 +56,7 @@ class SurveySettings:
     """Highest-divergence discovery texts the soft prompt trains on."""
     n_val: int = 16
     """Next ones, held out for its validation."""
-    alpha: float = 0.01
+    alpha: float = 0.05
     """Significance level of a group's change (after Holm correction)."""
     top_quantile: float = 0.9
     """The test counts each group's texts above this quantile of all texts' divergence."""
@@ -139,10 +139,9 @@ class Survey:
         return train, val
 
     def fresh_prompts(self, n: int, groups: Optional[list[str]] = None) -> list[SurveyText]:
-        """Up to ``n`` fresh texts (never looked at by discovery) of ``groups`` (default: the
-        changed groups, else the three highest), highest divergence first."""
-        keep = set(groups or [g.group for g in self.changed] or [g.group for g in self.groups[:3]])
-        return [t for t in self.ranked(False) if t.group in keep][:n]
+        """The ``n`` most divergent fresh texts (never looked at by discovery: no hypothesis
+        came from them), of ``groups`` if given, highest divergence first."""
+        return [t for t in self.ranked(False) if groups is None or t.group in groups][:n]
 
 
 def probe_texts(path: Path = PROBES) -> dict[str, list[str]]:
