@@ -47,10 +47,19 @@ def _run_dir(cfg: DictConfig, required: str) -> Path:
     return run
 
 
-def _texts(cfg: DictConfig, pair) -> pipeline.RunTexts:
-    """The run's texts, exactly as train.py's datamodule splits them."""
+def _texts(cfg: DictConfig, pair, run_dir: Path) -> pipeline.RunTexts:
+    """The run's texts, exactly as train.py's datamodule splits them (an audit run's: the
+    survey's highest-divergence discovery texts, read back from ``run_dir``)."""
+    from finediff.survey import has_survey, read_survey
+
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.tokenizer = pair.tokenizer
+    if datamodule.audit:
+        if not has_survey(run_dir):
+            raise FinediffError(f"data.categories is null (an audit) but {run_dir} has no survey "
+                                f"({names.SURVEY_SUMMARY}); give data.categories or experiment=NAME")
+        s = pipeline.EvidenceSettings.from_mapping(cfg.get("evidence")).survey
+        datamodule.set_texts(*read_survey(run_dir).training_texts(s.n_train, s.n_val))
     return datamodule.texts()
 
 
@@ -98,6 +107,9 @@ class HardPrompts(Task):
         if not self.cfg.task.get("prompts_file"):
             raise FinediffError("task=hard_prompts needs task.prompts_file=PATH")
         self.prompts = read_prompt_records(self.cfg.task.prompts_file)
+        if not self.cfg.task.categories:
+            raise FinediffError("task=hard_prompts needs texts to score the prompts on: give data.categories=[...] "
+                                "or experiment=NAME")
         for c in self.cfg.task.categories:
             check_category(str(c))
 
@@ -134,7 +146,7 @@ class Generate(Task):
 
     def run(self, pair) -> dict:
         _prompt(self.record, pair, self.run_dir / names.SOFT_PROMPT_FILE)
-        texts = _texts(self.cfg, pair)
+        texts = _texts(self.cfg, pair, self.run_dir)
         records = pipeline.divergent_dataset(pair, texts.val + texts.train, self.hard, self.settings.divergent_dataset,
                                              self.generation, self.cfg.seed, self.out, texts.max_length)
         print(f"{len(records)} records -> {self.out / names.DIVERGENT_DATASET_PT}")
@@ -156,7 +168,7 @@ class Evidence(Task):
     def run(self, pair) -> dict:
         prompt = _prompt(self.record, pair, self.run_dir / names.SOFT_PROMPT_FILE)
         objective = pipeline.Objective(self.record["divergence"], self.record["temperature"], seed=self.cfg.seed)
-        ev = pipeline.run(pair, prompt, _texts(self.cfg, pair), self.settings, objective, self.generation,
+        ev = pipeline.run(pair, prompt, _texts(self.cfg, pair, self.run_dir), self.settings, objective, self.generation,
                           self.run_dir, self.organism, self.cfg.task_name)
         return {"report": str(ev.report[0]) if ev.report else None}
 

@@ -66,6 +66,10 @@ class DiffMining:
     """Highest count first."""
     topics: list[list[str]] = field(default_factory=list)
     """Each topic's words, strongest first."""
+    generic_words: list[MinedWord] = field(default_factory=list)
+    """The same count over generic text (read, not answered): what the finetune pushes
+    up even where nothing asks for it."""
+    n_generic_texts: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +78,7 @@ class DiffMining:
     def from_dict(cls, d: dict) -> "DiffMining":
         d = dict(d)
         d["words"] = [MinedWord(**w) for w in d.get("words", [])]
+        d["generic_words"] = [MinedWord(**w) for w in d.get("generic_words", [])]
         return cls(**d)
 
     @classmethod
@@ -153,6 +158,28 @@ def mine(pair, prompts: list[str], responses: list[list[int]], top_k: int = 20, 
     for lf, lb in teacher_forced(pair, prompts, responses, batch_size, progress, "diff mining"):
         miner.add(lf, lb)
     return miner.result()
+
+
+@torch.no_grad()
+def mine_texts(miner: DiffMiner, pair, texts: list[str], max_length: int = 64, batch_size: int = 8,
+               progress: bool = False) -> DiffMiner:
+    """Feed ``miner`` every position of plain ``texts`` (no chat template), both models
+    reading the same tokens."""
+    from tqdm.auto import tqdm
+
+    from finediff.data import collate
+    from finediff.divergence import final_hidden, output_head
+
+    heads = output_head(pair.finetuned), output_head(pair.base)
+    tok = pair.tokenizer
+    for i in tqdm(range(0, len(texts), batch_size), desc="diff mining (generic text)", disable=not progress):
+        rows = [tok(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts[i:i + batch_size]]
+        b = collate(rows, tok.pad_token_id)
+        h_ft = final_hidden(pair.finetuned, pair.finetuned.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
+        h_base = final_hidden(pair.base, pair.base.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
+        for r, ids in enumerate(rows):
+            miner.add(heads[0](h_ft[r, : len(ids)]), heads[1](h_base[r, : len(ids)]))
+    return miner
 
 
 def write_mining(result: DiffMining, out: Path, title: str = "") -> list[Path]:

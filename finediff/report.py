@@ -62,6 +62,10 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
             lines += ["", f"Diff mining over {m.n_texts} discovery answers ({m.n_positions} positions): the words "
                       "whose logits the finetune raises most: " + ", ".join(f"`{w.word}` ({w.count})" for w in m.words[:15])]
             lines += [f"* topic {i}: " + ", ".join(t) for i, t in enumerate(m.topics, 1)]
+        if survey.mining and survey.mining.n_generic_texts:
+            m = survey.mining
+            lines += ["", f"Over {m.n_generic_texts} generic texts (read, not answered), the words it raises most: "
+                      + (", ".join(f"`{w.word}` ({w.count})" for w in m.generic_words[:15]) or "none")]
         sections.append(("Where the answers changed (survey)", lines,
                          [run / names.SURVEY_PNG, run / names.DIFF_MINING_PNG]))
     data = run / names.DIVERGENT_DATASET_JSONL

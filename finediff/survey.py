@@ -67,6 +67,8 @@ class SurveySettings:
     mining_top_k: int = 20
     mining_min_diff: float = 2.0
     mining_min_prob: float = 1e-3
+    mining_generic_texts: int = 32
+    """Generic-corpus texts mined too (read, not answered; 0: none)."""
 
     def __post_init__(self):
         for key in ("max_texts_per_group", "response_tokens", "batch_size", "n_train", "n_val", "mining_top_k"):
@@ -220,7 +222,18 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
         if item.discovery:
             miner.add(lf, lb)
     groups, median = summarise_groups(items, settings.alpha, settings.min_ratio, settings.top_quantile)
-    return Survey(items, groups, median, miner.result(), median >= settings.broad_median)
+    mining = miner.result()
+    if settings.mining_generic_texts:
+        from finediff.corpus import GENERIC_CATEGORY
+        from finediff.data import stream_texts, take
+        from finediff.diff_mining import mine_texts
+
+        generic = take(stream_texts(GENERIC_CATEGORY), settings.mining_generic_texts)
+        g = mine_texts(DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff,
+                                 settings.mining_min_prob), pair, generic, batch_size=settings.batch_size,
+                       progress=progress).result(n_topics=0)
+        mining.generic_words, mining.n_generic_texts = g.words, g.n_texts
+    return Survey(items, groups, median, mining, median >= settings.broad_median)
 
 
 def write_survey(survey: Survey, out: Path) -> None:

@@ -117,7 +117,7 @@ def small_survey(**kw):
     from finediff.survey import SurveySettings
 
     return SurveySettings(**{"categories": ["sandbagging", "general"], "probes": True, "max_texts_per_group": 4,
-                             "response_tokens": 8, **kw})
+                             "response_tokens": 8, "mining_generic_texts": 4, **kw})
 
 
 def test_survey_groups_and_halves(tiny_pair):
