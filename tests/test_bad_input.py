@@ -151,12 +151,17 @@ def test_ctrl_c_during_training_keeps_the_prompt_and_a_checkpoint(tiny_dirs, tmp
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not (out / names.METRICS_FILE).exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    time.sleep(2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 240
+        while not (out / names.METRICS_FILE).exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # never leave a training run behind
+            proc.kill()
+            proc.communicate()
     assert proc.returncode != 0, err[-2000:]
     metrics = json.loads((out / names.METRICS_FILE).read_text())
     assert metrics[names.INTERRUPTED] is True and metrics[names.GLOBAL_STEP] >= 2

@@ -43,3 +43,22 @@ def test_dashboard_without_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("FINEDIFF_OUTPUTS", str(tmp_path))
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60).run()
     assert not at.exception and "No finediff runs" in at.warning[0].value
+
+
+def test_dashboard_opens_an_audit_with_its_verdict(tiny_dirs, tmp_path, monkeypatch):
+    """An audit run: the verdict (the report's first screen) comes before every tab."""
+    from streamlit.testing.v1 import AppTest
+
+    from finediff.summary import read_verdict
+
+    run = tmp_path / "audit" / "run1"
+    run_train(tiny_dirs, run, "data.categories=null", "evidence.survey.max_texts_per_group=4",
+              "evidence.survey.response_tokens=8", "evidence.survey.n_train=8", "evidence.survey.n_val=4",
+              "evidence.survey.mining_generic_texts=4", "evidence.findings.n_prompts=6",
+              "evidence.findings.samples_per_prompt=2", "evidence.findings.max_new_tokens=8",
+              "evidence.steps=[findings,report]")
+    monkeypatch.setenv("FINEDIFF_OUTPUTS", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert "Survey" in [t.label for t in at.tabs]
+    assert at.markdown[0].value.startswith(read_verdict(run).paragraph)
