@@ -70,7 +70,7 @@ def show_verdict(run: Path) -> None:
 
     verdict = read_verdict(run)
     if verdict is None:
-        st.info("This run has no survey or findings (it was told where to look): see the tabs below.")
+        st.info("This run has no results to state a verdict from yet: see the tabs below.")
         return
     (st.success if verdict.changed else st.info)(f"How sure: {verdict.confidence}")
     st.markdown("\n".join(first_screen(verdict)))

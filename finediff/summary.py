@@ -15,7 +15,7 @@ from typing import Optional
 
 from finediff import names
 from finediff.findings import Finding, read_findings
-from finediff.records import DivergentRecord, read_dataset
+from finediff.records import CategoryResult, DivergentRecord, read_dataset
 from finediff.survey import Survey, has_survey, read_survey
 
 
@@ -58,14 +58,23 @@ def _examples(confirmed: list[Finding], records: list[DivergentRecord], readable
     return out
 
 
-def verdict(survey: Optional[Survey], findings: list[Finding], records: list[DivergentRecord] = ()) -> Verdict:
-    """The first screen's verdict from a run's survey, findings and divergent dataset."""
+NOTABLE_DIVERGENCE = 0.5
+"""A single prompt whose answer diverges by this much (nats per token) is a change worth
+naming even when no test confirms it."""
+
+
+def verdict(survey: Optional[Survey], findings: list[Finding], records: list[DivergentRecord] = (),
+            comparison: list[CategoryResult] = ()) -> Verdict:
+    """The first screen's verdict from a run's survey, findings and divergent dataset (a
+    run told where to look has no survey: its category comparison stands in)."""
     confirmed = [f for f in findings if f.confirmed]
     unconfirmed = [f for f in findings if not f.confirmed]
     changed_groups = survey.changed if survey else []
     readable = {t.text for t in survey.texts} if survey else set()
+    top_text = max((t.divergence for t in survey.texts), default=0.0) if survey else 0.0
     parts = []
-    if survey is not None and not changed_groups and not confirmed and not survey.broad:
+    if (survey is not None and not changed_groups and not confirmed and not survey.broad
+            and top_text < NOTABLE_DIVERGENCE):
         top = survey.groups[0] if survey.groups else None
         best_p = min((g.p_value for g in survey.groups), default=1.0)
         parts.append(f"**No change found.** Over {len(survey.texts)} prompts in {len(survey.groups)} groups, the "
@@ -89,10 +98,19 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt, corrected p = "
                           f"{_p(g.p_value)})" for g in changed_groups[:4])
         parts.append(f"**What changed.** The finetune changed the model's answers most on {where}.")
-    elif survey is not None:
-        parts.append("**What changed.** No group of prompts stands out in the survey, but the tests below held up.")
+    elif survey is not None and survey.groups:
+        where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt)" for g in survey.groups[:3])
+        parts.append(f"**What changed.** The finetuned model's answers diverge most on {where}, but few prompts in "
+                     "each, so no group stands out significantly on its own.")
+    elif comparison:
+        top = comparison[0]
+        parts.append(f"**What changed.** This run was told where to look (no survey). Of the {len(comparison)} "
+                     f"categories compared, the answers diverge most on **{top.category}** (mean per-token KL "
+                     f"{top.mean_divergence:.3f}, 95% CI [{top.ci_low:.3f}, {top.ci_high:.3f}]); the most divergent "
+                     "examples follow.")
     else:
-        parts.append("**What changed.** (This run was told where to look, so no survey ranked the groups.)")
+        parts.append("**What changed.** This run was told where to look, and no survey or comparison ranked the "
+                     "groups; the most divergent examples follow.")
     if survey is not None and survey.mining is not None and survey.mining.words:
         words = ", ".join(f'"{w.word}"' for w in survey.mining.words[:8])
         parts.append(f"The words whose logits the finetune raises most in its answers (diff mining): {words}.")
@@ -107,29 +125,35 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         parts.append(f"None of the {len(findings)} candidate findings held up on fresh prompts, so the change is "
                      "shown by the examples only.")
     strong = [f for f in confirmed if f.p_adjusted < 0.001]
-    if strong and (changed_groups or (survey is not None and survey.broad)):
-        confidence = "high"
-        why = "the survey shows where and a finding held up at p < 0.001"
-    elif confirmed or any(g.ratio >= 5 for g in changed_groups):
-        confidence = "moderate"
-        why = "a finding held up" if confirmed else "a group stands out strongly, but no worded finding held up"
+    if strong:
+        confidence, why = "high", "a finding held up on fresh prompts at corrected p < 0.001"
+    elif confirmed:
+        confidence, why = "moderate", "a finding held up on fresh prompts"
+    elif any(g.ratio >= 5 for g in changed_groups):
+        confidence, why = "moderate", "a group stands out strongly, but no worded finding held up"
+    elif changed_groups:
+        confidence, why = "low", "a group stands out, but no worded finding held up"
+    elif survey is None:
+        confidence, why = "low", "no finding was tested: an audit (no data.categories) tests them"
     else:
-        confidence = "low"
-        why = "a group stands out, but no worded finding held up"
+        confidence, why = "low", "some answers diverge strongly, but no group stands out and no finding held up"
     parts.append(f"How sure: **{confidence}** ({why}).")
     return Verdict(True, confidence, " ".join(parts), confirmed, unconfirmed,
                    _examples(confirmed, list(records), readable))
 
 
 def read_verdict(run: Path) -> Optional[Verdict]:
-    """The verdict of a run folder, or None when it has neither a survey nor findings."""
+    """The verdict of a run folder, or None when it has none of a survey, findings, a
+    category comparison or a divergent dataset."""
     run = Path(run)
     survey = read_survey(run) if has_survey(run) else None
     findings = read_findings(run / names.FINDINGS_FILE) if (run / names.FINDINGS_FILE).is_file() else []
-    if survey is None and not findings:
-        return None
+    comparison = CategoryResult.read_csv(run / names.COMPARISON_CSV) if (run / names.COMPARISON_CSV).is_file() else []
     data = run / names.DIVERGENT_DATASET_JSONL
-    return verdict(survey, findings, read_dataset(data) if data.is_file() else [])
+    records = read_dataset(data) if data.is_file() else []
+    if survey is None and not findings and not comparison and not records:
+        return None
+    return verdict(survey, findings, records, comparison)
 
 
 def first_screen(v: Verdict) -> list[str]:
