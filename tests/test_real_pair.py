@@ -45,7 +45,7 @@ def real_run(lora_adapter, tmp_path_factory):
     cfg = compose("train", [
         f"model.adapter={lora_adapter}", f"paths.output_dir={run}", "logger=csv",
         "trainer.max_steps=3", "trainer.val_check_interval=3", "data.batch_size=2",
-        "data.max_texts_per_category=20", "data.max_length=48",
+        "data.categories=[sandbagging]", "data.max_texts_per_category=20", "data.max_length=48",
         # every evidence callback runs on the real pair, at a size that keeps the test short
         "evidence.hard_prompts.pez_steps=2", "evidence.hard_prompts.gcg_steps=1",
         "evidence.hard_prompts.n_candidates=2", "evidence.hard_prompts.train_batches=1",
