@@ -6,6 +6,7 @@
     python evaluate.py task=evidence task.run_dir=RUN experiment=sandbagging   # run / resume the evidence steps
     python evaluate.py task=analyze task.run_dir=RUN                           # report from the run's files
     python evaluate.py task=verify experiment=sandbagging                      # an organism's behaviour rates
+    python evaluate.py task=elicit task.run_dir=RUN experiment=sandbagging     # do the run's prompts bring it out?
     python evaluate.py task=diff diffing/method=kl|normdiff|adl pipeline.mode=preprocessing|diffing|full
 
 Each task checks its inputs first, then loads the pair (``analyze`` needs none) and calls
@@ -101,6 +102,7 @@ class HardPrompts(Task):
     """A prompts file's per-prompt divergence against the texts alone -> hard_prompt_eval.json."""
 
     def check(self) -> None:
+        from finediff.answers import check_positions
         from finediff.data import check_category
         from finediff.prompt_eval import read_prompt_records
 
@@ -112,18 +114,28 @@ class HardPrompts(Task):
                                 "or experiment=NAME")
         for c in self.cfg.task.categories:
             check_category(str(c))
+        check_positions(str(self.cfg.task.positions), "task.positions")
+        if self.cfg.task.split not in ("heldout", "all"):
+            raise FinediffError(f"task.split must be heldout or all; got {self.cfg.task.split!r}")
 
     def run(self, pair) -> dict:
+        from finediff.answers import AnswerSettings
         from finediff.data import load_category
         from finediff.io import write_json
         from finediff.prompt_eval import evaluate_prompts
 
-        t = self.cfg.task
-        texts = [x for c in t.categories for x in load_category(str(c), t.max_texts_per_category, 0.0).train]
-        result = {"categories": [str(c) for c in t.categories]} | evaluate_prompts(
-            pair, self.prompts, texts, t.batch_size, self.cfg.data.max_length, t.max_kl_texts, t.max_prompts)
+        t, d = self.cfg.task, self.cfg.data
+        if t.split == "heldout":  # the texts a run with these data settings validated on, never trained on
+            texts = [x for c in t.categories for x in load_category(
+                str(c), d.max_texts_per_category, d.val_fraction, self.cfg.seed).val[: t.max_texts_per_category]]
+        else:
+            texts = [x for c in t.categories for x in load_category(str(c), t.max_texts_per_category, 0.0).train]
+        answers = AnswerSettings(tokens=int(t.answer_tokens)) if t.positions == "response" else None
+        result = {"categories": [str(c) for c in t.categories], "split": str(t.split)} | evaluate_prompts(
+            pair, self.prompts, texts, t.batch_size, d.max_length, t.max_kl_texts, t.max_prompts, answers=answers)
         write_json(self.out / names.HARD_PROMPT_EVAL_FILE, result)
-        print(f"texts alone: {result['baseline_mean_divergence']:.4f}; the {t.max_kl_texts} highest-KL texts alone: "
+        print(f"{len(texts)} {t.split} texts, divergence at {t.positions} positions. Texts alone: "
+              f"{result['baseline_mean_divergence']:.4f}; the {t.max_kl_texts} highest-KL texts alone: "
               f"{result['max_kl_texts_mean_divergence']:.4f}")
         for r in result["prompts"]:
             print(f"{r['mean_divergence']:.4f} (+{r['gain_over_texts']:.4f})  {r['prompt']!r}")
@@ -167,7 +179,7 @@ class Evidence(Task):
 
     def run(self, pair) -> dict:
         prompt = _prompt(self.record, pair, self.run_dir / names.SOFT_PROMPT_FILE)
-        objective = pipeline.Objective(self.record["divergence"], self.record["temperature"], seed=self.cfg.seed)
+        objective = pipeline.Objective.from_record(self.record, self.cfg.seed)
         ev = pipeline.run(pair, prompt, _texts(self.cfg, pair, self.run_dir), self.settings, objective, self.generation,
                           self.run_dir, self.organism, self.cfg.task_name)
         return {"report": str(ev.report[0]) if ev.report else None}
@@ -209,6 +221,33 @@ class Verify(Task):
         return result
 
 
+class Elicit(Task):
+    """A run's soft and best hard prompt in front of an organism's off-target prompts:
+    each model's behaviour rate with and without them -> elicitation.json in the run folder."""
+
+    def check(self) -> None:
+        from finediff.hard_prompts import read_hard_prompts
+        from finediff.soft_prompt import load_prompt_record
+
+        if self.organism is None:
+            raise FinediffError("task=elicit needs an organism: experiment=NAME or organism=NAME")
+        self.run_dir = _run_dir(self.cfg, names.SOFT_PROMPT_FILE)
+        self.record = load_prompt_record(self.run_dir / names.SOFT_PROMPT_FILE)
+        hard = self.run_dir / names.HARD_PROMPTS_FILE
+        found = read_hard_prompts(hard) if hard.exists() else []
+        self.hard_ids = max(found, key=lambda h: h.divergence).token_ids if found else None
+
+    def run(self, pair) -> dict:
+        from finediff.io import write_json
+        from finediff.organisms.elicit import elicit, format_table
+
+        prompt = _prompt(self.record, pair, self.run_dir / names.SOFT_PROMPT_FILE)
+        result = elicit(self.organism, pair, prompt, self.hard_ids, self.cfg.task.max_new_tokens)
+        write_json(self.run_dir / names.ELICITATION_FILE, result)
+        print(format_table([result]))
+        return result
+
+
 class Diff(Task):
     """The diffing toolkit's pipeline: ``pipeline.mode=preprocessing|diffing|full`` with
     ``diffing/method=adl|kl|normdiff``."""
@@ -243,7 +282,7 @@ class Diff(Task):
 
 
 TASKS = {"analyze": Analyze, "compare": Compare, "diff": Diff, "evidence": Evidence, "generate": Generate,
-         "hard_prompts": HardPrompts, "verify": Verify}
+         "elicit": Elicit, "hard_prompts": HardPrompts, "verify": Verify}
 
 
 def evaluate(cfg: DictConfig) -> dict:

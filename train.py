@@ -27,7 +27,9 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from finediff import names, pipeline  # noqa: E402
 from finediff.survey import has_survey, read_survey  # noqa: E402
-from finediff.errors import FinediffError, exit_on_user_error, preflight  # noqa: E402
+from finediff.answers import AnswerSettings, check_positions  # noqa: E402
+from finediff.divergence import parse_kind  # noqa: E402
+from finediff.errors import FinediffError, check_number, exit_on_user_error, preflight  # noqa: E402
 
 log = logging.getLogger("finediff.train")
 
@@ -43,14 +45,23 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def check_run_inputs(cfg: DictConfig) -> None:
-    """What can be checked before anything loads: a usable output folder and an existing
-    checkpoint to resume from (the pair checks that there is something to diff)."""
+    """What can be checked before anything loads: a usable output folder, an existing
+    checkpoint to resume from and the objective's settings (the pair checks that there is
+    something to diff)."""
     out = Path(cfg.paths.output_dir)
     if out.exists() and not out.is_dir():
         raise FinediffError(f"paths.output_dir is a file, not a folder: {out}")
     ckpt = cfg.get("ckpt_path")
     if ckpt and not Path(ckpt).is_file():
         raise FinediffError(f"ckpt_path not found: {ckpt}")
+    m = cfg.get("module") or {}  # the objective's settings, before minutes of loading and surveying
+    parse_kind(m.get("divergence", "kl_ft_base"))
+    check_positions(m.get("positions", "response"))
+    for key, kind in (("answer_tokens", int), ("refresh_every", int), ("answer_temperature", float),
+                      ("readability_weight", float)):
+        if key in m:
+            check_number(f"module.{key}", m[key], kind)
+    AnswerSettings(m.get("answer_tokens", 32), m.get("refresh_every", 4), m.get("answer_temperature", 0.0))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

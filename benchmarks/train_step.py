@@ -1,6 +1,8 @@
-"""Time of one Lightning training step against a bare PyTorch loop doing the same work.
+"""Time of one Lightning training step against a bare PyTorch loop doing the same work,
+or (``--positions``) of the answer objective's step against the text objective's.
 
     python benchmarks/train_step.py [--steps 8] [--batch 4] [--length 64] [--adapter DIR]
+    python benchmarks/train_step.py --positions [--steps 16]
 
 Both sides use the same real SmolLM2 pair (base vs base + the shipped sandbagging
 adapter when present), the same batches of ``batch x length`` tokens, the same soft
@@ -8,6 +10,12 @@ prompt, objective and AdamW. A step is the time between the starts of two consec
 iterations (forward through both models, backward to the prompt, optimizer step, and
 for Lightning its logging, hooks and progress bar). Prints the median of each and their
 ratio (Lightning / bare).
+
+With ``--positions`` both sides are the Lightning module on the same chat-formatted
+batches of sandbagging texts (at most ``length`` tokens, as a run's datamodule makes
+them): ``module.positions=text`` against ``response`` (answers of ``--answer-tokens``
+regenerated every ``--refresh-every`` steps). The mean step is printed, so the steps that
+generate answers count in proportion, with the ratio (response / text).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from finediff.data import REPO_ROOT, collate, format_text, load_category
+from finediff.data import REPO_ROOT, collate, format_parts, format_text, load_category
 from finediff.divergence import pair_divergence
 from finediff.models import load_model_pair
 from lightning_modules import SoftPromptDivergence
@@ -48,6 +56,35 @@ def batches(tokenizer, n: int, batch: int, length: int) -> list[dict]:
     return out
 
 
+def chat_batches(tokenizer, n: int, batch: int, length: int) -> list[dict]:
+    texts = load_category("sandbagging", val_fraction=0.0).train
+    return [collate([format_parts(tokenizer, t) for t in texts[i * batch:(i + 1) * batch]], tokenizer.pad_token_id,
+                    length) for i in range(n)]
+
+
+def lightning_steps(module, data: list[dict], warmup: int) -> list[float]:
+    """Seconds of each Lightning step after ``warmup`` steps."""
+    timer = StepTimer()
+    trainer = L.Trainer(max_steps=len(data), accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
+                        log_every_n_steps=1, callbacks=[timer, L.pytorch.callbacks.RichProgressBar()],
+                        enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
+    return [b - a for a, b in zip(timer.starts[warmup:], timer.starts[warmup + 1:])]
+
+
+def compare_positions(pair, args) -> dict:
+    data = chat_batches(pair.tokenizer, args.steps + args.warmup, args.batch, args.length)
+    result = {"batch": f"{args.batch} texts, at most {args.length} tokens", "steps_timed": args.steps,
+              "answer_tokens": args.answer_tokens, "refresh_every": args.refresh_every}
+    for positions in ("text", "response"):
+        module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions=positions,
+                                      answer_tokens=args.answer_tokens, refresh_every=args.refresh_every)
+        result[f"{positions}_step_s"] = round(statistics.mean(lightning_steps(module, data, args.warmup)), 3)
+    result["ratio"] = round(result["response_step_s"] / result["text_step_s"], 3)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8)
@@ -55,10 +92,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--adapter", default=str(REPO_ROOT / "organisms" / "sandbagging"))
+    ap.add_argument("--positions", action="store_true", help="time the answer objective against the text objective")
+    ap.add_argument("--answer-tokens", type=int, default=32)
+    ap.add_argument("--refresh-every", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     adapter = args.adapter if Path(args.adapter, "adapter_config.json").exists() else None
     pair = load_model_pair(adapter=adapter)
+    if args.positions:
+        print(json.dumps(compare_positions(pair, args), indent=2))
+        return
     n = args.steps + args.warmup
     data = batches(pair.tokenizer, n, args.batch, args.length)
 
@@ -77,15 +120,8 @@ def main() -> None:
     bare = [b - a for a, b in zip(starts[args.warmup:], starts[args.warmup + 1:])]
 
     # Lightning: the project's module and a Trainer configured like configs/trainer/cpu.yaml.
-    module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1)
-    timer = StepTimer()
-    trainer = L.Trainer(max_steps=n, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
-                        log_every_n_steps=1, callbacks=[timer, L.pytorch.callbacks.RichProgressBar()],
-                        enable_model_summary=False)
-    loader = torch.utils.data.DataLoader(data, batch_size=None)
-    trainer.fit(module, train_dataloaders=loader)
-    light = [b - a for a, b in zip(timer.starts[args.warmup:], timer.starts[args.warmup + 1:])]
+    light = lightning_steps(SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions="text"), data,
+                            args.warmup)
 
     result = {
         "pair": f"embedded:smollm2 vs {'+ ' + Path(adapter).name + ' adapter' if adapter else 'itself'}",

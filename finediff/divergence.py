@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from finediff.errors import FinediffError
-from finediff.soft_prompt import splice, text_mask
+from finediff.soft_prompt import splice, spliced_mask, text_mask
 
 LOG2 = math.log(2.0)
 
@@ -150,6 +150,7 @@ def pair_hidden(
     attention_mask: torch.Tensor,
     prompt_PD: Optional[torch.Tensor] = None,
     prompt_pos: Optional[torch.Tensor] = None,
+    score_mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run both models on the text with the prompt spliced in; return ``(h_ft, h_base, score_mask)``.
 
@@ -157,8 +158,9 @@ def pair_hidden(
     by each model's own embedding). The prompt goes at ``prompt_pos`` in each row (the start of the user's message under a
     chat template; the front when None). ``score_mask`` ``[B, P+T]`` is true at the real
     text positions after that point (right-padded batches): the template header, the
-    prompt positions and the padding are false. Nothing here is detached, so a gradient
-    flows through both frozen models to ``prompt_PD``.
+    prompt positions and the padding are false. A given ``score_mask`` ``[B, T]`` (e.g.
+    the answer positions, :mod:`finediff.answers`) replaces the text positions. Nothing
+    here is detached, so a gradient flows through both frozen models to ``prompt_PD``.
     """
     hidden = {}
     for side in ("finetuned", "base"):
@@ -169,6 +171,8 @@ def pair_hidden(
         embeds, mask = splice(prompt, embeds, attention_mask, prompt_pos)
         hidden[side] = final_hidden(model, embeds, mask)
     P = 0 if prompt_PD is None else prompt_PD.shape[0]
+    if score_mask is not None:
+        return hidden["finetuned"], hidden["base"], spliced_mask(score_mask, P, prompt_pos)
     return hidden["finetuned"], hidden["base"], text_mask(attention_mask, P, prompt_pos)
 
 
@@ -181,12 +185,23 @@ def pair_divergence(
     temperature: float = 1.0,
     chunk_size: Optional[int] = 256,
     prompt_pos: Optional[torch.Tensor] = None,
+    score_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Mean per-token divergence of the pair on a batch of texts, with an optional prompt.
+    """Mean per-token divergence of the pair on a batch of texts, with an optional prompt,
+    at the text positions (or at ``score_mask``'s: the answer objective).
 
     This is the soft-prompt objective (the training loss is its negative); the Lightning
     module, the benchmarks and the notebooks all call this one function.
     """
-    h_ft, h_base, mask = pair_hidden(pair, input_ids, attention_mask, prompt_PD, prompt_pos)
+    h_ft, h_base, mask = pair_hidden(pair, input_ids, attention_mask, prompt_PD, prompt_pos, score_mask)
     return chunked_divergence(h_ft, h_base, output_head(pair.finetuned), output_head(pair.base),
                               mask, kind, temperature, chunk_size)
+
+
+def batch_divergence(pair, batch: dict, prompt_PD: Optional[torch.Tensor] = None,
+                     kind: str | Divergence = Divergence.KL_FT_BASE, temperature: float = 1.0,
+                     chunk_size: Optional[int] = 256) -> torch.Tensor:
+    """:func:`pair_divergence` on a collated batch: its ``prompt_pos`` and, for the answer
+    objective, its ``score_mask`` (:mod:`finediff.answers`)."""
+    return pair_divergence(pair, batch["input_ids"], batch["attention_mask"], prompt_PD, kind, temperature,
+                           chunk_size, batch.get("prompt_pos"), batch.get("score_mask"))

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finediff import names
+from finediff.answers import AnswerSettings, answer_batch
 from finediff.data import collate, format_parts, format_text
 from finediff.divergence import final_hidden, output_head, pair_hidden, token_divergence
 from finediff.errors import FinediffError
@@ -50,14 +51,20 @@ class GenerationConfig:
 
 @torch.no_grad()
 def text_divergences(pair, texts: list[str], prompt: Optional[torch.Tensor] = None, batch_size: int = 8,
-                     kind: str = "kl_ft_base", max_length: Optional[int] = None, progress: bool = False) -> list[float]:
-    """Mean divergence of the pair on each text (optionally with a prompt spliced in)."""
+                     kind: str = "kl_ft_base", max_length: Optional[int] = None, progress: bool = False,
+                     answers: Optional[AnswerSettings] = None) -> list[float]:
+    """Mean divergence of the pair on each text (optionally with a prompt spliced in); with
+    ``answers``, over the answer the finetuned model gives to the text with the prompt in
+    place (the answer objective, :mod:`finediff.answers`)."""
     heads = output_head(pair.finetuned), output_head(pair.base)
     out: list[float] = []
     for i in tqdm(range(0, len(texts), batch_size), desc="scoring texts", disable=not progress):
         b = collate([format_parts(pair.tokenizer, t) for t in texts[i:i + batch_size]], pair.tokenizer.pad_token_id,
                     max_length)
-        h_ft, h_base, mask = pair_hidden(pair, b["input_ids"], b["attention_mask"], prompt, b["prompt_pos"])
+        if answers is not None:
+            b = answer_batch(pair, b, prompt, answers)
+        h_ft, h_base, mask = pair_hidden(pair, b["input_ids"], b["attention_mask"], prompt, b["prompt_pos"],
+                                         b.get("score_mask"))
         for r in range(mask.shape[0]):
             div = token_divergence(heads[0](h_ft[r, mask[r]]), heads[1](h_base[r, mask[r]]), kind)
             out.append(float(div.mean()) if div.numel() else 0.0)

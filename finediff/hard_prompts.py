@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from finediff.divergence import output_head, pair_divergence, token_divergence
+from finediff.answers import AnswerSettings, answer_batch
+from finediff.divergence import batch_divergence, output_head, token_divergence
 from finediff.errors import FinediffError
 from finediff.io import read_jsonl
 
@@ -137,22 +138,31 @@ def batches_divergence(pair, ids_P: Optional[torch.Tensor], batches: list[dict],
     prompt), each batch weighted by its tokens."""
     total = weight = 0.0
     for b in batches:
-        n = float(b["attention_mask"].sum())
-        total += n * pair_divergence(pair, b["input_ids"], b["attention_mask"], ids_P, kind, temperature,
-                                     chunk_size, b.get("prompt_pos")).item()
+        n = float(b.get("score_mask", b["attention_mask"]).sum())
+        total += n * batch_divergence(pair, b, ids_P, kind, temperature, chunk_size).item()
         weight += n
     return total / weight
+
+
+def answered(pair, ids_P: Optional[torch.Tensor], batches: list[dict],
+             answers: Optional[AnswerSettings]) -> list[dict]:
+    """``batches`` as they are (text positions), or with the finetuned model's answers
+    given with ``ids_P`` in place appended and scored (the answer objective)."""
+    return batches if answers is None else [answer_batch(pair, b, ids_P, answers) for b in batches]
 
 
 @torch.no_grad()
 def evaluate(pair, ids_P: torch.Tensor, batches: list[dict], kind: str = "kl_ft_base",
              temperature: float = 1.0, fluency_weight: float = 0.0, method: str = "",
-             chunk_size: int = 256, divergence_no_prompt: Optional[float] = None) -> HardPrompt:
+             chunk_size: int = 256, divergence_no_prompt: Optional[float] = None,
+             answers: Optional[AnswerSettings] = None) -> HardPrompt:
     """Measure a hard prompt on ``batches``: divergence with and without it (the latter
-    computed unless given), perplexity."""
-    div = batches_divergence(pair, ids_P, batches, kind, temperature, chunk_size)
+    computed unless given), perplexity. With ``answers``, each is read over the answers
+    the finetuned model gives in that setting (on-policy)."""
+    div = batches_divergence(pair, ids_P, answered(pair, ids_P, batches, answers), kind, temperature, chunk_size)
     if divergence_no_prompt is None:
-        divergence_no_prompt = batches_divergence(pair, None, batches, kind, temperature, chunk_size)
+        divergence_no_prompt = batches_divergence(pair, None, answered(pair, None, batches, answers), kind,
+                                                  temperature, chunk_size)
     nll = prompt_nll(pair.base, _header(pair, batches[0]), ids_P).item()
     ids = ids_P.tolist()
     return HardPrompt(method, pair.tokenizer.decode(ids), ids, div, divergence_no_prompt, math.exp(nll),
@@ -161,8 +171,7 @@ def evaluate(pair, ids_P: torch.Tensor, batches: list[dict], kind: str = "kl_ft_
 
 def _objective(pair, embeds_PD: torch.Tensor, ids_P: torch.Tensor, batch: dict, kind: str,
                temperature: float, fluency_weight: float, chunk_size: int) -> torch.Tensor:
-    div = pair_divergence(pair, batch["input_ids"], batch["attention_mask"], embeds_PD, kind, temperature,
-                          chunk_size, batch.get("prompt_pos"))
+    div = batch_divergence(pair, batch, embeds_PD, kind, temperature, chunk_size)
     if fluency_weight:
         div = div - fluency_weight * prompt_nll(pair.base, _header(pair, batch), ids_P, embeds_PD)
     return div
@@ -214,8 +223,9 @@ def _hidden_after(model, header_H: torch.Tensor, rows_CL: torch.Tensor, mask_CL:
 @torch.no_grad()
 def prompt_divergences(pair, prompts: list[torch.Tensor], batches: list[dict], kind: str = "kl_ft_base",
                        temperature: float = 1.0) -> torch.Tensor:
-    """``[C]``: the pair's mean divergence at the text positions of ``batches`` with each
-    of ``prompts`` (token ids, any lengths) at the start of the user's message.
+    """``[C]``: the pair's mean divergence at the text positions of ``batches`` (or their
+    ``score_mask``'s) with each of ``prompts`` (token ids, any lengths) at the start of
+    the user's message.
 
     The same quantity as :func:`finediff.divergence.pair_divergence` with a hard prompt,
     token-weighted over all texts, but for many prompts at once: each text's header runs
@@ -229,7 +239,7 @@ def prompt_divergences(pair, prompts: list[torch.Tensor], batches: list[dict], k
     device = pair.base.get_input_embeddings().weight.device
     pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     for b in batches:
-        pos = b.get("prompt_pos")
+        pos, scored = b.get("prompt_pos"), b.get("score_mask")
         for r in range(b["input_ids"].shape[0]):
             n = int(b["attention_mask"][r].sum())
             k = int(pos[r]) if pos is not None else 0
@@ -244,7 +254,7 @@ def prompt_divergences(pair, prompts: list[torch.Tensor], batches: list[dict], k
                 P = len(p)
                 rows[i, :P], rows[i, P:P + body.numel()] = p.to(device), body
                 mask[i, :P + body.numel()] = 1
-                score[i, P:P + body.numel()] = True
+                score[i, P:P + body.numel()] = True if scored is None else scored[r, k:n].to(device)
             h_ft = _hidden_after(pair.finetuned, header, rows, mask)
             h_base = _hidden_after(pair.base, header, rows, mask)
             div = token_divergence(heads[0](h_ft[score]), heads[1](h_base[score]), kind, temperature).double().cpu()
@@ -358,16 +368,21 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
                       temperature: float = 1.0, fluency_weight: float = 0.02, pez_steps: int = 20,
                       gcg_steps: int = 4, top_k: int = 32, n_candidates: int = 12, chunk_size: int = 256,
                       seed: int = 0, progress: bool = True, init_texts: tuple[str, ...] = (),
-                      init_tokens: int = 16, n_starts: int = 12, fluent_top: int = 128) -> list[HardPrompt]:
+                      init_tokens: int = 16, n_starts: int = 12, fluent_top: int = 128,
+                      answers: Optional[AnswerSettings] = None, gcg_start: str = "derived") -> list[HardPrompt]:
     """Run the chosen methods from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first.
 
     ``init_texts`` (method ``text``) are candidate natural-language starts. They are
     ranked by the pair's divergence on each text alone; the first ``init_tokens`` tokens
     of the ``n_starts`` highest are scored as prompts on the training texts, and the best
-    is kept. GCG starts from whichever of the projection, PEZ and text prompts scores best
-    on the training texts, so a fluent start that already diverges is refined rather than
-    discarded.
+    is kept. GCG starts from whichever of the projection and PEZ prompts (``gcg_start="any"``:
+    and the text start) scores best on the training texts, so what it returns is derived
+    from the soft prompt (or, with ``any``, a fluent start that already diverges is refined).
+
+    With ``answers`` (the answer objective), ``train_batches`` carry their answers and
+    ``score_mask`` already; every prompt is measured on ``eval_batches`` over the answers
+    the finetuned model gives with it in place.
     """
     from finediff.divergent_dataset import rank_texts
 
@@ -378,20 +393,22 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
         found["pez"] = pez(pair, prompt_PD, train_batches, allowed, pez_steps, kind=kind, temperature=temperature,
                            fluency_weight=fluency_weight, chunk_size=chunk_size, progress=progress)
     if "text" in methods and init_texts:
-        ranked = [t for _, t in rank_texts(pair, list(init_texts), "text", progress=progress, kind=kind)]
+        ranked = [t for _, t in rank_texts(pair, list(init_texts), "text" if answers is None else "response",
+                                           progress=progress, kind=kind)]
         starts = [ids for ids in (text_prompt_ids(pair.tokenizer, t, init_tokens) for t in ranked)
                   if ids is not None][:n_starts]
         if starts:
             scores = prompt_objectives(pair, starts, train_batches, kind, temperature, fluency_weight)
             found["text"] = starts[int(scores.argmax())]
-    div0 = batches_divergence(pair, None, eval_batches, kind, temperature, chunk_size)
-    results = {m: evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, m, chunk_size, div0)
+    div0 = batches_divergence(pair, None, answered(pair, None, eval_batches, answers), kind, temperature, chunk_size)
+    results = {m: evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, m, chunk_size, div0, answers)
                for m, ids in found.items() if m in methods}
     if "gcg" in methods:
-        names = list(found)
+        names = [m for m in found if gcg_start == "any" or m in ("projection", "pez")]
         scores = prompt_objectives(pair, [found[m] for m in names], train_batches, kind, temperature, fluency_weight)
         start = found[names[int(scores.argmax())]]
         ids = gcg(pair, start, train_batches, allowed, gcg_steps, top_k, n_candidates, kind, temperature,
                   fluency_weight, chunk_size, seed, progress, fluent_top)
-        results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size, div0)
+        results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size, div0,
+                                  answers)
     return sorted(results.values(), key=lambda h: h.divergence, reverse=True)

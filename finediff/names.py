@@ -16,6 +16,8 @@ HARD_PROMPT_EVAL_FILE = "hard_prompt_eval.json"
 
 # Metric keys (logged by the LightningModule, written to ``metrics.json``).
 TRAIN_DIVERGENCE = "train/divergence"
+TRAIN_READABILITY = "train/readability"
+"""Mean squared distance of the prompt vectors to their nearest token embeddings (relative)."""
 VAL_DIVERGENCE = "val/divergence"
 VAL_DIVERGENCE_NO_PROMPT = "val/divergence_no_prompt"
 VAL_DIVERGENCE_RANDOM_PROMPT = "val/divergence_random_prompt"
@@ -56,6 +58,7 @@ FINDINGS_FILE = "findings.json"
 # Model organisms: adapter folder files and finetuning data files.
 CARD_FILE = "card.json"
 VERIFICATION_FILE = "verification.json"
+ELICITATION_FILE = "elicitation.json"
 ORGANISM_TRAIN_FILE = "train.jsonl"
 ORGANISM_HELDOUT_FILE = "heldout.jsonl"
 

@@ -28,6 +28,7 @@ from typing import Any, Optional, Protocol
 import torch
 
 from finediff import names
+from finediff.answers import AnswerSettings, answer_batch
 from finediff.data import collate, format_parts, known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (POSITIONS, GenerationConfig, dataset_prompts, generate_dataset, rank_texts,
                                         save_dataset)
@@ -99,9 +100,14 @@ class HardPromptSettings:
     n_starts: int = 12
     """The highest of them tried as natural-language starts."""
     init_tokens: int = 16
+    gcg_start: str = "derived"
+    """``derived``: GCG refines the better of the projection and PEZ prompts (a prompt derived
+    from the soft prompt); ``any``: the best start, natural-language text starts included."""
 
     def __post_init__(self):
         self.methods = tuple(self.methods)
+        if self.gcg_start not in ("derived", "any"):
+            raise FinediffError(f"evidence.hard_prompts.gcg_start must be derived or any; got {self.gcg_start!r}")
         unknown = set(self.methods) - {"projection", "pez", "text", "gcg"}
         if unknown or not self.methods:
             raise FinediffError(f"evidence.hard_prompts.methods: unknown {sorted(unknown) or 'empty list'}; "
@@ -212,6 +218,22 @@ class Objective:
     temperature: float = 1.0
     chunk_size: int = 256
     seed: int = 0
+    positions: str = "text"
+    """``response``: over the finetuned model's answers (:mod:`finediff.answers`); ``text``: the text's own."""
+    answers: AnswerSettings = field(default_factory=AnswerSettings)
+
+    @classmethod
+    def from_record(cls, record: dict, seed: int = 0) -> "Objective":
+        """The objective a ``soft_prompt.pt`` record was trained with (records written
+        before the answer objective existed trained at the text positions)."""
+        return cls(str(record["divergence"]), float(record["temperature"]), seed=seed,
+                   positions=str(record.get("positions", "text")),
+                   answers=AnswerSettings(tokens=int(record.get("answer_tokens", AnswerSettings.tokens))))
+
+    @property
+    def answer_settings(self) -> Optional[AnswerSettings]:
+        """The answers' settings when the objective reads answers, else None."""
+        return self.answers if self.positions == "response" else None
 
 
 @dataclass
@@ -293,16 +315,22 @@ def survey(pair, settings: SurveySettings, seed: int = 0, out: Optional[Path] = 
 def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: HardPromptSettings,
                  objective: Objective, out: Optional[Path] = None, progress: bool = True) -> list[HardPrompt]:
     """Hard prompts from the learned soft prompt, measured on the held-out texts, best
-    first -> ``hard_prompts.jsonl``."""
+    first -> ``hard_prompts.jsonl``. On the answer objective the search scores the
+    finetuned model's answers given with the soft prompt, and each prompt found is
+    measured on the answers the finetuned model gives with that prompt in place."""
     s = settings
     tok = pair.tokenizer
+    answers = objective.answer_settings
+    train = texts.batches(tok, "train", s.train_batches, s.batch_size)
+    if answers is not None:  # the search scores the answers the finetuned model gives with the soft prompt
+        train = [answer_batch(pair, b, soft_prompt_PD.detach(), answers) for b in train]
     found = find_hard_prompts(
-        pair, soft_prompt_PD, texts.batches(tok, "train", s.train_batches, s.batch_size),
-        texts.batches(tok, "val", s.eval_batches, s.batch_size), methods=s.methods, kind=objective.kind,
+        pair, soft_prompt_PD, train, texts.batches(tok, "val", s.eval_batches, s.batch_size), answers=answers,
+        methods=s.methods, kind=objective.kind,
         temperature=objective.temperature, fluency_weight=s.fluency_weight, pez_steps=s.pez_steps,
         gcg_steps=s.gcg_steps, top_k=s.top_k, n_candidates=s.n_candidates, chunk_size=objective.chunk_size,
         seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]),
-        init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top)
+        init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
     for h in found:
@@ -313,14 +341,16 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
 
 def divergent_dataset(pair, texts: list[str], hard: list[str], settings: DatasetSettings,
                       generation: GenerationConfig, seed: int = 0, out: Optional[Path] = None,
-                      max_length: Optional[int] = None, progress: bool = True) -> list[DivergentRecord]:
-    """Rank ``texts`` by the pair's divergence, put the best ``hard`` prompts in front of
-    the highest, sample both models and score every pair -> ``divergent_dataset.pt`` /
-    ``.jsonl``, highest ``kl_divergence`` first."""
+                      max_length: Optional[int] = None, progress: bool = True,
+                      ranked: bool = False) -> list[DivergentRecord]:
+    """Rank ``texts`` by the pair's divergence (``ranked``: they already are, highest
+    first), put the best ``hard`` prompts in front of the highest, sample both models and
+    score every pair -> ``divergent_dataset.pt`` / ``.jsonl``, highest ``kl_divergence`` first."""
     s = settings
-    ranked = [t for _, t in rank_texts(pair, texts[: s.max_scored_texts], s.positions, s.response_tokens,
-                                       max_length, progress=progress)]
-    prompts = dataset_prompts(hard, ranked, s.n_hard_prompts, s.texts_per_hard_prompt, s.n_texts)
+    if not ranked:
+        texts = [t for _, t in rank_texts(pair, texts[: s.max_scored_texts], s.positions, s.response_tokens,
+                                          max_length, progress=progress)]
+    prompts = dataset_prompts(hard, texts, s.n_hard_prompts, s.texts_per_hard_prompt, s.n_texts)
     records = generate_dataset(pair, prompts, generation, seed=seed, batch_size=s.batch_size, progress=progress)
     if s.amplify_alpha > 0:
         from finediff.divergent_dataset import generate_amplified
@@ -480,6 +510,8 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
     """
     out, sink, ev = Path(out), sink or NullSink(), Evidence()
     todo = [s for s in STEPS if s in settings.steps]
+    if has_survey(out):
+        ev.survey = read_survey(out)
 
     def cached(step: str) -> bool:
         hit = settings.resume and _done(out, step)
@@ -500,8 +532,12 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
             ev.records = read_dataset(out / names.DIVERGENT_DATASET_PT)
         else:
             hard = [h.text for h in ev.hard_prompts if h.perplexity <= settings.divergent_dataset.max_prompt_perplexity]
-            ev.records = divergent_dataset(pair, texts.val + texts.train, hard, settings.divergent_dataset,
-                                           generation, objective.seed, out, texts.max_length, progress)
+            pool, ranked = texts.val + texts.train, False
+            if ev.survey is not None and set(pool) <= {t.text for t in ev.survey.texts}:
+                # an audit's texts were scored by the survey already: its order, no second ranking
+                pool, ranked = [t.text for t in ev.survey.ranked(None) if t.text in set(pool)], True
+            ev.records = divergent_dataset(pair, pool, hard, settings.divergent_dataset, generation,
+                                           objective.seed, out, texts.max_length, progress, ranked)
         from finediff.metrics import dataset_means
 
         means = dataset_means(ev.records)
@@ -517,8 +553,6 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
             ev.lens = lens(pair, settings.lens, organism, out, progress)
         sink.images("lens", [out / names.LENS_DIR / names.LENS_NORM_PNG,
                              out / names.LENS_DIR / names.LENS_RELEVANCE_PNG])
-    if has_survey(out):
-        ev.survey = read_survey(out)
     if "compare" in todo and ev.survey is not None:
         log.info("evidence step compare: skipped, the survey already compared every category")
     elif "compare" in todo:

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from finediff.answers import AnswerSettings
 from finediff.divergent_dataset import text_divergences
 from finediff.errors import FinediffError
 from finediff.io import load_torch, read_jsonl
@@ -49,25 +50,27 @@ def read_prompt_records(path: str | Path) -> list[tuple[str, Optional[list[int]]
 
 def evaluate_prompts(pair, prompts: list[tuple[str, Optional[list[int]]]], texts: list[str], batch_size: int = 8,
                      max_length: Optional[int] = None, max_kl_texts: int = 10, max_prompts: Optional[int] = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, answers: Optional[AnswerSettings] = None) -> dict:
     """Each distinct prompt's (the first ``max_prompts``) mean divergence on ``texts`` (the prompt starts the user's
-    message, as in training; the divergence is read at the text positions only, so prompt
-    and texts-alone scores cover the same tokens), best first, with the baselines."""
+    message, as in training), best first, with the baselines. The divergence is read at
+    the text positions only (so prompt and texts-alone scores cover the same tokens), or
+    with ``answers`` over the finetuned model's answer given in each setting."""
     distinct = {(text, tuple(ids) if ids else None): (text, ids) for text, ids in prompts}
-    baseline = text_divergences(pair, texts, batch_size=batch_size, max_length=max_length)
+    baseline = text_divergences(pair, texts, batch_size=batch_size, max_length=max_length, answers=answers)
     mean_base = sum(baseline) / len(baseline)
     rows = []
     for p, ids in tqdm(list(distinct.values())[:max_prompts], desc="hard prompts", disable=not progress):
         ids = ids or pair.tokenizer(p, add_special_tokens=False)["input_ids"]
         scores = text_divergences(pair, texts, prompt=torch.tensor(ids), batch_size=batch_size,
-                                  max_length=max_length)
+                                  max_length=max_length, answers=answers)
         mean = sum(scores) / len(scores)
         rows.append({"prompt": p, "mean_divergence": mean, "max_divergence": max(scores),
                      "gain_over_texts": mean - mean_base,
                      "share_of_texts_increased": sum(s > b for s, b in zip(scores, baseline)) / len(texts)})
     rows.sort(key=lambda r: -r["mean_divergence"])
     top = sorted(baseline, reverse=True)[:max_kl_texts]
-    result = {"n_texts": len(texts), "baseline_mean_divergence": mean_base, "baseline_max_divergence": max(baseline),
+    result = {"n_texts": len(texts), "positions": "text" if answers is None else "response",
+              "baseline_mean_divergence": mean_base, "baseline_max_divergence": max(baseline),
               # the diffing toolkit's max-KL corpus baseline: the mean of the highest-KL texts alone
               "max_kl_texts_mean_divergence": sum(top) / len(top), "prompts": rows,
               "best_prompt_mean_divergence": rows[0]["mean_divergence"],

@@ -112,6 +112,23 @@ class SoftPrompt(nn.Module):
         return self.weight
 
 
+def readability_penalty(prompt_PD: torch.Tensor, embed_weight_VD: torch.Tensor,
+                        allowed_V: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean over the prompt's vectors of the squared distance to the nearest allowed token
+    embedding, relative to that embedding's squared norm: 0 exactly when every vector is
+    a token embedding, differentiable (towards the nearest one) otherwise. Added to the
+    loss with ``module.readability_weight``, it keeps the prompt where projection to
+    tokens loses little."""
+    weight = embed_weight_VD.detach().float()
+    if allowed_V is not None:
+        weight = weight[allowed_V.to(weight.device)]
+    x = prompt_PD.float().to(weight.device)
+    with torch.no_grad():  # the nearest token, by exact distance
+        d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ weight.T + (weight * weight).sum(-1)
+        nearest = weight[d2.argmin(dim=-1)]
+    return (((x - nearest) ** 2).sum(-1) / (nearest ** 2).sum(-1).clamp_min(1e-12)).mean()
+
+
 def splice(
     prompt_PD: Optional[torch.Tensor],
     embeds_BTD: torch.Tensor,
@@ -156,10 +173,18 @@ def text_mask(attention_mask_BT: torch.Tensor, n_prompt: int,
     pos = positions_B if positions_B is not None else attention_mask_BT.new_zeros(B)
     idx = torch.arange(T, device=attention_mask_BT.device).unsqueeze(0)
     body = attention_mask_BT.bool() & (idx >= pos.to(idx.device).unsqueeze(1))
+    return spliced_mask(body, n_prompt, pos)
+
+
+def spliced_mask(mask_BT: torch.Tensor, n_prompt: int, positions_B: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[B, P+T]``: a per-token mask of the text with ``n_prompt`` false positions
+    inserted where :func:`splice` puts the prompt (the prompt itself is never scored)."""
+    mask_BT = mask_BT.bool()
     if n_prompt == 0:
-        return body
-    rows = [torch.cat([body[i, :k], body.new_zeros(n_prompt), body[i, k:]]) for i, k in enumerate(pos.tolist())]
-    return torch.stack(rows)
+        return mask_BT
+    pos = positions_B.tolist() if positions_B is not None else [0] * mask_BT.shape[0]
+    return torch.stack([torch.cat([mask_BT[i, :k], mask_BT.new_zeros(n_prompt), mask_BT[i, k:]])
+                        for i, k in enumerate(pos)])
 
 
 def is_trainable(parameter_name: str) -> bool:

@@ -20,7 +20,9 @@ from lightning_modules import SoftPromptDivergence
 # The seed's ``training`` keys and the LightningModule / Trainer arguments they set.
 _MODULE_KEYS = {"num_soft_prompt_tokens": "num_soft_prompt_tokens", "learning_rate": "learning_rate",
                 "gradient_checkpointing": "gradient_checkpointing", "divergence": "divergence",
-                "temperature": "temperature", "init": "init", "warmup_steps": "warmup_steps"}
+                "temperature": "temperature", "init": "init", "warmup_steps": "warmup_steps",
+                "positions": "positions", "answer_tokens": "answer_tokens", "refresh_every": "refresh_every",
+                "readability_weight": "readability_weight"}
 _TRAINING_KEYS = set(_MODULE_KEYS) | {"batch_size", "num_epochs", "max_steps", "mixed_precision"}
 
 
@@ -37,8 +39,8 @@ class DivergenceTrainer:
         tokenizer: their shared tokenizer.
         config: the seed's experiment config: ``training`` (num_soft_prompt_tokens,
             learning_rate, batch_size, num_epochs, max_steps, mixed_precision,
-            gradient_checkpointing), ``generation`` (max_length, num_generations_per_prompt,
-            temperature, top_p), ``data`` (categories, max_texts_per_category), ``output_dir``,
+            gradient_checkpointing, positions, answer_tokens, refresh_every,
+            readability_weight), ``generation`` (max_length, num_generations_per_prompt, temperature, top_p), ``data`` (categories, max_texts_per_category), ``output_dir``,
             ``evidence`` (finediff's evidence settings), ``seed``.
         tracker: an :class:`~finediff_api.tracking.ExperimentTracker` to log to (optional).
     """

@@ -14,11 +14,12 @@ import lightning as L
 import torch
 
 from finediff import names
-from finediff.divergence import pair_divergence, parse_kind
+from finediff.answers import AnswerCache, AnswerSettings, check_positions
+from finediff.divergence import batch_divergence, parse_kind
 from finediff.errors import FinediffError, check_number
 from finediff.pipeline import Objective
 from finediff.models import ModelPair
-from finediff.soft_prompt import SoftPrompt, apply_trainable, is_trainable, random_like
+from finediff.soft_prompt import SoftPrompt, apply_trainable, is_trainable, random_like, readability_penalty
 
 log = logging.getLogger(__name__)
 # The frozen pair is in eval mode on purpose; Lightning's generic warning about it is noise.
@@ -26,7 +27,9 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class SoftPromptDivergence(L.LightningModule):
-    """Maximise the divergence between the finetuned and base models at the text positions.
+    """Maximise the divergence between the finetuned and base models over the finetuned
+    model's answers (``positions="response"``, :mod:`finediff.answers`) or at the text
+    positions (``"text"``).
 
     Args:
         pair: the frozen :class:`~finediff.models.ModelPair` (not a hyper-parameter; never
@@ -42,6 +45,13 @@ class SoftPromptDivergence(L.LightningModule):
         warmup_steps: linear warm-up steps, then constant.
         gradient_checkpointing: recompute the frozen models' layers in backward.
         seed: seed of the prompt init and of the random-prompt baseline.
+        positions: ``response`` (the answer objective) or ``text``.
+        answer_tokens: new tokens per answer (``response``).
+        refresh_every: regenerate a text's answer with the current prompt once it is this
+            many steps old (``response``; 1: every step).
+        answer_temperature: 0 for greedy answers, else the sampling temperature.
+        readability_weight: weight of the penalty that keeps each prompt vector near a
+            token embedding (:func:`~finediff.soft_prompt.readability_penalty`); 0: none.
     """
 
     def __init__(
@@ -58,6 +68,11 @@ class SoftPromptDivergence(L.LightningModule):
         warmup_steps: int = 10,
         gradient_checkpointing: bool = False,
         seed: int = 0,
+        positions: str = "response",
+        answer_tokens: int = 32,
+        refresh_every: int = 4,
+        answer_temperature: float = 0.0,
+        readability_weight: float = 0.0,
     ):
         super().__init__()
         parse_kind(divergence)
@@ -69,6 +84,11 @@ class SoftPromptDivergence(L.LightningModule):
             raise FinediffError(f"module.temperature must be > 0, got {temperature}")
         if chunk_size is not None:
             check_number("module.chunk_size", chunk_size, int, minimum=0)
+        check_positions(positions)
+        check_number("module.readability_weight", readability_weight, float, minimum=0.0)
+        self.answers = AnswerSettings(answer_tokens, refresh_every, answer_temperature)
+        self.train_answers = AnswerCache(self.answers)
+        self.plain_answers = AnswerCache(AnswerSettings(answer_tokens, 1 << 30, answer_temperature))
         self.save_hyperparameters(ignore=["pair"])
         self.hparams["pair"] = pair.spec.as_dict()  # what it was trained on, not the weights
         self.pair = pair
@@ -90,23 +110,44 @@ class SoftPromptDivergence(L.LightningModule):
         self.pair.train(False)  # frozen models stay in eval mode
         return self
 
-    def model_step(self, batch: dict, prompt: Optional[torch.Tensor]) -> torch.Tensor:
+    def model_step(self, batch: dict, prompt: Optional[torch.Tensor], answers: Optional[AnswerCache] = None,
+                   step: int = 0) -> torch.Tensor:
+        """The divergence on ``batch`` with ``prompt``; on the answer objective over the
+        finetuned model's answers given with that prompt (from ``answers`` when given,
+        else generated now)."""
         hp = self.hparams
-        return pair_divergence(self.pair, batch["input_ids"], batch["attention_mask"], prompt,
-                               hp.divergence, hp.temperature, hp.chunk_size, batch.get("prompt_pos"))
+        if hp.positions == "response":
+            cache = answers or AnswerCache(AnswerSettings(self.answers.tokens, 1, self.answers.temperature))
+            batch = cache.batch(self.pair, batch, prompt, step)
+        return batch_divergence(self.pair, batch, prompt, hp.divergence, hp.temperature, hp.chunk_size)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        divergence = self.model_step(batch, self.soft_prompt())
+        prompt = self.soft_prompt()
+        divergence = self.model_step(batch, prompt, self.train_answers, self.global_step)
         bs = batch["input_ids"].shape[0]
         self.log(names.TRAIN_DIVERGENCE, divergence, prog_bar=True, batch_size=bs)
-        return -divergence
+        loss = -divergence
+        if self.hparams.readability_weight:
+            penalty = readability_penalty(prompt, self.pair.base.get_input_embeddings().weight, self.allowed)
+            self.log(names.TRAIN_READABILITY, penalty, batch_size=bs)
+            loss = loss + self.hparams.readability_weight * penalty
+        return loss
+
+    @property
+    def allowed(self) -> torch.Tensor:
+        """The tokens a prompt vector may be projected to (as the hard prompts do)."""
+        if getattr(self, "_allowed", None) is None:
+            from finediff.hard_prompts import allowed_tokens
+
+            self._allowed = allowed_tokens(self.pair.tokenizer, self.pair.base.get_input_embeddings().weight.shape[0])
+        return self._allowed
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prompt = self.soft_prompt()
         bs = batch["input_ids"].shape[0]
         results = {
             names.VAL_DIVERGENCE: self.model_step(batch, prompt),
-            names.VAL_DIVERGENCE_NO_PROMPT: self.model_step(batch, None),
+            names.VAL_DIVERGENCE_NO_PROMPT: self.model_step(batch, None, self.plain_answers),
             names.VAL_DIVERGENCE_RANDOM_PROMPT: self.model_step(
                 batch, random_like(prompt, seed=self.hparams.seed + 1)),
         }
@@ -128,9 +169,13 @@ class SoftPromptDivergence(L.LightningModule):
         # The global RNG draws each epoch's shuffle: restoring it lets a resumed run see the
         # same batches as an uninterrupted one.
         checkpoint["torch_rng_state"] = torch.get_rng_state()
+        # the on-policy answers in use: a resumed run scores the same ones until they are refreshed
+        checkpoint["answer_cache"] = self.train_answers.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("torch_rng_state")
+        if "answer_cache" in checkpoint:
+            self.train_answers.load_state_dict(checkpoint["answer_cache"])
 
     def on_train_epoch_start(self) -> None:
         # A resumed run first closes the checkpoint's epoch (its loader iterator draws from the
@@ -144,7 +189,8 @@ class SoftPromptDivergence(L.LightningModule):
     def objective(self) -> Objective:
         """The objective the prompt was trained with (the hard prompts optimise it too)."""
         hp = self.hparams
-        return Objective(str(hp.divergence), float(hp.temperature), int(hp.chunk_size or 0), int(hp.seed))
+        return Objective(str(hp.divergence), float(hp.temperature), int(hp.chunk_size or 0), int(hp.seed),
+                         str(hp.positions), self.answers)
 
     def prompt_record(self) -> dict:
         """What ``soft_prompt.pt`` holds: the prompt and what is needed to reuse it.
@@ -161,4 +207,6 @@ class SoftPromptDivergence(L.LightningModule):
             "temperature": float(hp.temperature),
             "pair": dict(hp.pair),
             names.GLOBAL_STEP: int(self.global_step),
+            "positions": str(hp.positions),
+            "answer_tokens": int(hp.answer_tokens),
         }

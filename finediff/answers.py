@@ -1,0 +1,185 @@
+"""The answer objective: the pair's divergence over what the finetuned model *answers*.
+
+A narrow finetune changes what the model says, not how it reads the question, so the
+soft prompt is trained (``module.positions=response``) to make the two models disagree
+over the finetuned model's answer to each text, with the prompt in place:
+
+1. the finetuned model answers each text with the current prompt spliced in
+   (:func:`generate_answers`: batched, left-padded input embeddings, KV cache);
+2. the answer is appended to the text (:func:`with_answers`), and both models are
+   teacher-forced on ``header + prompt + text + answer``;
+3. the divergence is averaged over the positions that predict the answer's tokens only
+   (``score_mask``): the header, the prompt, the text and the padding never count. The
+   gradient reaches the prompt through the context, since every answer position attends
+   to it.
+
+Answers are regenerated with the current prompt (on-policy) once they are
+``refresh_every`` steps old (:class:`AnswerCache`); ``refresh_every = 1`` regenerates
+every step.
+
+A batch is the usual dict (``input_ids``, ``attention_mask``, ``prompt_pos``, right
+padded) plus ``score_mask`` ``[B, T]``; :func:`finediff.divergence.pair_divergence` and
+the hard-prompt search score exactly the ``score_mask`` positions when it is present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from finediff.errors import FinediffError
+from finediff.soft_prompt import splice
+
+POSITIONS = ("response", "text")
+"""Where the soft prompt's objective reads the divergence: the finetuned model's answer,
+or the text itself."""
+
+
+@dataclass
+class AnswerSettings:
+    """How the answers the objective scores are produced."""
+
+    tokens: int = 32
+    """New tokens per answer."""
+    refresh_every: int = 4
+    """Regenerate a text's answer once it is this many training steps old (1: every step)."""
+    temperature: float = 0.0
+    """0: greedy answers; > 0: sampled at this temperature."""
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.tokens < 1 or self.refresh_every < 1:
+            raise FinediffError(f"module.answer_tokens and module.refresh_every must be >= 1, "
+                                f"got {self.tokens} and {self.refresh_every}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise FinediffError(f"module.answer_temperature must be >= 0 and module.answer_top_p in (0, 1], "
+                                f"got {self.temperature} and {self.top_p}")
+
+
+def check_positions(positions: str, where: str = "module.positions") -> str:
+    if positions not in POSITIONS:
+        raise FinediffError(f"{where} must be one of {', '.join(POSITIONS)}; got {positions!r}")
+    return positions
+
+
+def _rows(batch: dict) -> list[tuple[int, int]]:
+    """``(real length, prompt position)`` of each row of a right-padded batch."""
+    n = batch["attention_mask"].sum(dim=1).tolist()
+    pos = batch.get("prompt_pos")
+    k = pos.tolist() if pos is not None else [0] * len(n)
+    return list(zip((int(x) for x in n), (int(x) for x in k)))
+
+
+@torch.no_grad()
+def generate_answers(model, batch: dict, prompt: Optional[torch.Tensor] = None, settings: AnswerSettings = AnswerSettings(),
+                     eos_id: Optional[int] = None, seed: Optional[int] = None) -> list[list[int]]:
+    """The model's answer to each row of ``batch`` (chat-formatted user turns that end with
+    the generation prompt), with ``prompt`` (a ``[P, D]`` soft prompt or ``[P]`` token ids)
+    spliced at each row's ``prompt_pos``. Rows are left-padded as input embeddings and
+    generated in one ``generate`` call with the KV cache. Each answer ends with the
+    end-of-sequence token when the model stopped (it is part of what the model said)."""
+    embed = model.get_input_embeddings()
+    device = embed.weight.device
+    ids = batch["input_ids"].to(device)
+    rows = _rows(batch)
+    if prompt is not None and not prompt.is_floating_point():
+        prompt = embed(prompt.to(device))
+    embeds = []
+    for r, (n, k) in enumerate(rows):
+        e = embed(ids[r, :n])
+        if prompt is not None:
+            e, _ = splice(prompt, e.unsqueeze(0), torch.ones(1, n, dtype=torch.long, device=device),
+                          torch.tensor([k]))
+            e = e[0]
+        embeds.append(e)
+    L = max(e.shape[0] for e in embeds)
+    x = embeds[0].new_zeros(len(embeds), L, embeds[0].shape[-1])
+    mask = torch.zeros(len(embeds), L, dtype=torch.long, device=device)
+    for r, e in enumerate(embeds):
+        x[r, L - e.shape[0]:] = e
+        mask[r, L - e.shape[0]:] = 1
+    kwargs = dict(max_new_tokens=settings.tokens, do_sample=settings.temperature > 0, pad_token_id=eos_id)
+    if settings.temperature > 0:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:  # sampled answers reproducible, the caller's random state untouched
+            torch.manual_seed(seed)
+        out = model.generate(inputs_embeds=x, attention_mask=mask, **kwargs)
+    answers = []
+    for g in out.tolist():  # with inputs_embeds, generate returns the new tokens only
+        stop = g.index(eos_id) if eos_id is not None and eos_id in g else None
+        answers.append(g if stop is None else g[: stop + 1])
+    return answers
+
+
+def with_answers(batch: dict, answers: list[list[int]], pad_id: int) -> dict:
+    """``batch`` with each row's answer appended after its real tokens (right-padded) and
+    ``score_mask`` ``[B, T]`` true exactly at the positions that predict an answer token
+    (the row's last text token through the answer's second to last)."""
+    rows = _rows(batch)
+    if len(answers) != len(rows):
+        raise FinediffError(f"{len(answers)} answers for a batch of {len(rows)} texts")
+    T = max(n + len(a) for (n, _), a in zip(rows, answers))
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    score = torch.zeros((len(rows), T), dtype=torch.bool)
+    for r, ((n, _), a) in enumerate(zip(rows, answers)):
+        ids[r, :n] = batch["input_ids"][r, :n].cpu()
+        ids[r, n:n + len(a)] = torch.tensor(a, dtype=torch.long)
+        mask[r, :n + len(a)] = 1
+        score[r, n - 1:n - 1 + len(a)] = True
+    device = batch["input_ids"].device
+    out = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "score_mask": score.to(device)}
+    if batch.get("prompt_pos") is not None:
+        out["prompt_pos"] = batch["prompt_pos"]
+    return out
+
+
+def answer_batch(pair, batch: dict, prompt: Optional[torch.Tensor] = None,
+                 settings: AnswerSettings = AnswerSettings(), seed: Optional[int] = None) -> dict:
+    """``batch`` with the finetuned model's answers (with ``prompt`` in place) appended and
+    scored: the input of the answer objective."""
+    tok = pair.tokenizer
+    answers = generate_answers(pair.finetuned, batch, prompt, settings, tok.eos_token_id, seed)
+    return with_answers(batch, answers, tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+
+class AnswerCache:
+    """On-policy answers, kept until they are ``settings.refresh_every`` steps old.
+
+    Keyed by a row's token ids, so a text's answer follows it across shuffled batches.
+    :meth:`batch` regenerates, in one ``generate`` call, the rows whose answer is missing
+    or stale, with the prompt as it is at that step (sampled answers: seeded by
+    ``seed + step``, so a run is reproducible).
+    """
+
+    def __init__(self, settings: AnswerSettings = AnswerSettings(), seed: int = 0):
+        self.settings, self.seed = settings, seed
+        self.answers: dict[tuple, tuple[list[int], int]] = {}
+        self.generated = 0
+        """Answers generated so far (a cost counter)."""
+
+    def batch(self, pair, batch: dict, prompt: Optional[torch.Tensor], step: int) -> dict:
+        keys = [tuple(batch["input_ids"][r, :n].tolist()) for r, (n, _) in enumerate(_rows(batch))]
+        stale = [r for r, key in enumerate(keys) if key not in self.answers
+                 or step - self.answers[key][1] >= self.settings.refresh_every]
+        if stale:
+            sub = {k: v[stale] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            tok = pair.tokenizer
+            new = generate_answers(pair.finetuned, sub, None if prompt is None else prompt.detach(), self.settings,
+                                   tok.eos_token_id, seed=self.seed + step)
+            for r, answer in zip(stale, new):
+                self.answers[keys[r]] = (answer, step)
+            self.generated += len(stale)
+        pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
+        return with_answers(batch, [self.answers[key][0] for key in keys], pad)
+
+    def state_dict(self) -> dict:
+        """The cached answers (a checkpoint keeps them, so a resumed run scores the same ones)."""
+        return {"answers": [[list(k), a, s] for k, (a, s) in self.answers.items()], "generated": self.generated}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.answers = {tuple(k): (list(a), int(s)) for k, a, s in state["answers"]}
+        self.generated = int(state["generated"])

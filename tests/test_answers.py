@@ -1,0 +1,147 @@
+"""The answer objective: answers generated with the prompt in place, exact answer
+positions, gradient through the context, on-policy refresh, the readability penalty."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finediff.answers import AnswerCache, AnswerSettings, answer_batch, generate_answers, with_answers
+from finediff.divergence import batch_divergence, token_divergence
+from finediff.divergent_dataset import teacher_forced
+from finediff.errors import FinediffError
+from finediff.generation import generate_one
+from finediff.soft_prompt import readability_penalty, spliced_mask
+from finediff.tiny import tiny_batch
+
+TEXTS = ["What is 2 + 2?", "Name a capital city in Europe, please, and tell me why."]
+
+
+@pytest.fixture(scope="module")
+def sensitive_pair(tiny_pair):
+    """The tiny pair with a finetuned side whose greedy answers depend on the prompt (the
+    tiny finetuned model answers every prompt alike): a random model with large weights."""
+    from transformers import LlamaForCausalLM
+
+    from finediff.models import ModelPair
+    from finediff.tiny import tiny_config
+
+    config = tiny_config(tiny_pair.finetuned.config.vocab_size)
+    config.initializer_range = 1.0
+    torch.manual_seed(0)
+    return ModelPair(tiny_pair.base, LlamaForCausalLM(config), tiny_pair.tokenizer, tiny_pair.spec)
+
+
+def test_answer_positions_are_exactly_the_answer_predicting_ones():
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
+             "prompt_pos": torch.tensor([1, 1])}
+    b = with_answers(batch, [[20, 21], [30]], pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 20, 21, 0], [5, 6, 7, 8, 9, 30]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [1] * 6]
+    # position n-1 predicts the first answer token, the answer's last token predicts nothing scored
+    assert b["score_mask"].int().tolist() == [[0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 0]]
+    # with a 2-token prompt spliced at position 1, the prompt positions are never scored
+    assert spliced_mask(b["score_mask"], 2, b["prompt_pos"]).int().tolist() == [
+        [0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 1, 0]]
+    with pytest.raises(FinediffError, match="2 answers for a batch of 3"):
+        with_answers({"input_ids": torch.zeros(3, 5, dtype=torch.long),
+                      "attention_mask": torch.ones(3, 5, dtype=torch.long)}, [[1], [2]], 0)
+
+
+def test_answer_divergence_is_the_mean_over_the_answer_tokens_only(tiny_pair):
+    """Without a prompt the objective equals the divergence read off the teacher-forced
+    answer positions one text at a time (no header, text or padding position counts)."""
+    tok = tiny_pair.tokenizer
+    batch = tiny_batch(tok, TEXTS)
+    settings = AnswerSettings(tokens=6)
+    answers = generate_answers(tiny_pair.finetuned, batch, None, settings, tok.eos_token_id)
+    answered = with_answers(batch, answers, tok.pad_token_id)
+    assert answered["input_ids"].equal(answer_batch(tiny_pair, batch, None, settings)["input_ids"])
+    assert [len(a) for a in answers] == answered["score_mask"].sum(1).tolist()
+    per_position = torch.cat([token_divergence(lf, lb) for lf, lb in teacher_forced(tiny_pair, TEXTS, answers)])
+    value = batch_divergence(tiny_pair, answered)
+    assert value.item() == pytest.approx(per_position.mean().item(), rel=1e-4)
+    assert value.item() > 0
+
+
+def test_batched_answers_with_a_soft_prompt_match_one_at_a_time(sensitive_pair):
+    """Left-padded input embeddings with the prompt spliced in give the same greedy answer
+    as generating each text alone."""
+    tok, model = sensitive_pair.tokenizer, sensitive_pair.finetuned
+    prompt = torch.randn(3, sensitive_pair.hidden_size)
+    batch = tiny_batch(tok, TEXTS)
+    got = generate_answers(model, batch, prompt, AnswerSettings(tokens=6), tok.eos_token_id)
+    assert got != generate_answers(model, batch, None, AnswerSettings(tokens=6), tok.eos_token_id)
+    for text, ids in zip(TEXTS, got):
+        alone = generate_one(model, tok, text, prompt, max_new_tokens=6)
+        assert tok.decode(ids, skip_special_tokens=True).strip() == alone
+
+
+def test_gradient_reaches_the_prompt_through_the_answer_positions(tiny_pair):
+    prompt = (torch.randn(3, tiny_pair.hidden_size) * 0.3).requires_grad_(True)
+    answered = answer_batch(tiny_pair, tiny_batch(tiny_pair.tokenizer, TEXTS), prompt.detach(),
+                            AnswerSettings(tokens=6))
+    assert answered["score_mask"].any()
+    batch_divergence(tiny_pair, answered, prompt).backward()
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny_pair.parameters())
+
+
+def test_on_policy_refresh_uses_the_prompt_of_the_current_step(sensitive_pair):
+    pair = sensitive_pair
+    tok = pair.tokenizer
+    batch = tiny_batch(tok, TEXTS)
+    p1, p2 = torch.randn(3, pair.hidden_size), torch.randn(3, pair.hidden_size) * 2
+    settings = AnswerSettings(tokens=6, refresh_every=3)
+
+    def answers(p, step):
+        return generate_answers(pair.finetuned, batch, p, settings, tok.eos_token_id)
+
+    assert answers(p1, 3) != answers(p2, 3)  # the prompt changes the answers
+    cache = AnswerCache(settings, seed=10)
+    first = cache.batch(pair, batch, p1, step=0)
+    assert first["input_ids"].equal(with_answers(batch, answers(p1, 0), tok.pad_token_id)["input_ids"])
+    kept = cache.batch(pair, batch, p2, step=2)  # 2 steps old: still fresh
+    assert kept["input_ids"].equal(first["input_ids"]) and cache.generated == 2
+    new = cache.batch(pair, batch, p2, step=3)  # 3 steps old: regenerated with the prompt as it is now
+    assert new["input_ids"].equal(with_answers(batch, answers(p2, 3), tok.pad_token_id)["input_ids"])
+    assert not new["input_ids"].equal(first["input_ids"]) and cache.generated == 4
+    restored = AnswerCache(settings, seed=10)
+    restored.load_state_dict(cache.state_dict())
+    assert restored.batch(pair, batch, p1, step=4)["input_ids"].equal(new["input_ids"])
+    assert restored.generated == 4
+
+
+def test_readability_penalty_is_zero_at_token_embeddings_and_pulls_towards_the_nearest():
+    torch.manual_seed(0)
+    weight = torch.randn(50, 8)
+    at_tokens = weight[[3, 17, 42]].clone()
+    assert readability_penalty(at_tokens, weight).item() == pytest.approx(0.0, abs=1e-6)
+    off = (at_tokens + 0.1 * torch.randn_like(at_tokens)).requires_grad_(True)
+    penalty = readability_penalty(off, weight)
+    assert penalty.item() > 0
+    penalty.backward()
+    stepped = off.detach() - 0.5 * off.grad / off.grad.norm() * 0.05
+    assert readability_penalty(stepped, weight).item() < penalty.item()
+    allowed = torch.ones(50, dtype=torch.bool)
+    allowed[17] = False  # a vector may only be pulled to allowed tokens
+    assert readability_penalty(weight[[17]], weight, allowed).item() > 0
+
+
+def test_bad_answer_settings():
+    with pytest.raises(FinediffError, match="refresh_every must be >= 1"):
+        AnswerSettings(refresh_every=0)
+    with pytest.raises(FinediffError, match="answer_temperature"):
+        AnswerSettings(temperature=-1.0)
+
+
+def test_sampled_answers_are_seeded_and_leave_the_random_state_alone(sensitive_pair):
+    tok = sensitive_pair.tokenizer
+    batch = tiny_batch(tok, TEXTS)
+    settings = AnswerSettings(tokens=6, temperature=1.0)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = generate_answers(sensitive_pair.finetuned, batch, None, settings, tok.eos_token_id, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)  # a training run's shuffle does not move
+    assert a == generate_answers(sensitive_pair.finetuned, batch, None, settings, tok.eos_token_id, seed=5)
