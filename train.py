@@ -61,7 +61,7 @@ def check_run_inputs(cfg: DictConfig) -> None:
                       ("readability_weight", float)):
         if key in m:
             check_number(f"module.{key}", m[key], kind)
-    AnswerSettings(m.get("answer_tokens", 32), m.get("refresh_every", 4), m.get("answer_temperature", 0.0))
+    AnswerSettings(m.get("answer_tokens", 16), m.get("refresh_every", 24), m.get("answer_temperature", 0.0))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -41,9 +41,9 @@ or the text itself."""
 class AnswerSettings:
     """How the answers the objective scores are produced."""
 
-    tokens: int = 32
+    tokens: int = 16
     """New tokens per answer."""
-    refresh_every: int = 4
+    refresh_every: int = 24
     """Regenerate a text's answer once it is this many training steps old (1: every step)."""
     temperature: float = 0.0
     """0: greedy answers; > 0: sampled at this temperature."""

@@ -69,8 +69,8 @@ class SoftPromptDivergence(L.LightningModule):
         gradient_checkpointing: bool = False,
         seed: int = 0,
         positions: str = "response",
-        answer_tokens: int = 32,
-        refresh_every: int = 4,
+        answer_tokens: int = 16,
+        refresh_every: int = 24,
         answer_temperature: float = 0.0,
         readability_weight: float = 0.0,
     ):
