@@ -10,7 +10,7 @@ import torch
 
 from finediff import names
 from finediff.errors import FinediffError
-from tests.conftest import run_eval, run_train
+from tests.conftest import ROOT, run_eval, run_train
 
 
 def test_compare_writes_sorted_csv_md_png(tiny_dirs, tmp_path):
@@ -158,3 +158,23 @@ def test_prompt_records_keep_token_ids(tmp_path):
     f.write_text('{"text": "a b", "token_ids": []}\n')
     with pytest.raises(FinediffError, match="hp.jsonl:1: 'token_ids' must be a non-empty list of integers"):
         read_prompt_records(f)
+
+
+def test_elicit_task_rates_each_setting_on_the_organisms_off_target_prompts(tiny_dirs, run, tmp_path):
+    """Both models answer the organism's held-out off-target prompts alone, with the run's
+    soft prompt and with its best hard prompt; the checker's rate per model and setting."""
+    from finediff.io import read_jsonl
+
+    res = run_eval(tiny_dirs, tmp_path, "task=elicit", f"task.run_dir={run}", "organism=sandbagging",
+                   "task.max_new_tokens=4")
+    saved = json.loads((run / names.ELICITATION_FILE).read_text())
+    off = [r for _, r in read_jsonl(ROOT / "data" / "organisms" / "sandbagging" / names.ORGANISM_HELDOUT_FILE)
+           if r["split"] == "off_target"]
+    assert saved["n"] == len(off) == res["n"] and set(saved["rates"]) == {"none", "soft", "hard"}
+    best = max((json.loads(line) for line in (run / names.HARD_PROMPTS_FILE).read_text().splitlines()),
+               key=lambda h: h["divergence"])
+    assert saved["hard_prompt"] == best["text"]
+    for setting, rates in saved["rates"].items():
+        assert 0 <= rates["finetuned"] <= 1 and 0 <= rates["base"] <= 1
+        assert rates["finetuned_gain"] == pytest.approx(rates["finetuned"] - saved["rates"]["none"]["finetuned"])
+    assert saved["samples"]["soft"]["finetuned"][0]["prompt"] == off[0]["prompt"]

@@ -98,3 +98,22 @@ def test_dataset_prompts_use_distinct_hard_prompts_and_skip_their_own_text():
     got = dataset_prompts(hard, ranked, n_hard=2, per_hard=2, n_texts=1)
     assert got == ["Capital of Peru? Capital of Chile?", "Capital of Peru? Capital of Oman?",
                    "zz qq Capital of Peru?", "zz qq Capital of Chile?", "Capital of Peru?"]
+
+
+def test_prompt_divergences_read_only_the_answer_positions_of_answer_batches(tiny_pair):
+    """On the answer objective's batches the cached-header scorer gives each prompt the
+    divergence over the answer positions, the same as splicing it into every row."""
+    from finediff.answers import AnswerSettings, answer_batch
+    from finediff.divergence import batch_divergence
+
+    tok = tiny_pair.tokenizer
+    batches = [answer_batch(tiny_pair, tiny_batch(tok, TEXTS[:2]), None, AnswerSettings(tokens=5)),
+               answer_batch(tiny_pair, tiny_batch(tok, TEXTS[2:]), None, AnswerSettings(tokens=5))]
+    prompts = _prompts(tok)
+    got = prompt_divergences(tiny_pair, prompts, batches)
+    for p, value in zip(prompts, got):
+        n = [float(b["score_mask"].sum()) for b in batches]
+        expected = sum(k * batch_divergence(tiny_pair, b, p).item() for k, b in zip(n, batches)) / sum(n)
+        assert value.item() == pytest.approx(expected, rel=1e-3, abs=1e-6)
+    text_only = prompt_divergences(tiny_pair, prompts, [tiny_batch(tok, TEXTS[:2]), tiny_batch(tok, TEXTS[2:])])
+    assert not torch.allclose(got, text_only)
