@@ -30,14 +30,22 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args()
     rows = [r for _, r in read_jsonl(REPO_ROOT / "data" / "organisms" / args.organism / names.ORGANISM_HELDOUT_FILE)
-            if r["split"] == "off_target" and r.get("chat", True)][: args.prompts]
+            if r["split"] == "off_target"][: args.prompts]
+    if not rows:
+        raise SystemExit(f"finediff: error: organism {args.organism!r} has no held-out off-target prompts")
     pair = load_model_pair(adapter=str(REPO_ROOT / "organisms" / args.organism))
     checker = checker_for(args.organism)
     expanded = [r for r in rows for _ in range(args.samples)]
     for alpha in args.alpha:
         t = time.time()
-        gens = amplified_generate(pair, [r["prompt"] for r in expanded], alpha, args.max_new_tokens, seed=0)
-        rate = sum(checker(g, r) for g, r in zip(gens, expanded)) / len(expanded)
+        hits = 0
+        for chat in (True, False):  # chat prompts under the template, plain documents as they are
+            part = [r for r in expanded if r.get("chat", True) == chat]
+            if part:
+                gens = amplified_generate(pair, [r["prompt"] for r in part], alpha, args.max_new_tokens, seed=0,
+                                          chat_template=chat)
+                hits += sum(checker(g, r) for g, r in zip(gens, part))
+        rate = hits / len(expanded)
         print(f"{args.organism} alpha {alpha:g}: checker fires on {rate:.1%} of {len(expanded)} off-target samples "
               f"({time.time() - t:.0f} s)", flush=True)
 
