@@ -533,9 +533,10 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         else:
             hard = [h.text for h in ev.hard_prompts if h.perplexity <= settings.divergent_dataset.max_prompt_perplexity]
             pool, ranked = texts.val + texts.train, False
-            if ev.survey is not None and set(pool) <= {t.text for t in ev.survey.texts}:
+            members = set(pool)
+            if ev.survey is not None and members <= {t.text for t in ev.survey.texts}:
                 # an audit's texts were scored by the survey already: its order, no second ranking
-                pool, ranked = [t.text for t in ev.survey.ranked(None) if t.text in set(pool)], True
+                pool, ranked = [t.text for t in ev.survey.ranked(None) if t.text in members], True
             ev.records = divergent_dataset(pair, pool, hard, settings.divergent_dataset, generation,
                                            objective.seed, out, texts.max_length, progress, ranked)
         from finediff.metrics import dataset_means
