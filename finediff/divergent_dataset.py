@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finediff import names
-from finediff.answers import AnswerSettings, answer_batch
+from finediff.answers import POSITIONS, AnswerSettings, answer_batch
 from finediff.data import collate, format_parts, format_text
 from finediff.divergence import final_hidden, output_head, pair_hidden, token_divergence
 from finediff.errors import FinediffError
@@ -71,7 +71,6 @@ def text_divergences(pair, texts: list[str], prompt: Optional[torch.Tensor] = No
     return out
 
 
-POSITIONS = ("response", "text")
 
 
 def score_texts(pair, texts: list[str], positions: str = "response", response_tokens: int = 32,
