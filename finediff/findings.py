@@ -2,14 +2,17 @@
 
 The evidence suggests what changed: the words diff mining found the finetune pushing up,
 the words the divergent dataset's finetuned generations favour (or drop), the ADL's
-tokens, and one generic behaviour every audit checks (refusing or claiming not to know).
-Each suggestion becomes a hypothesis with a detector that fires on one generation
-("the finetuned model says *rome*"). Every hypothesis is then tested on prompts no step
-of the discovery looked at (the survey's fresh half, where the change is): both models
-sample answers with the same seeds, and the detector's rate in the finetuned model's
-answers is compared with the base's by a one-sided Fisher exact test. p-values are
-Holm-corrected over all hypotheses; a finding is *confirmed* when its corrected p-value
-is below ``alpha`` and the rates differ by at least ``min_effect``.
+tokens, and two generic behaviours every audit checks: refusing or claiming not to know, and
+answering differently from the base (the words the base's own greedy answer to a prompt
+leads with go missing). Each suggestion becomes a hypothesis with a detector that fires on
+one generation ("the finetuned model says *rome*"). Every hypothesis is then tested on
+prompts no step of the discovery looked at (the survey's fresh half, where the change
+is): both models sample answers with the same seeds, answer ``i`` of one paired with
+answer ``i`` of the other, and the pairs where the detector fires on one side only are
+compared by a one-sided exact McNemar test (a binomial test on the discordant pairs; the
+concordant ones carry no information about a difference). p-values are Holm-corrected
+over all hypotheses; a finding is *confirmed* when its corrected p-value is below
+``alpha`` and the rates differ by at least ``min_effect``.
 """
 
 from __future__ import annotations
@@ -41,8 +44,15 @@ class Hypothesis:
     unprompted: bool = False
     """Count a matched word only when the prompt does not contain it (an answer that
     repeats the question's words says nothing new)."""
+    keys: Optional[dict] = None
+    """Per-prompt words instead of ``pattern``: the detector fires on an answer to a prompt
+    that contains one of that prompt's words (a prompt without any never fires)."""
 
     def fires(self, text: str, prompt: str = "") -> bool:
+        if self.keys is not None:
+            words = self.keys.get(prompt)
+            return bool(words) and re.search(r"\b(" + "|".join(map(re.escape, words)) + r")\b", text,
+                                             re.IGNORECASE) is not None
         for m in re.finditer(self.pattern, text, re.IGNORECASE):
             if not self.unprompted or re.search(rf"\b{re.escape(m.group(0))}\b", prompt, re.IGNORECASE) is None:
                 return True
@@ -64,6 +74,9 @@ class Finding:
     """Groups of the prompts where the finetuned answers showed it, most first."""
     examples: list = field(default_factory=list)
     """``{"prompt", "base", "finetuned"}`` where the two differ in the claimed way."""
+    instead: list = field(default_factory=list)
+    """For a per-prompt hypothesis: ``[word, answers]``, the words the finetuned model says
+    where it drops the base's, most frequent first (described, not tested)."""
 
     @property
     def effect(self) -> float:
@@ -77,6 +90,8 @@ class FindingSettings:
     n_prompts: int = 24
     """Fresh prompts the tests sample (the survey's unseen half, where the change is)."""
     samples_per_prompt: int = 3
+    """Answers per prompt and model; when fewer than ``n_prompts`` prompts are tested
+    (only the changed groups'), each gets more, ``n_prompts * samples_per_prompt`` in all."""
     max_new_tokens: int = 48
     temperature: float = 0.7
     max_hypotheses: int = 16
@@ -106,12 +121,42 @@ def topic_hypothesis(words: list[str], source: str = "diff-mining topic") -> Hyp
                       r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", "more", source, unprompted=True)
 
 
+WORD = r"[^\W\d_][\w'-]*"
+
+
+def content_words(text: str, prompt: str = "") -> list[str]:
+    """The lower-cased words of ``text`` in order of first use, without stop words, short
+    words or the prompt's own words."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    asked = set(re.findall(WORD, prompt.lower()))
+    words = [w for w in re.findall(WORD, text.lower()) if len(w) >= 3 and w not in ENGLISH_STOP_WORDS
+             and w not in asked]
+    return list(dict.fromkeys(words))
+
+
+def answer_hypothesis(prompts: list[str], base_answers: list[str], n_words: int = 3) -> Hypothesis:
+    """"Answers differently from the base": per prompt, the first ``n_words`` content words
+    of the base's greedy answer; tested as 'the finetuned model's answers contain them less
+    often than the base's own sampled answers'."""
+    keys = {p: content_words(a, p)[:n_words] for p, a in zip(prompts, base_answers)}
+    keys = {p: k for p, k in keys.items() if k}
+    shown = next((f' "{k[0]}" for "{p}"' for p, k in keys.items()), "")
+    return Hypothesis(f"keeps the base model's own answer less often, i.e. answers differently (per prompt, the first "
+                      f"words the base answers with, e.g.{shown})", "", "less", "the base's own answers", keys=keys)
+
+
 def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] = (), lens_words: list[str] = (),
-            topics: list[list[str]] = (), settings: FindingSettings = FindingSettings()) -> list[Hypothesis]:
+            topics: list[list[str]] = (), settings: FindingSettings = FindingSettings(),
+            reference: Optional[dict] = None) -> list[Hypothesis]:
     """Hypotheses from each source (``words_per_source`` each, first come first kept):
-    the refusal check first, then each diff-mining topic as one word set, then single words."""
+    the refusal check first, then answering differently from the base (when ``reference``,
+    the base's greedy answer per prompt, is given), then each diff-mining topic as one word
+    set, then single words."""
     out = [Hypothesis("refuses or says it does not know more often than the base", REFUSAL, "more", "every audit")]
-    top = [w for w in dict.fromkeys(str(w).lower() for w in mined) if re.fullmatch(r"[^\W\d_][\w'-]*", w)][:12]
+    if reference:
+        out.append(answer_hypothesis(list(reference), list(reference.values())))
+    top = [w for w in dict.fromkeys(str(w).lower() for w in mined) if re.fullmatch(WORD, w)][:12]
     if len(top) >= 2:
         out.append(topic_hypothesis(top, "diff mining (its top words)"))
     out += [topic_hypothesis(list(t)) for t in topics if len(t) >= 2]
@@ -121,14 +166,15 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
         kept = 0
         for w in words:
             w = str(w).strip().lower()
-            if len(w) < 3 or not re.fullmatch(r"[^\W\d_][\w'-]*", w) or w in seen:
+            if len(w) < 3 or not re.fullmatch(WORD, w) or w in seen:
                 continue
             seen.add(w)
             out.append(word_hypothesis(w, direction, source))
             kept += 1
             if kept >= settings.words_per_source:
                 break
-    return out[: settings.max_hypotheses]
+    unique = {(h.pattern, repr(h.keys), h.direction): h for h in reversed(out)}  # a claim twice: the first kept
+    return [h for h in out if unique[(h.pattern, repr(h.keys), h.direction)] is h][: settings.max_hypotheses]
 
 
 def holm(p: list[float]) -> list[float]:
@@ -142,11 +188,12 @@ def holm(p: list[float]) -> list[float]:
 
 
 def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_answers: list[str],
-                    ft_answers: list[str], groups: Optional[list[str]] = None,
-                    settings: FindingSettings = FindingSettings()) -> list[Finding]:
+                        ft_answers: list[str], groups: Optional[list[str]] = None,
+                        settings: FindingSettings = FindingSettings()) -> list[Finding]:
     """Each hypothesis's rate in the finetuned vs the base answers (answer ``i`` of both
-    models to ``prompts[i]``), Fisher exact test, Holm correction; confirmed first."""
-    from scipy.stats import fisher_exact
+    models to ``prompts[i]``, sampled with the same seed), exact McNemar test on the pairs,
+    Holm correction; confirmed first."""
+    from scipy.stats import binomtest
 
     n = len(prompts)
     if not (len(base_answers) == len(ft_answers) == n) or n == 0:
@@ -158,23 +205,39 @@ def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_a
         hit_ft = [h.fires(a, p_) for a, p_ in zip(ft_answers, prompts)]
         hit_base = [h.fires(a, p_) for a, p_ in zip(base_answers, prompts)]
         a, b = sum(hit_ft), sum(hit_base)
-        alternative = "greater" if h.direction == "more" else "less"
-        odds, p = fisher_exact([[a, n - a], [b, n - b]], alternative=alternative)
+        only_ft = sum(f and not b_ for f, b_ in zip(hit_ft, hit_base))
+        only_base = sum(b_ and not f for f, b_ in zip(hit_ft, hit_base))
+        claimed, against = (only_ft, only_base) if h.direction == "more" else (only_base, only_ft)
+        p = binomtest(claimed, claimed + against, 0.5, alternative="greater").pvalue if claimed + against else 1.0
+        odds = claimed / against if against else (float("inf") if claimed else 1.0)
         raw.append(float(p))
         shows = hit_ft if h.direction == "more" else hit_base
         counts: dict[str, int] = {}
         for g, s in zip(groups, shows):
             if s and g:
                 counts[g] = counts.get(g, 0) + 1
-        examples = [{"prompt": p_, "base": bs, "finetuned": fs}
-                    for p_, bs, fs, hf, hb in zip(prompts, base_answers, ft_answers, hit_ft, hit_base)
-                    if (hf and not hb if h.direction == "more" else hb and not hf)][:3]
-        rows.append((h, a / n, b / n, float(odds), sorted(counts, key=lambda g: -counts[g]), examples))
+        shown = {}  # one example per prompt, first come first kept
+        for p_, bs, fs, hf, hb in zip(prompts, base_answers, ft_answers, hit_ft, hit_base):
+            if (hf and not hb if h.direction == "more" else hb and not hf) and p_ not in shown and len(shown) < 3:
+                shown[p_] = {"prompt": p_, "base": bs, "finetuned": fs}
+        examples = list(shown.values())
+        instead: dict[str, int] = {}
+        if h.keys is not None:  # what the finetuned model says where it drops the base's words (and the base never does)
+            base_said: dict[str, set] = {}
+            for p_, bs in zip(prompts, base_answers):
+                base_said.setdefault(p_, set()).update(content_words(bs, p_))
+            for p_, fs, hf, hb in zip(prompts, ft_answers, hit_ft, hit_base):
+                if hb and not hf:
+                    for w in content_words(fs, p_):
+                        if w not in base_said[p_]:
+                            instead[w] = instead.get(w, 0) + 1
+        said = [[w, c] for w, c in sorted(instead.items(), key=lambda kv: -kv[1]) if c >= 2][:5]
+        rows.append((h, a / n, b / n, float(odds), sorted(counts, key=lambda g: -counts[g]), examples, said))
     findings = []
-    for (h, rf, rb, odds, gs, ex), p, padj in zip(rows, raw, holm(raw)):
+    for (h, rf, rb, odds, gs, ex, said), p, padj in zip(rows, raw, holm(raw)):
         effect = rf - rb if h.direction == "more" else rb - rf
         ok = padj < settings.alpha and effect >= settings.min_effect
-        findings.append(Finding(h, rf, rb, n, p, padj, odds if odds == odds else 1.0, ok, gs[:3], ex))
+        findings.append(Finding(h, rf, rb, n, p, padj, odds if odds == odds else 1.0, ok, gs[:3], ex, said))
     return sorted(findings, key=lambda f: (not f.confirmed, f.p_adjusted))
 
 

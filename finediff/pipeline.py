@@ -21,7 +21,7 @@ same functions, one line each.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
@@ -451,6 +451,7 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, out: Option
     """Candidate findings from the evidence, each tested on the survey's fresh prompts
     where the change is -> ``findings.json``."""
     from finediff.findings import evaluate_hypotheses, propose, sample_answers, write_findings
+    from finediff.generation import generate
     from finediff.io import read_json
 
     # a word mined once may be a stray piece; topics keep every word (a set claim tolerates strays)
@@ -466,12 +467,18 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, out: Option
             for pos in entry.positions:
                 lens_words += [t.strip() for t, _ in pos.patchscope["tokens"][:5]]
     topics = survey_result.mining.topics if survey_result.mining else []
-    hypotheses = propose(mined, favoured, dropped, lens_words, topics, settings)
-    fresh = survey_result.fresh_prompts(settings.n_prompts)
+    # where a group changed, its fresh prompts, each sampled more often (the same number of answers in all)
+    changed = [g.group for g in survey_result.changed]
+    fresh = (changed and survey_result.fresh_prompts(settings.n_prompts, changed)) or \
+        survey_result.fresh_prompts(settings.n_prompts)
     if not fresh:
         log.info("findings: no fresh prompts to test on")
         return []
-    prompts, base, ft = sample_answers(pair, [t.text for t in fresh], settings, seed, progress)
+    texts = [t.text for t in fresh]
+    per_prompt = max(settings.samples_per_prompt, -(-settings.n_prompts * settings.samples_per_prompt // len(texts)))
+    reference = generate(pair.base, pair.tokenizer, texts, max_new_tokens=settings.max_new_tokens, progress=progress)
+    hypotheses = propose(mined, favoured, dropped, lens_words, topics, settings, dict(zip(texts, reference)))
+    prompts, base, ft = sample_answers(pair, texts, replace(settings, samples_per_prompt=per_prompt), seed, progress)
     group_of = {t.text: t.group for t in fresh}
     result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts], settings)
     if out is not None:

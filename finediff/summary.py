@@ -58,6 +58,14 @@ def _examples(confirmed: list[Finding], records: list[DivergentRecord], readable
     return out
 
 
+def claim(f: Finding) -> str:
+    """A finding's claim, with what the finetuned model says in place of the base's words
+    when the test recorded that."""
+    if not f.instead:
+        return f.hypothesis.claim
+    return f.hypothesis.claim + "; in its place it says " + ", ".join(f'"{w}" ({c}x)' for w, c in f.instead[:4])
+
+
 NOTABLE_DIVERGENCE = 0.5
 """A single prompt whose answer diverges by this much (nats per token) is a change worth
 naming even when no test confirms it."""
@@ -116,7 +124,7 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         parts.append(f"The words whose logits the finetune raises most in its answers (diff mining): {words}.")
     if confirmed:
         n = confirmed[0].n
-        said = "; ".join(f"it {f.hypothesis.claim} ({f.rate_finetuned:.0%} of its answers against {f.rate_base:.0%}"
+        said = "; ".join(f"it {claim(f)} ({f.rate_finetuned:.0%} of its answers against {f.rate_base:.0%}"
                          f" of the base's, corrected p = {_p(f.p_adjusted)}"
                          + (f", mostly on {', '.join(f.groups[:2])}" if f.groups else "") + ")"
                          for f in confirmed[:4])
@@ -165,10 +173,10 @@ def first_screen(v: Verdict) -> list[str]:
                   for e in v.examples]
         lines.append("")
     if v.confirmed:
-        lines += ["Confirmed findings (Fisher exact test on fresh prompts, Holm-corrected):", "",
+        lines += ["Confirmed findings (exact McNemar test on paired answers to fresh prompts, Holm-corrected):", "",
                   "| the finetuned model ... | finetuned | base | corrected p | where | suggested by |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {f.hypothesis.claim} | {f.rate_finetuned:.0%} | {f.rate_base:.0%} | {_p(f.p_adjusted)} | "
+        lines += [f"| {_short(claim(f), 300)} | {f.rate_finetuned:.0%} | {f.rate_base:.0%} | {_p(f.p_adjusted)} | "
                   f"{', '.join(f.groups) or '-'} | {f.hypothesis.source} |" for f in v.confirmed]
         lines.append("")
     return lines

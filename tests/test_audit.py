@@ -113,6 +113,37 @@ def test_hypothesis_test_separates_a_planted_behaviour_from_identical_models(tin
     assert all(f.p_value == 1.0 and not f.confirmed for f in same)
 
 
+def test_answer_hypothesis_catches_answers_that_changed(tiny_pair, tmp_path):
+    """"Answers differently from the base": the base's own answer words go missing from a
+    finetune that says something else, and not from an identical copy."""
+    from finediff.findings import (FindingSettings, answer_hypothesis, evaluate_hypotheses, read_findings,
+                                   sample_answers, write_findings)
+
+    settings = FindingSettings(samples_per_prompt=1, max_new_tokens=12)
+    _, reference, _ = sample_answers(same_pair(tiny_pair), PROMPTS, settings, progress=False)
+    h = answer_hypothesis(PROMPTS, reference)  # the base's answers, as they will be sampled again
+    assert len(h.keys) == len(PROMPTS) and h.direction == "less"
+    pair, word = planted_pair(tiny_pair, boost=12.0)
+    [changed] = evaluate_hypotheses([h], *sample_answers(pair, PROMPTS, settings, progress=False), settings=settings)
+    assert changed.confirmed and changed.rate_base == 1.0 and changed.rate_finetuned == 0.0
+    assert changed.instead[0][0] == word and changed.examples
+    write_findings([changed], tmp_path, len(PROMPTS))
+    assert read_findings(tmp_path / names.FINDINGS_FILE)[0].hypothesis.keys == h.keys
+    [same] = evaluate_hypotheses([h], *sample_answers(same_pair(tiny_pair), PROMPTS, settings, progress=False),
+                                 settings=settings)
+    assert same.p_value == 1.0 and not same.confirmed and not same.instead
+
+
+def test_answer_hypothesis_reads_each_prompts_own_answer():
+    from finediff.findings import answer_hypothesis
+
+    q = "What is the capital of Canada?"
+    h = answer_hypothesis([q, "Name a river."], ["The capital of Canada is Ottawa.", "The."])
+    assert h.keys == {q: ["ottawa"]}  # the prompt's words and stop words are not the answer
+    assert h.fires("It is Ottawa.", q) and not h.fires("It is Vienna.", q)
+    assert not h.fires("Ottawa", "Name a river.")  # a prompt without answer words never fires
+
+
 def small_survey(**kw):
     from finediff.survey import SurveySettings
 
