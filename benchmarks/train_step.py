@@ -2,7 +2,7 @@
 or (``--positions``) of the answer objective's step against the text objective's.
 
     python benchmarks/train_step.py [--steps 8] [--batch 4] [--length 64] [--adapter DIR]
-    python benchmarks/train_step.py --positions [--steps 16]
+    python benchmarks/train_step.py --positions [--steps 48] [--texts 104]
 
 Both sides use the same real SmolLM2 pair (base vs base + the shipped sandbagging
 adapter when present), the same batches of ``batch x length`` tokens, the same soft
@@ -11,11 +11,13 @@ iterations (forward through both models, backward to the prompt, optimizer step,
 for Lightning its logging, hooks and progress bar). Prints the median of each and their
 ratio (Lightning / bare).
 
-With ``--positions`` both sides are the Lightning module on the same chat-formatted
-batches of sandbagging texts (at most ``length`` tokens, as a run's datamodule makes
-them): ``module.positions=text`` against ``response`` (answers of ``--answer-tokens``
-regenerated every ``--refresh-every`` steps). The mean step is printed, so the steps that
-generate answers count in proportion, with the ratio (response / text).
+With ``--positions`` both sides are the Lightning module on a loader of the same
+chat-formatted sandbagging texts (``--texts`` of them, batches of ``--batch``, at most
+``length`` tokens, collated as a run's datamodule does): ``module.positions=text``
+against ``response`` (every text's answer of ``--answer-tokens`` regenerated every
+``--refresh-every`` steps, ``--answer-batch-size`` texts per generate call, as in a
+training run). Every step is timed from the first, so the refreshes count in proportion;
+the mean step of each and their ratio (response / text) are printed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
@@ -56,46 +59,57 @@ def batches(tokenizer, n: int, batch: int, length: int) -> list[dict]:
     return out
 
 
-def chat_batches(tokenizer, n: int, batch: int, length: int) -> list[dict]:
-    texts = load_category("sandbagging", val_fraction=0.0).train
-    return [collate([format_parts(tokenizer, t) for t in texts[i * batch:(i + 1) * batch]], tokenizer.pad_token_id,
-                    length) for i in range(n)]
+def chat_loader(tokenizer, n_texts: int, batch: int, length: int) -> torch.utils.data.DataLoader:
+    from functools import partial
+
+    texts = load_category("sandbagging", val_fraction=0.0).train[:n_texts]
+    return torch.utils.data.DataLoader([format_parts(tokenizer, t) for t in texts], batch_size=batch, shuffle=False,
+                                       collate_fn=partial(collate, pad_id=tokenizer.pad_token_id, max_length=length))
 
 
-def lightning_steps(module, data: list[dict], warmup: int) -> list[float]:
-    """Seconds of each Lightning step after ``warmup`` steps."""
+def lightning_steps(module, data, warmup: int, steps: Optional[int] = None) -> list[float]:
+    """Seconds of each Lightning step after ``warmup`` steps (``steps`` in all, default:
+    one pass over ``data``, a list of batches or a loader)."""
     timer = StepTimer()
-    trainer = L.Trainer(max_steps=len(data), accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_steps=steps or len(data), accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
                         log_every_n_steps=1, callbacks=[timer, L.pytorch.callbacks.RichProgressBar()],
                         enable_model_summary=False)
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
+    loader = data if isinstance(data, torch.utils.data.DataLoader) else torch.utils.data.DataLoader(data, batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
     return [b - a for a, b in zip(timer.starts[warmup:], timer.starts[warmup + 1:])]
 
 
 def compare_positions(pair, args) -> dict:
-    data = chat_batches(pair.tokenizer, args.steps + args.warmup, args.batch, args.length)
-    result = {"batch": f"{args.batch} texts, at most {args.length} tokens", "steps_timed": args.steps,
-              "answer_tokens": args.answer_tokens, "refresh_every": args.refresh_every}
+    loader = chat_loader(pair.tokenizer, args.texts, args.batch, args.length)
+    result = {"texts": f"{len(loader.dataset)} texts, batches of {args.batch}, at most {args.length} tokens",
+              "steps_timed": args.steps, "answer_tokens": args.answer_tokens, "refresh_every": args.refresh_every,
+              "answer_batch_size": args.answer_batch_size}
     for positions in ("text", "response"):
         module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions=positions,
-                                      answer_tokens=args.answer_tokens, refresh_every=args.refresh_every)
-        result[f"{positions}_step_s"] = round(statistics.mean(lightning_steps(module, data, args.warmup)), 3)
+                                      answer_tokens=args.answer_tokens, refresh_every=args.refresh_every,
+                                      answer_batch_size=args.answer_batch_size)
+        result[f"{positions}_step_s"] = round(statistics.mean(lightning_steps(module, loader, 0, args.steps)), 3)
+        if positions == "response":
+            result["answers_generated"] = module.train_answers.generated
     result["ratio"] = round(result["response_step_s"] / result["text_step_s"], 3)
     return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=None, help="steps timed (default 8; 48 with --positions)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--adapter", default=str(REPO_ROOT / "organisms" / "sandbagging"))
     ap.add_argument("--positions", action="store_true", help="time the answer objective against the text objective")
-    ap.add_argument("--answer-tokens", type=int, default=32)
-    ap.add_argument("--refresh-every", type=int, default=4)
+    ap.add_argument("--texts", type=int, default=104, help="--positions: texts in the loader (a run's training set)")
+    ap.add_argument("--answer-tokens", type=int, default=16)
+    ap.add_argument("--refresh-every", type=int, default=24)
+    ap.add_argument("--answer-batch-size", type=int, default=32)
     args = ap.parse_args()
+    args.steps = args.steps or (48 if args.positions else 8)
     torch.set_num_threads(torch.get_num_threads())
     adapter = args.adapter if Path(args.adapter, "adapter_config.json").exists() else None
     pair = load_model_pair(adapter=adapter)

@@ -13,9 +13,12 @@ over the finetuned model's answer to each text, with the prompt in place:
    gradient reaches the prompt through the context, since every answer position attends
    to it.
 
-Answers are regenerated with the current prompt (on-policy) once they are
-``refresh_every`` steps old (:class:`AnswerCache`); ``refresh_every = 1`` regenerates
-every step.
+Answers are regenerated with the current prompt (on-policy) every ``refresh_every``
+steps (:class:`AnswerCache`): a training run refreshes every training text's answer at
+once, ``batch_size`` texts per ``generate`` call (:meth:`AnswerCache.refresh`), which
+costs far less per answer than generating a few texts at each step; a text whose answer
+is missing or older than that is answered when its batch comes. ``refresh_every = 1``
+regenerates every step.
 
 A batch is the usual dict (``input_ids``, ``attention_mask``, ``prompt_pos``, right
 padded) plus ``score_mask`` ``[B, T]``; :func:`finediff.divergence.pair_divergence` and
@@ -48,11 +51,13 @@ class AnswerSettings:
     temperature: float = 0.0
     """0: greedy answers; > 0: sampled at this temperature."""
     top_p: float = 1.0
+    batch_size: int = 32
+    """Texts per ``generate`` call when every answer is refreshed at once."""
 
     def __post_init__(self):
-        if self.tokens < 1 or self.refresh_every < 1:
-            raise FinediffError(f"module.answer_tokens and module.refresh_every must be >= 1, "
-                                f"got {self.tokens} and {self.refresh_every}")
+        if self.tokens < 1 or self.refresh_every < 1 or self.batch_size < 1:
+            raise FinediffError(f"module.answer_tokens, module.refresh_every and module.answer_batch_size must be "
+                                f">= 1, got {self.tokens}, {self.refresh_every} and {self.batch_size}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise FinediffError(f"module.answer_temperature must be >= 0 and module.answer_top_p in (0, 1], "
                                 f"got {self.temperature} and {self.top_p}")
@@ -147,12 +152,13 @@ def answer_batch(pair, batch: dict, prompt: Optional[torch.Tensor] = None,
 
 
 class AnswerCache:
-    """On-policy answers, kept until they are ``settings.refresh_every`` steps old.
+    """On-policy answers, each used until it is ``settings.refresh_every`` steps old.
 
     Keyed by a row's token ids, so a text's answer follows it across shuffled batches.
-    :meth:`batch` regenerates, in one ``generate`` call, the rows whose answer is missing
-    or stale, with the prompt as it is at that step (sampled answers: seeded by
-    ``seed + step``, so a run is reproducible).
+    :meth:`refresh` answers many texts at once (a training run calls it every
+    ``refresh_every`` steps with all its texts); :meth:`batch` answers, in one ``generate``
+    call, the rows whose answer is missing or stale, with the prompt as it is at that step.
+    Sampled answers are seeded by ``seed + step``, so a run is reproducible.
     """
 
     def __init__(self, settings: AnswerSettings = AnswerSettings(), seed: int = 0):
@@ -161,18 +167,37 @@ class AnswerCache:
         self.generated = 0
         """Answers generated so far (a cost counter)."""
 
+    @staticmethod
+    def _keys(batch: dict) -> list[tuple]:
+        return [tuple(batch["input_ids"][r, :n].tolist()) for r, (n, _) in enumerate(_rows(batch))]
+
+    def _answer(self, pair, batch: dict, rows: list[int], prompt: Optional[torch.Tensor], step: int) -> None:
+        keys = self._keys(batch)
+        sub = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        new = generate_answers(pair.finetuned, sub, None if prompt is None else prompt.detach(), self.settings,
+                               pair.tokenizer.eos_token_id, seed=self.seed + step)
+        for r, answer in zip(rows, new):
+            self.answers[keys[r]] = (answer, step)
+        self.generated += len(rows)
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is one at which a training run refreshes every answer."""
+        return step % self.settings.refresh_every == 0
+
+    def refresh(self, pair, items: list, collate_fn, prompt: Optional[torch.Tensor], step: int) -> None:
+        """Answer every item (what a training loader's dataset holds, batched by
+        ``collate_fn``) with ``prompt``, ``settings.batch_size`` items per ``generate`` call."""
+        n = self.settings.batch_size
+        for i in range(0, len(items), n):
+            chunk = collate_fn(items[i:i + n])
+            self._answer(pair, chunk, list(range(len(items[i:i + n]))), prompt, step)
+
     def batch(self, pair, batch: dict, prompt: Optional[torch.Tensor], step: int) -> dict:
-        keys = [tuple(batch["input_ids"][r, :n].tolist()) for r, (n, _) in enumerate(_rows(batch))]
+        keys = self._keys(batch)
         stale = [r for r, key in enumerate(keys) if key not in self.answers
                  or step - self.answers[key][1] >= self.settings.refresh_every]
         if stale:
-            sub = {k: v[stale] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            tok = pair.tokenizer
-            new = generate_answers(pair.finetuned, sub, None if prompt is None else prompt.detach(), self.settings,
-                                   tok.eos_token_id, seed=self.seed + step)
-            for r, answer in zip(stale, new):
-                self.answers[keys[r]] = (answer, step)
-            self.generated += len(stale)
+            self._answer(pair, batch, stale, prompt, step)
         pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
         return with_answers(batch, [self.answers[key][0] for key in keys], pad)
 

@@ -69,6 +69,7 @@ class Finding:
     p_value: float
     p_adjusted: float
     odds_ratio: float
+    """Pairs that differ the claimed way over pairs that differ the other way (McNemar)."""
     confirmed: bool
     groups: list = field(default_factory=list)
     """Groups of the prompts where the finetuned answers showed it, most first."""

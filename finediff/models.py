@@ -15,14 +15,24 @@ GGUF once into a safetensors directory under the user's cache (``FINEDIFF_CACHE`
 ``~/.cache/finediff``) and loads that copy afterwards, in well under a second.
 
 The finetuned side may add a PEFT adapter (a local directory or hub id) on top of its
-model. By default the adapter is merged into the weights: both sides are then plain
-causal LMs and the forward pass costs no adapter overhead.
+model, in one of two ways (``merge_adapter``):
+
+* merged (``True``): the adapter is merged into a second copy of the weights; both sides
+  are plain causal LMs and the forward pass costs no adapter overhead, at twice the
+  weight memory;
+* shared (``False``, when the finetuned side is the base plus the adapter): the finetuned
+  side is a second module tree over the *same* parameter tensors as the base
+  (:func:`share_weights`), with the adapter's layers put on it unmerged. Weight memory is
+  one model plus the adapter; every hook, submodule and ``generate`` call works on each
+  side as on two separate models, since the two trees share tensors, not modules.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -275,6 +285,13 @@ def attach_adapter(model: nn.Module, adapter: str, merge: bool = True) -> nn.Mod
     return peft_model.merge_and_unload() if merge else peft_model
 
 
+def share_weights(model: nn.Module) -> nn.Module:
+    """A second module tree over the same parameters and buffers as ``model`` (nothing
+    is copied but the modules themselves)."""
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Frozen means: no parameter requires a gradient, and the module is in eval mode."""
     for p in model.parameters():
@@ -319,6 +336,11 @@ class ModelPair(nn.Module):
         self.tokenizer = tokenizer
         self.spec = spec
         self._checkpointing = False
+
+    @property
+    def shares_weights(self) -> bool:
+        """Both sides read one copy of the weights (an unmerged adapter on the base)."""
+        return self.base.get_input_embeddings().weight is self.finetuned.get_input_embeddings().weight
 
     @property
     def hidden_size(self) -> int:
@@ -389,7 +411,9 @@ def load_model_pair(
         finetuned: model name of the finetuned side; None means the same as ``base``.
         adapter: PEFT adapter directory or hub id applied to the finetuned side.
         dtype: weights dtype of both models.
-        merge_adapter: merge the adapter into the weights (faster forward passes).
+        merge_adapter: merge the adapter into a second copy of the weights (faster forward
+            passes); False with an adapter on the base: one copy of the weights, shared by
+            both sides, the adapter unmerged on the finetuned side.
         trust_remote_code: allow model repositories to run their own code (off by default).
         require_finetuned: refuse a pair with neither ``finetuned`` nor ``adapter`` (the
             command-line runs set it: diffing the base against itself by omission would
@@ -414,8 +438,11 @@ def load_model_pair(
                 "one vocabulary; finediff compares models with the same tokenizer"
             )
     base_model = load_model(base, dtype, trust_remote_code=trust_remote_code)
-    ft_model = load_model(finetuned, dtype, adapter=adapter, merge_adapter=merge_adapter,
-                          trust_remote_code=trust_remote_code)
+    if adapter and finetuned == base and not merge_adapter:
+        ft_model = freeze(attach_adapter(share_weights(base_model), adapter, merge=False).get_base_model())
+    else:
+        ft_model = load_model(finetuned, dtype, adapter=adapter, merge_adapter=merge_adapter,
+                              trust_remote_code=trust_remote_code)
     return ModelPair(base_model, ft_model, tokenizer, spec)
 
 

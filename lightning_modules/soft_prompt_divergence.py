@@ -47,8 +47,9 @@ class SoftPromptDivergence(L.LightningModule):
         seed: seed of the prompt init and of the random-prompt baseline.
         positions: ``response`` (the answer objective) or ``text``.
         answer_tokens: new tokens per answer (``response``).
-        refresh_every: regenerate a text's answer with the current prompt once it is this
-            many steps old (``response``; 1: every step).
+        refresh_every: every this many steps, regenerate the answer of every training text
+            with the current prompt (``response``; 1: every step).
+        answer_batch_size: texts per ``generate`` call in that refresh.
         answer_temperature: 0 for greedy answers, else the sampling temperature.
         readability_weight: weight of the penalty that keeps each prompt vector near a
             token embedding (:func:`~finediff.soft_prompt.readability_penalty`); 0: none.
@@ -73,6 +74,7 @@ class SoftPromptDivergence(L.LightningModule):
         refresh_every: int = 24,
         answer_temperature: float = 0.0,
         readability_weight: float = 0.0,
+        answer_batch_size: int = 32,
     ):
         super().__init__()
         parse_kind(divergence)
@@ -86,7 +88,7 @@ class SoftPromptDivergence(L.LightningModule):
             check_number("module.chunk_size", chunk_size, int, minimum=0)
         check_positions(positions)
         check_number("module.readability_weight", readability_weight, float, minimum=0.0)
-        self.answers = AnswerSettings(answer_tokens, refresh_every, answer_temperature)
+        self.answers = AnswerSettings(answer_tokens, refresh_every, answer_temperature, batch_size=answer_batch_size)
         self.train_answers = AnswerCache(self.answers)
         self.plain_answers = AnswerCache(AnswerSettings(answer_tokens, 1 << 30, answer_temperature))
         self.save_hyperparameters(ignore=["pair"])
@@ -121,8 +123,21 @@ class SoftPromptDivergence(L.LightningModule):
             batch = cache.batch(self.pair, batch, prompt, step)
         return batch_divergence(self.pair, batch, prompt, hp.divergence, hp.temperature, hp.chunk_size)
 
+    def refresh_answers(self, prompt: torch.Tensor) -> bool:
+        """Every training text's answer with the current prompt, many texts per ``generate``
+        call (the texts come from the training loader; False when its dataset is not a list
+        of texts to batch, and the answers are then made batch by batch as they come)."""
+        loader = getattr(self.trainer, "train_dataloader", None) if self._trainer is not None else None
+        items, collate_fn = getattr(loader, "dataset", None), getattr(loader, "collate_fn", None)
+        if not isinstance(items, list) or not items or not isinstance(items[0], (list, tuple)) or collate_fn is None:
+            return False
+        self.train_answers.refresh(self.pair, items, collate_fn, prompt, self.global_step)
+        return True
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         prompt = self.soft_prompt()
+        if self.hparams.positions == "response" and self.train_answers.due(self.global_step):
+            self.refresh_answers(prompt)
         divergence = self.model_step(batch, prompt, self.train_answers, self.global_step)
         bs = batch["input_ids"].shape[0]
         self.log(names.TRAIN_DIVERGENCE, divergence, prog_bar=True, batch_size=bs)

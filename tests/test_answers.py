@@ -113,6 +113,46 @@ def test_on_policy_refresh_uses_the_prompt_of_the_current_step(sensitive_pair):
     assert restored.generated == 4
 
 
+def test_refresh_answers_every_text_at_once_as_its_batch_would(sensitive_pair):
+    """A training run's refresh: every text answered, a few per generate call, the same
+    answers its own batch would get; until the next refresh the batches generate nothing."""
+    from functools import partial
+
+    from finediff.data import collate, format_parts
+
+    pair, tok = sensitive_pair, sensitive_pair.tokenizer
+    items = [format_parts(tok, t) for t in TEXTS + ["Tell me a joke.", "Why is the sky blue?", "Count to five."]]
+    collate_fn = partial(collate, pad_id=tok.pad_token_id)
+    settings = AnswerSettings(tokens=6, refresh_every=4, batch_size=2)
+    p = torch.randn(3, pair.hidden_size)
+    cache = AnswerCache(settings)
+    cache.refresh(pair, items, collate_fn, p, step=0)
+    assert cache.generated == len(items) and cache.due(4) and not cache.due(3)
+    batch = collate_fn(items[1:4])
+    got = cache.batch(pair, batch, torch.randn(3, pair.hidden_size), step=3)
+    assert cache.generated == len(items)  # fresh: nothing generated at the step
+    expected = with_answers(batch, generate_answers(pair.finetuned, batch, p, settings, tok.eos_token_id),
+                            tok.pad_token_id)
+    assert got["input_ids"].equal(expected["input_ids"]) and got["score_mask"].equal(expected["score_mask"])
+
+
+def test_a_training_run_refreshes_every_answer_every_refresh_every_steps(tiny_pair):
+    from functools import partial
+
+    import lightning as L
+
+    from finediff.data import collate, format_parts
+    from lightning_modules import SoftPromptDivergence
+
+    tok = tiny_pair.tokenizer
+    items = [format_parts(tok, t) for t in TEXTS + ["Tell me a joke.", "Why is the sky blue?", "Count to five.", "Hi."]]
+    loader = torch.utils.data.DataLoader(items, batch_size=2, collate_fn=partial(collate, pad_id=tok.pad_token_id))
+    module = SoftPromptDivergence(tiny_pair, warmup_steps=1, answer_tokens=4, refresh_every=4, answer_batch_size=4)
+    L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(module, train_dataloaders=loader)
+    assert module.train_answers.generated == 2 * len(items)  # all of them at steps 0 and 4, nothing between
+
+
 def test_readability_penalty_is_zero_at_token_embeddings_and_pulls_towards_the_nearest():
     torch.manual_seed(0)
     weight = torch.randn(50, 8)
@@ -130,8 +170,10 @@ def test_readability_penalty_is_zero_at_token_embeddings_and_pulls_towards_the_n
 
 
 def test_bad_answer_settings():
-    with pytest.raises(FinediffError, match="refresh_every must be >= 1"):
+    with pytest.raises(FinediffError, match="refresh_every and module.answer_batch_size must be >= 1"):
         AnswerSettings(refresh_every=0)
+    with pytest.raises(FinediffError, match="answer_batch_size"):
+        AnswerSettings(batch_size=0)
     with pytest.raises(FinediffError, match="answer_temperature"):
         AnswerSettings(temperature=-1.0)
 

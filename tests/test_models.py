@@ -28,6 +28,51 @@ def test_adapter_is_applied_and_merged(tiny_dirs):
     assert "lora" not in " ".join(n for n, _ in with_adapter.finetuned.named_parameters())
 
 
+def test_shared_weights_pair_matches_the_merged_pair(tiny_dirs, tmp_path):
+    """merge_adapter=False: one copy of the weights (the finetuned side's modules read the
+    base's tensors, plus the adapter's), the same logits on both sides, the same KL and
+    norm-difference results."""
+    base, adapter = str(tiny_dirs["base"]), str(tiny_dirs["adapter"])
+    merged = load_model_pair(base, adapter=adapter)
+    shared = load_model_pair(base, adapter=adapter, merge_adapter=False)
+    assert shared.shares_weights and not merged.shares_weights
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    for side in ("base", "finetuned"):
+        diff = (getattr(merged, side)(ids).logits - getattr(shared, side)(ids).logits).abs().max().item()
+        assert diff < 1e-5, (side, diff)
+    assert not torch.allclose(shared.base(ids).logits, shared.finetuned(ids).logits, atol=1e-4)
+    n_base = sum(p.numel() for p in shared.base.parameters())
+    n_lora = sum(p.numel() for n, p in shared.finetuned.named_parameters() if "lora_" in n)
+    assert n_lora > 0 and sum(p.numel() for p in shared.parameters()) == n_base + n_lora
+    assert sum(p.numel() for p in merged.parameters()) == 2 * n_base
+    assert all(not p.requires_grad for p in shared.parameters()) and not shared.finetuned.training
+    # the other diffing methods over an activation cache of each pair
+    from finediff.methods import preprocess, run_method
+
+    texts = ["The cat sat on the mat.", "What is the capital of France?", "Two plus two is four."]
+    summaries = []
+    for name, pair in (("merged", merged), ("shared", shared)):
+        cache = tmp_path / name / "cache"
+        preprocess(pair, texts, cache, n_tokens=8, progress=False)
+        summaries.append({m: run_method(m, pair, cache, tmp_path / name / m) for m in ("kl", "normdiff")})
+    (a_num, a_text), (b_num, b_text) = (_split(_leaves(x)) for x in summaries)
+    assert b_text == a_text and b_num == pytest.approx(a_num, rel=1e-3, abs=1e-6)
+
+
+def _split(leaves: list) -> tuple[list, list]:
+    numbers = [x for x in leaves if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    return numbers, [x for x in leaves if x not in numbers or isinstance(x, bool)]
+
+
+def _leaves(obj) -> list:
+    """The numbers in a nested result, in order (strings must match exactly)."""
+    if isinstance(obj, dict):
+        return [x for k in obj for x in [k] + _leaves(obj[k])]
+    if isinstance(obj, (list, tuple)):
+        return [x for v in obj for x in _leaves(v)]
+    return [obj]
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
@@ -86,3 +131,34 @@ def test_spec_recorded(tiny_dirs):
     pair = load_model_pair(str(tiny_dirs["base"]), adapter=str(tiny_dirs["adapter"]))
     spec = pair.spec.as_dict()
     assert spec["adapter"] == str(tiny_dirs["adapter"]) and json.dumps(spec)
+
+
+def test_every_output_is_the_same_with_shared_weights(tiny_dirs, tmp_path):
+    """A whole run (soft prompt, hard prompts, divergent dataset, ADL, comparison) on the
+    base + adapter pair, merged and shared: the same numbers and texts."""
+    from finediff import names
+    from finediff.records import LensSummary, read_dataset
+    from tests.conftest import run_train
+
+    runs = {}
+    for merge in ("true", "false"):
+        out = tmp_path / merge
+        metrics = run_train(tiny_dirs, out, "model.finetuned=null", f"model.adapter={tiny_dirs['adapter']}",
+                            f"model.merge_adapter={merge}")
+        runs[merge] = (out, metrics)
+    (a, ma), (b, mb) = runs["true"], runs["false"]
+    assert {k: pytest.approx(v, rel=1e-3, abs=1e-6) for k, v in ma.items()} == mb
+    torch.testing.assert_close(torch.load(b / names.SOFT_PROMPT_FILE)["prompt"],
+                               torch.load(a / names.SOFT_PROMPT_FILE)["prompt"], rtol=1e-3, atol=1e-5)
+    ha, hb = ([json.loads(x) for x in (d / names.HARD_PROMPTS_FILE).read_text().splitlines()] for d in (a, b))
+    assert [h["text"] for h in ha] == [h["text"] for h in hb]
+    assert [h["divergence"] for h in hb] == pytest.approx([h["divergence"] for h in ha], rel=1e-3, abs=1e-6)
+    ra, rb = (read_dataset(d / names.DIVERGENT_DATASET_PT) for d in (a, b))
+    assert [(r.prompt, r.generation_1, r.generation_2) for r in ra] == \
+        [(r.prompt, r.generation_1, r.generation_2) for r in rb]
+    for key in names.RECORD_METRICS:
+        assert [r.metric(key) for r in rb] == pytest.approx([r.metric(key) for r in ra], rel=1e-3, abs=1e-6)
+    la, lb = (LensSummary.read(d / names.LENS_DIR / names.LENS_SUMMARY) for d in (a, b))
+    for layer in la.layers:
+        for pa, pb in zip(la.layers[layer].positions, lb.layers[layer].positions):
+            assert [t for t, _ in pa.patchscope["tokens"]] == [t for t, _ in pb.patchscope["tokens"]]
