@@ -62,7 +62,7 @@ def check_run_inputs(cfg: DictConfig) -> None:
         if key in m:
             check_number(f"module.{key}", m[key], kind)
     AnswerSettings(m.get("answer_tokens", 16), m.get("refresh_every", 24), m.get("answer_temperature", 0.0),
-                   batch_size=m.get("answer_batch_size", 32))
+                   batch_size=m.get("answer_batch_size", 0))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -14,10 +14,11 @@ ratio (Lightning / bare).
 With ``--positions`` both sides are the Lightning module on a loader of the same
 chat-formatted sandbagging texts (``--texts`` of them, batches of ``--batch``, at most
 ``length`` tokens, collated as a run's datamodule does): ``module.positions=text``
-against ``response`` (every text's answer of ``--answer-tokens`` regenerated every
-``--refresh-every`` steps, ``--answer-batch-size`` texts per generate call, as in a
-training run). Every step is timed from the first, so the refreshes count in proportion;
-the mean step of each and their ratio (response / text) are printed.
+against ``response`` for each ``--answer-batch-size`` (0: a text's answer of
+``--answer-tokens`` regenerated once it is ``--refresh-every`` steps old, when its batch
+comes; > 0: every text's answer at once every ``--refresh-every`` steps, that many per
+generate call). Every step is timed from the first, so the answers made count in
+proportion; the mean step of each and its ratio to the text step are printed.
 """
 
 from __future__ import annotations
@@ -83,16 +84,17 @@ def lightning_steps(module, data, warmup: int, steps: Optional[int] = None) -> l
 def compare_positions(pair, args) -> dict:
     loader = chat_loader(pair.tokenizer, args.texts, args.batch, args.length)
     result = {"texts": f"{len(loader.dataset)} texts, batches of {args.batch}, at most {args.length} tokens",
-              "steps_timed": args.steps, "answer_tokens": args.answer_tokens, "refresh_every": args.refresh_every,
-              "answer_batch_size": args.answer_batch_size}
-    for positions in ("text", "response"):
-        module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions=positions,
+              "steps_timed": args.steps, "answer_tokens": args.answer_tokens, "refresh_every": args.refresh_every}
+    module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions="text")
+    result["text_step_s"] = round(statistics.mean(lightning_steps(module, loader, 0, args.steps)), 3)
+    for size in args.answer_batch_size:
+        module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions="response",
                                       answer_tokens=args.answer_tokens, refresh_every=args.refresh_every,
-                                      answer_batch_size=args.answer_batch_size)
-        result[f"{positions}_step_s"] = round(statistics.mean(lightning_steps(module, loader, 0, args.steps)), 3)
-        if positions == "response":
-            result["answers_generated"] = module.train_answers.generated
-    result["ratio"] = round(result["response_step_s"] / result["text_step_s"], 3)
+                                      answer_batch_size=size)
+        step = statistics.mean(lightning_steps(module, loader, 0, args.steps))
+        result[f"response_answer_batch_size_{size}"] = {
+            "step_s": round(step, 3), "answers_generated": module.train_answers.generated,
+            "ratio": round(step / result["text_step_s"], 3)}
     return result
 
 
@@ -107,7 +109,8 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=104, help="--positions: texts in the loader (a run's training set)")
     ap.add_argument("--answer-tokens", type=int, default=16)
     ap.add_argument("--refresh-every", type=int, default=24)
-    ap.add_argument("--answer-batch-size", type=int, default=32)
+    ap.add_argument("--answer-batch-size", type=int, nargs="+", default=[0, 32],
+                    help="module.answer_batch_size values to time (0: answers made batch by batch)")
     args = ap.parse_args()
     args.steps = args.steps or (48 if args.positions else 8)
     torch.set_num_threads(torch.get_num_threads())

@@ -13,12 +13,12 @@ over the finetuned model's answer to each text, with the prompt in place:
    gradient reaches the prompt through the context, since every answer position attends
    to it.
 
-Answers are regenerated with the current prompt (on-policy) every ``refresh_every``
-steps (:class:`AnswerCache`): a training run refreshes every training text's answer at
-once, ``batch_size`` texts per ``generate`` call (:meth:`AnswerCache.refresh`), which
-costs far less per answer than generating a few texts at each step; a text whose answer
-is missing or older than that is answered when its batch comes. ``refresh_every = 1``
-regenerates every step.
+Answers are regenerated with the current prompt (on-policy) once they are
+``refresh_every`` steps old (:class:`AnswerCache`): by default when the text's batch
+comes; with ``batch_size`` > 0 a training run instead refreshes every training text's
+answer at once every ``refresh_every`` steps, ``batch_size`` texts per ``generate`` call
+(:meth:`AnswerCache.refresh`), which costs far less per answer than generating a few
+texts at most steps. ``refresh_every = 1`` regenerates every step.
 
 A batch is the usual dict (``input_ids``, ``attention_mask``, ``prompt_pos``, right
 padded) plus ``score_mask`` ``[B, T]``; :func:`finediff.divergence.pair_divergence` and
@@ -51,13 +51,17 @@ class AnswerSettings:
     temperature: float = 0.0
     """0: greedy answers; > 0: sampled at this temperature."""
     top_p: float = 1.0
-    batch_size: int = 32
-    """Texts per ``generate`` call when every answer is refreshed at once."""
+    batch_size: int = 0
+    """0: answers are made batch by batch as the texts come; > 0: a training run refreshes
+    every text's answer at once every ``refresh_every`` steps, this many per ``generate``
+    call."""
 
     def __post_init__(self):
-        if self.tokens < 1 or self.refresh_every < 1 or self.batch_size < 1:
-            raise FinediffError(f"module.answer_tokens, module.refresh_every and module.answer_batch_size must be "
-                                f">= 1, got {self.tokens}, {self.refresh_every} and {self.batch_size}")
+        if self.tokens < 1 or self.refresh_every < 1:
+            raise FinediffError(f"module.answer_tokens and module.refresh_every must be >= 1, "
+                                f"got {self.tokens} and {self.refresh_every}")
+        if self.batch_size < 0:
+            raise FinediffError(f"module.answer_batch_size must be >= 0, got {self.batch_size}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise FinediffError(f"module.answer_temperature must be >= 0 and module.answer_top_p in (0, 1], "
                                 f"got {self.temperature} and {self.top_p}")
@@ -181,8 +185,8 @@ class AnswerCache:
         self.generated += len(rows)
 
     def due(self, step: int) -> bool:
-        """Whether ``step`` is one at which a training run refreshes every answer."""
-        return step % self.settings.refresh_every == 0
+        """Whether ``step`` is one at which a training run refreshes every answer at once."""
+        return self.settings.batch_size > 0 and step % self.settings.refresh_every == 0
 
     def refresh(self, pair, items: list, collate_fn, prompt: Optional[torch.Tensor], step: int) -> None:
         """Answer every item (what a training loader's dataset holds, batched by

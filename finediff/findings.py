@@ -74,7 +74,8 @@ class Finding:
     groups: list = field(default_factory=list)
     """Groups of the prompts where the finetuned answers showed it, most first."""
     examples: list = field(default_factory=list)
-    """``{"prompt", "base", "finetuned"}`` where the two differ in the claimed way."""
+    """``{"prompt", "base", "finetuned"}`` where the two differ in the claimed way: one from
+    each of the (up to three) prompts where that happens most often."""
     instead: list = field(default_factory=list)
     """For a per-prompt hypothesis: ``[word, answers]``, the words the finetuned model says
     where it drops the base's, most frequent first (described, not tested)."""
@@ -217,11 +218,12 @@ def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_a
         for g, s in zip(groups, shows):
             if s and g:
                 counts[g] = counts.get(g, 0) + 1
-        shown = {}  # one example per prompt, first come first kept
+        shown: dict[str, list] = {}  # per prompt: its pairs that differ the claimed way
         for p_, bs, fs, hf, hb in zip(prompts, base_answers, ft_answers, hit_ft, hit_base):
-            if (hf and not hb if h.direction == "more" else hb and not hf) and p_ not in shown and len(shown) < 3:
-                shown[p_] = {"prompt": p_, "base": bs, "finetuned": fs}
-        examples = list(shown.values())
+            if hf and not hb if h.direction == "more" else hb and not hf:
+                shown.setdefault(p_, []).append({"prompt": p_, "base": bs, "finetuned": fs})
+        # one example from each of the prompts where it shows most often
+        examples = [pairs[0] for pairs in sorted(shown.values(), key=len, reverse=True)[:3]]
         instead: dict[str, int] = {}
         if h.keys is not None:  # what the finetuned model says where it drops the base's words (and the base never does)
             base_said: dict[str, set] = {}

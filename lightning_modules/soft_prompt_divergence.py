@@ -47,9 +47,11 @@ class SoftPromptDivergence(L.LightningModule):
         seed: seed of the prompt init and of the random-prompt baseline.
         positions: ``response`` (the answer objective) or ``text``.
         answer_tokens: new tokens per answer (``response``).
-        refresh_every: every this many steps, regenerate the answer of every training text
-            with the current prompt (``response``; 1: every step).
-        answer_batch_size: texts per ``generate`` call in that refresh.
+        refresh_every: regenerate a text's answer with the current prompt once it is this
+            many steps old (``response``; 1: every step).
+        answer_batch_size: 0: answers are made as the texts' batches come; > 0: every
+            ``refresh_every`` steps, every training text's answer at once, this many texts
+            per ``generate`` call.
         answer_temperature: 0 for greedy answers, else the sampling temperature.
         readability_weight: weight of the penalty that keeps each prompt vector near a
             token embedding (:func:`~finediff.soft_prompt.readability_penalty`); 0: none.
@@ -74,7 +76,7 @@ class SoftPromptDivergence(L.LightningModule):
         refresh_every: int = 24,
         answer_temperature: float = 0.0,
         readability_weight: float = 0.0,
-        answer_batch_size: int = 32,
+        answer_batch_size: int = 0,
     ):
         super().__init__()
         parse_kind(divergence)

@@ -128,6 +128,7 @@ def test_refresh_answers_every_text_at_once_as_its_batch_would(sensitive_pair):
     cache = AnswerCache(settings)
     cache.refresh(pair, items, collate_fn, p, step=0)
     assert cache.generated == len(items) and cache.due(4) and not cache.due(3)
+    assert not AnswerCache(AnswerSettings(refresh_every=4)).due(4)  # batch_size 0: batch by batch
     batch = collate_fn(items[1:4])
     got = cache.batch(pair, batch, torch.randn(3, pair.hidden_size), step=3)
     assert cache.generated == len(items)  # fresh: nothing generated at the step
@@ -170,10 +171,10 @@ def test_readability_penalty_is_zero_at_token_embeddings_and_pulls_towards_the_n
 
 
 def test_bad_answer_settings():
-    with pytest.raises(FinediffError, match="refresh_every and module.answer_batch_size must be >= 1"):
+    with pytest.raises(FinediffError, match="refresh_every must be >= 1"):
         AnswerSettings(refresh_every=0)
-    with pytest.raises(FinediffError, match="answer_batch_size"):
-        AnswerSettings(batch_size=0)
+    with pytest.raises(FinediffError, match="answer_batch_size must be >= 0"):
+        AnswerSettings(batch_size=-1)
     with pytest.raises(FinediffError, match="answer_temperature"):
         AnswerSettings(temperature=-1.0)
 
