@@ -6,9 +6,11 @@ Each way (``model.merge_adapter=true``: the adapter merged into a second copy of
 weights; ``false``: one copy shared by both sides, the adapter unmerged on the finetuned
 side) runs in its own process: load the embedded pair with the adapter, then ``--steps``
 soft-prompt steps (forward through both models, backward to the prompt) on batches of
-``--batch x --length`` tokens. Prints, for each, the peak resident memory of the process
-(and how much of it came after the libraries were imported: the pair and its steps) and
-the median step, then the ratios shared / merged.
+``--batch x --length`` tokens. Prints, for each, the resident memory the loaded pair adds
+to the process (its weights), the peak resident memory of the process (and how much of it
+came after the libraries were imported: the pair, and the activations its steps keep for
+the backward pass, which are the same either way) and the median step, then the ratios
+shared / merged.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def child(merge: bool, args) -> dict:
     t = time.perf_counter()
     pair = load_model_pair(adapter=args.adapter, merge_adapter=merge)
     load_s = time.perf_counter() - t
+    import gc
+
+    gc.collect()
+    loaded = _rss_mb() - before
     tok = pair.tokenizer
     texts = load_category("sandbagging", val_fraction=0.0).train
     embed = pair.base.get_input_embeddings().weight
@@ -59,7 +65,7 @@ def child(merge: bool, args) -> dict:
         loss.backward()
         steps.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"shares_weights": pair.shares_weights, "load_s": round(load_s, 2),
+    return {"shares_weights": pair.shares_weights, "load_s": round(load_s, 2), "pair_rss_mb": round(loaded),
             "peak_rss_mb": round(peak), "peak_after_imports_mb": round(peak - before),
             "step_s": round(statistics.median(steps[1:]), 3)}
 
@@ -84,6 +90,7 @@ def main() -> None:
             raise SystemExit(f"finediff: error: the {way} run failed: {run.stderr.strip().splitlines()[-1]}")
         result[way] = json.loads(run.stdout.strip().splitlines()[-1])
     m, s = result["merged"], result["shared"]
+    result["pair_ratio"] = round(s["pair_rss_mb"] / m["pair_rss_mb"], 3)
     result["peak_ratio"] = round(s["peak_rss_mb"] / m["peak_rss_mb"], 3)
     result["peak_after_imports_ratio"] = round(s["peak_after_imports_mb"] / m["peak_after_imports_mb"], 3)
     result["step_ratio"] = round(s["step_s"] / m["step_s"], 3)
