@@ -7,7 +7,7 @@ weights; ``false``: one copy shared by both sides, the adapter unmerged on the f
 side) runs in its own process: load the embedded pair with the adapter, then ``--steps``
 soft-prompt steps (forward through both models, backward to the prompt) on batches of
 ``--batch x --length`` tokens. Prints, for each, the resident memory the loaded pair adds
-to the process (its weights), the peak resident memory of the process (and how much of it
+to the process once each side has run a forward pass (its weights), the peak resident memory of the process (and how much of it
 came after the libraries were imported: the pair, and the activations its steps keep for
 the backward pass, which are the same either way) and the median step, then the ratios
 shared / merged.
@@ -50,6 +50,10 @@ def child(merge: bool, args) -> dict:
     load_s = time.perf_counter() - t
     import gc
 
+    with torch.no_grad():  # touch every weight once (loaded tensors may be paged in lazily)
+        probe = torch.tensor([[1, 2, 3, 4]])
+        pair.base(probe)
+        pair.finetuned(probe)
     gc.collect()
     loaded = _rss_mb() - before
     tok = pair.tokenizer
