@@ -154,8 +154,11 @@ def test_ctrl_c_during_training_keeps_the_prompt_and_a_checkpoint(tiny_dirs, tmp
     args = tiny_overrides(tiny_dirs, out, evidence=False) + ["trainer.max_steps=100000", "trainer.val_check_interval=2",
                                                               "trainer.max_epochs=1000"]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
+    # Ctrl-C as in a terminal: a shell that starts commands in the background (nohup ... &)
+    # hands them SIGINT ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 240
         while not (out / names.METRICS_FILE).exists() and time.time() < deadline and proc.poll() is None:
