@@ -175,8 +175,8 @@ class AnswerCache:
     def _keys(batch: dict) -> list[tuple]:
         return [tuple(batch["input_ids"][r, :n].tolist()) for r, (n, _) in enumerate(_rows(batch))]
 
-    def _answer(self, pair, batch: dict, rows: list[int], prompt: Optional[torch.Tensor], step: int) -> None:
-        keys = self._keys(batch)
+    def _answer(self, pair, batch: dict, keys: list[tuple], rows: list[int], prompt: Optional[torch.Tensor],
+                step: int) -> None:
         sub = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}
         new = generate_answers(pair.finetuned, sub, None if prompt is None else prompt.detach(), self.settings,
                                pair.tokenizer.eos_token_id, seed=self.seed + step)
@@ -194,14 +194,15 @@ class AnswerCache:
         n = self.settings.batch_size
         for i in range(0, len(items), n):
             chunk = collate_fn(items[i:i + n])
-            self._answer(pair, chunk, list(range(len(items[i:i + n]))), prompt, step)
+            keys = self._keys(chunk)
+            self._answer(pair, chunk, keys, list(range(len(keys))), prompt, step)
 
     def batch(self, pair, batch: dict, prompt: Optional[torch.Tensor], step: int) -> dict:
         keys = self._keys(batch)
         stale = [r for r, key in enumerate(keys) if key not in self.answers
                  or step - self.answers[key][1] >= self.settings.refresh_every]
         if stale:
-            self._answer(pair, batch, stale, prompt, step)
+            self._answer(pair, batch, keys, stale, prompt, step)
         pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
         return with_answers(batch, [self.answers[key][0] for key in keys], pad)
 
