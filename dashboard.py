@@ -78,7 +78,7 @@ def show_verdict(run: Path) -> None:
 
 def show_overview(run: Path) -> None:
     metrics = read_json(run / names.METRICS_FILE)
-    cols = st.columns(3)
+    cols = st.columns(len(names.VAL_METRIC_KEYS))
     for col, key in zip(cols, names.VAL_METRIC_KEYS):
         col.metric(key, f"{metrics[key]:.4f}" if key in metrics else "-")
     st.caption(f"global step {metrics.get(names.GLOBAL_STEP)}, {metrics.get(names.WALL_TIME, 0):.0f} s of training")

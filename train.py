@@ -58,7 +58,7 @@ def check_run_inputs(cfg: DictConfig) -> None:
     parse_kind(m.get("divergence", "kl_ft_base"))
     check_positions(m.get("positions", "response"))
     for key, kind in (("answer_tokens", int), ("refresh_every", int), ("answer_temperature", float),
-                      ("readability_weight", float), ("answer_batch_size", int)):
+                      ("readability_weight", float), ("answer_batch_size", int), ("base_anchor", float)):
         if key in m:
             check_number(f"module.{key}", m[key], kind)
     AnswerSettings(m.get("answer_tokens", 16), m.get("refresh_every", 24), m.get("answer_temperature", 0.0),

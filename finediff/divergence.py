@@ -205,3 +205,35 @@ def batch_divergence(pair, batch: dict, prompt_PD: Optional[torch.Tensor] = None
     objective, its ``score_mask`` (:mod:`finediff.answers`)."""
     return pair_divergence(pair, batch["input_ids"], batch["attention_mask"], prompt_PD, kind, temperature,
                            chunk_size, batch.get("prompt_pos"), batch.get("score_mask"))
+
+
+def base_shift_divergence(pair, batch: dict, prompt_PD: Optional[torch.Tensor],
+                          kind: str | Divergence = Divergence.KL_FT_BASE, temperature: float = 1.0,
+                          chunk_size: Optional[int] = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(divergence, base_shift)`` on a collated batch with ``prompt_PD`` in place.
+
+    ``divergence`` is :func:`batch_divergence`'s. ``base_shift`` is how far the prompt moves
+    the *base* model's own predictions at the same scored positions: KL(base without the
+    prompt || base with it), mean per token. A prompt that pushes the pair apart by breaking
+    both models (the base drifting into unrelated text as well) shifts the base a lot; one
+    that brings out what the finetune changed leaves the base where it was. Subtracted
+    from the objective with ``module.base_anchor``, it keeps the search on the second kind.
+    The prompt-free base pass runs without gradient; the gradient reaches the prompt
+    through the prompted base pass only.
+    """
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    prompt_pos, score_mask = batch.get("prompt_pos"), batch.get("score_mask")
+    h_ft, h_base, mask = pair_hidden(pair, input_ids, attention_mask, prompt_PD, prompt_pos, score_mask)
+    head_ft, head_base = output_head(pair.finetuned), output_head(pair.base)
+    divergence = chunked_divergence(h_ft, h_base, head_ft, head_base, mask, kind, temperature, chunk_size)
+    if prompt_PD is None:
+        return divergence, divergence.new_zeros(())
+    with torch.no_grad():
+        h_plain = final_hidden(pair.base, pair.base.get_input_embeddings()(input_ids), attention_mask)
+        plain_mask = score_mask.bool() if score_mask is not None else text_mask(attention_mask, 0, prompt_pos)
+    # the scored positions in the same order on both sides: the prompt only shifts them
+    plain, prompted = h_plain[plain_mask].unsqueeze(0), h_base[mask].unsqueeze(0)
+    ones = torch.ones(plain.shape[:2], dtype=torch.bool, device=plain.device)
+    shift = chunked_divergence(plain, prompted, head_base, head_base, ones, Divergence.KL_FT_BASE, temperature,
+                               chunk_size)
+    return divergence, shift

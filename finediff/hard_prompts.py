@@ -6,6 +6,9 @@ message, minus ``fluency_weight`` times the base model's mean negative log-likel
 the prompt (its log-perplexity, given the chat header), so results read as language.
 
 * :func:`project` -- nearest allowed token to each soft-prompt vector by cosine (baseline);
+* :func:`guided` -- readable tokens that follow what training added to the prompt: left
+  to right, among the base model's likeliest next tokens, the one whose embedding points
+  most along that vector's displacement from where it started;
 * :func:`pez` -- PEZ: keep continuous embeddings, project them to the nearest tokens
   every step, take the gradient at the projection and apply it to the continuous ones;
 * ``text`` -- the best natural-language start among the highest-divergence texts (their
@@ -47,7 +50,7 @@ class HardPrompt:
     """One hard prompt and how it measured."""
 
     method: str
-    """``projection``, ``pez``, ``text`` or ``gcg``."""
+    """``projection``, ``guided``, ``pez``, ``text`` or ``gcg``."""
     text: str
     """The decoded prompt (the start of a user message)."""
     token_ids: list[int]
@@ -102,6 +105,39 @@ def project(prompt_PD: torch.Tensor, embed_weight_VD: torch.Tensor, allowed_V: t
     sims = F.normalize(prompt_PD.float(), dim=-1) @ F.normalize(embed_weight_VD.float(), dim=-1).T
     sims[:, ~allowed_V.to(sims.device)] = -float("inf")
     return sims.argmax(dim=-1)
+
+
+@torch.no_grad()
+def guided(base, header: list[int], prompt_PD: torch.Tensor, start_PD: Optional[torch.Tensor],
+           allowed_V: torch.Tensor, fluent_top: int = 128) -> torch.Tensor:
+    """``[P]`` ids: the prompt decoded left to right, each token chosen among the
+    ``fluent_top`` allowed tokens the base model finds likeliest next (after ``header``
+    and the tokens chosen so far; any allowed token where there is no context) as the one
+    whose centred embedding has the highest cosine with the vector's displacement
+    ``prompt - start`` (what training added; the prompt itself when ``start`` is None).
+
+    Projection reads the whole vector, which stays nearest to the token it started from
+    when training moves it along directions no token embedding points to; the displacement
+    is what the objective asked for, and the fluent candidates keep the result readable.
+    """
+    weight = base.get_input_embeddings().weight
+    device = weight.device
+    table = weight.float()
+    table = F.normalize(table - table.mean(0), dim=-1)
+    delta = prompt_PD.float().to(device) - (start_PD.float().to(device) if start_PD is not None else 0.0)
+    sims = F.normalize(delta, dim=-1) @ table.T  # [P, V]
+    allowed = allowed_V.to(device)
+    ids: list[int] = []
+    for p in range(prompt_PD.shape[0]):
+        context = header + ids
+        keep = allowed
+        if context and fluent_top:
+            logits = base(input_ids=torch.tensor([context], device=device)).logits[0, -1].float()
+            top = logits.masked_fill(~allowed, -float("inf")).topk(min(fluent_top, int(allowed.sum()))).indices
+            keep = torch.zeros_like(allowed)
+            keep[top] = True
+        ids.append(int(sims[p].masked_fill(~keep, -float("inf")).argmax()))
+    return torch.tensor(ids, device=device)
 
 
 def _header(pair, batch: dict) -> list[int]:
@@ -363,20 +399,27 @@ def text_prompt_ids(tokenizer, text: str, max_tokens: int) -> Optional[torch.Ten
     return torch.tensor(ids)
 
 
+DERIVED = ("projection", "guided", "pez")
+"""The methods whose prompt is derived from the soft prompt (``text`` starts are not)."""
+METHODS = DERIVED + ("text", "gcg")
+
+
 def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], eval_batches: list[dict],
-                      methods: tuple[str, ...] = ("projection", "pez", "text", "gcg"), kind: str = "kl_ft_base",
+                      methods: tuple[str, ...] = METHODS, kind: str = "kl_ft_base",
                       temperature: float = 1.0, fluency_weight: float = 0.02, pez_steps: int = 20,
                       gcg_steps: int = 4, top_k: int = 32, n_candidates: int = 12, chunk_size: int = 256,
                       seed: int = 0, progress: bool = True, init_texts: tuple[str, ...] = (),
                       init_tokens: int = 16, n_starts: int = 12, fluent_top: int = 128,
-                      answers: Optional[AnswerSettings] = None, gcg_start: str = "derived") -> list[HardPrompt]:
+                      answers: Optional[AnswerSettings] = None, gcg_start: str = "derived",
+                      start_PD: Optional[torch.Tensor] = None) -> list[HardPrompt]:
     """Run the chosen methods from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first.
 
     ``init_texts`` (method ``text``) are candidate natural-language starts. They are
     ranked by the pair's divergence on each text alone; the first ``init_tokens`` tokens
     of the ``n_starts`` highest are scored as prompts on the training texts, and the best
-    is kept. GCG starts from whichever of the projection and PEZ prompts (``gcg_start="any"``:
+    is kept. ``start_PD`` is the soft prompt before training (method ``guided``). GCG
+    starts from whichever of the projection, guided and PEZ prompts (``gcg_start="any"``:
     and the text start) scores best on the training texts, so what it returns is derived
     from the soft prompt (or, with ``any``, a fluent start that already diverges is refined).
 
@@ -389,6 +432,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     allowed = allowed_tokens(pair.tokenizer, pair.base.get_input_embeddings().weight.shape[0])
     weight = pair.base.get_input_embeddings().weight
     found: dict[str, torch.Tensor] = {"projection": project(prompt_PD, weight, allowed)}
+    if "guided" in methods:
+        found["guided"] = guided(pair.base, _header(pair, train_batches[0]), prompt_PD, start_PD, allowed, fluent_top)
     if "pez" in methods:
         found["pez"] = pez(pair, prompt_PD, train_batches, allowed, pez_steps, kind=kind, temperature=temperature,
                            fluency_weight=fluency_weight, chunk_size=chunk_size, progress=progress)
@@ -404,7 +449,7 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     results = {m: evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, m, chunk_size, div0, answers)
                for m, ids in found.items() if m in methods}
     if "gcg" in methods:
-        names = [m for m in found if gcg_start == "any" or m in ("projection", "pez")]
+        names = [m for m in found if gcg_start == "any" or m in DERIVED]
         scores = prompt_objectives(pair, [found[m] for m in names], train_batches, kind, temperature, fluency_weight)
         start = found[names[int(scores.argmax())]]
         ids = gcg(pair, start, train_batches, allowed, gcg_steps, top_k, n_candidates, kind, temperature,

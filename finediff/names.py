@@ -21,7 +21,10 @@ TRAIN_READABILITY = "train/readability"
 VAL_DIVERGENCE = "val/divergence"
 VAL_DIVERGENCE_NO_PROMPT = "val/divergence_no_prompt"
 VAL_DIVERGENCE_RANDOM_PROMPT = "val/divergence_random_prompt"
-VAL_METRIC_KEYS = (VAL_DIVERGENCE, VAL_DIVERGENCE_NO_PROMPT, VAL_DIVERGENCE_RANDOM_PROMPT)
+TRAIN_BASE_SHIFT = "train/base_shift"
+VAL_BASE_SHIFT = "val/base_shift"
+"""How far the learned prompt moves the base model's own predictions: KL(base without || base with)."""
+VAL_METRIC_KEYS = (VAL_DIVERGENCE, VAL_DIVERGENCE_NO_PROMPT, VAL_DIVERGENCE_RANDOM_PROMPT, VAL_BASE_SHIFT)
 GLOBAL_STEP = "global_step"
 WALL_TIME = "wall_time_s"
 INTERRUPTED = "interrupted"

@@ -34,7 +34,7 @@ from finediff.divergent_dataset import (POSITIONS, GenerationConfig, dataset_pro
                                         save_dataset)
 from finediff.errors import FinediffError
 from finediff.findings import Finding, FindingSettings, read_findings
-from finediff.hard_prompts import HardPrompt, find_hard_prompts, read_hard_prompts
+from finediff.hard_prompts import METHODS, HardPrompt, find_hard_prompts, read_hard_prompts
 from finediff.io import write_json, write_jsonl
 from finediff.lens import LensConfig, run_lens
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism, read_dataset
@@ -82,7 +82,7 @@ def _positions(where: str, positions: str) -> None:
 class HardPromptSettings:
     """Hard prompts from the soft prompt (see :func:`finediff.hard_prompts.find_hard_prompts`)."""
 
-    methods: tuple = ("projection", "pez", "text", "gcg")
+    methods: tuple = METHODS
     fluency_weight: float = 0.02
     """Weight of the base model's log-perplexity of the prompt in the objective."""
     pez_steps: int = 20
@@ -101,17 +101,17 @@ class HardPromptSettings:
     """The highest of them tried as natural-language starts."""
     init_tokens: int = 16
     gcg_start: str = "derived"
-    """``derived``: GCG refines the better of the projection and PEZ prompts (a prompt derived
-    from the soft prompt); ``any``: the best start, natural-language text starts included."""
+    """``derived``: GCG refines the best of the projection, guided and PEZ prompts (a prompt
+    derived from the soft prompt); ``any``: the best start, natural-language text starts included."""
 
     def __post_init__(self):
         self.methods = tuple(self.methods)
         if self.gcg_start not in ("derived", "any"):
             raise FinediffError(f"evidence.hard_prompts.gcg_start must be derived or any; got {self.gcg_start!r}")
-        unknown = set(self.methods) - {"projection", "pez", "text", "gcg"}
+        unknown = set(self.methods) - set(METHODS)
         if unknown or not self.methods:
             raise FinediffError(f"evidence.hard_prompts.methods: unknown {sorted(unknown) or 'empty list'}; "
-                                "choose from projection, pez, text, gcg")
+                                f"choose from {', '.join(METHODS)}")
         _positive("evidence.hard_prompts", top_k=self.top_k, n_candidates=self.n_candidates,
                   train_batches=self.train_batches, eval_batches=self.eval_batches, batch_size=self.batch_size)
 
@@ -221,6 +221,9 @@ class Objective:
     positions: str = "text"
     """``response``: over the finetuned model's answers (:mod:`finediff.answers`); ``text``: the text's own."""
     answers: AnswerSettings = field(default_factory=AnswerSettings)
+    start: Optional[torch.Tensor] = None
+    """``[P, D]``: the soft prompt before training (the ``guided`` hard prompts follow what
+    training added to it); None: unknown."""
 
     @classmethod
     def from_record(cls, record: dict, seed: int = 0) -> "Objective":
@@ -228,7 +231,8 @@ class Objective:
         before the answer objective existed trained at the text positions)."""
         return cls(str(record["divergence"]), float(record["temperature"]), seed=seed,
                    positions=str(record.get("positions", "text")),
-                   answers=AnswerSettings(tokens=int(record.get("answer_tokens", AnswerSettings.tokens))))
+                   answers=AnswerSettings(tokens=int(record.get("answer_tokens", AnswerSettings.tokens))),
+                   start=record.get("start"))
 
     @property
     def answer_settings(self) -> Optional[AnswerSettings]:
@@ -329,7 +333,7 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
         methods=s.methods, kind=objective.kind,
         temperature=objective.temperature, fluency_weight=s.fluency_weight, pez_steps=s.pez_steps,
         gcg_steps=s.gcg_steps, top_k=s.top_k, n_candidates=s.n_candidates, chunk_size=objective.chunk_size,
-        seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]),
+        seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]), start_PD=objective.start,
         init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])

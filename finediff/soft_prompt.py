@@ -27,6 +27,11 @@ class PromptInit(str, Enum):
     RANDOM = "random"
     """Random directions rescaled to the mean norm of real token embeddings (not N(0, 1),
     whose norm, sqrt(D) = 24 for D = 576, is far above a real embedding's)."""
+    MEAN = "mean"
+    """Every vector at the vocabulary's mean embedding, plus a small random offset (a tenth
+    of a token embedding's norm) that tells the positions apart. No token is favoured at
+    the start, so what training adds is what the hard prompts read (a ``vocab`` start's
+    random tokens stay each vector's nearest token, whatever training adds)."""
 
 
 def embedding_norm(embed: nn.Module, vocab_size: int, sample: int = 4096, seed: int = 0) -> float:
@@ -60,6 +65,8 @@ class SoftPrompt(nn.Module):
 
     Attributes:
         weight: ``[P, D]`` float32 parameter, the only trainable tensor in finediff.
+        start: ``[P, D]`` the initial ``weight`` (a buffer, not saved in checkpoints: the
+            init recreates it).
     """
 
     def __init__(
@@ -100,8 +107,13 @@ class SoftPrompt(nn.Module):
                 hidden = next(embed.parameters()).shape[1]
                 noise = torch.randn(n_tokens, hidden, generator=g)
                 values = noise / noise.norm(dim=-1, keepdim=True) * norm
+                if init is PromptInit.MEAN:
+                    centre = next(embed.parameters())[:vocab_size].detach().float().mean(0).cpu()
+                    values = centre + 0.1 * values
         self.init = init.value
         self.weight = nn.Parameter(values.detach().float().clone().cpu())
+        # where training started: the hard prompts read what training added to it
+        self.register_buffer("start", self.weight.detach().clone(), persistent=False)
 
     @property
     def n_tokens(self) -> int:
@@ -225,4 +237,7 @@ def load_prompt_record(path) -> dict:
     if not (isinstance(prompt, torch.Tensor) and prompt.dim() == 2 and prompt.is_floating_point()
             and prompt.shape[1] == record["hidden_size"]):
         raise FinediffError(f"{path}: 'prompt' must be a [P, hidden_size] float tensor")
+    start = record.get("start")
+    if start is not None and not (isinstance(start, torch.Tensor) and start.shape == prompt.shape):
+        raise FinediffError(f"{path}: 'start' must be a tensor shaped like 'prompt' {tuple(prompt.shape)}")
     return record

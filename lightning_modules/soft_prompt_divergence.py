@@ -15,7 +15,7 @@ import torch
 
 from finediff import names
 from finediff.answers import AnswerCache, AnswerSettings, check_positions
-from finediff.divergence import batch_divergence, parse_kind
+from finediff.divergence import base_shift_divergence, batch_divergence, parse_kind
 from finediff.errors import FinediffError, check_number
 from finediff.pipeline import Objective
 from finediff.models import ModelPair
@@ -55,6 +55,9 @@ class SoftPromptDivergence(L.LightningModule):
         answer_temperature: 0 for greedy answers, else the sampling temperature.
         readability_weight: weight of the penalty that keeps each prompt vector near a
             token embedding (:func:`~finediff.soft_prompt.readability_penalty`); 0: none.
+        base_anchor: weight of the base shift (how far the prompt moves the base model's
+            own predictions, :func:`~finediff.divergence.base_shift_divergence`) subtracted
+            from the objective; 0: the divergence alone.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class SoftPromptDivergence(L.LightningModule):
         answer_temperature: float = 0.0,
         readability_weight: float = 0.0,
         answer_batch_size: int = 0,
+        base_anchor: float = 0.0,
     ):
         super().__init__()
         parse_kind(divergence)
@@ -90,6 +94,7 @@ class SoftPromptDivergence(L.LightningModule):
             check_number("module.chunk_size", chunk_size, int, minimum=0)
         check_positions(positions)
         check_number("module.readability_weight", readability_weight, float, minimum=0.0)
+        check_number("module.base_anchor", base_anchor, float, minimum=0.0)
         self.answers = AnswerSettings(answer_tokens, refresh_every, answer_temperature, batch_size=answer_batch_size)
         self.train_answers = AnswerCache(self.answers)
         self.plain_answers = AnswerCache(AnswerSettings(answer_tokens, 1 << 30, answer_temperature))
@@ -115,14 +120,16 @@ class SoftPromptDivergence(L.LightningModule):
         return self
 
     def model_step(self, batch: dict, prompt: Optional[torch.Tensor], answers: Optional[AnswerCache] = None,
-                   step: int = 0) -> torch.Tensor:
+                   step: int = 0, shift: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The divergence on ``batch`` with ``prompt``; on the answer objective over the
         finetuned model's answers given with that prompt (from ``answers`` when given,
-        else generated now)."""
+        else generated now). With ``shift``, ``(divergence, base shift)``."""
         hp = self.hparams
         if hp.positions == "response":
             cache = answers or AnswerCache(AnswerSettings(self.answers.tokens, 1, self.answers.temperature))
             batch = cache.batch(self.pair, batch, prompt, step)
+        if shift:
+            return base_shift_divergence(self.pair, batch, prompt, hp.divergence, hp.temperature, hp.chunk_size)
         return batch_divergence(self.pair, batch, prompt, hp.divergence, hp.temperature, hp.chunk_size)
 
     def refresh_answers(self, prompt: torch.Tensor) -> bool:
@@ -140,10 +147,15 @@ class SoftPromptDivergence(L.LightningModule):
         prompt = self.soft_prompt()
         if self.hparams.positions == "response" and self.train_answers.due(self.global_step):
             self.refresh_answers(prompt)
-        divergence = self.model_step(batch, prompt, self.train_answers, self.global_step)
         bs = batch["input_ids"].shape[0]
+        if self.hparams.base_anchor:
+            divergence, shift = self.model_step(batch, prompt, self.train_answers, self.global_step, shift=True)
+            self.log(names.TRAIN_BASE_SHIFT, shift, batch_size=bs)
+            loss = self.hparams.base_anchor * shift - divergence
+        else:
+            divergence = self.model_step(batch, prompt, self.train_answers, self.global_step)
+            loss = -divergence
         self.log(names.TRAIN_DIVERGENCE, divergence, prog_bar=True, batch_size=bs)
-        loss = -divergence
         if self.hparams.readability_weight:
             penalty = readability_penalty(prompt, self.pair.base.get_input_embeddings().weight, self.allowed)
             self.log(names.TRAIN_READABILITY, penalty, batch_size=bs)
@@ -162,8 +174,10 @@ class SoftPromptDivergence(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prompt = self.soft_prompt()
         bs = batch["input_ids"].shape[0]
+        divergence, shift = self.model_step(batch, prompt, shift=True)
         results = {
-            names.VAL_DIVERGENCE: self.model_step(batch, prompt),
+            names.VAL_DIVERGENCE: divergence,
+            names.VAL_BASE_SHIFT: shift,
             names.VAL_DIVERGENCE_NO_PROMPT: self.model_step(batch, None, self.plain_answers),
             names.VAL_DIVERGENCE_RANDOM_PROMPT: self.model_step(
                 batch, random_like(prompt, seed=self.hparams.seed + 1)),
@@ -207,7 +221,7 @@ class SoftPromptDivergence(L.LightningModule):
         """The objective the prompt was trained with (the hard prompts optimise it too)."""
         hp = self.hparams
         return Objective(str(hp.divergence), float(hp.temperature), int(hp.chunk_size or 0), int(hp.seed),
-                         str(hp.positions), self.answers)
+                         str(hp.positions), self.answers, self.soft_prompt.start.detach().float().cpu())
 
     def prompt_record(self) -> dict:
         """What ``soft_prompt.pt`` holds: the prompt and what is needed to reuse it.
@@ -226,4 +240,5 @@ class SoftPromptDivergence(L.LightningModule):
             names.GLOBAL_STEP: int(self.global_step),
             "positions": str(hp.positions),
             "answer_tokens": int(hp.answer_tokens),
+            "start": self.soft_prompt.start.detach().float().cpu().clone(),
         }

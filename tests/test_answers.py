@@ -188,3 +188,34 @@ def test_sampled_answers_are_seeded_and_leave_the_random_state_alone(sensitive_p
     a = generate_answers(sensitive_pair.finetuned, batch, None, settings, tok.eos_token_id, seed=5)
     assert torch.equal(torch.get_rng_state(), state)  # a training run's shuffle does not move
     assert a == generate_answers(sensitive_pair.finetuned, batch, None, settings, tok.eos_token_id, seed=5)
+
+
+def test_base_shift_is_the_prompts_kl_on_the_base_at_the_same_answer_positions(tiny_pair):
+    """The base shift equals KL(base without the prompt || base with it) read one text at a
+    time at the answer positions; its divergence is the objective's; no prompt shifts
+    nothing; the gradient reaches the prompt through it."""
+    from finediff.divergence import base_shift_divergence
+    from finediff.soft_prompt import splice
+
+    tok, base = tiny_pair.tokenizer, tiny_pair.base
+    prompt = torch.randn(3, tiny_pair.hidden_size).requires_grad_(True)
+    answered = answer_batch(tiny_pair, tiny_batch(tok, TEXTS), prompt.detach(), AnswerSettings(tokens=6))
+    divergence, shift = base_shift_divergence(tiny_pair, answered, prompt)
+    assert divergence.item() == pytest.approx(batch_divergence(tiny_pair, answered, prompt).item(), rel=1e-5)
+    reference = []
+    with torch.no_grad():
+        for r in range(len(TEXTS)):
+            n, k = int(answered["attention_mask"][r].sum()), int(answered["prompt_pos"][r])
+            ids, scored = answered["input_ids"][r:r + 1, :n], answered["score_mask"][r, :n]
+            plain = base(input_ids=ids).logits[0, scored]
+            e, m = splice(prompt.detach(), base.get_input_embeddings()(ids), torch.ones(1, n, dtype=torch.long),
+                          torch.tensor([k]))
+            prompted = base(inputs_embeds=e, attention_mask=m).logits[0, 3:][scored]
+            reference.append(token_divergence(plain, prompted))
+    # batched (padded) against one text at a time: float32 rounding only
+    assert shift.item() == pytest.approx(torch.cat(reference).mean().item(), rel=1e-3)
+    assert shift.item() > 0
+    shift.backward()
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
+    _, none = base_shift_divergence(tiny_pair, answered, None)
+    assert none.item() == 0.0

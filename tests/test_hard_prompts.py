@@ -117,3 +117,28 @@ def test_prompt_divergences_read_only_the_answer_positions_of_answer_batches(tin
         assert value.item() == pytest.approx(expected, rel=1e-3, abs=1e-6)
     text_only = prompt_divergences(tiny_pair, prompts, [tiny_batch(tok, TEXTS[:2]), tiny_batch(tok, TEXTS[2:])])
     assert not torch.allclose(got, text_only)
+
+
+def test_guided_tokens_follow_the_displacement_among_fluent_candidates(tiny_pair):
+    """Where a vector moved towards a token's (centred) embedding, guided decoding picks
+    that token when the base model finds it likely there; every token it picks is among
+    the base model's ``fluent_top`` likeliest; with ``start`` None it reads the vector."""
+    from finediff.hard_prompts import guided
+
+    tok, base = tiny_pair.tokenizer, tiny_pair.base
+    batch = tiny_batch(tok, TEXTS[:1])
+    header = batch["input_ids"][0, : int(batch["prompt_pos"][0])].tolist()
+    weight = base.get_input_embeddings().weight.detach().float()
+    allowed = allowed_tokens(tok, weight.shape[0])
+    with torch.no_grad():
+        logits = base(input_ids=torch.tensor([header])).logits[0, -1].masked_fill(~allowed, -float("inf"))
+    target = int(logits.topk(3).indices[2])  # likely, but not the likeliest
+    start = weight[torch.tensor([allowed.nonzero()[0, 0]] * 2)]
+    prompt = start.clone()
+    prompt[0] += 5 * (weight[target] - weight.mean(0))
+    ids = guided(base, header, prompt, start, allowed, fluent_top=8)
+    assert int(ids[0]) == target
+    with torch.no_grad():
+        nxt = base(input_ids=torch.tensor([header + [target]])).logits[0, -1].masked_fill(~allowed, -float("inf"))
+    assert int(ids[1]) in nxt.topk(8).indices.tolist()
+    assert guided(base, header, start + 5 * (weight[target] - weight.mean(0)), None, allowed, 8)[0] == target

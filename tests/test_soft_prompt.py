@@ -152,3 +152,20 @@ def test_prompt_starts_the_user_message(tiny_pair):
     _, _, with_prompt = pair_hidden(tiny_pair, batch["input_ids"], batch["attention_mask"], prompt, batch["prompt_pos"])
     _, _, without = pair_hidden(tiny_pair, batch["input_ids"], batch["attention_mask"], None, batch["prompt_pos"])
     assert with_prompt.sum() == without.sum() == (batch["attention_mask"].sum() - 2 * len(prefix))
+
+
+def test_mean_init_starts_near_the_vocabulary_centre_and_keeps_its_start(tiny_pair):
+    from finediff.soft_prompt import SoftPrompt
+
+    embed = tiny_pair.base.get_input_embeddings()
+    centre = embed.weight.detach().float().mean(0)
+    prompt = SoftPrompt(embed, embed.weight.shape[0], n_tokens=4, init="mean", seed=3)
+    norm = embed.weight.detach().float().norm(dim=-1).mean()
+    offsets = (prompt.weight.detach() - centre).norm(dim=-1)
+    assert torch.allclose(offsets, torch.full((4,), 0.1 * norm.item()), rtol=0.05)
+    assert not torch.equal(prompt.weight[0], prompt.weight[1])  # the positions differ
+    assert prompt.start.equal(prompt.weight.detach())
+    with torch.no_grad():
+        prompt.weight.add_(1.0)
+    assert not prompt.start.equal(prompt.weight.detach())  # the start stays where training began
+    assert "start" not in prompt.state_dict()
