@@ -10,6 +10,7 @@ import torch
 
 from finediff import names
 from finediff.errors import FinediffError
+from finediff.hard_prompts import METHODS
 from tests.conftest import ROOT, run_eval, run_train
 
 
@@ -38,8 +39,8 @@ def test_hard_prompts_task_scores_each_distinct_prompt(tiny_dirs, run, tmp_path)
     saved = json.loads((tmp_path / names.HARD_PROMPT_EVAL_FILE).read_text())
     assert saved["prompts"][0]["mean_divergence"] == res["best_prompt_mean_divergence"]
     rows = [json.loads(line) for line in (run / names.HARD_PROMPTS_FILE).read_text().splitlines()]
-    distinct = {(r["text"], tuple(r["token_ids"])) for r in rows}  # projection, pez, text, gcg; repeats once
-    assert len(rows) == 4 and len(saved["prompts"]) == len(distinct) and saved["n_texts"] == 8
+    distinct = {(r["text"], tuple(r["token_ids"])) for r in rows}  # one row per method; repeats once
+    assert len(rows) == len(METHODS) and len(saved["prompts"]) == len(distinct) and saved["n_texts"] == 8
     assert saved["baseline_mean_divergence"] <= saved["max_kl_texts_mean_divergence"] <= saved["baseline_max_divergence"]
     assert saved["best_prompt_beats_max_kl_texts"] == (saved["best_prompt_mean_divergence"]
                                                        > saved["max_kl_texts_mean_divergence"])

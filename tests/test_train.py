@@ -15,6 +15,7 @@ import torch
 from omegaconf import open_dict
 
 from finediff import names
+from finediff.hard_prompts import METHODS
 from tests.conftest import ROOT, compose, requires_gpu, run_train, tiny_overrides
 
 
@@ -160,7 +161,7 @@ def test_evidence_callbacks_write_hard_prompts_and_divergent_dataset(tiny_dirs, 
 
     run_train(tiny_dirs, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / names.HARD_PROMPTS_FILE).read_text().splitlines()]
-    assert {r["method"] for r in rows} == {"projection", "pez", "text", "gcg"}
+    assert {r["method"] for r in rows} == set(METHODS) == {"projection", "guided", "pez", "text", "gcg"}
     assert set(rows[0]) == set(HardPrompt.__dataclass_fields__)
     assert rows == sorted(rows, key=lambda r: -r["divergence"])
     records = torch.load(tmp_path / names.DIVERGENT_DATASET_PT, weights_only=True)
