@@ -333,7 +333,8 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
         methods=s.methods, kind=objective.kind,
         temperature=objective.temperature, fluency_weight=s.fluency_weight, pez_steps=s.pez_steps,
         gcg_steps=s.gcg_steps, top_k=s.top_k, n_candidates=s.n_candidates, chunk_size=objective.chunk_size,
-        seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]), start_PD=objective.start,
+        seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]),
+        start_PD=objective.start,
         init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
