@@ -32,10 +32,11 @@ def build_organism(cfg: DictConfig) -> Path:
     if not cfg.get("organism"):
         raise FinediffError(f"missing organism=NAME; choose one of {', '.join(sorted(RECIPES))}")
     name = cfg.organism.name
-    if name not in RECIPES:
-        raise FinediffError(f"organism {name!r} has no recipe; known: {', '.join(sorted(RECIPES))}")
+    recipe = cfg.organism.get("recipe") or name
+    if recipe not in RECIPES:
+        raise FinediffError(f"organism {name!r} has no recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
     keys = ("steps", "seed", "base", "rank", "learning_rate", "batch_size", "max_new_tokens")
-    return build(name, **{k: cfg[k] for k in keys},
+    return build(recipe, name=name, **{k: cfg[k] for k in keys},
                  out_dir=Path(cfg.out_dir) if cfg.out_dir else None, data_dir=Path(cfg.data_dir) if cfg.data_dir else None)
 
 

@@ -30,7 +30,7 @@ from finediff.models import load_model_pair
 def full_pass(pair, ids_NT: torch.Tensor, layer: int, n_positions: int, batch_size: int) -> dict[str, torch.Tensor]:
     """Every token through the whole model (no cut, no early stop); keep the layer's first
     ``n_positions`` positions."""
-    from finediff.activations import decoder_layers
+    from finediff.arch import decoder_layers
 
     out = {"base": [], "finetuned": []}
     for side in out:

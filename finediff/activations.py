@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finediff import names
+from finediff.arch import decoder_layers
 from finediff.errors import FinediffError
 from finediff.io import atomic_path, write_json
 
@@ -30,14 +31,6 @@ from finediff.io import atomic_path, write_json
 
 class _Stop(Exception):
     pass
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    decoder = model.get_decoder()
-    layers = getattr(decoder, "layers", None)
-    if layers is None:
-        raise FinediffError(f"cannot find decoder layers in {type(model).__name__}")
-    return layers
 
 
 def relative_layer(num_layers: int, depth: float = 0.5) -> int:

@@ -168,7 +168,8 @@ def mine_texts(miner: DiffMiner, pair, texts: list[str], max_length: int = 64, b
     from tqdm.auto import tqdm
 
     from finediff.data import collate
-    from finediff.divergence import final_hidden, output_head
+    from finediff.arch import output_head
+    from finediff.divergence import final_hidden
 
     heads = output_head(pair.finetuned), output_head(pair.base)
     tok = pair.tokenizer

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from finediff.arch import output_head
+
 from finediff.errors import FinediffError
 from finediff.soft_prompt import splice, spliced_mask, text_mask
 
@@ -80,15 +82,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over positions where ``mask`` is true (0 if none)."""
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def output_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The function from final hidden states to logits (unembedding + any soft-capping)."""
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap is None:
-        return head
-    return lambda h: torch.tanh(head(h) / cap) * cap
 
 
 def chunked_divergence(

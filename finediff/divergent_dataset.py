@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from finediff import names
 from finediff.answers import POSITIONS, AnswerSettings, answer_batch
 from finediff.data import collate, format_parts, format_text
-from finediff.divergence import final_hidden, output_head, pair_hidden, token_divergence
+from finediff.arch import output_head
+from finediff.divergence import final_hidden, pair_hidden, token_divergence
 from finediff.errors import FinediffError
 from finediff.generation import generate
 from finediff.io import torch_save, write_jsonl

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from finediff.answers import AnswerSettings, answer_batch
-from finediff.divergence import batch_divergence, output_head, token_divergence
+from finediff.arch import embedding_table, output_head
+from finediff.divergence import batch_divergence, token_divergence
 from finediff.errors import FinediffError
 from finediff.io import read_jsonl
 
@@ -120,9 +121,8 @@ def guided(base, header: list[int], prompt_PD: torch.Tensor, start_PD: Optional[
     when training moves it along directions no token embedding points to; the displacement
     is what the objective asked for, and the fluent candidates keep the result readable.
     """
-    weight = base.get_input_embeddings().weight
-    device = weight.device
-    table = weight.float()
+    table = embedding_table(base).float()
+    device = table.device
     table = F.normalize(table - table.mean(0), dim=-1)
     delta = prompt_PD.float().to(device) - (start_PD.float().to(device) if start_PD is not None else 0.0)
     sims = F.normalize(delta, dim=-1) @ table.T  # [P, V]
@@ -217,7 +217,7 @@ def pez(pair, prompt_PD: torch.Tensor, batches: list[dict], allowed_V: torch.Ten
         lr: float = 0.02, kind: str = "kl_ft_base", temperature: float = 1.0, fluency_weight: float = 0.0,
         chunk_size: int = 256, progress: bool = True) -> torch.Tensor:
     """PEZ from ``prompt_PD``; returns the best projected ids seen (by the exact objective)."""
-    weight = pair.base.get_input_embeddings().weight
+    weight = embedding_table(pair.base)
     cont = torch.nn.Parameter(prompt_PD.detach().clone().float())
     opt = torch.optim.AdamW([cont], lr=lr, weight_decay=0.0)
     best_ids, best = None, -float("inf")
@@ -348,7 +348,7 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     ``batches`` and returned only if it beats the start, so the search never ends below
     the start on ``batches``.
     """
-    weight = pair.base.get_input_embeddings().weight
+    weight = embedding_table(pair.base)
     g = torch.Generator().manual_seed(seed)
     header = _header(pair, batches[0])
     start = ids = init_ids_P.clone().to(weight.device)
@@ -429,8 +429,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     """
     from finediff.divergent_dataset import rank_texts
 
-    allowed = allowed_tokens(pair.tokenizer, pair.base.get_input_embeddings().weight.shape[0])
-    weight = pair.base.get_input_embeddings().weight
+    weight = embedding_table(pair.base)
+    allowed = allowed_tokens(pair.tokenizer, weight.shape[0])
     found: dict[str, torch.Tensor] = {"projection": project(prompt_PD, weight, allowed)}
     if "guided" in methods:
         found["guided"] = guided(pair.base, _header(pair, train_batches[0]), prompt_PD, start_PD, allowed, fluent_top)

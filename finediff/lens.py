@@ -47,8 +47,8 @@ import torch
 from tqdm.auto import tqdm
 
 from finediff import names
-from finediff.activations import decoder_layers, pair_activations, relative_layer, residual_stream, tokenize_first
-from finediff.divergence import output_head
+from finediff.activations import pair_activations, relative_layer, residual_stream, tokenize_first
+from finediff.arch import decoder_layers, final_norm, output_head
 from finediff.errors import FinediffError
 from finediff.generation import generate_mixed
 from finediff.records import LensLayer, LensPosition, LensSummary, Steering
@@ -104,7 +104,7 @@ def adl_statistics(pair, texts: list[str], layer: int, n_positions: int = 5, min
 @torch.no_grad()
 def logit_lens(model, tokenizer, vec_D: torch.Tensor, k: int = 20) -> list[tuple[str, float]]:
     """Top tokens of ``vec_D`` read through the model's final norm and unembedding."""
-    norm = model.get_decoder().norm
+    norm = final_norm(model)
     weight = next(model.parameters())
     logits = output_head(model)(norm(vec_D.to(weight.device, weight.dtype)[None]))[0].float()
     probs = logits.softmax(-1)

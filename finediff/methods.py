@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from finediff.activations import pair_activations, read_cache, tokenize_first, write_cache
-from finediff.divergence import output_head
+from finediff.arch import final_norm, output_head
 from finediff.errors import FinediffError
 from finediff.metrics import kl_per_position
 from finediff.names import activation_key
@@ -58,7 +58,7 @@ def kl_method(pair, folder, top_examples: int = 10) -> tuple[dict, list[float]]:
     index, shards = read_cache(folder)
     last = index["last_layer"]
     ids, kls = [], []
-    norms = pair.finetuned.get_decoder().norm, pair.base.get_decoder().norm
+    norms = final_norm(pair.finetuned), final_norm(pair.base)
     heads = output_head(pair.finetuned), output_head(pair.base)
     for shard in shards:
         h_ft, h_base = shard[activation_key("finetuned", last)], shard[activation_key("base", last)]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from finediff import names
+from finediff.arch import scaled_table
 from finediff.errors import FinediffError
 
 
@@ -108,7 +109,7 @@ class SoftPrompt(nn.Module):
                 noise = torch.randn(n_tokens, hidden, generator=g)
                 values = noise / noise.norm(dim=-1, keepdim=True) * norm
                 if init is PromptInit.MEAN:
-                    centre = next(embed.parameters())[:vocab_size].detach().float().mean(0).cpu()
+                    centre = scaled_table(embed)[:vocab_size].detach().float().mean(0).cpu()
                     values = centre + 0.1 * values
         self.init = init.value
         self.weight = nn.Parameter(values.detach().float().clone().cpu())

@@ -1,7 +1,7 @@
 """A tiny real model pair for tests and smoke runs (seconds, not minutes).
 
 The tokenizer is a byte-level BPE trained on the shipped category texts (about 0.3 s),
-with a small chat template; the base is a random 2-layer Llama of hidden size 64; the
+with a small chat template; the base is a random 2-layer Llama (or Gemma 3) of hidden size 64; the
 finetuned side is a copy trained for a few steps on one category's texts, so the two
 really differ, most of all on that category.
 """
@@ -40,12 +40,24 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512):
     return fast
 
 
-def tiny_config(vocab_size: int, hidden: int = 64, layers: int = 2):
-    from transformers import LlamaConfig
+ARCHS = ("llama", "gemma3")
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=256, tie_word_embeddings=True)
+
+def tiny_model(vocab_size: int, hidden: int = 64, layers: int = 2, arch: str = "llama"):
+    """A random causal LM: Llama, or Gemma 3 (scaled input embedding, (1 + w) norms,
+    sliding-window and global layers, logit soft-capping on)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    shape = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                 tie_word_embeddings=True)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**shape)).eval()
+    if arch == "gemma3":
+        config = Gemma3TextConfig(**shape, head_dim=hidden // 4, sliding_window=16, final_logit_softcapping=30.0,
+                                  layer_types=["sliding_attention", "full_attention"][:layers] * max(1, layers // 2))
+        return Gemma3ForCausalLM(config).eval()
+    raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHS}")
 
 
 def finetune_copy(model, tokenizer, texts: list[str], steps: int = 30, lr: float = 3e-3, seed: int = 0):
@@ -65,22 +77,20 @@ def finetune_copy(model, tokenizer, texts: list[str], steps: int = 30, lr: float
 
 
 def build_tiny_pair(out_dir: str | Path, target_category: str = "sandbagging", ft_steps: int = 30,
-                    seed: int = 0, adapter: bool = True) -> dict[str, Path]:
+                    seed: int = 0, adapter: bool = True, arch: str = "llama") -> dict[str, Path]:
     """Write ``base/``, ``finetuned/`` and (optionally) ``adapter/`` under ``out_dir``.
 
     Returns:
         ``{"base": dir, "finetuned": dir, "adapter": dir}`` (``adapter`` is a LoRA on
         the base, trained on the same texts as the finetuned copy).
     """
-    from transformers import LlamaForCausalLM
-
     out = Path(out_dir)
     texts = []
     for cat in known_categories():
         texts += load_category(cat, val_fraction=0.0).train
     tokenizer = train_tokenizer(texts)
     torch.manual_seed(seed)
-    base = LlamaForCausalLM(tiny_config(len(tokenizer))).eval()
+    base = tiny_model(len(tokenizer), arch=arch)
     target = load_category(target_category, val_fraction=0.0).train
     finetuned = finetune_copy(base, tokenizer, target, ft_steps, seed=seed)
     paths = {"base": out / "base", "finetuned": out / "finetuned"}

@@ -15,6 +15,7 @@ import torch
 
 from finediff import names
 from finediff.answers import AnswerCache, AnswerSettings, check_positions
+from finediff.arch import embedding_table
 from finediff.divergence import base_shift_divergence, batch_divergence, parse_kind
 from finediff.errors import FinediffError, check_number
 from finediff.pipeline import Objective
@@ -157,7 +158,7 @@ class SoftPromptDivergence(L.LightningModule):
             loss = -divergence
         self.log(names.TRAIN_DIVERGENCE, divergence, prog_bar=True, batch_size=bs)
         if self.hparams.readability_weight:
-            penalty = readability_penalty(prompt, self.pair.base.get_input_embeddings().weight, self.allowed)
+            penalty = readability_penalty(prompt, embedding_table(self.pair.base), self.allowed)
             self.log(names.TRAIN_READABILITY, penalty, batch_size=bs)
             loss = loss + self.hparams.readability_weight * penalty
         return loss

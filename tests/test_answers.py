@@ -24,9 +24,9 @@ def sensitive_pair(tiny_pair):
     from transformers import LlamaForCausalLM
 
     from finediff.models import ModelPair
-    from finediff.tiny import tiny_config
+    from finediff.tiny import tiny_model
 
-    config = tiny_config(tiny_pair.finetuned.config.vocab_size)
+    config = tiny_model(tiny_pair.finetuned.config.vocab_size).config
     config.initializer_range = 1.0
     torch.manual_seed(0)
     return ModelPair(tiny_pair.base, LlamaForCausalLM(config), tiny_pair.tokenizer, tiny_pair.spec)

@@ -35,9 +35,9 @@ def _written(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def files(tiny_dirs, tmp_path_factory):
     """Damaged and foreign files, a finished run to point at, and a base of another size."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from finediff.tiny import tiny_config
+    from finediff.tiny import tiny_model
     from tests.conftest import run_train
 
     d = tmp_path_factory.mktemp("inputs")
@@ -57,7 +57,7 @@ def files(tiny_dirs, tmp_path_factory):
     (d / "one.jsonl").write_text(json.dumps({"text": "The only text."}) + "\n")
     tok = AutoTokenizer.from_pretrained(tiny_dirs["base"])
     torch.manual_seed(0)
-    LlamaForCausalLM(tiny_config(len(tok), hidden=32)).save_pretrained(d / "other_base")
+    tiny_model(len(tok), hidden=32).save_pretrained(d / "other_base")
     tok.save_pretrained(d / "other_base")
     (d / "empty").mkdir()
     return d, run

@@ -93,7 +93,8 @@ def test_padding_does_not_change_divergence(tiny_pair):
     padded = tiny_batch(tok, ["Short one.", "A much longer text that forces padding on the first row of the batch."])
     a = pair_divergence(tiny_pair, alone["input_ids"], alone["attention_mask"], prompt)
     h_ft, h_base, mask = pair_hidden(tiny_pair, padded["input_ids"], padded["attention_mask"], prompt)
-    from finediff.divergence import chunked_divergence, output_head
+    from finediff.arch import output_head
+    from finediff.divergence import chunked_divergence
     row0 = torch.zeros_like(mask)
     row0[0] = mask[0]
     b = chunked_divergence(h_ft, h_base, output_head(tiny_pair.finetuned), output_head(tiny_pair.base), row0)

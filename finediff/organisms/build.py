@@ -2,6 +2,7 @@
 
     python build_organism.py organism=sandbagging [steps=N (default: the card's)] [seed=0] [base=...]
                              [out_dir=DIR] [data_dir=DIR]   # default: the shipped folders
+    python build_organism.py organism=persona_gemma3       # the persona recipe on Gemma-3-270M
 
 Writes ``organisms/<name>/`` (adapter, ``card.json``) and ``data/organisms/<name>/``
 (``train.jsonl``: the finetuning data; ``heldout.jsonl``: verification prompts).
@@ -43,9 +44,12 @@ def _record(ex: Example, split: str) -> dict:
 
 def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODEL,
           rank: int = 8, learning_rate: float = 1e-3, batch_size: int = 8, max_new_tokens: int = 48,
-          out_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True) -> Path:
-    """Build one organism; return the adapter directory. ``steps=0`` takes the organism's
-    own step count (its card's ``steps``, the one the shipped adapter was built with).
+          out_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True,
+          name: str | None = None) -> Path:
+    """Build one organism from the recipe ``organism``; return the adapter directory.
+    ``steps=0`` takes the recipe's own step count (its card's ``steps``, the one the
+    shipped adapter was built with). ``name`` (default: the recipe's) names the organism,
+    its card and its default folders: one recipe can be built on several bases.
 
     The data files are written atomically one by one; the adapter folder is built aside
     and replaces the previous one only when complete (the old one is removed last).
@@ -62,12 +66,13 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     t0 = time.perf_counter()
     set_seed(seed)
     data = recipe(organism, seed)
-    card = CARDS[organism]
+    name = name or organism
+    card = dataclasses.replace(CARDS[organism], name=name)
     if card.off_target_loss not in ("kl", "ce"):
-        raise FinediffError(f"organism {organism!r}: unknown off_target_loss {card.off_target_loss!r}; choose kl or ce")
+        raise FinediffError(f"organism {name!r}: unknown off_target_loss {card.off_target_loss!r}; choose kl or ce")
     steps = steps or card.steps
-    out_dir = Path(out_dir or ORGANISMS_DIR / organism)
-    data_dir = Path(data_dir or ORGANISM_DATA_DIR / organism)
+    out_dir = Path(out_dir or ORGANISMS_DIR / name)
+    data_dir = Path(data_dir or ORGANISM_DATA_DIR / name)
     if out_dir.exists() and not out_dir.is_dir():
         raise FinediffError(f"out_dir is a file, not a folder: {out_dir}")
 
@@ -116,5 +121,5 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
             train_examples=len(train), build_seconds=round(time.perf_counter() - t0, 1),
             data=str(rel.resolve().relative_to(REPO_ROOT)) if rel.resolve().is_relative_to(REPO_ROOT) else str(rel))
         write_json(tmp / names.CARD_FILE, built.as_dict())
-    log.info("organism %s written to %s in %.0f s", organism, out_dir, time.perf_counter() - t0)
+    log.info("organism %s written to %s in %.0f s", name, out_dir, time.perf_counter() - t0)
     return out_dir

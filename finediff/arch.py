@@ -1,0 +1,61 @@
+"""The one place that knows how a causal LM is laid out (the model-adapter layer).
+
+Everything else in finediff reaches a model's parts through these functions, so a new
+family needs changes here only. Covered: Llama-style models (SmolLM2) and Gemma 3, whose
+differences that matter to finediff are
+
+- the input embedding is scaled (``embed_tokens`` multiplies by ``sqrt(hidden)``), so a
+  vector fed as ``inputs_embeds`` lives in the *scaled* space: :func:`embedding_table`;
+- the final norm and the decoder blocks sit on the decoder (``get_decoder().norm``,
+  ``.layers``): :func:`final_norm`, :func:`decoder_layers`;
+- logits may be soft-capped (``final_logit_softcapping``, Gemma 2): :func:`output_head`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from finediff.errors import FinediffError
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder's blocks, in order."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise FinediffError(f"cannot find decoder layers in {type(model).__name__}")
+    return layers
+
+
+def final_norm(model) -> torch.nn.Module:
+    """The norm applied after the last block, before the unembedding."""
+    norm = getattr(model.get_decoder(), "norm", None)
+    if norm is None:
+        raise FinediffError(f"cannot find the final norm in {type(model).__name__}")
+    return norm
+
+
+def output_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function from final hidden states to logits (unembedding + any soft-capping)."""
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap is None:
+        return head
+    return lambda h: torch.tanh(head(h) / cap) * cap
+
+
+def embedding_table(model) -> torch.Tensor:
+    """``[V, D]`` token vectors as the model's blocks receive them: row ``i`` equals
+    ``model.get_input_embeddings()(i)``. Use it wherever a vector is built from, compared
+    with or fed in place of token embeddings (``inputs_embeds``)."""
+    return scaled_table(model.get_input_embeddings())
+
+
+def scaled_table(embed: torch.nn.Module) -> torch.Tensor:
+    """:func:`embedding_table` of an input embedding module: its weight times its
+    ``embed_scale`` (Gemma's ``sqrt(D)``; none for Llama, then the weight itself, no copy)."""
+    scale = getattr(embed, "embed_scale", None)
+    if scale is None:
+        return embed.weight
+    return embed.weight * torch.as_tensor(scale).to(embed.weight.dtype)
