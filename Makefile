@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser train test test-fast bench clean-outputs
+.PHONY: install browser train reproduce test test-fast bench clean-outputs
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -35,6 +35,12 @@ browser:
 
 train: install
 	$(PY) train.py experiment=audit model.adapter=organisms/sandbagging $(ARGS)
+
+# Every shipped organism, audited untold (every method of the audit), as one Hydra multirun;
+# the sweep folder gets sweep_summary.md. On a cluster: make reproduce ARGS=hydra/launcher=slurm
+ORGANISMS = organisms/sandbagging,organisms/unlearning,organisms/persona,organisms/false_fact
+reproduce: install
+	$(PY) train.py -m experiment=audit model.adapter=$(ORGANISMS) $(ARGS)
 
 test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)

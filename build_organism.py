@@ -21,6 +21,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
+from callbacks.sweep import register_resolvers  # noqa: E402
+
+register_resolvers()
 
 log = logging.getLogger("finediff.build_organism")
 

@@ -31,6 +31,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 from finediff import names, pipeline  # noqa: E402
 from finediff.errors import FinediffError, exit_on_user_error, preflight  # noqa: E402
+from callbacks.sweep import register_resolvers  # noqa: E402
+
+register_resolvers()
 from finediff.records import Organism  # noqa: E402
 
 log = logging.getLogger("finediff.evaluate")

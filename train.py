@@ -30,6 +30,9 @@ from finediff.survey import has_survey, read_survey  # noqa: E402
 from finediff.answers import AnswerSettings, check_positions  # noqa: E402
 from finediff.divergence import parse_kind  # noqa: E402
 from finediff.errors import FinediffError, check_number, exit_on_user_error, preflight  # noqa: E402
+from callbacks.sweep import register_resolvers  # noqa: E402
+
+register_resolvers()
 
 log = logging.getLogger("finediff.train")
 

@@ -94,3 +94,7 @@ ANALYSIS_FIRST_PNG = "analysis_first_divergence.png"
 CLUSTERS_FILE = "clusters.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
+
+# A multirun's table over its runs (in the sweep folder).
+SWEEP_SUMMARY_MD = "sweep_summary.md"
+SWEEP_SUMMARY_JSON = "sweep_summary.json"

@@ -1,0 +1,105 @@
+"""Sweeps: one table over the runs of a Hydra multirun.
+
+    python train.py -m experiment=audit model.adapter=organisms/sandbagging,organisms/persona
+    python train.py -m hydra/launcher=slurm experiment=audit model.adapter=A,B   # on a SLURM cluster
+
+At the end of every multirun (``callbacks/sweep.py``, a Hydra callback in
+``configs/hydra/default.yaml``) each job's folder is read back and ``sweep_summary.md``
+and ``sweep_summary.json`` are written in the sweep folder: per run, the finetune, the
+report's verdict and first confirmed finding, the soft prompt's held-out divergence, the
+best hard prompt and, when the adapter folder carries an organism card (the shipped
+organisms do), how many of the 10 highest-divergence records the organism's checker
+flags. That last column is a grade applied after the run; the runs themselves never read
+the card.
+
+Each job of a multirun writes into its own sweep subfolder (``paths.output_dir`` follows
+``hydra.sweep.subdir`` there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from finediff import names
+from finediff.io import atomic_path, write_json
+
+log = logging.getLogger("finediff.sweep")
+TOP_RECORDS = 10
+
+
+def _checker_hits(run: Path, adapter: Optional[str]) -> Optional[str]:
+    from finediff.organisms.checkers import checker_for
+    from finediff.records import OrganismCard, read_dataset
+
+    data = run / names.DIVERGENT_DATASET_JSONL
+    if not adapter or not (Path(adapter) / names.CARD_FILE).is_file() or not data.is_file():
+        return None
+    card = OrganismCard.read(adapter)
+    checker = checker_for(card.checker)
+    records = read_dataset(data)[:TOP_RECORDS]
+    return f"{sum(bool(checker(r.generation_2, {'prompt': r.prompt})) for r in records)}/{len(records)}"
+
+
+def run_row(run: Path) -> dict[str, Any]:
+    """One row of the table, from what a finished run folder holds."""
+    from finediff.summary import claim, read_verdict
+
+    run = Path(run)
+    cfg_file = run / ".hydra" / "config.yaml"
+    model = (yaml.safe_load(cfg_file.read_text()) or {}).get("model") or {} if cfg_file.is_file() else {}
+    adapter = model.get("adapter")
+    metrics = json.loads((run / names.METRICS_FILE).read_text()) if (run / names.METRICS_FILE).is_file() else {}
+    hard = []
+    if (run / names.HARD_PROMPTS_FILE).is_file():
+        hard = [json.loads(line) for line in (run / names.HARD_PROMPTS_FILE).read_text().splitlines() if line.strip()]
+    best = max(hard, key=lambda r: r.get("divergence", float("-inf")), default=None)
+    verdict = read_verdict(run)
+    return {
+        "run": run.name,
+        "finetune": adapter or model.get("finetuned"),
+        "finished": bool(metrics),
+        "changed": None if verdict is None else verdict.changed,
+        "confidence": None if verdict is None else verdict.confidence,
+        "finding": claim(verdict.confirmed[0]) if verdict and verdict.confirmed else None,
+        names.VAL_DIVERGENCE: metrics.get(names.VAL_DIVERGENCE),
+        names.VAL_DIVERGENCE_NO_PROMPT: metrics.get(names.VAL_DIVERGENCE_NO_PROMPT),
+        "best_hard_prompt": None if best is None else f"[{best.get('method')}] {best.get('text', '')}",
+        "checker_top10": _checker_hits(run, adapter),
+        names.WALL_TIME: metrics.get(names.WALL_TIME),
+    }
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return " ".join(str(value).split()).replace("|", "\\|")[:120]
+
+
+def summarize(sweep_dir: str | Path) -> Optional[Path]:
+    """Write ``sweep_summary.md`` / ``.json`` over the job folders of ``sweep_dir``; return the .md path."""
+    sweep_dir = Path(sweep_dir)
+    runs = sorted((d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()),
+                  key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else d.name))
+    if not runs:
+        log.warning("no job folders in %s: no sweep summary", sweep_dir)
+        return None
+    rows = [run_row(d) for d in runs]
+    cols = ["run", "finetune", "confidence", "finding", names.VAL_DIVERGENCE, names.VAL_DIVERGENCE_NO_PROMPT,
+            "best_hard_prompt", "checker_top10", names.WALL_TIME]
+    lines = [f"# Sweep: {len(rows)} runs", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["", f"checker_top10: the organism card's checker on the {TOP_RECORDS} highest-divergence records, "
+                  "applied after the run (only where the adapter folder has a card)."]
+    write_json(sweep_dir / names.SWEEP_SUMMARY_JSON, rows)
+    md = sweep_dir / names.SWEEP_SUMMARY_MD
+    with atomic_path(md) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    log.info("sweep summary: %s", md)
+    return md

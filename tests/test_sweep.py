@@ -1,0 +1,58 @@
+"""A Hydra multirun through the submitit launcher's local executor (the same job
+processes hydra/launcher=slurm submits), over two finetunes of the tiny base, ending in
+one sweep table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from finediff import names
+from tests.conftest import ROOT, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def second_adapter(tiny_dirs, tmp_path_factory):
+    """Another LoRA on the tiny base, trained on another category: a second 'organism'."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finediff.data import load_category
+    from finediff.tiny import build_tiny_adapter
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dirs["base"])
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["base"])
+    return build_tiny_adapter(base, tok, load_category("persona", val_fraction=0.0).train,
+                              tmp_path_factory.mktemp("second") / "adapter")
+
+
+def test_submitit_local_sweep_of_two_finetunes(tiny_dirs, second_adapter, tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(tiny_dirs, tmp_path) if not o.startswith(("paths.output_dir", "model."))]
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
+           f"model.base={tiny_dirs['base']}", f"model.adapter={tiny_dirs['adapter']},{second_adapter}",
+           "evidence.steps=[hard_prompts,divergent_dataset,report]",
+           "evidence.hard_prompts.methods=[projection,pez]", *overrides]
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # each job wrote its outputs into its own subfolder (not a shared timestamped one)
+    for job in ("0", "1"):
+        assert (sweep / job / names.METRICS_FILE).is_file(), sorted(p.name for p in (sweep / job).iterdir())
+        assert (sweep / job / names.SOFT_PROMPT_FILE).is_file()
+    rows = json.loads((sweep / names.SWEEP_SUMMARY_JSON).read_text())
+    assert [r["finetune"] for r in rows] == [str(tiny_dirs["adapter"]), str(second_adapter)]
+    assert all(r["finished"] and r[names.VAL_DIVERGENCE] is not None for r in rows)
+    table = (sweep / names.SWEEP_SUMMARY_MD).read_text()
+    assert table.count("\n| ") == 3  # header + two runs
+    assert (sweep / ".submitit").is_dir()  # it really went through submitit
+
+
+def test_summary_of_an_empty_sweep_is_none(tmp_path):
+    from finediff.sweep import summarize
+
+    assert summarize(tmp_path) is None
+    assert not (tmp_path / names.SWEEP_SUMMARY_MD).exists()
