@@ -6,6 +6,7 @@ this callback only gathers the trained prompt, the run's texts and the loggers.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,8 @@ import lightning as L
 from finediff import pipeline
 from finediff.divergent_dataset import GenerationConfig
 from finediff.records import Organism
+
+log = logging.getLogger("finediff.evidence")
 
 
 class LoggerSink:
@@ -73,6 +76,12 @@ class EvidenceCallback(L.Callback):
         self.title = title
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(pl_module, "sharded", False):  # one process cannot run a sharded model alone
+            if trainer.is_global_zero:
+                log.warning("the pair is sharded (trainer=fsdp): the evidence steps are skipped here; run them "
+                            "on the saved prompt with: python evaluate.py task=evidence task.run_dir=%s",
+                            self.output_dir)
+            return
         if trainer.is_global_zero:
             pipeline.run(pl_module.pair, pl_module.soft_prompt().detach(), trainer.datamodule.texts(), self.settings,
                          pl_module.objective(), self.generation, self.output_dir, self.organism, self.title,

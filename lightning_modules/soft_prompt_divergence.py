@@ -16,6 +16,7 @@ import torch
 from finediff import names
 from finediff.answers import AnswerCache, AnswerSettings, check_positions
 from finediff.arch import embedding_table
+from finediff.distributed import average_gradient, shard_pair
 from finediff.divergence import base_shift_divergence, batch_divergence, parse_kind
 from finediff.errors import FinediffError, check_number
 from finediff.pipeline import Objective
@@ -114,6 +115,28 @@ class SoftPromptDivergence(L.LightningModule):
                  f"{self.n_frozen:,}")
         # The frozen pair is not part of checkpoints; loading one restores the prompt only.
         self.strict_loading = False
+
+    @property
+    def sharded(self) -> bool:
+        """The pair's blocks are sharded across processes (trainer=fsdp)."""
+        return getattr(self, "_sharded", False)
+
+    def configure_model(self) -> None:
+        """Under ``trainer=fsdp`` (Lightning's ModelParallelStrategy, FSDP2) shard the frozen
+        pair's blocks over the data-parallel mesh; otherwise nothing."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or self.sharded:
+            return
+        if self.hparams.positions != "text":
+            raise FinediffError("trainer=fsdp trains on module.positions=text only (on-policy answers would "
+                                "need every process to generate in step); set module.positions=text")
+        n = shard_pair(self.pair, mesh["data_parallel"])
+        self._sharded = True
+        log.info("sharded %d blocks of the pair over %d processes", n, mesh["data_parallel"].size())
+
+    def on_after_backward(self) -> None:
+        if self.sharded:  # the prompt is replicated: average its gradient like data parallelism does
+            average_gradient(self.soft_prompt.weight)
 
     def train(self, mode: bool = True):
         super().train(mode)
