@@ -20,7 +20,7 @@ model, in one of two ways (``merge_adapter``):
 * merged (``True``): the adapter is merged into a second copy of the weights; both sides
   are plain causal LMs and the forward pass costs no adapter overhead, at twice the
   weight memory;
-* shared (``False``, when the finetuned side is the base plus the adapter): the finetuned
+* shared (``False``, the pair's default, when the finetuned side is the base plus the adapter): the finetuned
   side is a second module tree over the *same* parameter tensors as the base
   (:func:`share_weights`), with the adapter's layers put on it unmerged. Weight memory is
   one model plus the adapter; every hook, submodule and ``generate`` call works on each
@@ -400,7 +400,7 @@ def load_model_pair(
     finetuned: Optional[str] = None,
     adapter: Optional[str] = None,
     dtype: str = "float32",
-    merge_adapter: bool = True,
+    merge_adapter: bool = False,
     trust_remote_code: bool = False,
     require_finetuned: bool = False,
 ) -> ModelPair:
@@ -411,9 +411,10 @@ def load_model_pair(
         finetuned: model name of the finetuned side; None means the same as ``base``.
         adapter: PEFT adapter directory or hub id applied to the finetuned side.
         dtype: weights dtype of both models.
-        merge_adapter: merge the adapter into a second copy of the weights (faster forward
-            passes); False with an adapter on the base: one copy of the weights, shared by
-            both sides, the adapter unmerged on the finetuned side.
+        merge_adapter: merge the adapter into a second copy of the weights (twice the
+            weight memory); False (default) with an adapter on the base: one copy of the
+            weights, shared by both sides, the adapter unmerged on the finetuned side
+            (0.53x the pair's memory at the same step time on the embedded pair).
         trust_remote_code: allow model repositories to run their own code (off by default).
         require_finetuned: refuse a pair with neither ``finetuned`` nor ``adapter`` (the
             command-line runs set it: diffing the base against itself by omission would

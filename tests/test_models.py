@@ -19,7 +19,7 @@ def test_pair_is_frozen_and_in_eval(tiny_pair):
 
 def test_adapter_is_applied_and_merged(tiny_dirs):
     plain = load_model_pair(str(tiny_dirs["base"]))
-    with_adapter = load_model_pair(str(tiny_dirs["base"]), adapter=str(tiny_dirs["adapter"]))
+    with_adapter = load_model_pair(str(tiny_dirs["base"]), adapter=str(tiny_dirs["adapter"]), merge_adapter=True)
     ids = torch.tensor([[5, 6, 7, 8]])
     same = plain.finetuned(ids).logits
     assert torch.allclose(plain.base(ids).logits, same)
