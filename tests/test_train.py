@@ -171,6 +171,22 @@ def test_cpu_fsdp_shards_the_pair_and_trains_like_ddp(tiny_dirs, tmp_path):
     assert (prompts["fsdp"] - start).abs().max() > 1e-4  # it trained
 
 
+def test_bf16_mixed_on_cpu_keeps_the_kl_in_float32(tiny_dirs, tmp_path, tiny_pair):
+    """trainer.precision=bf16-mixed runs on CPU; under autocast the divergence is still
+    computed (and returned) in float32, close to the float32 run's."""
+    from finediff.divergence import token_divergence
+
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = tiny_pair.finetuned(ids).logits, tiny_pair.base(ids).logits
+        assert a.dtype == torch.bfloat16
+        d = token_divergence(a, b)
+    assert d.dtype == torch.float32
+    runs = {p: run_train(tiny_dirs, tmp_path / p, "callbacks=minimal", f"trainer.precision={p}")
+            for p in ("32-true", "bf16-mixed")}
+    assert runs["bf16-mixed"][names.VAL_DIVERGENCE] == pytest.approx(runs["32-true"][names.VAL_DIVERGENCE], rel=0.1)
+
+
 @requires_gpu
 @pytest.mark.gpu
 def test_gpu_run(tiny_dirs, tmp_path):
