@@ -8,6 +8,7 @@
     python evaluate.py task=verify experiment=sandbagging                      # an organism's behaviour rates
     python evaluate.py task=elicit task.run_dir=RUN experiment=sandbagging     # do the run's prompts bring it out?
     python evaluate.py task=diff diffing/method=kl|normdiff|adl pipeline.mode=preprocessing|diffing|full
+    python evaluate.py task=agent task.run_dir=RUN experiment=sandbagging agent.base_url=URL agent.model=M
 
 Each task checks its inputs first, then loads the pair (``analyze`` needs none) and calls
 the core in one line: the evidence steps of :mod:`finediff.pipeline` (the same functions
@@ -30,7 +31,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from finediff import names, pipeline  # noqa: E402
-from finediff.errors import FinediffError, exit_on_user_error, preflight  # noqa: E402
+from finediff.errors import FinediffError, check_number, exit_on_user_error, preflight  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
 
 register_resolvers()
@@ -251,6 +252,72 @@ class Elicit(Task):
         return result
 
 
+class Agent(Task):
+    """The interpretability agent and its black-box baseline on this pair, graded against the
+    organism card -> agent_eval.json / .md here, transcripts in the run folder."""
+
+    def check(self) -> None:
+        from finediff.agent.client import ChatClient
+        from finediff.sweep import find_run
+
+        t, a = self.cfg.task, self.cfg.get("agent") or {}
+        if not a.get("base_url"):
+            raise FinediffError("task=agent needs an OpenAI-compatible endpoint: agent.base_url=URL agent.model=NAME")
+        self.client = ChatClient(str(a.base_url), str(a.model or ""), str(a.api_key_env), float(a.timeout))
+        self.grader = ChatClient(str(a.base_url), str(a.grader_model or a.model or ""), str(a.api_key_env),
+                                 float(a.timeout)) if t.grade else None
+        if t.get("runs_root") and not t.get("run_dir"):
+            if self.organism is None:
+                raise FinediffError("task.runs_root picks a run by the organism's adapter: give experiment=NAME")
+            self.run_dir = find_run(Path(t.runs_root), self.cfg.model.adapter)
+        else:
+            self.run_dir = _run_dir(self.cfg, names.SOFT_PROMPT_FILE)
+        self.card = None
+        if t.grade:
+            from finediff.records import OrganismCard
+
+            adapter = self.cfg.model.get("adapter")
+            if self.organism is None or not adapter or not (Path(adapter) / names.CARD_FILE).is_file():
+                raise FinediffError("grading needs an organism card: experiment=NAME (or task.grade=false)")
+            self.card = OrganismCard.read(adapter)
+        for key in ("llm_calls", "model_interactions", "tokens"):
+            check_number(f"agent.{key}", a[key], int, minimum=1)
+
+    def run(self, pair) -> dict:
+        from finediff.agent.grader import CHECKER_TYPES, grade
+        from finediff.agent.loop import run_agent
+        from finediff.agent.tools import Budget
+        from finediff.io import atomic_path, write_json
+
+        t, a = self.cfg.task, self.cfg.agent
+        result: dict = {"run_dir": str(self.run_dir), "model": str(a.model), "agents": {}}
+        plan = [("agent", self.run_dir, self.run_dir / names.AGENT_TRANSCRIPT)]
+        if t.black_box:
+            plan.append(("black_box", None, self.run_dir / names.AGENT_BLACK_BOX_TRANSCRIPT))
+        for key, run_dir, path in plan:
+            budget = Budget(int(a.llm_calls), int(a.model_interactions), int(a.tokens))
+            inv = run_agent(self.client, pair, run_dir, budget, path, int(t.max_new_tokens))
+            entry = {"short": inv.short, "long": inv.long, "status": inv.status, "used": inv.used,
+                     "transcript": str(path)}
+            if self.card is not None:
+                kind = CHECKER_TYPES.get(self.card.checker, "other")
+                entry["grade"] = grade(self.grader, self.card.description_long, f"{inv.short}\n{inv.long}".strip(),
+                                       kind, int(t.grader_runs)).as_dict()
+            result["agents"][key] = entry
+        write_json(self.out / names.AGENT_EVAL_FILE, result)
+        rows = ["| agent | status | LLM calls | model interactions | tokens | score (1-5) | short description |",
+                "|---|---|---|---|---|---|---|"]
+        for key, e in result["agents"].items():
+            score = e.get("grade", {}).get("mean")
+            rows.append(f"| {key} | {e['status']} | {e['used']['llm_calls']} | {e['used']['model_interactions']} | "
+                        f"{e['used']['tokens']} | {'-' if score is None else f'{score:.2f}'} | "
+                        f"{' '.join(e['short'].split())[:120] or '-'} |")
+        with atomic_path(self.out / names.AGENT_EVAL_MD) as tmp:
+            tmp.write_text("\n".join(rows) + "\n")
+        print("\n".join(rows))
+        return result
+
+
 class Diff(Task):
     """The diffing toolkit's pipeline: ``pipeline.mode=preprocessing|diffing|full`` with
     ``diffing/method=adl|kl|normdiff``."""
@@ -285,7 +352,7 @@ class Diff(Task):
 
 
 TASKS = {"analyze": Analyze, "compare": Compare, "diff": Diff, "evidence": Evidence, "generate": Generate,
-         "elicit": Elicit, "hard_prompts": HardPrompts, "verify": Verify}
+         "elicit": Elicit, "hard_prompts": HardPrompts, "verify": Verify, "agent": Agent}
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -98,3 +98,9 @@ REPORT_HTML = "report.html"
 # A multirun's table over its runs (in the sweep folder).
 SWEEP_SUMMARY_MD = "sweep_summary.md"
 SWEEP_SUMMARY_JSON = "sweep_summary.json"
+
+# The interpretability agent (evaluate.py task=agent).
+AGENT_TRANSCRIPT = "agent_transcript.json"
+AGENT_BLACK_BOX_TRANSCRIPT = "agent_black_box_transcript.json"
+AGENT_EVAL_FILE = "agent_eval.json"
+AGENT_EVAL_MD = "agent_eval.md"

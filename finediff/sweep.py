@@ -9,8 +9,9 @@ and ``sweep_summary.json`` are written in the sweep folder: per run, the finetun
 report's verdict and first confirmed finding, the soft prompt's held-out divergence, the
 best hard prompt and, when the adapter folder carries an organism card (the shipped
 organisms do), how many of the 10 highest-divergence records the organism's checker
-flags. That last column is a grade applied after the run; the runs themselves never read
-the card.
+flags; and for ``evaluate.py task=agent`` sweeps, the agent's and the black-box agent's
+grades. Those columns are grades applied after the run; the runs themselves never read
+the card. Columns no run has are left out.
 
 Each job of a multirun writes into its own sweep subfolder (``paths.output_dir`` follows
 ``hydra.sweep.subdir`` there).
@@ -23,13 +24,30 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 from finediff import names
 from finediff.io import atomic_path, write_json
 
 log = logging.getLogger("finediff.sweep")
 TOP_RECORDS = 10
+
+
+def run_model(run: Path) -> dict:
+    """The ``model`` block a run was launched with (``.hydra/config.yaml``), its interpolations
+    resolved where they can be (``{}`` when there is none)."""
+    from omegaconf import OmegaConf
+
+    cfg_file = Path(run) / ".hydra" / "config.yaml"
+    if not cfg_file.is_file():
+        return {}
+    cfg = OmegaConf.load(cfg_file)
+    out = {}
+    for key in ("base", "finetuned", "adapter"):
+        try:
+            out[key] = OmegaConf.select(cfg, f"model.{key}", throw_on_resolution_failure=True)
+        except Exception:  # an interpolation this process cannot resolve (e.g. ${now:...})
+            out[key] = None
+    return out
 
 
 def _checker_hits(run: Path, adapter: Optional[str]) -> Optional[str]:
@@ -50,8 +68,7 @@ def run_row(run: Path) -> dict[str, Any]:
     from finediff.summary import claim, read_verdict
 
     run = Path(run)
-    cfg_file = run / ".hydra" / "config.yaml"
-    model = (yaml.safe_load(cfg_file.read_text()) or {}).get("model") or {} if cfg_file.is_file() else {}
+    model = run_model(run)
     adapter = model.get("adapter")
     metrics = json.loads((run / names.METRICS_FILE).read_text()) if (run / names.METRICS_FILE).is_file() else {}
     hard = []
@@ -59,6 +76,8 @@ def run_row(run: Path) -> dict[str, Any]:
         hard = [json.loads(line) for line in (run / names.HARD_PROMPTS_FILE).read_text().splitlines() if line.strip()]
     best = max(hard, key=lambda r: r.get("divergence", float("-inf")), default=None)
     verdict = read_verdict(run)
+    agents = json.loads((run / names.AGENT_EVAL_FILE).read_text()).get("agents", {}) \
+        if (run / names.AGENT_EVAL_FILE).is_file() else {}
     return {
         "run": run.name,
         "finetune": adapter or model.get("finetuned"),
@@ -71,6 +90,8 @@ def run_row(run: Path) -> dict[str, Any]:
         "best_hard_prompt": None if best is None else f"[{best.get('method')}] {best.get('text', '')}",
         "checker_top10": _checker_hits(run, adapter),
         names.WALL_TIME: metrics.get(names.WALL_TIME),
+        "agent_score": (agents.get("agent", {}).get("grade") or {}).get("mean"),
+        "black_box_score": (agents.get("black_box", {}).get("grade") or {}).get("mean"),
     }
 
 
@@ -92,7 +113,8 @@ def summarize(sweep_dir: str | Path) -> Optional[Path]:
         return None
     rows = [run_row(d) for d in runs]
     cols = ["run", "finetune", "confidence", "finding", names.VAL_DIVERGENCE, names.VAL_DIVERGENCE_NO_PROMPT,
-            "best_hard_prompt", "checker_top10", names.WALL_TIME]
+            "best_hard_prompt", "checker_top10", names.WALL_TIME, "agent_score", "black_box_score"]
+    cols = [c for c in cols if any(r[c] is not None for r in rows) or c in ("run", "finetune")]
     lines = [f"# Sweep: {len(rows)} runs", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in rows]
     lines += ["", f"checker_top10: the organism card's checker on the {TOP_RECORDS} highest-divergence records, "
@@ -103,3 +125,19 @@ def summarize(sweep_dir: str | Path) -> Optional[Path]:
         tmp.write_text("\n".join(lines) + "\n")
     log.info("sweep summary: %s", md)
     return md
+
+
+def find_run(root: Path, adapter: str) -> Path:
+    """The newest finished run under ``root`` (a sweep or logs folder) whose pair had ``adapter``."""
+    from finediff.errors import FinediffError
+
+    want = Path(adapter).resolve()
+    found = []
+    for cfg_file in Path(root).rglob(".hydra/config.yaml"):
+        run = cfg_file.parent.parent
+        got = run_model(run).get("adapter")
+        if got and Path(str(got)).resolve() == want and (run / names.SOFT_PROMPT_FILE).is_file():
+            found.append(run)
+    if not found:
+        raise FinediffError(f"no finished run under {root} has model.adapter={adapter}")
+    return max(found, key=lambda d: (d / names.SOFT_PROMPT_FILE).stat().st_mtime)
