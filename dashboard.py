@@ -59,7 +59,7 @@ def methods_of(run: Path) -> list[str]:
     checks = [("Overview", names.METRICS_FILE), ("Comparison", names.COMPARISON_CSV),
               ("Survey", names.SURVEY_GROUPS), ("Hard prompts", names.HARD_PROMPTS_FILE), ("Divergent dataset", names.DIVERGENT_DATASET_JSONL),
               ("Analysis", names.ANALYSIS_FILE), ("Clusters", names.CLUSTERS_FILE), ("ADL", f"{names.LENS_DIR}/{names.LENS_SUMMARY}"),
-              ("KL", f"{names.DIFF_DIR}/kl/{names.DIFF_SUMMARY}"),
+              ("Agent", names.AGENT_TRANSCRIPT), ("KL", f"{names.DIFF_DIR}/kl/{names.DIFF_SUMMARY}"),
               ("normdiff", f"{names.DIFF_DIR}/normdiff/{names.DIFF_SUMMARY}")]
     return [label for label, f in checks if (run / f).exists()]
 
@@ -215,6 +215,26 @@ def show_method(run: Path, method: str) -> None:
         st.markdown(highlight(ex["tokens"]), unsafe_allow_html=True)
 
 
+def show_agent(run: Path) -> None:
+    """The interpretability agent's answer and whole transcript (and the black-box agent's)."""
+    for label, file in (("Agent (the run's tools)", names.AGENT_TRANSCRIPT),
+                        ("Black-box agent (ask only)", names.AGENT_BLACK_BOX_TRANSCRIPT)):
+        if not (run / file).exists():
+            continue
+        inv = read_json(run / file)
+        st.subheader(label)
+        st.markdown(f"**{inv['short'] or '(no answer)'}**  \n{inv['long']}")
+        used, budget = inv["used"], inv["budget"]
+        st.caption(f"status {inv['status']}; " + ", ".join(f"{k.replace('_', ' ')} {used[k]} of {budget[k]}"
+                                                            for k in budget) + f"; {inv['seconds']:.0f} s")
+        with st.expander(f"transcript ({len(inv['transcript'])} messages)", expanded=False):
+            for m in inv["transcript"]:
+                who = m.get("tool") and f"tool {m['tool']}({m.get('arguments', '')})" or m["role"]
+                calls = " ".join(f"-> {c['function']['name']}({c['function']['arguments']})"
+                                 for c in m.get("tool_calls", []))
+                st.markdown(f"**{who}**: {m.get('content') or ''} {calls}")
+
+
 @st.cache_resource(show_spinner="loading the model pair")
 def load_pair(base: str, finetuned: str, adapter: str):
     from finediff.models import load_model_pair
@@ -281,7 +301,7 @@ def main() -> None:
     tabs = st.tabs(methods + ["Try it"])
     shows = {"Overview": show_overview, "Comparison": show_comparison, "Survey": show_survey, "Hard prompts": show_hard_prompts,
              "Divergent dataset": show_dataset, "Analysis": show_analysis, "Clusters": show_clusters, "ADL": show_adl,
-             "KL": lambda r: show_method(r, "kl"), "normdiff": lambda r: show_method(r, "normdiff")}
+             "Agent": show_agent, "KL": lambda r: show_method(r, "kl"), "normdiff": lambda r: show_method(r, "normdiff")}
     for tab, method in zip(tabs, methods):
         with tab:
             shows[method](run)

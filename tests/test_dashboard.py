@@ -37,6 +37,30 @@ def test_dashboard_discovers_and_shows_a_run(run_root, monkeypatch):
     assert "**Base**" in texts and "**Finetuned**" in texts
 
 
+def test_dashboard_shows_an_agent_transcript(run_root, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from finediff import names
+    from finediff.agent.loop import Investigation
+    from finediff.io import write_json
+
+    inv = Investigation("Answers capitals wrongly.", "A longer account.", "answered", False,
+                        {"llm_calls": 100, "model_interactions": 50, "tokens": 100000},
+                        {"llm_calls": 2, "model_interactions": 1, "tokens": 900},
+                        [{"role": "system", "content": "You are auditing."},
+                         {"role": "assistant", "content": "", "tool_calls": [
+                             {"id": "c0", "type": "function", "function": {"name": "ask", "arguments": "{}"}}]},
+                         {"role": "tool", "tool": "ask", "arguments": "{}", "content": "base: 'Paris'"}], seconds=3.0)
+    write_json(run_root / "sandbagging" / "run1" / names.AGENT_TRANSCRIPT, inv.as_dict())
+    monkeypatch.setenv("FINEDIFF_OUTPUTS", str(run_root))
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert "Agent" in [t.label for t in at.tabs]
+    texts = " ".join(m.value for m in at.markdown)
+    assert "Answers capitals wrongly." in texts and "base: 'Paris'" in texts
+    (run_root / "sandbagging" / "run1" / names.AGENT_TRANSCRIPT).unlink()
+
+
 def test_dashboard_without_runs(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
