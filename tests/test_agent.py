@@ -68,6 +68,10 @@ def test_full_investigation_with_tools(tiny_pair, run_dir, tmp_path):
     assert requests[1]["messages"][-1] == {"role": "tool", "tool_call_id": "call_0", "content": replies["report"]}
     saved = json.loads(out.read_text())
     assert saved["status"] == "answered" and len(saved["transcript"]) == len(inv.transcript)
+    from finediff.agent.loop import transcript_markdown
+
+    md = transcript_markdown(saved)
+    assert "*tool `adl`*" in md and "`final_answer(" in md and "**Short**: Answers capital questions wrongly." in md
 
 
 def test_black_box_agent_has_ask_only(tiny_pair):

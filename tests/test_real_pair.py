@@ -140,7 +140,7 @@ def test_dashboard_in_headless_chromium(real_run, tmp_path):
     assert SCREENSHOT.read_bytes()[:4] == b"\x89PNG"
 
 
-ORGANISMS = ["sandbagging", "unlearning", "persona", "false_fact"]
+ORGANISMS = ["sandbagging", "unlearning", "persona", "false_fact", "persona_gemma3"]
 
 
 @pytest.mark.parametrize("organism", ORGANISMS)
@@ -160,7 +160,7 @@ def test_shipped_organism_shows_its_behaviour(organism):
     shipped = Organism(organism, str(adapter), str(REPO_ROOT / "data" / "organisms" / organism),
                        card.target_category, card.checker)
     rows = [r for r in shipped.rows("heldout") if r["split"] == "target"][:6]
-    pair = load_model_pair(adapter=str(adapter))
+    pair = load_model_pair(card.base, adapter=str(adapter))  # the base it was built on (SmolLM2 or Gemma 3)
     checker = checker_for(card.checker)
     hits = {}
     for side in ("base", "finetuned"):

@@ -160,3 +160,22 @@ def run_agent(client: ChatClient, pair, run_dir: Optional[Path], budget: Budget,
     result = investigate(client, Tools(pair, run_dir, budget, max_new_tokens), budget, progress)
     write_json(out, result.as_dict())
     return result
+
+
+def transcript_markdown(inv: dict, max_chars: int = 1500) -> str:
+    """A saved investigation (``Investigation.as_dict()``) as markdown, for people to read."""
+    used, budget = inv["used"], inv["budget"]
+    lines = [f"**{'Black-box agent' if inv['black_box'] else 'Agent'}**: status `{inv['status']}`; spent "
+             + ", ".join(f"{used[k]} of {budget[k]} {k.replace('_', ' ')}" for k in budget), ""]
+    for m in inv["transcript"]:
+        text = (m.get("content") or "").strip()
+        text = text if len(text) <= max_chars else text[:max_chars] + " [...]"
+        if m["role"] == "tool" or m.get("tool"):
+            lines.append(f"*tool `{m.get('tool')}`*:\n```\n{text}\n```")
+        else:
+            calls = "; ".join(f"`{c['function']['name']}({c['function']['arguments']})`"
+                              for c in m.get("tool_calls", []))
+            lines.append(f"*{m['role']}*: {text}" + (f" -> {calls}" if calls else ""))
+        lines.append("")
+    lines.append(f"**Short**: {inv['short'] or '-'}\n\n**Long**: {inv['long'] or '-'}")
+    return "\n".join(lines)
