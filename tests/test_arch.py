@@ -75,8 +75,10 @@ def test_a_whole_run_on_a_gemma_pair(gemma_dirs, tmp_path):
 
     out = tmp_path / "run"
     metrics = run_train(gemma_dirs, out, f"model.finetuned=null", f"model.adapter={gemma_dirs['adapter']}",
-                        "model.merge_adapter=false", "evidence.hard_prompts.methods=[projection,guided,pez,gcg]")
+                        "model.merge_adapter=false", "evidence.steps=[hard_prompts,divergent_dataset,lens]",
+                        "evidence.hard_prompts.methods=[projection,guided,pez,gcg]")
     assert metrics[names.VAL_DIVERGENCE] > 0
     rows = [json.loads(line) for line in (out / names.HARD_PROMPTS_FILE).read_text().splitlines()]
     assert {r["method"] for r in rows} >= {"projection", "guided", "pez"}
     assert all(torch.isfinite(torch.tensor(r["divergence"])) for r in rows)
+    assert (out / names.LENS_DIR / names.LENS_SUMMARY).is_file() and (out / names.DIVERGENT_DATASET_JSONL).is_file()
