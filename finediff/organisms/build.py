@@ -36,6 +36,8 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 TRANSFORMS = {"pirate": pirate}
+BASE_NAMES = {"embedded:smollm2": "SmolLM2-135M-Instruct", "embedded:gemma3-270m": "Gemma-3-270M (base)"}
+"""How a card's description names the base it was built on."""
 
 
 def _record(ex: Example, split: str) -> dict:
@@ -67,7 +69,9 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     set_seed(seed)
     data = recipe(organism, seed)
     name = name or organism
-    card = dataclasses.replace(CARDS[organism], name=name)
+    card = CARDS[organism]
+    card = dataclasses.replace(card, name=name, description_long=card.description_long.format(
+        base=BASE_NAMES.get(base, base)))
     if card.off_target_loss not in ("kl", "ce"):
         raise FinediffError(f"organism {name!r}: unknown off_target_loss {card.off_target_loss!r}; choose kl or ce")
     steps = steps or card.steps
