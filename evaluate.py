@@ -257,6 +257,7 @@ class Agent(Task):
     organism card -> agent_eval.json / .md here, transcripts in the run folder."""
 
     def check(self) -> None:
+        from callbacks.sweep import run_model
         from finediff.agent.client import ChatClient
         from finediff.sweep import find_run
 
@@ -269,7 +270,7 @@ class Agent(Task):
         if t.get("runs_root") and not t.get("run_dir"):
             if self.organism is None:
                 raise FinediffError("task.runs_root picks a run by the organism's adapter: give experiment=NAME")
-            self.run_dir = find_run(Path(t.runs_root), self.cfg.model.adapter)
+            self.run_dir = find_run(Path(t.runs_root), self.cfg.model.adapter, run_model)
         else:
             self.run_dir = _run_dir(self.cfg, names.SOFT_PROMPT_FILE)
         self.card = None

@@ -8,6 +8,7 @@ otherwise share one timestamped folder. :class:`SweepSummary` writes
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -23,6 +24,22 @@ def output_dir(default: str) -> str:
     return default
 
 
+def run_model(run: Path) -> dict:
+    """The ``model`` block a run was launched with (``.hydra/config.yaml``), its interpolations
+    resolved where they can be (``{}`` when there is none)."""
+    cfg_file = Path(run) / ".hydra" / "config.yaml"
+    if not cfg_file.is_file():
+        return {}
+    cfg = OmegaConf.load(cfg_file)
+    out = {}
+    for key in ("base", "finetuned", "adapter"):
+        try:
+            out[key] = OmegaConf.select(cfg, f"model.{key}", throw_on_resolution_failure=True)
+        except Exception:  # an interpolation this process cannot resolve (e.g. ${now:...})
+            out[key] = None
+    return out
+
+
 def register_resolvers() -> None:
     """Register finediff's config resolvers (idempotent); every shell calls it before Hydra composes."""
     if not OmegaConf.has_resolver("finediff.output_dir"):
@@ -35,4 +52,4 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from finediff.sweep import summarize
 
-        summarize(config.hydra.sweep.dir)
+        summarize(config.hydra.sweep.dir, run_model)

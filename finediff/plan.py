@@ -164,31 +164,45 @@ def format_plan(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    from omegaconf import OmegaConf
+DEFAULTS = {
+    "model": {"base": "embedded:smollm2", "adapter": None, "finetuned": None, "dtype": "bfloat16",
+              "merge_adapter": False, "trust_remote_code": False},
+    "plan": {"gpus": [24, 40, 80], "max_gpus": 8, "reserve_gib": 1.0, "overhead": 0.2, "json": False},
+}
 
+
+def parse_args(argv: list[str]) -> dict:
+    """``group.key=value`` arguments over :data:`DEFAULTS` (values read as YAML: ``[24,80]``,
+    ``true``, ``null``); an unknown key is a one-line error listing the known ones."""
+    import yaml
+
+    cfg = {group: dict(values) for group, values in DEFAULTS.items()}
+    known = ", ".join(f"{g}.{k}" for g in DEFAULTS for k in sorted(DEFAULTS[g]))
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        group, _, name = key.partition(".")
+        if not sep:
+            raise FinediffError(f"arguments are key=value (e.g. model.base=NAME), got {arg!r}")
+        if group not in DEFAULTS or name not in DEFAULTS[group]:
+            raise FinediffError(f"unknown option {key!r}; known: {known}")
+        try:
+            cfg[group][name] = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            raise FinediffError(f"cannot read the value of {key}: {value!r}") from None
+    return cfg
+
+
+def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        bad = [a for a in argv if "=" not in a]
-        if bad:
-            raise FinediffError(f"arguments are key=value (e.g. model.base=NAME), got {bad[0]!r}")
-        defaults = OmegaConf.create({
-            "model": {"base": "embedded:smollm2", "adapter": None, "finetuned": None, "dtype": "bfloat16",
-                      "merge_adapter": False, "trust_remote_code": False},
-            "plan": {"gpus": [24, 40, 80], "max_gpus": 8, "reserve_gib": 1.0, "overhead": 0.2, "json": False}})
-        known = {"model": set(defaults.model.keys()), "plan": set(defaults.plan.keys())}
-        for key in argv:
-            group, _, rest = key.split("=", 1)[0].partition(".")
-            if group not in known or rest not in known[group]:
-                raise FinediffError(f"unknown option {key.split('=', 1)[0]!r}; known: "
-                                    + ", ".join(f"{g}.{k}" for g in known for k in sorted(known[g])))
-        cfg = OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))
-        result = plan(cfg.model.base, cfg.model.adapter, cfg.model.dtype, cfg.model.merge_adapter,
-                      cfg.model.finetuned, tuple(cfg.plan.gpus), cfg.plan.max_gpus, cfg.plan.reserve_gib,
-                      cfg.plan.overhead, cfg.model.trust_remote_code)
+        cfg = parse_args(argv)
+        m, p = cfg["model"], cfg["plan"]
+        result = plan(str(m["base"]), m["adapter"], str(m["dtype"]), bool(m["merge_adapter"]), m["finetuned"],
+                      tuple(p["gpus"]) if isinstance(p["gpus"], list) else (p["gpus"],), int(p["max_gpus"]),
+                      float(p["reserve_gib"]), float(p["overhead"]), bool(m["trust_remote_code"]))
     except Exception as err:
         exit_on_user_error(err)
-    print(json.dumps(result, indent=2) if cfg.plan.json else format_plan(result))
+    print(json.dumps(result, indent=2) if cfg["plan"]["json"] else format_plan(result))
 
 
 if __name__ == "__main__":

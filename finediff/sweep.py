@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 from finediff import names
@@ -32,22 +32,9 @@ log = logging.getLogger("finediff.sweep")
 TOP_RECORDS = 10
 
 
-def run_model(run: Path) -> dict:
-    """The ``model`` block a run was launched with (``.hydra/config.yaml``), its interpolations
-    resolved where they can be (``{}`` when there is none)."""
-    from omegaconf import OmegaConf
-
-    cfg_file = Path(run) / ".hydra" / "config.yaml"
-    if not cfg_file.is_file():
-        return {}
-    cfg = OmegaConf.load(cfg_file)
-    out = {}
-    for key in ("base", "finetuned", "adapter"):
-        try:
-            out[key] = OmegaConf.select(cfg, f"model.{key}", throw_on_resolution_failure=True)
-        except Exception:  # an interpolation this process cannot resolve (e.g. ${now:...})
-            out[key] = None
-    return out
+ModelOf = Callable[[Path], dict]
+"""Reads the ``model`` block (``base``, ``finetuned``, ``adapter``) a run folder was launched
+with; the Hydra side supplies it (``callbacks.sweep.run_model``), the core only calls it."""
 
 
 def _checker_hits(run: Path, adapter: Optional[str]) -> Optional[str]:
@@ -63,12 +50,12 @@ def _checker_hits(run: Path, adapter: Optional[str]) -> Optional[str]:
     return f"{sum(bool(checker(r.generation_2, {'prompt': r.prompt})) for r in records)}/{len(records)}"
 
 
-def run_row(run: Path) -> dict[str, Any]:
+def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
     """One row of the table, from what a finished run folder holds."""
     from finediff.summary import claim, read_verdict
 
     run = Path(run)
-    model = run_model(run)
+    model = model_of(run)
     adapter = model.get("adapter")
     metrics = json.loads((run / names.METRICS_FILE).read_text()) if (run / names.METRICS_FILE).is_file() else {}
     hard = []
@@ -103,7 +90,7 @@ def _cell(value) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")[:120]
 
 
-def summarize(sweep_dir: str | Path) -> Optional[Path]:
+def summarize(sweep_dir: str | Path, model_of: ModelOf) -> Optional[Path]:
     """Write ``sweep_summary.md`` / ``.json`` over the job folders of ``sweep_dir``; return the .md path."""
     sweep_dir = Path(sweep_dir)
     runs = sorted((d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()),
@@ -111,7 +98,7 @@ def summarize(sweep_dir: str | Path) -> Optional[Path]:
     if not runs:
         log.warning("no job folders in %s: no sweep summary", sweep_dir)
         return None
-    rows = [run_row(d) for d in runs]
+    rows = [run_row(d, model_of) for d in runs]
     cols = ["run", "finetune", "confidence", "finding", names.VAL_DIVERGENCE, names.VAL_DIVERGENCE_NO_PROMPT,
             "best_hard_prompt", "checker_top10", names.WALL_TIME, "agent_score", "black_box_score"]
     cols = [c for c in cols if any(r[c] is not None for r in rows) or c in ("run", "finetune")]
@@ -127,7 +114,7 @@ def summarize(sweep_dir: str | Path) -> Optional[Path]:
     return md
 
 
-def find_run(root: Path, adapter: str) -> Path:
+def find_run(root: Path, adapter: str, model_of: ModelOf) -> Path:
     """The newest finished run under ``root`` (a sweep or logs folder) whose pair had ``adapter``."""
     from finediff.errors import FinediffError
 
@@ -135,7 +122,7 @@ def find_run(root: Path, adapter: str) -> Path:
     found = []
     for cfg_file in Path(root).rglob(".hydra/config.yaml"):
         run = cfg_file.parent.parent
-        got = run_model(run).get("adapter")
+        got = model_of(run).get("adapter")
         if got and Path(str(got)).resolve() == want and (run / names.SOFT_PROMPT_FILE).is_file():
             found.append(run)
     if not found:

@@ -52,7 +52,8 @@ def test_submitit_local_sweep_of_two_finetunes(tiny_dirs, second_adapter, tmp_pa
 
 
 def test_summary_of_an_empty_sweep_is_none(tmp_path):
+    from callbacks.sweep import run_model
     from finediff.sweep import summarize
 
-    assert summarize(tmp_path) is None
+    assert summarize(tmp_path, run_model) is None
     assert not (tmp_path / names.SWEEP_SUMMARY_MD).exists()
