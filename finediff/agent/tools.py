@@ -202,11 +202,12 @@ class Tools:
         from finediff.lens import steer
 
         tok = self.pair.tokenizer
-        if mode == "soft_prompt" and self._soft is None or mode == "hard_prompt" and not self._hard \
-                or mode == "steering" and self._steer is None:
-            raise FinediffError(f"this run has no {mode.replace('_', ' ')} to put in place")
-        if mode not in ("none", "soft_prompt", "hard_prompt", "steering"):
+        available = {"none": True, "soft_prompt": self._soft is not None, "hard_prompt": bool(self._hard),
+                     "steering": self._steer is not None}
+        if mode not in available:
             raise FinediffError(f"with must be none, soft_prompt, hard_prompt or steering, got {mode!r}")
+        if not available[mode]:
+            raise FinediffError(f"this run has no {mode.replace('_', ' ')} to put in place")
         self.budget.spend("model_interactions")
         text = f"{self._hard} {prompt}" if mode == "hard_prompt" else prompt
         soft = self._soft if mode == "soft_prompt" else None
