@@ -33,7 +33,7 @@ def test_shared_weights_pair_matches_the_merged_pair(tiny_dirs, tmp_path):
     base's tensors, plus the adapter's), the same logits on both sides, the same KL and
     norm-difference results."""
     base, adapter = str(tiny_dirs["base"]), str(tiny_dirs["adapter"])
-    merged = load_model_pair(base, adapter=adapter)
+    merged = load_model_pair(base, adapter=adapter, merge_adapter=True)
     shared = load_model_pair(base, adapter=adapter, merge_adapter=False)
     assert shared.shares_weights and not merged.shares_weights
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
