@@ -181,10 +181,19 @@ class SoftPromptDivergence(L.LightningModule):
             loss = -divergence
         self.log(names.TRAIN_DIVERGENCE, divergence, prog_bar=True, batch_size=bs)
         if self.hparams.readability_weight:
-            penalty = readability_penalty(prompt, embedding_table(self.pair.base), self.allowed)
+            penalty = readability_penalty(prompt, self.readable_table)
             self.log(names.TRAIN_READABILITY, penalty, batch_size=bs)
             loss = loss + self.hparams.readability_weight * penalty
         return loss
+
+    @property
+    def readable_table(self) -> torch.Tensor:
+        """The allowed tokens' embeddings as the blocks receive them, built once (the
+        readability penalty's targets; the pair is frozen, so they never change)."""
+        if getattr(self, "_readable_table", None) is None:
+            table = embedding_table(self.pair.base).detach()
+            self._readable_table = table[self.allowed.to(table.device)]
+        return self._readable_table
 
     @property
     def allowed(self) -> torch.Tensor:
