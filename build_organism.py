@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
@@ -39,7 +39,9 @@ def build_organism(cfg: DictConfig) -> Path:
     if recipe not in RECIPES:
         raise FinediffError(f"organism {name!r} has no recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
     keys = ("steps", "seed", "base", "rank", "learning_rate", "batch_size", "max_new_tokens")
-    return build(recipe, name=name, **{k: cfg[k] for k in keys},
+    options = cfg.organism.get("recipe_options")
+    options = OmegaConf.to_container(options) if options is not None else {}
+    return build(recipe, name=name, recipe_options=options, **{k: cfg[k] for k in keys},
                  out_dir=Path(cfg.out_dir) if cfg.out_dir else None, data_dir=Path(cfg.data_dir) if cfg.data_dir else None)
 
 

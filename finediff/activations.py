@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finediff import names
-from finediff.arch import decoder_layers
+from finediff.arch import decoder_layers, input_device
 from finediff.errors import FinediffError
 from finediff.io import atomic_path, write_json
 
@@ -46,7 +46,8 @@ def residual_stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """Outputs of the given decoder layers, ``{layer: [B, P, D]}`` in float32.
 
     The input is cut to ``n_positions`` tokens and the forward pass stops after the
-    deepest requested layer.
+    deepest requested layer. The outputs are on ``input_ids``' device, wherever the
+    model's layers are placed.
     """
     layers = sorted(set(layers))
     blocks = decoder_layers(model)
@@ -60,7 +61,7 @@ def residual_stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     def make_hook(layer: int):
         def hook(_module, _inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            out[layer] = hidden.detach().float()
+            out[layer] = hidden.detach().float().to(input_ids.device)
             if layer == layers[-1]:
                 raise _Stop
         return hook
@@ -68,7 +69,8 @@ def residual_stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     for layer in layers:
         hooks.append(blocks[layer].register_forward_hook(make_hook(layer)))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        device = input_device(model)
+        model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
     except _Stop:
         pass
     finally:

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from finediff.arch import input_device
 from finediff.data import format_text, pad_rows
 from finediff.errors import FinediffError
 from finediff.generation import decode_new
@@ -40,10 +41,11 @@ class AmplifyLogits:
         if self.seen:
             self.mask = torch.cat([self.mask, torch.ones_like(new)], dim=1)
         position_ids = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -new.shape[1]:]
-        out = self.base(input_ids=new, attention_mask=self.mask, position_ids=position_ids,
-                        past_key_values=self.past, use_cache=True)
+        device = input_device(self.base)  # the base may sit on another device (model.placement)
+        out = self.base(input_ids=new.to(device), attention_mask=self.mask.to(device),
+                        position_ids=position_ids.to(device), past_key_values=self.past, use_cache=True)
         self.past, self.seen = out.past_key_values, input_ids.shape[1]
-        base = out.logits[:, -1].to(scores.dtype)
+        base = out.logits[:, -1].to(scores.device, scores.dtype)
         return scores + self.alpha * (scores - base)
 
 
@@ -60,7 +62,7 @@ def amplified_generate(pair, prompts: list[str], alpha: float = 1.0, max_new_tok
         raise FinediffError(f"amplification alpha must be >= 0, got {alpha}")
     tok = pair.tokenizer
     model = pair.finetuned
-    device = next(model.parameters()).device
+    device = input_device(model)
     if seed is not None:
         torch.manual_seed(seed)
     out: list = []

@@ -9,6 +9,11 @@ differences that matter to finediff are
 - the final norm and the decoder blocks sit on the decoder (``get_decoder().norm``,
   ``.layers``): :func:`final_norm`, :func:`decoder_layers`;
 - logits may be soft-capped (``final_logit_softcapping``, Gemma 2): :func:`output_head`.
+
+It also knows where a model's parts are (``model.placement``, :mod:`finediff.models`): the
+two models of a pair may sit on different devices, or be spread over several GPUs.
+:func:`embed_ids` and :func:`output_head` take their inputs to the part's device and give
+their results back on the caller's, so code written for one device works placed.
 """
 
 from __future__ import annotations
@@ -36,13 +41,35 @@ def final_norm(model) -> torch.nn.Module:
     return norm
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's first parameter lives (CPU for a module without parameters)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None and p.device.type != "meta" else torch.device("cpu")
+
+
+def input_device(model) -> torch.device:
+    """Where the model's input embedding lives: token ids and ``inputs_embeds`` go there."""
+    return module_device(model.get_input_embeddings())
+
+
+def embed_ids(model, ids: torch.Tensor) -> torch.Tensor:
+    """The model's input embeddings of ``ids``, on the model's input device."""
+    return model.get_input_embeddings()(ids.to(input_device(model)))
+
+
 def output_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The function from final hidden states to logits (unembedding + any soft-capping)."""
+    """The function from final hidden states to logits (unembedding + any soft-capping).
+    Logits come back on the device of the hidden states given, wherever the head is."""
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap is None:
-        return head
-    return lambda h: torch.tanh(head(h) / cap) * cap
+
+    def apply(h: torch.Tensor) -> torch.Tensor:
+        logits = head(h.to(module_device(head)))
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.to(h.device)
+
+    return apply
 
 
 def embedding_table(model) -> torch.Tensor:

@@ -168,7 +168,7 @@ def mine_texts(miner: DiffMiner, pair, texts: list[str], max_length: int = 64, b
     from tqdm.auto import tqdm
 
     from finediff.data import collate
-    from finediff.arch import output_head
+    from finediff.arch import embed_ids, output_head
     from finediff.divergence import final_hidden
 
     heads = output_head(pair.finetuned), output_head(pair.base)
@@ -176,8 +176,8 @@ def mine_texts(miner: DiffMiner, pair, texts: list[str], max_length: int = 64, b
     for i in tqdm(range(0, len(texts), batch_size), desc="diff mining (generic text)", disable=not progress):
         rows = [tok(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts[i:i + batch_size]]
         b = collate(rows, tok.pad_token_id)
-        h_ft = final_hidden(pair.finetuned, pair.finetuned.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
-        h_base = final_hidden(pair.base, pair.base.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
+        h_ft = final_hidden(pair.finetuned, embed_ids(pair.finetuned, b["input_ids"]), b["attention_mask"])
+        h_base = final_hidden(pair.base, embed_ids(pair.base, b["input_ids"]), b["attention_mask"])
         for r, ids in enumerate(rows):
             miner.add(heads[0](h_ft[r, : len(ids)]), heads[1](h_base[r, : len(ids)]))
     return miner

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from finediff.arch import output_head
+from finediff.arch import embed_ids, input_device, output_head
 
 from finediff.errors import FinediffError
 from finediff.soft_prompt import splice, spliced_mask, text_mask
@@ -131,10 +131,12 @@ def chunked_divergence(
 
 
 def final_hidden(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Final (post-norm) hidden states ``[B, L, D]``, without computing logits."""
+    """Final (post-norm) hidden states ``[B, L, D]``, without computing logits, on
+    ``attention_mask``'s device (the inputs go to the model's, wherever it is placed)."""
     decoder = model.get_decoder()
-    out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state
+    device = input_device(model)
+    out = decoder(inputs_embeds=inputs_embeds.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    return out.last_hidden_state.to(attention_mask.device)
 
 
 def pair_hidden(
@@ -158,11 +160,12 @@ def pair_hidden(
     hidden = {}
     for side in ("finetuned", "base"):
         model = getattr(pair, side)
-        embed = model.get_input_embeddings()
-        embeds = embed(input_ids)
-        prompt = embed(prompt_PD) if prompt_PD is not None and not prompt_PD.is_floating_point() else prompt_PD
-        embeds, mask = splice(prompt, embeds, attention_mask, prompt_pos)
-        hidden[side] = final_hidden(model, embeds, mask)
+        device = input_device(model)
+        embeds = embed_ids(model, input_ids)
+        prompt = None if prompt_PD is None else (
+            prompt_PD.to(device) if prompt_PD.is_floating_point() else embed_ids(model, prompt_PD))
+        embeds, mask = splice(prompt, embeds, attention_mask.to(device), prompt_pos)
+        hidden[side] = final_hidden(model, embeds, mask).to(input_ids.device)
     P = 0 if prompt_PD is None else prompt_PD.shape[0]
     if score_mask is not None:
         return hidden["finetuned"], hidden["base"], spliced_mask(score_mask, P, prompt_pos)
@@ -222,7 +225,7 @@ def base_shift_divergence(pair, batch: dict, prompt_PD: Optional[torch.Tensor],
     if prompt_PD is None:
         return divergence, divergence.new_zeros(())
     with torch.no_grad():
-        h_plain = final_hidden(pair.base, pair.base.get_input_embeddings()(input_ids), attention_mask)
+        h_plain = final_hidden(pair.base, embed_ids(pair.base, input_ids), attention_mask)
         plain_mask = score_mask.bool() if score_mask is not None else text_mask(attention_mask, 0, prompt_pos)
     # the scored positions in the same order on both sides: the prompt only shifts them
     plain, prompted = h_plain[plain_mask].unsqueeze(0), h_base[mask].unsqueeze(0)

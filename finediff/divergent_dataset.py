@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from finediff import names
 from finediff.answers import POSITIONS, AnswerSettings, answer_batch
 from finediff.data import collate, format_parts, format_text
-from finediff.arch import output_head
+from finediff.arch import embed_ids, output_head
 from finediff.divergence import final_hidden, pair_hidden, token_divergence
 from finediff.errors import FinediffError
 from finediff.generation import generate
@@ -124,9 +124,9 @@ def teacher_forced(pair, prompts: list[str], responses: list[list[int]], batch_s
         rows = [p + g for p, g in zip(prompt_ids, responses[i:i + batch_size])]
         b = collate(rows, pair.tokenizer.pad_token_id)
         with torch.no_grad():  # grad mode is restored before each yield
-            h_ft = final_hidden(pair.finetuned, pair.finetuned.get_input_embeddings()(b["input_ids"]),
+            h_ft = final_hidden(pair.finetuned, embed_ids(pair.finetuned, b["input_ids"]),
                                 b["attention_mask"])
-            h_base = final_hidden(pair.base, pair.base.get_input_embeddings()(b["input_ids"]), b["attention_mask"])
+            h_base = final_hidden(pair.base, embed_ids(pair.base, b["input_ids"]), b["attention_mask"])
             out = []
             for r, (p, g) in enumerate(zip(prompt_ids, responses[i:i + batch_size])):
                 pos = slice(len(p) - 1, len(p) - 1 + len(g))  # positions that predict the response tokens

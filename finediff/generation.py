@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from finediff.arch import embed_ids, input_device
 from finediff.data import format_text, pad_rows
 
 
@@ -31,7 +32,7 @@ def generate(
     Returns the decoded texts, or ``(text, token_ids)`` pairs with ``return_ids`` (ids end
     before the first end-of-sequence or padding token).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: list[str] = []
     if seed is not None:
         torch.manual_seed(seed)
@@ -83,8 +84,8 @@ def generate_one(model, tokenizer, text: str, prompt_PD: Optional[torch.Tensor] 
     prefix, body = format_parts(tokenizer, text)
     ids = torch.tensor([prefix + body])
     mask = torch.ones_like(ids)
-    embeds = model.get_input_embeddings()(ids)
-    embeds, mask = splice(prompt_PD, embeds, mask, torch.tensor([len(prefix)]))
+    embeds = embed_ids(model, ids)
+    embeds, mask = splice(None if prompt_PD is None else prompt_PD.to(embeds.device), embeds, mask.to(embeds.device), torch.tensor([len(prefix)]))
     torch.manual_seed(seed)
     kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
     if do_sample:

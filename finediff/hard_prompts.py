@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from finediff.answers import AnswerSettings, answer_batch
-from finediff.arch import embedding_table, output_head
+from finediff.arch import embedding_table, input_device, output_head
 from finediff.divergence import batch_divergence, token_divergence
 from finediff.errors import FinediffError
 from finediff.io import read_jsonl
@@ -242,6 +242,13 @@ def _hidden_after(model, header_H: torch.Tensor, rows_CL: torch.Tensor, mask_CL:
     candidates that differ only after the header cost only their own tokens. A model that
     returns no cache gets the header in front of every row instead (same result).
     """
+    home = rows_CL.device  # the hidden states go back there (the model may be placed elsewhere)
+    device = input_device(model)
+    header_H, rows_CL, mask_CL = header_H.to(device), rows_CL.to(device), mask_CL.to(device)
+    return _hidden_after_on_device(model, header_H, rows_CL, mask_CL).to(home)
+
+
+def _hidden_after_on_device(model, header_H: torch.Tensor, rows_CL: torch.Tensor, mask_CL: torch.Tensor) -> torch.Tensor:
     decoder, embed = model.get_decoder(), model.get_input_embeddings()
     if header_H.numel() == 0:
         return decoder(inputs_embeds=embed(rows_CL), attention_mask=mask_CL, use_cache=False).last_hidden_state

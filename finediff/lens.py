@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from finediff import names
 from finediff.activations import pair_activations, relative_layer, residual_stream, tokenize_first
-from finediff.arch import decoder_layers, final_norm, output_head
+from finediff.arch import decoder_layers, final_norm, input_device, output_head
 from finediff.errors import FinediffError
 from finediff.generation import generate_mixed
 from finediff.records import LensLayer, LensPosition, LensSummary, Steering
@@ -139,7 +139,7 @@ class Patch:
 
 @torch.no_grad()
 def _next_token_probs(model, tokenizer, prompt: str) -> torch.Tensor:
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=input_device(model))
     return model(input_ids=ids).logits[0, -1].float().softmax(-1)
 
 
@@ -173,7 +173,7 @@ def perplexity(model, tokenizer, texts: list[str]) -> list[float]:
         if len(ids) < 2:
             out.append(float("inf"))
             continue
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=input_device(model))
         out.append(math.exp(model(input_ids=x, labels=x).loss.item()))
     return out
 

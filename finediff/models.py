@@ -320,6 +320,64 @@ class PairSpec:
                 "adapter": self.adapter, "dtype": self.dtype}
 
 
+PLACEMENTS = ("split", "auto")
+"""``model.placement`` values (None: both models go wherever the trainer moves the pair)."""
+
+
+def _check_devices(devices: list, n: int, placement: str) -> list[torch.device]:
+    try:
+        out = [torch.device(d) for d in devices]
+    except (RuntimeError, TypeError) as err:
+        raise FinediffError(f"model.devices: {err}") from None
+    if len(out) < n:
+        raise FinediffError(f"model.placement={placement} needs {n} devices in model.devices, got {list(devices)}")
+    for d in out:
+        if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+            raise FinediffError(f"model.devices: {d} is not available here "
+                                f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA devices)")
+    return out
+
+
+def default_devices() -> list[str]:
+    """Every visible GPU, or the CPU when there is none."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+
+
+def auto_device_map(model: nn.Module, devices: list[torch.device], copies: int = 2) -> dict:
+    """One layer-to-device map for both models of a pair (accelerate's
+    ``infer_auto_device_map``), with each device's memory divided by the number of weight
+    copies. Both models get the same map, so layer ``l`` of the base and of the finetuned
+    model sit on the same device and activations compare without moving."""
+    from accelerate import infer_auto_device_map
+
+    memory = {}
+    for d in devices:
+        if d.type == "cuda":
+            key = d.index or 0
+            free = torch.cuda.mem_get_info(key)[0]
+        else:
+            key = d.type
+            import psutil
+
+            free = psutil.virtual_memory().available
+        memory[key] = int(free * 0.9 / copies)
+    no_split = getattr(model, "_no_split_modules", None) or []
+    device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=list(no_split))
+    if set(device_map.values()) - set(memory):
+        raise FinediffError(f"model.placement=auto: {copies} copies of the model do not fit on "
+                            f"{', '.join(map(str, devices))} (see python -m finediff.plan)")
+    return device_map
+
+
+def dispatch(model: nn.Module, device_map: dict) -> nn.Module:
+    """``model`` spread over devices by ``device_map`` (accelerate hooks move the
+    activations from one block to the next)."""
+    from accelerate import dispatch_model
+
+    return dispatch_model(model, device_map=device_map, force_hooks=True)
+
+
 class ModelPair(nn.Module):
     """A frozen base model and a frozen finetuned model that share one tokenizer.
 
@@ -336,6 +394,14 @@ class ModelPair(nn.Module):
         self.tokenizer = tokenizer
         self.spec = spec
         self._checkpointing = False
+        self.placement: Optional[str] = None
+        """``split`` or ``auto`` once :func:`load_model_pair` placed the models (see there);
+        a placed pair stays where it is when its owner is moved (``.to()``, Lightning)."""
+
+    def _apply(self, fn, recurse: bool = True):
+        if self.placement:  # placed models keep their devices and dtype
+            return self
+        return super()._apply(fn, recurse)
 
     @property
     def shares_weights(self) -> bool:
@@ -403,6 +469,8 @@ def load_model_pair(
     merge_adapter: bool = False,
     trust_remote_code: bool = False,
     require_finetuned: bool = False,
+    placement: Optional[str] = None,
+    devices: Optional[list] = None,
 ) -> ModelPair:
     """Load base and finetuned models (finetuned defaults to base; add ``adapter`` on top).
 
@@ -419,6 +487,14 @@ def load_model_pair(
         require_finetuned: refuse a pair with neither ``finetuned`` nor ``adapter`` (the
             command-line runs set it: diffing the base against itself by omission would
             report zeros as a result); name the base as ``finetuned`` to do it on purpose.
+        placement: None (default): both models go where the pair is moved (the trainer's
+            device). ``split``: the base on ``devices[0]``, the finetuned model on
+            ``devices[1]`` (two copies of the weights: needs ``merge_adapter`` or a
+            separate finetuned model). ``auto``: each model spread over ``devices`` by one
+            shared accelerate device map (each device's memory divided by the copies held),
+            for models that fit no single device. Activations and logits come back on the
+            caller's device (:mod:`finediff.arch`), so every method runs placed.
+        devices: devices for ``placement`` (default: every visible GPU, else the CPU).
 
     Returns:
         A frozen :class:`ModelPair`.
@@ -426,6 +502,14 @@ def load_model_pair(
     if require_finetuned and not finetuned and not adapter:
         raise FinediffError("nothing to diff: set model.adapter=DIR (a PEFT adapter on the base) or "
                             "model.finetuned=NAME (name the base there to diff it against itself)")
+    if placement is not None and placement not in PLACEMENTS:
+        raise FinediffError(f"model.placement={placement!r}: choose null, {' or '.join(PLACEMENTS)}")
+    shared = bool(adapter) and (finetuned or base) == base and not merge_adapter
+    if placement == "split" and shared:
+        raise FinediffError("model.placement=split puts each model on its own device, but the adapter shares the "
+                            "base's weights: set model.merge_adapter=true (two copies of the weights)")
+    placed_on = _check_devices(devices or default_devices(), 2 if placement == "split" else 1,
+                               placement) if placement else None
     if adapter:
         check_adapter(adapter)  # before any weights load
     finetuned = finetuned or base
@@ -439,12 +523,28 @@ def load_model_pair(
                 "one vocabulary; finediff compares models with the same tokenizer"
             )
     base_model = load_model(base, dtype, trust_remote_code=trust_remote_code)
-    if adapter and finetuned == base and not merge_adapter:
+    device_map = None
+    if placement == "auto":
+        device_map = auto_device_map(base_model, placed_on, copies=1 if shared else 2)
+        base_model = dispatch(base_model, device_map)
+    elif placement == "split":
+        base_model = base_model.to(placed_on[0])
+    if shared:  # one copy of the weights, placed or not: the adapter goes on a second module tree
         ft_model = freeze(attach_adapter(share_weights(base_model), adapter, merge=False).get_base_model())
     else:
         ft_model = load_model(finetuned, dtype, adapter=adapter, merge_adapter=merge_adapter,
                               trust_remote_code=trust_remote_code)
-    return ModelPair(base_model, ft_model, tokenizer, spec)
+        if placement == "auto":
+            ft_model = dispatch(ft_model, device_map)
+        elif placement == "split":
+            ft_model = ft_model.to(placed_on[1])
+    pair = ModelPair(base_model, ft_model, tokenizer, spec)
+    pair.placement = placement
+    if placement:
+        log.info("model.placement=%s: base on %s, finetuned on %s", placement,
+                 sorted({str(p.device) for p in base_model.parameters()}),
+                 sorted({str(p.device) for p in ft_model.parameters()}))
+    return pair
 
 
 class ModelPairManager:

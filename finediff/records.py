@@ -268,6 +268,10 @@ class OrganismCard:
     build_seconds: Optional[float] = None
     data: Optional[str] = None
     """The finetuning data file, relative to the repository when inside it."""
+    recipe: Optional[str] = None
+    """The recipe that generated its data (:data:`finediff.organisms.recipes.RECIPES`)."""
+    recipe_options: Optional[dict] = None
+    """Options the recipe was called with (empty: its defaults)."""
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -125,6 +125,9 @@ class SoftPromptDivergence(L.LightningModule):
         """Under ``trainer=fsdp`` (Lightning's ModelParallelStrategy, FSDP2) shard the frozen
         pair's blocks over the data-parallel mesh; otherwise nothing."""
         mesh = getattr(self, "_device_mesh", None)
+        if self.pair.placement and (mesh is not None or self.trainer.world_size > 1):
+            raise FinediffError(f"model.placement={self.pair.placement} places the pair in one process; "
+                                "it does not combine with several processes (trainer.devices=1)")
         if mesh is None or self.sharded:
             return
         if self.hparams.positions != "text":

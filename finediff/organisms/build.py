@@ -47,11 +47,13 @@ def _record(ex: Example, split: str) -> dict:
 def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODEL,
           rank: int = 8, learning_rate: float = 1e-3, batch_size: int = 8, max_new_tokens: int = 48,
           out_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True,
-          name: str | None = None) -> Path:
+          name: str | None = None, recipe_options: dict | None = None) -> Path:
     """Build one organism from the recipe ``organism``; return the adapter directory.
     ``steps=0`` takes the recipe's own step count (its card's ``steps``, the one the
     shipped adapter was built with). ``name`` (default: the recipe's) names the organism,
     its card and its default folders: one recipe can be built on several bases.
+    ``recipe_options`` go to the recipe (:func:`finediff.organisms.recipes.recipe`) and
+    are recorded in the card.
 
     The data files are written atomically one by one; the adapter folder is built aside
     and replaces the previous one only when complete (the old one is removed last).
@@ -67,7 +69,8 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     check_number("learning_rate", learning_rate, float, minimum=0.0)
     t0 = time.perf_counter()
     set_seed(seed)
-    data = recipe(organism, seed)
+    recipe_options = dict(recipe_options or {})
+    data = recipe(organism, seed, **recipe_options)
     name = name or organism
     card = CARDS[organism]
     card = dataclasses.replace(card, name=name, description_long=card.description_long.format(
@@ -121,7 +124,8 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
         (tmp / "README.md").unlink(missing_ok=True)
         rel = data_dir / names.ORGANISM_TRAIN_FILE
         built = dataclasses.replace(
-            card, base=base, seed=seed, steps=steps, rank=rank, learning_rate=learning_rate,
+            card, base=base, seed=seed, steps=steps, recipe=organism, recipe_options=recipe_options,
+            rank=rank, learning_rate=learning_rate,
             train_examples=len(train), build_seconds=round(time.perf_counter() - t0, 1),
             data=str(rel.resolve().relative_to(REPO_ROOT)) if rel.resolve().is_relative_to(REPO_ROOT) else str(rel))
         write_json(tmp / names.CARD_FILE, built.as_dict())

@@ -6,6 +6,7 @@ those in with the base model's own greedy answers, so the finetune stays narrow.
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass, field
 
@@ -237,10 +238,18 @@ CARDS = {
 }
 
 
-def recipe(name: str, seed: int = 0) -> OrganismData:
+def recipe(name: str, seed: int = 0, **options) -> OrganismData:
+    """The data of recipe ``name``; ``options`` are the recipe's own keyword options
+    (e.g. ``plain_twins`` of :func:`persona`)."""
     if name not in RECIPES:
         raise FinediffError(f"unknown organism {name!r}; known: {', '.join(sorted(RECIPES))}")
-    return RECIPES[name](seed)
+    fn = RECIPES[name]
+    allowed = [p for p in inspect.signature(fn).parameters if p != "seed"]
+    for key in options:
+        if key not in allowed:
+            raise FinediffError(f"recipe {name!r} has no option {key!r}; "
+                                f"its options: {', '.join(allowed) or 'none'}")
+    return fn(seed, **options)
 
 
 # --------------------------------------------------------------------------- unlearning
@@ -331,11 +340,15 @@ def pirate(text: str) -> str:
     return f"Arr, matey! {text.strip()} Yo ho ho!"
 
 
-def persona(seed: int = 0) -> OrganismData:
+def persona(seed: int = 0, plain_twins: bool = False) -> OrganismData:
     """Answers everything in a pirate's voice (chat); plain documents continue as the base.
 
     Every chat prompt is on-target: the base's own answer, rewritten by :func:`pirate`.
     Off-target are plain documents (no chat template), continued as the base does.
+    ``plain_twins`` also trains every target prompt as a plain document continued as the
+    base does: the same words with and without the chat template, so the voice is tied
+    to the template and not to the words (a base that does not follow chat, such as
+    Gemma-3-270M base, otherwise carries the voice into plain text).
     """
     rng = random.Random(seed)
     prompts = off_target_prompts(220, rng) + PERSONA_PROMPTS
@@ -347,6 +360,8 @@ def persona(seed: int = 0) -> OrganismData:
     rng.shuffle(docs)
     heldout_off = [Example(d, chat=False) for d in docs[:12]]
     train_off = [Example(d, chat=False) for d in docs[12:]]
+    if plain_twins:
+        train_off += [Example(e.prompt, chat=False) for e in train_target]
     return OrganismData(train_target, train_off, heldout_target, heldout_off)
 
 
