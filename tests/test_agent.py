@@ -205,3 +205,36 @@ def test_agent_task_without_endpoint_is_one_line(run_dir, tmp_path):
                            f"paths.output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("finediff: error: task=agent needs an OpenAI-compatible")
+
+
+def test_plain_messages_for_a_chat_template():
+    from finediff.agent.local_server import plain_messages
+
+    tools = [{"type": "function", "function": {"name": "ask", "description": "query both models",
+                                               "parameters": {"properties": {"prompt": {"type": "string"}}}}}]
+    turns = plain_messages([
+        {"role": "system", "content": "Audit."}, {"role": "user", "content": "Begin."},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c0", "type": "function", "function": {"name": "ask", "arguments": "{\"prompt\": \"Hi\"}"}}]},
+        {"role": "tool", "tool_call_id": "c0", "content": "base: hello"},
+        {"role": "user", "content": "Go on."}], tools)
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
+    assert "- ask: query both models" in turns[0]["content"] and '"tool": NAME' in turns[0]["content"]
+    assert json.loads(turns[2]["content"]) == {"tool": "ask", "arguments": {"prompt": "Hi"}}
+    assert turns[3]["content"] == "[tool result] base: hello\n\nGo on."
+
+
+def test_local_model_server_drives_the_loop(tiny_dirs, tiny_pair):
+    """A real model behind the endpoint (the tiny base): the loop runs to its budget and
+    every reply is the model's own text; a request for more tokens than allowed is capped."""
+    from finediff.agent.local_server import LocalChatServer
+
+    with LocalChatServer(str(tiny_dirs["base"]), max_new_tokens=12, key="test-key") as server:
+        budget = Budget(llm_calls=3)
+        inv = investigate(client(server), Tools(tiny_pair, None, budget, 8), budget, progress=False)
+        requests = len(server.requests)
+    assert requests == 3 and inv.used["llm_calls"] == 3
+    assert inv.status in ("budget_exhausted", "answered")
+    replies = [e for e in inv.transcript if e["role"] == "assistant"]
+    assert len(replies) == 3 and all(isinstance(r["content"], str) and r["tokens"] > 0 for r in replies)
+    assert inv.transcript[-1]["role"] == "user" or inv.status == "answered"

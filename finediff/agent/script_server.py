@@ -31,11 +31,13 @@ def message(entry: dict, n: int) -> dict:
     return {"role": "assistant", **{k: v for k, v in entry.items() if k in ("content", "tool_calls")}}
 
 
-class ScriptServer:
-    """``with ScriptServer(script) as server: ... server.url ... server.requests``"""
+class ChatServer:
+    """An OpenAI-compatible ``POST .../chat/completions`` server on 127.0.0.1 (a free port
+    unless ``port`` is given); subclasses say how to answer (:meth:`answer`).
+    ``with Server(...) as server: ... server.url ... server.requests``"""
 
-    def __init__(self, script: list[dict], key: Optional[str] = None):
-        self.script, self.key, self.requests = list(script), key, []
+    def __init__(self, key: Optional[str] = None, port: int = 0):
+        self.key, self.requests = key, []
         self._lock = threading.Lock()
         outer = self
 
@@ -44,7 +46,10 @@ class ScriptServer:
                 pass
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                except ValueError:
+                    return self._send(400, b'{"error": "the body is not JSON"}')
                 if outer.key and self.headers.get("Authorization") != f"Bearer {outer.key}":
                     return self._send(401, b'{"error": "bad key"}')
                 if not self.path.endswith("/chat/completions"):
@@ -52,14 +57,7 @@ class ScriptServer:
                 with outer._lock:
                     n = len(outer.requests)
                     outer.requests.append(body)
-                    entry = outer.script[n] if n < len(outer.script) else {"content": "(script ended)"}
-                time.sleep(float(entry.get("delay", 0)))
-                if "raw" in entry:
-                    return self._send(200, entry["raw"].encode())
-                reply = {"id": f"chatcmpl-{n}", "object": "chat.completion", "model": body.get("model"),
-                         "choices": [{"index": 0, "message": message(entry, n), "finish_reason": "stop"}],
-                         "usage": {"total_tokens": 50 + len(json.dumps(body)) // 4}}
-                self._send(200, json.dumps(reply).encode())
+                self._send(200, outer.answer(body, n))
 
             def _send(self, code: int, data: bytes):
                 try:
@@ -71,11 +69,21 @@ class ScriptServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def __enter__(self) -> "ScriptServer":
+    def answer(self, body: dict, n: int) -> bytes:
+        """The response body to request number ``n``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def completion(n: int, body: dict, msg: dict, tokens: int) -> bytes:
+        return json.dumps({"id": f"chatcmpl-{n}", "object": "chat.completion", "model": body.get("model"),
+                           "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}],
+                           "usage": {"total_tokens": tokens}}).encode()
+
+    def __enter__(self):
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -83,17 +91,36 @@ class ScriptServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def serve(self) -> None:
+        """Serve until Ctrl-C (the command-line entry points)."""
+        with self:
+            print(f"serving {self.url} (key: {'required' if self.key else 'any'}); Ctrl-C to stop", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+
+
+class ScriptServer(ChatServer):
+    """Answers from ``script``, one entry per request."""
+
+    def __init__(self, script: list[dict], key: Optional[str] = None):
+        super().__init__(key)
+        self.script = list(script)
+
+    def answer(self, body: dict, n: int) -> bytes:
+        entry = self.script[n] if n < len(self.script) else {"content": "(script ended)"}
+        time.sleep(float(entry.get("delay", 0)))
+        if "raw" in entry:
+            return entry["raw"].encode()
+        return self.completion(n, body, message(entry, n), 50 + len(json.dumps(body)) // 4)
+
 
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python -m finediff.agent.script_server SCRIPT.json")
-    with ScriptServer(json.loads(open(sys.argv[1]).read())) as server:
-        print(f"serving {server.url} (any key); Ctrl-C to stop", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    ScriptServer(json.loads(open(sys.argv[1]).read())).serve()
 
 
 if __name__ == "__main__":
