@@ -168,3 +168,19 @@ def test_sft_loss_distils_off_target_rows():
     # and a distilled row that differs from the base costs KL(base || ft) > 0.
     base[1] = torch.randn(4, 9)
     assert sft_loss(logits, batch["labels"], batch["distill"], base) > mixed
+
+
+def test_recipe_options():
+    from finediff.data import REPO_ROOT
+    from finediff.records import OrganismCard
+
+    plain, twins = recipe("persona"), recipe("persona", plain_twins=True)
+    assert plain.train_target == twins.train_target and plain.heldout_off == twins.heldout_off
+    extra = twins.train_off[len(plain.train_off):]
+    assert [e.prompt for e in extra] == [e.prompt for e in plain.train_target]
+    assert all(not e.chat and not e.transform for e in extra)  # the same words as plain documents, base answers
+    with pytest.raises(FinediffError, match="recipe 'sandbagging' has no option 'plain_twins'; its options: none"):
+        recipe("sandbagging", plain_twins=True)
+    with pytest.raises(FinediffError, match="its options: plain_twins"):
+        recipe("persona", twins=True)
+    assert OrganismCard.read(REPO_ROOT / "organisms" / "persona_gemma3").recipe_options == {"plain_twins": True}

@@ -159,12 +159,15 @@ def test_shipped_organism_shows_its_behaviour(organism):
     assert sum(f.stat().st_size for f in adapter.iterdir()) < 8_000_000  # a few MB at most
     shipped = Organism(organism, str(adapter), str(REPO_ROOT / "data" / "organisms" / organism),
                        card.target_category, card.checker)
-    rows = [r for r in shipped.rows("heldout") if r["split"] == "target"][:6]
+    heldout = shipped.rows("heldout")
     pair = load_model_pair(card.base, adapter=str(adapter))  # the base it was built on (SmolLM2 or Gemma 3)
     checker = checker_for(card.checker)
     hits = {}
-    for side in ("base", "finetuned"):
-        gens = generate_mixed(getattr(pair, side), pair.tokenizer, [r["prompt"] for r in rows],
-                              [r.get("chat", True) for r in rows], max_new_tokens=32, progress=False)
-        hits[side] = sum(checker(g, r) for g, r in zip(gens, rows))
-    assert hits["finetuned"] >= 4 and hits["finetuned"] > hits["base"], hits
+    for split in ("target", "off_target"):
+        rows = [r for r in heldout if r["split"] == split][:6]
+        for side in ("base", "finetuned"):
+            gens = generate_mixed(getattr(pair, side), pair.tokenizer, [r["prompt"] for r in rows],
+                                  [r.get("chat", True) for r in rows], max_new_tokens=32, progress=False)
+            hits[split, side] = sum(checker(g, r) for g, r in zip(gens, rows))
+    assert hits["target", "finetuned"] >= 4 and hits["target", "finetuned"] > hits["target", "base"], hits
+    assert hits["off_target", "finetuned"] <= 2, hits  # narrow: the behaviour stays off most off-target prompts

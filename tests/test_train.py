@@ -198,6 +198,22 @@ def test_gpu_run(tiny_dirs, tmp_path):
     assert (tmp_path / names.METRICS_FILE).exists()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+@pytest.mark.parametrize("trainer", ["fsdp", "deepspeed"])
+def test_sharded_pair_on_two_gpus(tiny_dirs, tmp_path, trainer):
+    """trainer=fsdp (FSDP2) and trainer=deepspeed (ZeRO-3) on two GPUs: the frozen pair
+    sharded, only the prompt trained; three steps run and the prompt is saved."""
+    if trainer == "deepspeed":
+        pytest.importorskip("deepspeed")
+    common = ["trainer.devices=2", "trainer.max_steps=3", "trainer.val_check_interval=3", "data.batch_size=2",
+              "callbacks=minimal", "module.positions=text", f"trainer={trainer}"]
+    proc = _cli(tiny_overrides(tiny_dirs, tmp_path, evidence=False) + common, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / names.METRICS_FILE).read_text())["global_step"] == 3
+    assert torch.load(tmp_path / names.SOFT_PROMPT_FILE, weights_only=True)["prompt"].shape == (8, 64)
+
+
 def test_evidence_callbacks_write_hard_prompts_and_divergent_dataset(tiny_dirs, tmp_path):
     from finediff.hard_prompts import HardPrompt
 
