@@ -76,9 +76,10 @@ class EvidenceCallback(L.Callback):
         self.title = title
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if getattr(pl_module, "sharded", False):  # one process cannot run a sharded model alone
+        # one process cannot run a sharded model alone (FSDP blocks, or ZeRO-3's partitioned weights)
+        if getattr(pl_module, "sharded", False) or getattr(trainer.strategy, "zero_stage_3", False):
             if trainer.is_global_zero:
-                log.warning("the pair is sharded (trainer=fsdp): the evidence steps are skipped here; run them "
+                log.warning("the pair is sharded (trainer=fsdp or deepspeed): the evidence steps are skipped here; run them "
                             "on the saved prompt with: python evaluate.py task=evidence task.run_dir=%s",
                             self.output_dir)
             return
