@@ -121,10 +121,17 @@ class HardPrompts(Task):
         check_positions(str(self.cfg.task.positions), "task.positions")
         if self.cfg.task.split not in ("heldout", "all"):
             raise FinediffError(f"task.split must be heldout or all; got {self.cfg.task.split!r}")
+        self.record = None  # with task.run_dir, the run's soft prompt is scored on the same texts
+        if self.cfg.task.get("run_dir"):
+            from finediff.soft_prompt import load_prompt_record
+
+            self.run_dir = _run_dir(self.cfg, names.SOFT_PROMPT_FILE)
+            self.record = load_prompt_record(self.run_dir / names.SOFT_PROMPT_FILE)
 
     def run(self, pair) -> dict:
         from finediff.answers import AnswerSettings
         from finediff.data import load_category
+        from finediff.divergent_dataset import text_divergences
         from finediff.io import write_json
         from finediff.prompt_eval import evaluate_prompts
 
@@ -137,12 +144,19 @@ class HardPrompts(Task):
         answers = AnswerSettings(tokens=int(t.answer_tokens)) if t.positions == "response" else None
         result = {"categories": [str(c) for c in t.categories], "split": str(t.split)} | evaluate_prompts(
             pair, self.prompts, texts, t.batch_size, d.max_length, t.max_kl_texts, t.max_prompts, answers=answers)
+        if self.record is not None:
+            prompt = _prompt(self.record, pair, self.run_dir / names.SOFT_PROMPT_FILE)
+            scores = text_divergences(pair, texts, prompt=prompt, batch_size=t.batch_size, max_length=d.max_length,
+                                      answers=answers)
+            result[names.SOFT_PROMPT_MEAN_DIVERGENCE] = sum(scores) / len(scores)
         write_json(self.out / names.HARD_PROMPT_EVAL_FILE, result)
         print(f"{len(texts)} {t.split} texts, divergence at {t.positions} positions. Texts alone: "
               f"{result['baseline_mean_divergence']:.4f}; the {t.max_kl_texts} highest-KL texts alone: "
               f"{result['max_kl_texts_mean_divergence']:.4f}")
         for r in result["prompts"]:
             print(f"{r['mean_divergence']:.4f} (+{r['gain_over_texts']:.4f})  {r['prompt']!r}")
+        if self.record is not None:
+            print(f"{result[names.SOFT_PROMPT_MEAN_DIVERGENCE]:.4f}  the run's soft prompt")
         return result
 
 

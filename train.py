@@ -64,6 +64,8 @@ def check_run_inputs(cfg: DictConfig) -> None:
                       ("readability_weight", float), ("answer_batch_size", int), ("base_anchor", float)):
         if key in m:
             check_number(f"module.{key}", m[key], kind)
+    if not isinstance(m.get("project", False), bool):
+        raise FinediffError(f"module.project must be true or false, got {m.get('project')!r}")
     AnswerSettings(m.get("answer_tokens", 16), m.get("refresh_every", 24), m.get("answer_temperature", 0.0),
                    batch_size=m.get("answer_batch_size", 0))
 

@@ -339,10 +339,32 @@ def fluent_tokens(base, header: list[int], ids_P: torch.Tensor, allowed_V: torch
     return keep
 
 
+def _ranked(scores_C: torch.Tensor, nll_C: Optional[torch.Tensor], max_nll: Optional[float]) -> torch.Tensor:
+    """``[C]`` keys to maximise: the objective, or under a perplexity budget (``max_nll``,
+    its log) the objective among the prompts within it, which all rank above those outside
+    it, and those by their perplexity (a search outside the budget first walks into it)."""
+    if max_nll is None or nll_C is None:
+        return scores_C
+    inside = nll_C <= max_nll
+    return torch.where(inside, scores_C.double() + 1e6, -nll_C.double())
+
+
+def _on_policy_objectives(pair, prompts: list[torch.Tensor], batches: list[dict], answers: AnswerSettings,
+                          kind: str, temperature: float, fluency_weight: float, chunk_size: int) -> torch.Tensor:
+    """``[C]``: each prompt's objective over the answers the finetuned model gives with
+    *that* prompt in place (``batches`` are texts without answers)."""
+    out = []
+    for p in prompts:
+        div = batches_divergence(pair, p, answered(pair, p, batches, answers), kind, temperature, chunk_size)
+        out.append(div - fluency_weight * prompt_nll(pair.base, _header(pair, batches[0]), p).item())
+    return torch.tensor(out)
+
+
 def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Tensor, steps: int = 8,
         top_k: int = 32, n_candidates: int = 12, kind: str = "kl_ft_base", temperature: float = 1.0,
         fluency_weight: float = 0.02, chunk_size: int = 256, seed: int = 0, progress: bool = True,
-        fluent_top: int = 128, batches_per_step: Optional[int] = None) -> torch.Tensor:
+        fluent_top: int = 128, batches_per_step: Optional[int] = None, answers: Optional[AnswerSettings] = None,
+        max_perplexity: Optional[float] = None) -> torch.Tensor:
     """GCG-style search from ``init_ids_P``; returns the best ids found.
 
     Each step: the gradient of the objective with respect to one-hot tokens ranks swaps;
@@ -354,6 +376,12 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     current prompt if it scores higher there. At the end the result is scored on all
     ``batches`` and returned only if it beats the start, so the search never ends below
     the start on ``batches``.
+
+    With ``answers`` the search is on-policy: ``batches`` are texts without answers, each
+    step scores the candidates over the answers the finetuned model gives with the current
+    prompt in place, and the final comparison scores the start and the result each over
+    its own answers, as the held-out evaluation does. With ``max_perplexity`` every
+    comparison prefers prompts whose base perplexity is within it (:func:`_ranked`).
     """
     weight = embedding_table(pair.base)
     g = torch.Generator().manual_seed(seed)
@@ -362,9 +390,16 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     V = weight.shape[0]
     allowed = allowed_V.to(weight.device)
     per_step = min(len(batches), batches_per_step or max(1, len(batches) // 2))
+    max_nll = math.log(max_perplexity) if max_perplexity else None
+
+    def nll(prompts: list[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if max_nll is None else torch.tensor(
+            [prompt_nll(pair.base, header, p.to(weight.device)).item() for p in prompts])
+
     bar = tqdm(range(steps), desc="GCG", disable=not progress)
     for step in bar:
         on = [batches[(step * per_step + j) % len(batches)] for j in range(per_step)]
+        on = answered(pair, ids, on, answers)  # on-policy: the answers given with the current prompt
         one_hot = F.one_hot(ids, V).to(weight.dtype).requires_grad_(True)
         obj = _objective(pair, one_hot @ weight, ids, on[0], kind, temperature, fluency_weight, chunk_size)
         (grad,) = torch.autograd.grad(obj, one_hot)
@@ -387,13 +422,16 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
         if not cands:
             break
         scores = prompt_objectives(pair, [ids] + cands, on, kind, temperature, fluency_weight)
-        i = int(scores.argmax())
+        i = int(_ranked(scores, nll([ids] + cands), max_nll).argmax())
         if i > 0:
             ids = cands[i - 1]
         bar.set_postfix(objective=f"{float(scores[i]):.4f}")
     if ids.equal(start):
         return ids
-    before, after = prompt_objectives(pair, [start, ids], batches, kind, temperature, fluency_weight).tolist()
+    ends = [start, ids]
+    final = (prompt_objectives(pair, ends, batches, kind, temperature, fluency_weight) if answers is None else
+             _on_policy_objectives(pair, ends, batches, answers, kind, temperature, fluency_weight, chunk_size))
+    before, after = _ranked(final, nll(ends), max_nll).tolist()
     return ids if after > before else start
 
 
@@ -418,7 +456,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
                       seed: int = 0, progress: bool = True, init_texts: tuple[str, ...] = (),
                       init_tokens: int = 16, n_starts: int = 12, fluent_top: int = 128,
                       answers: Optional[AnswerSettings] = None, gcg_start: str = "derived",
-                      start_PD: Optional[torch.Tensor] = None) -> list[HardPrompt]:
+                      start_PD: Optional[torch.Tensor] = None, on_policy: Optional[list[dict]] = None,
+                      max_perplexity: Optional[float] = None) -> list[HardPrompt]:
     """Run the chosen methods from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first.
 
@@ -432,7 +471,10 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
 
     With ``answers`` (the answer objective), ``train_batches`` carry their answers and
     ``score_mask`` already; every prompt is measured on ``eval_batches`` over the answers
-    the finetuned model gives with it in place.
+    the finetuned model gives with it in place. ``on_policy`` (the training texts without
+    answers) makes GCG's choice of start and its search on-policy: every prompt is scored
+    over the answers given with it (:func:`gcg`), not over the soft prompt's answers.
+    ``max_perplexity`` is GCG's perplexity budget.
     """
     from finediff.divergent_dataset import rank_texts
 
@@ -457,10 +499,19 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
                for m, ids in found.items() if m in methods}
     if "gcg" in methods:
         names = [m for m in found if gcg_start == "any" or m in DERIVED]
-        scores = prompt_objectives(pair, [found[m] for m in names], train_batches, kind, temperature, fluency_weight)
+        starts = [found[m] for m in names]
+        search = on_policy if on_policy is not None and answers is not None else None
+        scores = (prompt_objectives(pair, starts, train_batches, kind, temperature, fluency_weight) if search is None
+                  else _on_policy_objectives(pair, starts, search, answers, kind, temperature, fluency_weight,
+                                             chunk_size))
+        if max_perplexity:  # a start within the budget first
+            header = _header(pair, train_batches[0])
+            nll = torch.tensor([prompt_nll(pair.base, header, p).item() for p in starts])
+            scores = _ranked(scores, nll, math.log(max_perplexity))
         start = found[names[int(scores.argmax())]]
-        ids = gcg(pair, start, train_batches, allowed, gcg_steps, top_k, n_candidates, kind, temperature,
-                  fluency_weight, chunk_size, seed, progress, fluent_top)
+        ids = gcg(pair, start, search or train_batches, allowed, gcg_steps, top_k, n_candidates, kind, temperature,
+                  fluency_weight, chunk_size, seed, progress, fluent_top,
+                  answers=answers if search is not None else None, max_perplexity=max_perplexity)
         results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size, div0,
                                   answers)
     return sorted(results.values(), key=lambda h: h.divergence, reverse=True)

@@ -13,6 +13,8 @@ COMPARISON_CSV = "comparison.csv"
 COMPARISON_MD = "comparison.md"
 COMPARISON_PNG = "comparison.png"
 HARD_PROMPT_EVAL_FILE = "hard_prompt_eval.json"
+SOFT_PROMPT_MEAN_DIVERGENCE = "soft_prompt_mean_divergence"
+"""In ``hard_prompt_eval.json`` (``task.run_dir`` given): the run's soft prompt on the same texts."""
 
 # Metric keys (logged by the LightningModule, written to ``metrics.json``).
 TRAIN_DIVERGENCE = "train/divergence"

@@ -103,11 +103,21 @@ class HardPromptSettings:
     gcg_start: str = "derived"
     """``derived``: GCG refines the best of the projection, guided and PEZ prompts (a prompt
     derived from the soft prompt); ``any``: the best start, natural-language text starts included."""
+    gcg_on_policy: bool = False
+    """On the answer objective, GCG scores each prompt over the answers given with it in
+    place (as the held-out evaluation does), not over the soft prompt's answers."""
+    max_perplexity: Optional[float] = None
+    """GCG's perplexity budget: prompts the base model reads at a higher perplexity rank
+    below every prompt within it (None: no budget)."""
 
     def __post_init__(self):
         self.methods = tuple(self.methods)
         if self.gcg_start not in ("derived", "any"):
             raise FinediffError(f"evidence.hard_prompts.gcg_start must be derived or any; got {self.gcg_start!r}")
+        if self.max_perplexity is not None and (isinstance(self.max_perplexity, bool) or not isinstance(
+                self.max_perplexity, (int, float)) or self.max_perplexity <= 1):
+            raise FinediffError(f"evidence.hard_prompts.max_perplexity must be a number > 1 or null; "
+                                f"got {self.max_perplexity!r}")
         unknown = set(self.methods) - set(METHODS)
         if unknown or not self.methods:
             raise FinediffError(f"evidence.hard_prompts.methods: unknown {sorted(unknown) or 'empty list'}; "
@@ -325,9 +335,9 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
     s = settings
     tok = pair.tokenizer
     answers = objective.answer_settings
-    train = texts.batches(tok, "train", s.train_batches, s.batch_size)
+    raw = train = texts.batches(tok, "train", s.train_batches, s.batch_size)
     if answers is not None:  # the search scores the answers the finetuned model gives with the soft prompt
-        train = [answer_batch(pair, b, soft_prompt_PD.detach(), answers) for b in train]
+        train = [answer_batch(pair, b, soft_prompt_PD.detach(), answers) for b in raw]
     found = find_hard_prompts(
         pair, soft_prompt_PD, train, texts.batches(tok, "val", s.eval_batches, s.batch_size), answers=answers,
         methods=s.methods, kind=objective.kind,
@@ -335,7 +345,8 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
         gcg_steps=s.gcg_steps, top_k=s.top_k, n_candidates=s.n_candidates, chunk_size=objective.chunk_size,
         seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]),
         start_PD=objective.start,
-        init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start)
+        init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start,
+        on_policy=raw if s.gcg_on_policy else None, max_perplexity=s.max_perplexity)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
     for h in found:

@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from finediff import names
@@ -140,6 +141,19 @@ def readability_penalty(prompt_PD: torch.Tensor, embed_weight_VD: torch.Tensor,
         d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ weight.T + (weight * weight).sum(-1)
         nearest = weight[d2.argmin(dim=-1)]
     return (((x - nearest) ** 2).sum(-1) / (nearest ** 2).sum(-1).clamp_min(1e-12)).mean()
+
+
+def straight_through(prompt_PD: torch.Tensor, table_VD: torch.Tensor) -> torch.Tensor:
+    """The prompt projected to tokens in the forward pass, continuous in the backward
+    (PEZ during training, ``module.project=true``): each vector is replaced by its nearest
+    row of ``table_VD`` (cosine, as :func:`finediff.hard_prompts.project` picks), and the
+    gradient at that row is applied to the vector itself (straight-through). The models
+    only ever see real token embeddings, so projecting the trained prompt loses nothing."""
+    table = table_VD.detach().to(prompt_PD.device)
+    with torch.no_grad():
+        sims = F.normalize(prompt_PD.float(), dim=-1) @ F.normalize(table.float(), dim=-1).T
+        rows = table[sims.argmax(dim=-1)].to(prompt_PD.dtype)
+    return prompt_PD + (rows - prompt_PD).detach()
 
 
 def splice(

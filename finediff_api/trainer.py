@@ -23,7 +23,7 @@ _MODULE_KEYS = {"num_soft_prompt_tokens": "num_soft_prompt_tokens", "learning_ra
                 "temperature": "temperature", "init": "init", "warmup_steps": "warmup_steps",
                 "positions": "positions", "answer_tokens": "answer_tokens", "refresh_every": "refresh_every",
                 "readability_weight": "readability_weight", "base_anchor": "base_anchor",
-                "answer_batch_size": "answer_batch_size"}
+                "answer_batch_size": "answer_batch_size", "project": "project"}
 _TRAINING_KEYS = set(_MODULE_KEYS) | {"batch_size", "num_epochs", "max_steps", "mixed_precision"}
 
 
@@ -41,7 +41,7 @@ class DivergenceTrainer:
         config: the seed's experiment config: ``training`` (num_soft_prompt_tokens,
             learning_rate, batch_size, num_epochs, max_steps, mixed_precision,
             gradient_checkpointing, positions, answer_tokens, refresh_every,
-            readability_weight, base_anchor, answer_batch_size), ``generation`` (max_length,
+            readability_weight, base_anchor, answer_batch_size, project), ``generation`` (max_length,
             num_generations_per_prompt, temperature, top_p), ``data`` (categories,
             max_texts_per_category), ``output_dir``,
             ``evidence`` (finediff's evidence settings), ``seed``.

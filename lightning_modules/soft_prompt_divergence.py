@@ -21,7 +21,8 @@ from finediff.divergence import base_shift_divergence, batch_divergence, parse_k
 from finediff.errors import FinediffError, check_number
 from finediff.pipeline import Objective
 from finediff.models import ModelPair
-from finediff.soft_prompt import SoftPrompt, apply_trainable, is_trainable, random_like, readability_penalty
+from finediff.soft_prompt import (SoftPrompt, apply_trainable, is_trainable, random_like, readability_penalty,
+                                  straight_through)
 
 log = logging.getLogger(__name__)
 # The frozen pair is in eval mode on purpose; Lightning's generic warning about it is noise.
@@ -60,6 +61,10 @@ class SoftPromptDivergence(L.LightningModule):
         base_anchor: weight of the base shift (how far the prompt moves the base model's
             own predictions, :func:`~finediff.divergence.base_shift_divergence`) subtracted
             from the objective; 0: the divergence alone.
+        project: the models see each vector's nearest allowed token embedding, the gradient
+            reaches the continuous vectors (straight-through, PEZ during training,
+            :func:`~finediff.soft_prompt.straight_through`): the learned prompt is a token
+            sequence, and ``soft_prompt.pt`` holds it as those embeddings.
     """
 
     def __init__(
@@ -81,8 +86,9 @@ class SoftPromptDivergence(L.LightningModule):
         refresh_every: int = 24,
         answer_temperature: float = 0.0,
         readability_weight: float = 0.0,
-        answer_batch_size: int = 0,
+        answer_batch_size: int = 32,
         base_anchor: float = 0.0,
+        project: bool = False,
     ):
         super().__init__()
         parse_kind(divergence)
@@ -97,6 +103,8 @@ class SoftPromptDivergence(L.LightningModule):
         check_positions(positions)
         check_number("module.readability_weight", readability_weight, float, minimum=0.0)
         check_number("module.base_anchor", base_anchor, float, minimum=0.0)
+        if not isinstance(project, bool):
+            raise FinediffError(f"module.project must be true or false, got {project!r}")
         self.answers = AnswerSettings(answer_tokens, refresh_every, answer_temperature, batch_size=answer_batch_size)
         self.train_answers = AnswerCache(self.answers)
         self.plain_answers = AnswerCache(AnswerSettings(answer_tokens, 1 << 30, answer_temperature))
@@ -170,8 +178,14 @@ class SoftPromptDivergence(L.LightningModule):
         self.train_answers.refresh(self.pair, items, collate_fn, prompt, self.global_step)
         return True
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def learned_prompt(self) -> torch.Tensor:
+        """The prompt the models see: the vectors, or (``project``) their nearest tokens'
+        embeddings with the gradient passed straight through to the vectors."""
         prompt = self.soft_prompt()
+        return straight_through(prompt, self.readable_table) if self.hparams.get("project") else prompt
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        prompt = self.learned_prompt()
         if self.hparams.positions == "response" and self.train_answers.due(self.global_step):
             self.refresh_answers(prompt)
         bs = batch["input_ids"].shape[0]
@@ -184,7 +198,7 @@ class SoftPromptDivergence(L.LightningModule):
             loss = -divergence
         self.log(names.TRAIN_DIVERGENCE, divergence, prog_bar=True, batch_size=bs)
         if self.hparams.readability_weight:
-            penalty = readability_penalty(prompt, self.readable_table)
+            penalty = readability_penalty(self.soft_prompt(), self.readable_table)
             self.log(names.TRAIN_READABILITY, penalty, batch_size=bs)
             loss = loss + self.hparams.readability_weight * penalty
         return loss
@@ -208,7 +222,7 @@ class SoftPromptDivergence(L.LightningModule):
         return self._allowed
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        prompt = self.soft_prompt()
+        prompt = self.learned_prompt()
         bs = batch["input_ids"].shape[0]
         divergence, shift = self.model_step(batch, prompt, shift=True)
         results = {
@@ -265,8 +279,10 @@ class SoftPromptDivergence(L.LightningModule):
         Only tensors, strings and numbers, so ``torch.load(..., weights_only=True)`` works.
         """
         hp = self.hparams
+        with torch.no_grad():  # under ``project`` the token embeddings the models saw
+            prompt = self.learned_prompt() if hp.get("project") else self.soft_prompt.weight
         return {
-            "prompt": self.soft_prompt.weight.detach().float().cpu().clone(),
+            "prompt": prompt.detach().float().cpu().clone(),
             "num_soft_prompt_tokens": int(hp.num_soft_prompt_tokens),
             "hidden_size": int(self.soft_prompt.weight.shape[1]),
             "init": str(hp.init),
@@ -277,4 +293,5 @@ class SoftPromptDivergence(L.LightningModule):
             "positions": str(hp.positions),
             "answer_tokens": int(hp.answer_tokens),
             "start": self.soft_prompt.start.detach().float().cpu().clone(),
+            "project": bool(hp.get("project", False)),
         }

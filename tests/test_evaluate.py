@@ -11,7 +11,8 @@ import torch
 from finediff import names
 from finediff.errors import FinediffError
 from finediff.hard_prompts import METHODS
-from tests.conftest import ROOT, run_eval, run_train
+from finediff.answers import AnswerSettings
+from tests.conftest import ROOT, compose, run_eval, run_train, tiny_overrides
 
 
 def test_compare_writes_sorted_csv_md_png(tiny_dirs, tmp_path):
@@ -44,6 +45,26 @@ def test_hard_prompts_task_scores_each_distinct_prompt(tiny_dirs, run, tmp_path)
     assert saved["baseline_mean_divergence"] <= saved["max_kl_texts_mean_divergence"] <= saved["baseline_max_divergence"]
     assert saved["best_prompt_beats_max_kl_texts"] == (saved["best_prompt_mean_divergence"]
                                                        > saved["max_kl_texts_mean_divergence"])
+    assert names.SOFT_PROMPT_MEAN_DIVERGENCE not in saved
+
+
+def test_hard_prompts_task_scores_the_runs_soft_prompt_on_the_same_texts(tiny_dirs, run, tmp_path, tiny_pair):
+    from finediff.data import load_category
+    from finediff.divergent_dataset import text_divergences
+
+    res = run_eval(tiny_dirs, tmp_path, "task=hard_prompts", f"task.prompts_file={run / names.HARD_PROMPTS_FILE}",
+                   f"task.run_dir={run}", "task.max_texts_per_category=8", "task.max_prompts=1")
+    base = [o for o in tiny_overrides(tiny_dirs, tmp_path, evidence=False) if not o.startswith(("logger", "trainer"))]
+    cfg = compose("evaluate", base + ["task=hard_prompts"])
+    texts = [x for c in cfg.task.categories for x in load_category(
+        str(c), cfg.data.max_texts_per_category, cfg.data.val_fraction, cfg.seed).val[:8]]
+    prompt = torch.load(run / names.SOFT_PROMPT_FILE, weights_only=True)["prompt"]
+    direct = text_divergences(tiny_pair, texts, prompt=prompt, max_length=cfg.data.max_length,
+                              answers=AnswerSettings(tokens=int(cfg.task.answer_tokens)))
+    assert res[names.SOFT_PROMPT_MEAN_DIVERGENCE] == pytest.approx(sum(direct) / len(direct), rel=1e-4)
+    with pytest.raises(FinediffError, match="no soft_prompt.pt in run directory"):
+        run_eval(tiny_dirs, tmp_path / "bad", "task=hard_prompts", f"task.prompts_file={run / names.HARD_PROMPTS_FILE}",
+                 f"task.run_dir={tmp_path}")
 
 
 def test_generate_task_rebuilds_the_divergent_dataset(tiny_dirs, run, tmp_path):

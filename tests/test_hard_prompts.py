@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from finediff.divergence import pair_divergence
-from finediff.hard_prompts import (allowed_tokens, fluent_tokens, gcg, prompt_divergences, prompt_nll,
-                                   prompt_objectives)
+from finediff.hard_prompts import (_on_policy_objectives, _ranked, allowed_tokens, fluent_tokens, gcg,
+                                   prompt_divergences, prompt_nll, prompt_objectives)
 from finediff.tiny import tiny_batch
 
 TEXTS = ["What is 2 + 2?", "A longer question about the capital of France, please?", "Name a colour."]
@@ -73,6 +73,44 @@ def test_gcg_never_ends_below_its_start(tiny_pair):
     assert out.shape == start.shape and allowed[out].all()
     before, after = prompt_objectives(tiny_pair, [start, out], batches, fluency_weight=0.02)
     assert after >= before
+
+
+def test_on_policy_gcg_never_ends_below_its_start_over_its_own_answers(tiny_pair):
+    """On-policy GCG: the start and the result are each scored over the answers the
+    finetuned model gives with them in place, and the result is never below the start."""
+    from finediff.answers import AnswerSettings, answer_batch
+    from finediff.divergence import batch_divergence
+
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS)]
+    allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
+    start, answers = _prompts(tok)[2], AnswerSettings(tokens=4)
+    out = gcg(tiny_pair, start, batches, allowed, steps=2, top_k=8, n_candidates=4, fluency_weight=0.0,
+              progress=False, fluent_top=32, answers=answers)
+    got = _on_policy_objectives(tiny_pair, [start, out], batches, answers, "kl_ft_base", 1.0, 0.0, 256)
+    assert got[1] >= got[0]
+    for p, value in zip((start, out), got):  # over the answers given with that prompt
+        own = answer_batch(tiny_pair, batches[0], p, answers)
+        assert value.item() == pytest.approx(batch_divergence(tiny_pair, own, p).item(), rel=1e-4)
+
+
+def test_a_perplexity_budget_ranks_prompts_within_it_first():
+    scores, nll = torch.tensor([0.9, 0.5, 0.1, 0.3]), torch.tensor([8.0, 6.0, 5.0, 7.5])
+    assert _ranked(scores, nll, None).equal(scores)
+    keys = _ranked(scores, nll, 6.5)  # within: the 2nd and 3rd; the better of them first
+    assert keys.argsort(descending=True).tolist() == [1, 2, 3, 0]  # outside: the lower perplexity first
+
+
+def test_gcg_under_a_perplexity_budget_returns_a_prompt_within_it_when_its_start_is(tiny_pair):
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS)]
+    allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
+    start = _prompts(tok)[2]
+    header = batches[0]["input_ids"][0, : int(batches[0]["prompt_pos"][0])].tolist()
+    limit = float(torch.exp(prompt_nll(tiny_pair.base, header, start))) * 1.01  # the start is within it
+    out = gcg(tiny_pair, start, batches, allowed, steps=3, top_k=8, n_candidates=4, fluency_weight=0.0,
+              progress=False, fluent_top=0, max_perplexity=limit)
+    assert float(torch.exp(prompt_nll(tiny_pair.base, header, out))) <= limit
 
 
 def test_prompt_divergences_without_a_cache(tiny_dirs):
