@@ -18,7 +18,9 @@ the prompt (its log-perplexity, given the chat header), so results read as langu
   (AutoDAN-style fluent candidates), ``n_candidates`` single swaps are evaluated exactly
   with the current prompt on part of the training texts, and the best is kept only if it
   improves the objective there; the result must beat its start on all training texts (the
-  objective is measured, never trusted from the gradient).
+  objective is measured, never trusted from the gradient). On the answer objective it can
+  score every prompt over the answers given with it in place (on-policy), and a
+  perplexity budget ranks prompts the base model reads within it first.
 
 Many prompts are scored at once by :func:`prompt_divergences`, which runs each text's
 chat header once and continues it with every prompt from its key/value cache.
