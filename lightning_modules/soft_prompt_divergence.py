@@ -279,8 +279,8 @@ class SoftPromptDivergence(L.LightningModule):
         Only tensors, strings and numbers, so ``torch.load(..., weights_only=True)`` works.
         """
         hp = self.hparams
-        with torch.no_grad():  # under ``project`` the token embeddings the models saw
-            prompt = self.learned_prompt() if hp.get("project") else self.soft_prompt.weight
+        with torch.no_grad():  # what the models saw (under ``project``: the token embeddings)
+            prompt = self.learned_prompt()
         return {
             "prompt": prompt.detach().float().cpu().clone(),
             "num_soft_prompt_tokens": int(hp.num_soft_prompt_tokens),
