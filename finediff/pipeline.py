@@ -28,7 +28,7 @@ from typing import Any, Optional, Protocol
 import torch
 
 from finediff import names
-from finediff.answers import AnswerSettings, answer_batch
+from finediff.answers import AnswerSettings, answer_batch, check_positions
 from finediff.data import collate, format_parts, known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (POSITIONS, GenerationConfig, dataset_prompts, generate_dataset, rank_texts,
                                         save_dataset)
@@ -109,9 +109,15 @@ class HardPromptSettings:
     max_perplexity: Optional[float] = None
     """GCG's perplexity budget: prompts the base model reads at a higher perplexity rank
     below every prompt within it (None: no budget)."""
+    positions: Optional[str] = None
+    """Where the search and the measurement read the divergence: None, the soft prompt's
+    own objective; ``response``, over the finetuned model's answers (also from a soft prompt
+    trained at the text positions); ``text``, at the text positions."""
 
     def __post_init__(self):
         self.methods = tuple(self.methods)
+        if self.positions is not None:
+            check_positions(self.positions, "evidence.hard_prompts.positions")
         if self.gcg_start not in ("derived", "any"):
             raise FinediffError(f"evidence.hard_prompts.gcg_start must be derived or any; got {self.gcg_start!r}")
         if self.max_perplexity is not None and (isinstance(self.max_perplexity, bool) or not isinstance(
@@ -334,7 +340,8 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
     measured on the answers the finetuned model gives with that prompt in place."""
     s = settings
     tok = pair.tokenizer
-    answers = objective.answer_settings
+    answers = objective.answer_settings if s.positions is None else \
+        objective.answers if s.positions == "response" else None
     raw = train = texts.batches(tok, "train", s.train_batches, s.batch_size)
     if answers is not None:  # the search scores the answers the finetuned model gives with the soft prompt
         train = [answer_batch(pair, b, soft_prompt_PD.detach(), answers) for b in raw]

@@ -90,6 +90,8 @@ PROBES = [
     ("train.py", ["module.project=maybe"], "module.project must be true or false, got 'maybe'"),
     ("train.py", ["evidence.hard_prompts.max_perplexity=0.5"],
      "evidence.hard_prompts.max_perplexity must be a number > 1 or null; got 0.5"),
+    ("train.py", ["evidence.hard_prompts.positions=answers"],
+     "evidence.hard_prompts.positions must be one of response, text; got 'answers'"),
     ("evaluate.py", ["task=elicit", "task.run_dir={run}"], "task=elicit needs an organism"),
     ("evaluate.py", ["task=hard_prompts", "task.prompts_file={d}/one.jsonl", "task.split=train"],
      "task.split must be heldout or all; got 'train'"),

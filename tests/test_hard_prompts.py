@@ -180,3 +180,34 @@ def test_guided_tokens_follow_the_displacement_among_fluent_candidates(tiny_pair
         nxt = base(input_ids=torch.tensor([header + [target]])).logits[0, -1].masked_fill(~allowed, -float("inf"))
     assert int(ids[1]) in nxt.topk(8).indices.tolist()
     assert guided(base, header, start + 5 * (weight[target] - weight.mean(0)), None, allowed, 8)[0] == target
+
+
+@pytest.mark.parametrize("positions", [None, "response"])
+def test_hard_prompts_of_a_text_trained_prompt_are_read_where_asked(tiny_pair, positions):
+    """``evidence.hard_prompts.positions=response`` measures the hard prompts of a soft
+    prompt trained at the text positions over the answers the finetuned model gives with
+    each in place; unset, at the text positions it was trained on."""
+    from finediff import pipeline
+    from finediff.hard_prompts import answered, batches_divergence
+
+    tok = tiny_pair.tokenizer
+    texts = pipeline.RunTexts(train=TEXTS * 2, val=TEXTS, max_length=32)
+    objective = pipeline.Objective(positions="text", answers=pipeline.AnswerSettings(tokens=4))
+    settings = pipeline.HardPromptSettings(methods=("projection",), batch_size=3, positions=positions)
+    prompt = torch.randn(3, tiny_pair.base.config.hidden_size) * 0.1
+    (found,) = pipeline.hard_prompts(tiny_pair, prompt, texts, settings, objective, progress=False)
+    val = texts.batches(tok, "val", settings.eval_batches, settings.batch_size)
+    answers = objective.answers if positions == "response" else None
+    ids = torch.tensor(found.token_ids)
+    assert found.divergence == pytest.approx(batches_divergence(tiny_pair, ids, answered(tiny_pair, ids, val, answers)),
+                                             rel=1e-4)
+    assert found.divergence_no_prompt == pytest.approx(
+        batches_divergence(tiny_pair, None, answered(tiny_pair, None, val, answers)), rel=1e-4)
+
+
+def test_hard_prompt_positions_must_be_known():
+    from finediff.errors import FinediffError
+    from finediff.pipeline import HardPromptSettings
+
+    with pytest.raises(FinediffError, match="evidence.hard_prompts.positions must be one of"):
+        HardPromptSettings(positions="answers")
