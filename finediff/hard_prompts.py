@@ -366,7 +366,7 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
         top_k: int = 32, n_candidates: int = 12, kind: str = "kl_ft_base", temperature: float = 1.0,
         fluency_weight: float = 0.02, chunk_size: int = 256, seed: int = 0, progress: bool = True,
         fluent_top: int = 128, batches_per_step: Optional[int] = None, answers: Optional[AnswerSettings] = None,
-        max_perplexity: Optional[float] = None) -> torch.Tensor:
+        max_perplexity: Optional[float] = None, own_answers: bool = False) -> torch.Tensor:
     """GCG-style search from ``init_ids_P``; returns the best ids found.
 
     Each step: the gradient of the objective with respect to one-hot tokens ranks swaps;
@@ -382,8 +382,11 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     With ``answers`` the search is on-policy: ``batches`` are texts without answers, each
     step scores the candidates over the answers the finetuned model gives with the current
     prompt in place, and the final comparison scores the start and the result each over
-    its own answers, as the held-out evaluation does. With ``max_perplexity`` every
-    comparison prefers prompts whose base perplexity is within it (:func:`_ranked`).
+    its own answers, as the held-out evaluation does; with ``own_answers`` every candidate
+    too is scored over the answers given with it in place (one more answer per candidate
+    and text each step), so a swap that changes what the finetuned model answers is
+    judged by that answer. With ``max_perplexity`` every comparison prefers prompts whose
+    base perplexity is within it (:func:`_ranked`).
     """
     weight = embedding_table(pair.base)
     g = torch.Generator().manual_seed(seed)
@@ -400,8 +403,8 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
 
     bar = tqdm(range(steps), desc="GCG", disable=not progress)
     for step in bar:
-        on = [batches[(step * per_step + j) % len(batches)] for j in range(per_step)]
-        on = answered(pair, ids, on, answers)  # on-policy: the answers given with the current prompt
+        texts = [batches[(step * per_step + j) % len(batches)] for j in range(per_step)]
+        on = answered(pair, ids, texts, answers)  # on-policy: the answers given with the current prompt
         one_hot = F.one_hot(ids, V).to(weight.dtype).requires_grad_(True)
         obj = _objective(pair, one_hot @ weight, ids, on[0], kind, temperature, fluency_weight, chunk_size)
         (grad,) = torch.autograd.grad(obj, one_hot)
@@ -423,7 +426,9 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
             cands.append(cand)
         if not cands:
             break
-        scores = prompt_objectives(pair, [ids] + cands, on, kind, temperature, fluency_weight)
+        scores = (_on_policy_objectives(pair, [ids] + cands, texts, answers, kind, temperature, fluency_weight,
+                                        chunk_size) if own_answers and answers is not None else
+                  prompt_objectives(pair, [ids] + cands, on, kind, temperature, fluency_weight))
         i = int(_ranked(scores, nll([ids] + cands), max_nll).argmax())
         if i > 0:
             ids = cands[i - 1]
@@ -459,7 +464,7 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
                       init_tokens: int = 16, n_starts: int = 12, fluent_top: int = 128,
                       answers: Optional[AnswerSettings] = None, gcg_start: str = "derived",
                       start_PD: Optional[torch.Tensor] = None, on_policy: Optional[list[dict]] = None,
-                      max_perplexity: Optional[float] = None) -> list[HardPrompt]:
+                      max_perplexity: Optional[float] = None, own_answers: bool = False) -> list[HardPrompt]:
     """Run the chosen methods from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first.
 
@@ -476,7 +481,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     the finetuned model gives with it in place. ``on_policy`` (the training texts without
     answers) makes GCG's choice of start and its search on-policy: every prompt is scored
     over the answers given with it (:func:`gcg`), not over the soft prompt's answers.
-    ``max_perplexity`` is GCG's perplexity budget.
+    ``max_perplexity`` is GCG's perplexity budget; ``own_answers`` scores every GCG
+    candidate over its own answers (on-policy search only).
     """
     from finediff.divergent_dataset import rank_texts
 
@@ -513,7 +519,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
         start = found[names[int(scores.argmax())]]
         ids = gcg(pair, start, search or train_batches, allowed, gcg_steps, top_k, n_candidates, kind, temperature,
                   fluency_weight, chunk_size, seed, progress, fluent_top,
-                  answers=answers if search is not None else None, max_perplexity=max_perplexity)
+                  answers=answers if search is not None else None, max_perplexity=max_perplexity,
+                  own_answers=own_answers)
         results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size, div0,
                                   answers)
     return sorted(results.values(), key=lambda h: h.divergence, reverse=True)

@@ -109,6 +109,9 @@ class HardPromptSettings:
     max_perplexity: Optional[float] = None
     """GCG's perplexity budget: prompts the base model reads at a higher perplexity rank
     below every prompt within it (None: no budget)."""
+    gcg_own_answers: bool = False
+    """On-policy GCG scores every candidate swap over the answers given with it in place
+    (one more answer per candidate and text each step), not over the current prompt's."""
     positions: Optional[str] = None
     """Where the search and the measurement read the divergence: None, the soft prompt's
     own objective; ``response``, over the finetuned model's answers (also from a soft prompt
@@ -353,7 +356,7 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
         seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]),
         start_PD=objective.start,
         init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start,
-        on_policy=raw if s.gcg_on_policy else None, max_perplexity=s.max_perplexity)
+        on_policy=raw if s.gcg_on_policy else None, max_perplexity=s.max_perplexity, own_answers=s.gcg_own_answers)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
     for h in found:

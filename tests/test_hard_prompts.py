@@ -211,3 +211,29 @@ def test_hard_prompt_positions_must_be_known():
 
     with pytest.raises(FinediffError, match="evidence.hard_prompts.positions must be one of"):
         HardPromptSettings(positions="answers")
+
+
+def test_gcg_with_own_answers_scores_every_candidate_over_its_own_answers(tiny_pair, monkeypatch):
+    """``own_answers``: each step's current prompt and candidates are scored together by
+    :func:`_on_policy_objectives` (over the answers each gives, checked above), on the
+    step's texts; the result is still never below the start over its own answers."""
+    from finediff import hard_prompts
+    from finediff.answers import AnswerSettings
+
+    calls = []
+    real = hard_prompts._on_policy_objectives
+
+    def spy(pair, prompts, batches, *args):
+        calls.append((len(prompts), len(batches)))
+        return real(pair, prompts, batches, *args)
+
+    monkeypatch.setattr(hard_prompts, "_on_policy_objectives", spy)
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS[:2]), tiny_batch(tok, TEXTS[2:])]
+    allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
+    start, answers = _prompts(tok)[2], AnswerSettings(tokens=4)
+    out = gcg(tiny_pair, start, batches, allowed, steps=2, top_k=8, n_candidates=4, fluency_weight=0.0,
+              progress=False, fluent_top=32, answers=answers, own_answers=True)
+    assert calls[:2] == [(5, 1), (5, 1)]  # per step: the current prompt + 4 candidates, on half the texts
+    got = real(tiny_pair, [start, out], batches, answers, "kl_ft_base", 1.0, 0.0, 256)
+    assert got[1] >= got[0]
