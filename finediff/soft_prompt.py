@@ -7,6 +7,7 @@ against 2 x 134.5M frozen ones.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Optional
 
@@ -34,6 +35,17 @@ class PromptInit(str, Enum):
     of a token embedding's norm) that tells the positions apart. No token is favoured at
     the start, so what training adds is what the hard prompts read (a ``vocab`` start's
     random tokens stay each vector's nearest token, whatever training adds)."""
+
+
+class PromptSpace(str, Enum):
+    """What the trainable parameter is."""
+
+    VECTORS = "vectors"
+    """``[P, D]`` free vectors (anything the models accept)."""
+    TOKENS = "tokens"
+    """``[P, A]`` logits of a distribution over the ``A`` allowed tokens at each position;
+    the models see its expected token embedding (a point in the tokens' convex hull), and
+    each position reads as the token it puts most mass on."""
 
 
 def embedding_norm(embed: nn.Module, vocab_size: int, sample: int = 4096, seed: int = 0) -> float:
@@ -64,11 +76,15 @@ class SoftPrompt(nn.Module):
         init_text: text for ``init="text"``.
         tokenizer: tokenizer for ``init="text"``.
         seed: seed for the random inits.
+        space: one of :class:`PromptSpace`'s values.
+        allowed: ``[V]`` bool, the tokens a ``tokens`` prompt may put mass on (needed there).
 
     Attributes:
-        weight: ``[P, D]`` float32 parameter, the only trainable tensor in finediff.
-        start: ``[P, D]`` the initial ``weight`` (a buffer, not saved in checkpoints: the
-            init recreates it).
+        weight: the only trainable tensor in finediff, float32: ``[P, D]`` vectors, or in
+            the ``tokens`` space ``[P, A]`` logits (``mean`` start: uniform, plus a little
+            noise; ``vocab``/``text`` start: half the mass on the start token).
+        start: ``[P, D]`` the prompt before training (a buffer, not saved in checkpoints:
+            the init recreates it).
     """
 
     def __init__(
@@ -80,6 +96,8 @@ class SoftPrompt(nn.Module):
         init_text: Optional[str] = None,
         tokenizer=None,
         seed: int = 0,
+        space: str = "vectors",
+        allowed: Optional[torch.Tensor] = None,
     ):
         super().__init__()
         if n_tokens < 1:
@@ -90,8 +108,18 @@ class SoftPrompt(nn.Module):
             raise FinediffError(
                 f"unknown soft prompt init {init!r}; choose one of {[i.value for i in PromptInit]}"
             ) from None
+        try:
+            space = PromptSpace(space)
+        except ValueError:
+            raise FinediffError(
+                f"unknown soft prompt space {space!r}; choose one of {[s.value for s in PromptSpace]}"
+            ) from None
         device = next(embed.parameters()).device
         g = torch.Generator().manual_seed(seed)
+        self.space, self.table = space.value, None
+        if space is PromptSpace.TOKENS:
+            self._token_logits(embed, vocab_size, n_tokens, init, init_text, tokenizer, allowed, g)
+            return
         with torch.no_grad():
             if init is PromptInit.TEXT:
                 if not init_text or tokenizer is None:
@@ -117,13 +145,49 @@ class SoftPrompt(nn.Module):
         # where training started: the hard prompts read what training added to it
         self.register_buffer("start", self.weight.detach().clone(), persistent=False)
 
+    def _token_logits(self, embed, vocab_size, n_tokens, init, init_text, tokenizer, allowed, g) -> None:
+        """The ``tokens`` space: logits over the allowed tokens at each position."""
+        if allowed is None:
+            raise FinediffError("a soft prompt in the tokens space needs the allowed tokens")
+        if init not in (PromptInit.MEAN, PromptInit.VOCAB, PromptInit.TEXT):
+            raise FinediffError(f"module.init={init.value} has no token distribution; "
+                                "with module.space=tokens use mean, vocab or text")
+        allowed = allowed[:vocab_size].cpu()
+        # a plain attribute, not a buffer: data-parallel wrappers would broadcast it every step
+        self.table = scaled_table(embed)[:vocab_size].detach()[allowed.to(embed.weight.device)].float()
+        logits = 0.01 * torch.randn(n_tokens, self.table.shape[0], generator=g)  # mean: uniform, positions apart
+        if init is not PromptInit.MEAN:
+            if init is PromptInit.TEXT:
+                if not init_text or tokenizer is None:
+                    raise FinediffError("soft prompt init 'text' needs a non-empty init_text")
+                ids = (tokenizer(init_text, add_special_tokens=False)["input_ids"] * n_tokens)[:n_tokens]
+            else:
+                pool = allowed.nonzero().squeeze(1)
+                ids = pool[torch.randint(0, len(pool), (n_tokens,), generator=g)].tolist()
+            column = torch.full((vocab_size,), -1, dtype=torch.long)
+            column[allowed] = torch.arange(int(allowed.sum()))
+            for p, i in enumerate(ids):  # half the mass on the start token (if it is allowed)
+                if column[i] >= 0:
+                    logits[p, column[i]] = math.log(self.table.shape[0])
+        self.weight = nn.Parameter(logits)
+        with torch.no_grad():
+            self.register_buffer("start", self.forward().detach().clone().cpu(), persistent=False)
+
     @property
     def n_tokens(self) -> int:
         return self.weight.shape[0]
 
+    @property
+    def hidden_size(self) -> int:
+        return self.weight.shape[1] if self.table is None else self.table.shape[1]
+
     def forward(self) -> torch.Tensor:
-        """Return the ``[P, D]`` prompt."""
-        return self.weight
+        """Return the ``[P, D]`` prompt: the vectors, or each position's expected token embedding."""
+        if self.table is None:
+            return self.weight
+        if self.table.device != self.weight.device:
+            self.table = self.table.to(self.weight.device)
+        return torch.softmax(self.weight, dim=-1) @ self.table
 
 
 def readability_penalty(prompt_PD: torch.Tensor, embed_weight_VD: torch.Tensor,

@@ -65,6 +65,9 @@ class SoftPromptDivergence(L.LightningModule):
             reaches the continuous vectors (straight-through, PEZ during training,
             :func:`~finediff.soft_prompt.straight_through`): the learned prompt is a token
             sequence, and ``soft_prompt.pt`` holds it as those embeddings.
+        space: ``vectors`` (free vectors) or ``tokens`` (a distribution over the allowed
+            tokens per position, the models seeing its expected embedding; see
+            :class:`~finediff.soft_prompt.PromptSpace`).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class SoftPromptDivergence(L.LightningModule):
         answer_batch_size: int = 32,
         base_anchor: float = 0.0,
         project: bool = False,
+        space: str = "vectors",
     ):
         super().__init__()
         parse_kind(divergence)
@@ -115,11 +119,11 @@ class SoftPromptDivergence(L.LightningModule):
             pair.enable_gradient_checkpointing()
         embed = pair.base.get_input_embeddings()
         self.soft_prompt = SoftPrompt(
-            embed, embed.weight.shape[0], num_soft_prompt_tokens, init, init_text, pair.tokenizer, seed
-        )
+            embed, embed.weight.shape[0], num_soft_prompt_tokens, init, init_text, pair.tokenizer, seed, space,
+            self.allowed if space == "tokens" else None)
         self.n_trainable, self.n_frozen = apply_trainable(self)
-        log.info("trainable parameters: %s (soft prompt %d x %d); frozen: %s",
-                 f"{self.n_trainable:,}", num_soft_prompt_tokens, self.soft_prompt.weight.shape[1],
+        log.info("trainable parameters: %s (soft prompt %d x %d, %s); frozen: %s",
+                 f"{self.n_trainable:,}", num_soft_prompt_tokens, self.soft_prompt.weight.shape[1], space,
                  f"{self.n_frozen:,}")
         # The frozen pair is not part of checkpoints; loading one restores the prompt only.
         self.strict_loading = False
@@ -284,7 +288,7 @@ class SoftPromptDivergence(L.LightningModule):
         return {
             "prompt": prompt.detach().float().cpu().clone(),
             "num_soft_prompt_tokens": int(hp.num_soft_prompt_tokens),
-            "hidden_size": int(self.soft_prompt.weight.shape[1]),
+            "hidden_size": int(self.soft_prompt.hidden_size),
             "init": str(hp.init),
             "divergence": str(hp.divergence),
             "temperature": float(hp.temperature),
@@ -294,4 +298,5 @@ class SoftPromptDivergence(L.LightningModule):
             "answer_tokens": int(hp.answer_tokens),
             "start": self.soft_prompt.start.detach().float().cpu().clone(),
             "project": bool(hp.get("project", False)),
+            "space": str(hp.get("space", "vectors")),
         }

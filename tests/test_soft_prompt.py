@@ -170,3 +170,56 @@ def test_mean_init_starts_near_the_vocabulary_centre_and_keeps_its_start(tiny_pa
         prompt.weight.add_(1.0)
     assert not prompt.start.equal(prompt.weight.detach())  # the start stays where training began
     assert "start" not in prompt.state_dict()
+
+
+def test_a_prompt_in_the_tokens_space_is_a_distribution_over_allowed_tokens(tiny_pair):
+    """``space=tokens``: the prompt is the expected embedding of each position's
+    distribution over the allowed tokens: the allowed tokens' mean at a ``mean`` start,
+    half the start token at a ``vocab`` start, the token itself once the mass is on it,
+    where the readability penalty is zero and projection returns the token."""
+    from finediff.arch import embedding_table
+    from finediff.hard_prompts import allowed_tokens, project
+    from finediff.soft_prompt import readability_penalty
+
+    embed, tok = tiny_pair.base.get_input_embeddings(), tiny_pair.tokenizer
+    V = embed.weight.shape[0]
+    allowed = allowed_tokens(tok, V)
+    table = embedding_table(tiny_pair.base).detach()[allowed]
+    mean = SoftPrompt(embed, V, 3, "mean", seed=1, space="tokens", allowed=allowed)
+    assert mean.weight.shape == (3, int(allowed.sum())) and mean.hidden_size == table.shape[1]
+    assert torch.allclose(mean(), table.mean(0).expand(3, -1), atol=1e-3)
+    assert torch.equal(mean.start, mean().detach())
+    vocab = SoftPrompt(embed, V, 3, "vocab", seed=1, space="tokens", allowed=allowed)
+    assert torch.allclose(torch.softmax(vocab.weight, -1).max(-1).values, torch.full((3,), 0.5), atol=0.01)
+    with torch.no_grad():
+        vocab.weight.zero_()
+        vocab.weight[:, :3] = torch.eye(3) * 100.0  # all the mass on the first three allowed tokens
+    ids = allowed.nonzero().squeeze(1)[:3]
+    assert torch.allclose(vocab(), embedding_table(tiny_pair.base)[ids], atol=1e-5)
+    assert readability_penalty(vocab(), table) < 1e-8
+    assert project(vocab().detach(), embedding_table(tiny_pair.base).detach(), allowed).equal(ids)
+
+
+def test_a_tokens_space_prompt_trains_its_logits_through_both_models(tiny_pair):
+    from lightning_modules import SoftPromptDivergence
+
+    module = SoftPromptDivergence(tiny_pair, num_soft_prompt_tokens=2, init="mean", space="tokens",
+                                  positions="text")
+    assert [n for n, p in module.named_parameters() if p.requires_grad] == ["soft_prompt.weight"]
+    assert module.soft_prompt.weight.shape == (2, int(module.allowed.sum()))
+    batch = tiny_batch(tiny_pair.tokenizer, ["What is 2 + 2?", "Name a capital city in Europe please."])
+    pair_divergence(tiny_pair, batch["input_ids"], batch["attention_mask"], module.soft_prompt()).backward()
+    assert module.soft_prompt.weight.grad.abs().sum() > 0
+    assert module.prompt_record()["prompt"].shape == (2, tiny_pair.hidden_size)
+    assert module.prompt_record()["space"] == "tokens"
+
+
+def test_a_tokens_space_prompt_needs_a_token_start(tiny_pair):
+    from finediff.hard_prompts import allowed_tokens
+
+    embed = tiny_pair.base.get_input_embeddings()
+    V = embed.weight.shape[0]
+    with pytest.raises(FinediffError, match="module.init=random has no token distribution"):
+        SoftPrompt(embed, V, 2, "random", space="tokens", allowed=allowed_tokens(tiny_pair.tokenizer, V))
+    with pytest.raises(FinediffError, match="unknown soft prompt space 'words'"):
+        SoftPrompt(embed, V, 2, "vocab", space="words")
