@@ -21,8 +21,8 @@ from finediff.divergence import base_shift_divergence, batch_divergence, parse_k
 from finediff.errors import FinediffError, check_number
 from finediff.pipeline import Objective
 from finediff.models import ModelPair
-from finediff.soft_prompt import (SoftPrompt, apply_trainable, is_trainable, random_like, readability_penalty,
-                                  straight_through)
+from finediff.soft_prompt import (PromptSpace, SoftPrompt, apply_trainable, is_trainable, random_like,
+                                  readability_penalty, straight_through)
 
 log = logging.getLogger(__name__)
 # The frozen pair is in eval mode on purpose; Lightning's generic warning about it is noise.
@@ -107,6 +107,8 @@ class SoftPromptDivergence(L.LightningModule):
         check_positions(positions)
         check_number("module.readability_weight", readability_weight, float, minimum=0.0)
         check_number("module.base_anchor", base_anchor, float, minimum=0.0)
+        if space not in [s.value for s in PromptSpace]:
+            raise FinediffError(f"module.space must be one of {', '.join(s.value for s in PromptSpace)}; got {space!r}")
         if not isinstance(project, bool):
             raise FinediffError(f"module.project must be true or false, got {project!r}")
         self.answers = AnswerSettings(answer_tokens, refresh_every, answer_temperature, batch_size=answer_batch_size)

@@ -233,3 +233,25 @@ def test_evidence_callbacks_write_hard_prompts_and_divergent_dataset(tiny_dirs, 
                                                                "response_length"}
     assert any(r["prompt"].startswith(rows[0]["text"].strip()) for r in records)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_module_readable_trains_a_distribution_over_tokens(tiny_dirs, tmp_path):
+    """``module=readable``: the checkpoint holds each position's logits over the allowed
+    tokens, ``soft_prompt.pt`` the expected embeddings the models saw, and the prompt
+    still parts the pair more than no prompt and a random one on held-out texts."""
+    from finediff.arch import embedding_table
+    from finediff.hard_prompts import allowed_tokens
+    from finediff.models import load_model_pair
+
+    metrics = run_train(tiny_dirs, tmp_path, "module=readable", "trainer.max_steps=30",
+                        "trainer.val_check_interval=10", "data.max_texts_per_category=100")
+    record = torch.load(tmp_path / names.SOFT_PROMPT_FILE, weights_only=True)
+    assert record["space"] == "tokens" and record["init"] == "mean" and record["positions"] == "text"
+    logits = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["soft_prompt.weight"]
+    pair = load_model_pair(str(tiny_dirs["base"]), str(tiny_dirs["finetuned"]))
+    table = embedding_table(pair.base).detach()
+    allowed = allowed_tokens(pair.tokenizer, table.shape[0])
+    assert logits.shape == (8, int(allowed.sum()))
+    assert torch.allclose(record["prompt"], torch.softmax(logits, -1) @ table[allowed], atol=1e-5)
+    assert metrics[names.VAL_DIVERGENCE] > metrics[names.VAL_DIVERGENCE_NO_PROMPT], metrics
+    assert metrics[names.VAL_DIVERGENCE] > metrics[names.VAL_DIVERGENCE_RANDOM_PROMPT], metrics
