@@ -91,8 +91,10 @@ def read_hard_prompts(path: str | Path) -> list[HardPrompt]:
 
 def allowed_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     """``[V]`` bool: tokens that decode to printable ASCII with at least one letter or
-    digit and are not special tokens."""
-    special = set(tokenizer.all_special_ids)
+    digit and are not special tokens (named ones, and added tokens marked special, such
+    as SmolLM2's ``<file_sep>``)."""
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
     mask = torch.zeros(vocab_size, dtype=torch.bool)
     for i in range(min(vocab_size, len(tokenizer))):
         if i in special:

@@ -237,3 +237,17 @@ def test_gcg_with_own_answers_scores_every_candidate_over_its_own_answers(tiny_p
     assert calls[:2] == [(5, 1), (5, 1)]  # per step: the current prompt + 4 candidates, on half the texts
     got = real(tiny_pair, [start, out], batches, answers, "kl_ft_base", 1.0, 0.0, 256)
     assert got[1] >= got[0]
+
+
+def test_allowed_tokens_leave_out_added_special_tokens(tiny_dirs):
+    """An added token marked special (SmolLM2's ``<file_sep>``) is not among the tokenizer's
+    named special ids, yet no prompt may use it."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["base"])
+    tok.add_tokens([AddedToken("<file_sep>", special=True)])
+    i = tok.convert_tokens_to_ids("<file_sep>")
+    assert i not in tok.all_special_ids
+    allowed = allowed_tokens(tok, len(tok))
+    assert not allowed[i] and allowed.sum() > 0
