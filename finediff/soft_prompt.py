@@ -48,6 +48,16 @@ class PromptSpace(str, Enum):
     each position reads as the token it puts most mass on."""
 
 
+def _text_ids(init_text: Optional[str], tokenizer, n_tokens: int) -> list[int]:
+    """``init_text``'s token ids, repeated or cut to ``n_tokens`` (the ``text`` start)."""
+    if not init_text or tokenizer is None:
+        raise FinediffError("soft prompt init 'text' needs a non-empty init_text")
+    ids = tokenizer(init_text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise FinediffError(f"init_text {init_text!r} has no tokens")
+    return (ids * n_tokens)[:n_tokens]
+
+
 def embedding_norm(embed: nn.Module, vocab_size: int, sample: int = 4096, seed: int = 0) -> float:
     """Mean L2 norm of the embedding module's output over a sample of token ids."""
     g = torch.Generator().manual_seed(seed)
@@ -122,13 +132,7 @@ class SoftPrompt(nn.Module):
             return
         with torch.no_grad():
             if init is PromptInit.TEXT:
-                if not init_text or tokenizer is None:
-                    raise FinediffError("soft prompt init 'text' needs a non-empty init_text")
-                ids = tokenizer(init_text, add_special_tokens=False)["input_ids"]
-                if not ids:
-                    raise FinediffError(f"init_text {init_text!r} has no tokens")
-                ids = (ids * n_tokens)[:n_tokens]
-                values = embed(torch.tensor(ids, device=device))
+                values = embed(torch.tensor(_text_ids(init_text, tokenizer, n_tokens), device=device))
             elif init is PromptInit.VOCAB:
                 ids = torch.randint(0, vocab_size, (n_tokens,), generator=g)
                 values = embed(ids.to(device))
@@ -158,9 +162,7 @@ class SoftPrompt(nn.Module):
         logits = 0.01 * torch.randn(n_tokens, self.table.shape[0], generator=g)  # mean: uniform, positions apart
         if init is not PromptInit.MEAN:
             if init is PromptInit.TEXT:
-                if not init_text or tokenizer is None:
-                    raise FinediffError("soft prompt init 'text' needs a non-empty init_text")
-                ids = (tokenizer(init_text, add_special_tokens=False)["input_ids"] * n_tokens)[:n_tokens]
+                ids = _text_ids(init_text, tokenizer, n_tokens)
             else:
                 pool = allowed.nonzero().squeeze(1)
                 ids = pool[torch.randint(0, len(pool), (n_tokens,), generator=g)].tolist()
