@@ -343,14 +343,21 @@ def fluent_tokens(base, header: list[int], ids_P: torch.Tensor, allowed_V: torch
     return keep
 
 
-def _ranked(scores_C: torch.Tensor, nll_C: Optional[torch.Tensor], max_nll: Optional[float]) -> torch.Tensor:
+def _ranked(scores_C: torch.Tensor, nll_C: Optional[torch.Tensor], max_nll: Optional[float],
+            walk: bool = False) -> torch.Tensor:
     """``[C]`` keys to maximise: the objective, or under a perplexity budget (``max_nll``,
     its log) the objective among the prompts within it, which all rank above those outside
-    it, and those by their perplexity (a search outside the budget first walks into it)."""
+    it, and those by their perplexity (a search outside the budget first walks into it).
+    With ``walk`` (row 0 is the current prompt) the prompts outside the budget that read
+    better than the current one rank next, by their objective: each step lowers the
+    perplexity while keeping as much of the effect as it can."""
     if max_nll is None or nll_C is None:
         return scores_C
     inside = nll_C <= max_nll
-    return torch.where(inside, scores_C.double() + 1e6, -nll_C.double())
+    keys = torch.where(inside, scores_C.double() + 2e6, -nll_C.double())
+    if walk:
+        keys = torch.where(~inside & (nll_C < nll_C[0]), scores_C.double() + 1e6, keys)
+    return keys
 
 
 def _on_policy_objectives(pair, prompts: list[torch.Tensor], batches: list[dict], answers: AnswerSettings,
@@ -368,7 +375,7 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
         top_k: int = 32, n_candidates: int = 12, kind: str = "kl_ft_base", temperature: float = 1.0,
         fluency_weight: float = 0.02, chunk_size: int = 256, seed: int = 0, progress: bool = True,
         fluent_top: int = 128, batches_per_step: Optional[int] = None, answers: Optional[AnswerSettings] = None,
-        max_perplexity: Optional[float] = None, own_answers: bool = False) -> torch.Tensor:
+        max_perplexity: Optional[float] = None, own_answers: bool = False, walk: bool = False) -> torch.Tensor:
     """GCG-style search from ``init_ids_P``; returns the best ids found.
 
     Each step: the gradient of the objective with respect to one-hot tokens ranks swaps;
@@ -388,7 +395,8 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     too is scored over the answers given with it in place (one more answer per candidate
     and text each step), so a swap that changes what the finetuned model answers is
     judged by that answer. With ``max_perplexity`` every comparison prefers prompts whose
-    base perplexity is within it (:func:`_ranked`).
+    base perplexity is within it (:func:`_ranked`); with ``walk`` as well, outside it each
+    step takes the best of the swaps that lower the perplexity.
     """
     weight = embedding_table(pair.base)
     g = torch.Generator().manual_seed(seed)
@@ -431,7 +439,7 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
         scores = (_on_policy_objectives(pair, [ids] + cands, texts, answers, kind, temperature, fluency_weight,
                                         chunk_size) if own_answers and answers is not None else
                   prompt_objectives(pair, [ids] + cands, on, kind, temperature, fluency_weight))
-        i = int(_ranked(scores, nll([ids] + cands), max_nll).argmax())
+        i = int(_ranked(scores, nll([ids] + cands), max_nll, walk).argmax())
         if i > 0:
             ids = cands[i - 1]
         bar.set_postfix(objective=f"{float(scores[i]):.4f}")
@@ -440,7 +448,7 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     ends = [start, ids]
     final = (prompt_objectives(pair, ends, batches, kind, temperature, fluency_weight) if answers is None else
              _on_policy_objectives(pair, ends, batches, answers, kind, temperature, fluency_weight, chunk_size))
-    before, after = _ranked(final, nll(ends), max_nll).tolist()
+    before, after = _ranked(final, nll(ends), max_nll, walk).tolist()
     return ids if after > before else start
 
 
@@ -466,7 +474,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
                       init_tokens: int = 16, n_starts: int = 12, fluent_top: int = 128,
                       answers: Optional[AnswerSettings] = None, gcg_start: str = "derived",
                       start_PD: Optional[torch.Tensor] = None, on_policy: Optional[list[dict]] = None,
-                      max_perplexity: Optional[float] = None, own_answers: bool = False) -> list[HardPrompt]:
+                      max_perplexity: Optional[float] = None, own_answers: bool = False,
+                      budget_steps: int = 0, budget_fluent_top: int = 0) -> list[HardPrompt]:
     """Run the chosen methods from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first.
 
@@ -484,7 +493,13 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     answers) makes GCG's choice of start and its search on-policy: every prompt is scored
     over the answers given with it (:func:`gcg`), not over the soft prompt's answers.
     ``max_perplexity`` is GCG's perplexity budget; ``own_answers`` scores every GCG
-    candidate over its own answers (on-policy search only).
+    candidate over its own answers (on-policy search only). With ``budget_steps`` the
+    budget is not imposed on the search: GCG first searches freely for ``gcg_steps``, then
+    walks its result into the budget for ``budget_steps`` more (swaps to the
+    ``budget_fluent_top`` tokens the base model finds likeliest; 0: any allowed token),
+    while outside the budget taking the best of the swaps that lower the perplexity (a
+    strong but unreadable prompt becomes a readable one that keeps what it can of the
+    effect).
     """
     from finediff.divergent_dataset import rank_texts
 
@@ -519,10 +534,15 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
             nll = torch.tensor([prompt_nll(pair.base, header, p).item() for p in starts])
             scores = _ranked(scores, nll, math.log(max_perplexity))
         start = found[names[int(scores.argmax())]]
-        ids = gcg(pair, start, search or train_batches, allowed, gcg_steps, top_k, n_candidates, kind, temperature,
-                  fluency_weight, chunk_size, seed, progress, fluent_top,
-                  answers=answers if search is not None else None, max_perplexity=max_perplexity,
-                  own_answers=own_answers)
+        walk = bool(budget_steps and max_perplexity)
+        ids = start
+        for steps, top, limit, walking in ((gcg_steps, fluent_top, None if walk else max_perplexity, False),
+                                           (budget_steps if walk else 0, budget_fluent_top, max_perplexity, True)):
+            if steps:
+                ids = gcg(pair, ids, search or train_batches, allowed, steps, top_k, n_candidates, kind,
+                          temperature, fluency_weight, chunk_size, seed, progress, top,
+                          answers=answers if search is not None else None, max_perplexity=limit,
+                          own_answers=own_answers, walk=walking)
         results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size, div0,
                                   answers)
     return sorted(results.values(), key=lambda h: h.divergence, reverse=True)

@@ -99,6 +99,10 @@ def test_a_perplexity_budget_ranks_prompts_within_it_first():
     assert _ranked(scores, nll, None).equal(scores)
     keys = _ranked(scores, nll, 6.5)  # within: the 2nd and 3rd; the better of them first
     assert keys.argsort(descending=True).tolist() == [1, 2, 3, 0]  # outside: the lower perplexity first
+    current, cands = 9.0, torch.tensor([8.0, 10.0, 8.5])  # a walk (row 0 current): outside, lower than it
+    walk = _ranked(torch.tensor([0.2, 0.1, 0.9, 0.5]), torch.cat([torch.tensor([current]), cands]), 6.5, walk=True)
+    assert walk.argsort(descending=True).tolist() == [3, 1, 0, 2]  # the best of those that read better first
+    assert _ranked(scores, nll, 6.5, walk=True).argsort(descending=True).tolist()[:2] == [1, 2]  # within: first
 
 
 def test_gcg_under_a_perplexity_budget_returns_a_prompt_within_it_when_its_start_is(tiny_pair):
@@ -251,3 +255,36 @@ def test_allowed_tokens_leave_out_added_special_tokens(tiny_dirs):
     assert i not in tok.all_special_ids
     allowed = allowed_tokens(tok, len(tok))
     assert not allowed[i] and allowed.sum() > 0
+
+
+def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tiny_pair, monkeypatch):
+    """``budget_steps``: GCG first searches without the perplexity budget (its own
+    ``fluent_top``), then continues from that result under the budget with fluent swaps
+    only; the prompt kept is within the budget whenever the walk reaches it."""
+    from finediff import hard_prompts
+    from finediff.hard_prompts import find_hard_prompts
+
+    calls = []
+    real = hard_prompts.gcg
+
+    def spy(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs):
+        out = real(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs)
+        calls.append((init_ids_P.tolist(), steps, args[-1], kwargs["max_perplexity"], out.tolist()))
+        return out
+
+    monkeypatch.setattr(hard_prompts, "gcg", spy)
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS)]
+    header = batches[0]["input_ids"][0, : int(batches[0]["prompt_pos"][0])].tolist()
+    prompt = torch.randn(3, tiny_pair.base.config.hidden_size)
+    found = {h.method: h for h in find_hard_prompts(
+        tiny_pair, prompt, batches, batches, methods=("projection", "gcg"), gcg_steps=2, top_k=8, n_candidates=4,
+        fluency_weight=0.0, progress=False, fluent_top=0, max_perplexity=1e9, budget_steps=3, budget_fluent_top=16)}
+    (_, steps1, top1, limit1, out1), (start2, steps2, top2, limit2, out2) = calls
+    assert (steps1, top1, limit1) == (2, 0, None) and (steps2, top2, limit2) == (3, 16, 1e9)
+    assert start2 == out1 and found["gcg"].token_ids == out2
+    def perplexity(ids):
+        return float(torch.exp(prompt_nll(tiny_pair.base, header, torch.tensor(ids))))
+
+    # the walk never ends further outside the budget than it started, nor leaves it once in
+    assert perplexity(out2) <= max(perplexity(out1), 1e9)
