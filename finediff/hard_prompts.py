@@ -535,14 +535,16 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
             scores = _ranked(scores, nll, math.log(max_perplexity))
         start = found[names[int(scores.argmax())]]
         walk = bool(budget_steps and max_perplexity)
-        ids = start
-        for steps, top, limit, walking in ((gcg_steps, fluent_top, None if walk else max_perplexity, False),
-                                           (budget_steps if walk else 0, budget_fluent_top, max_perplexity, True)):
-            if steps:
-                ids = gcg(pair, ids, search or train_batches, allowed, steps, top_k, n_candidates, kind,
-                          temperature, fluency_weight, chunk_size, seed, progress, top,
-                          answers=answers if search is not None else None, max_perplexity=limit,
-                          own_answers=own_answers, walk=walking)
+
+        def search_from(ids_P: torch.Tensor, steps: int, top: int, limit: Optional[float], walking: bool):
+            return gcg(pair, ids_P, search or train_batches, allowed, steps, top_k, n_candidates, kind, temperature,
+                       fluency_weight, chunk_size, seed, progress, top,
+                       answers=answers if search is not None else None, max_perplexity=limit,
+                       own_answers=own_answers, walk=walking)
+
+        ids = search_from(start, gcg_steps, fluent_top, None if walk else max_perplexity, False)
+        if walk:  # then into the budget, keeping what it can of the effect
+            ids = search_from(ids, budget_steps, budget_fluent_top, max_perplexity, True)
         results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size, div0,
                                   answers)
     return sorted(results.values(), key=lambda h: h.divergence, reverse=True)
