@@ -259,8 +259,8 @@ def test_allowed_tokens_leave_out_added_special_tokens(tiny_dirs):
 
 def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tiny_pair, monkeypatch):
     """``budget_steps``: GCG first searches without the perplexity budget (its own
-    ``fluent_top``), then continues from that result under the budget with fluent swaps
-    only; the prompt kept is within the budget whenever the walk reaches it."""
+    ``fluent_top``), then walks from that result under the budget with its own swaps
+    (``budget_fluent_top``), never ending further outside the budget than it started."""
     from finediff import hard_prompts
     from finediff.hard_prompts import find_hard_prompts
 
@@ -269,7 +269,7 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
 
     def spy(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs):
         out = real(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs)
-        calls.append((init_ids_P.tolist(), steps, args[-1], kwargs["max_perplexity"], out.tolist()))
+        calls.append((init_ids_P.tolist(), steps, args[-1], kwargs["max_perplexity"], kwargs["walk"], out.tolist()))
         return out
 
     monkeypatch.setattr(hard_prompts, "gcg", spy)
@@ -280,11 +280,11 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
     found = {h.method: h for h in find_hard_prompts(
         tiny_pair, prompt, batches, batches, methods=("projection", "gcg"), gcg_steps=2, top_k=8, n_candidates=4,
         fluency_weight=0.0, progress=False, fluent_top=0, max_perplexity=1e9, budget_steps=3, budget_fluent_top=16)}
-    (_, steps1, top1, limit1, out1), (start2, steps2, top2, limit2, out2) = calls
-    assert (steps1, top1, limit1) == (2, 0, None) and (steps2, top2, limit2) == (3, 16, 1e9)
+    (_, *search, out1), (start2, *walk, out2) = calls
+    assert search == [2, 0, None, False] and walk == [3, 16, 1e9, True]
     assert start2 == out1 and found["gcg"].token_ids == out2
+
     def perplexity(ids):
         return float(torch.exp(prompt_nll(tiny_pair.base, header, torch.tensor(ids))))
 
-    # the walk never ends further outside the budget than it started, nor leaves it once in
     assert perplexity(out2) <= max(perplexity(out1), 1e9)
