@@ -343,6 +343,55 @@ def fluent_tokens(base, header: list[int], ids_P: torch.Tensor, allowed_V: torch
     return keep
 
 
+@torch.no_grad()
+def token_nlls(base, header: list[int], ids_P: torch.Tensor) -> torch.Tensor:
+    """``[P]``: the base model's NLL of each prompt token after ``header`` and the prompt
+    before it (0 for a first token with no context)."""
+    device = input_device(base)
+    x = torch.tensor(header + ids_P.tolist(), dtype=torch.long, device=device).unsqueeze(0)
+    logp = base(input_ids=x).logits[0].float().log_softmax(-1)
+    out = torch.zeros(len(ids_P))
+    for p, t in enumerate(ids_P.tolist()):
+        at = len(header) + p - 1
+        if at >= 0:
+            out[p] = -logp[at, t].item()
+    return out
+
+
+@torch.no_grad()
+def bridging_tokens(base, header: list[int], ids_P: torch.Tensor, eligible_V: torch.Tensor, pos: int, n: int,
+                    pool: int = 2048, chunk: int = 512) -> list[int]:
+    """Up to ``n`` tokens that read best at prompt position ``pos``: among the ``pool``
+    eligible tokens the base model finds likeliest there, those maximising
+    ``log p(t | before) + log p(next | before, t)``, both exact (one batched step on the
+    cached context per chunk). The second term is what a one-hot gradient misses: a
+    word-piece reads well only after the right start of its word, and that start is
+    rarely likely on its own."""
+    device = input_device(base)
+    before = header + ids_P[:pos].tolist()
+    eligible = eligible_V.to(device)
+    if before:
+        logp = base(input_ids=torch.tensor([before], device=device)).logits[0, -1].float().log_softmax(-1)
+    else:
+        logp = torch.zeros(eligible.shape[0], device=device)
+    logp = logp.masked_fill(~eligible, -float("inf"))
+    k = min(pool, int(eligible.sum()))
+    if k == 0:
+        return []
+    first = logp.topk(k)
+    score = first.values.clone()
+    if pos + 1 < len(ids_P):
+        nxt = int(ids_P[pos + 1])
+        head, context = output_head(base), torch.tensor(before, dtype=torch.long, device=device)
+        seconds = []
+        for c in first.indices.split(chunk):
+            rows = torch.stack([c, torch.full_like(c, nxt)], dim=1)
+            h = _hidden_after_on_device(base, context, rows, torch.ones_like(rows))
+            seconds.append(head(h[:, 0]).float().log_softmax(-1)[:, nxt])
+        score = score + torch.cat(seconds)
+    return first.indices[score.topk(min(n, k)).indices].tolist()
+
+
 def _ranked(scores_C: torch.Tensor, nll_C: Optional[torch.Tensor], max_nll: Optional[float],
             walk: bool = False) -> torch.Tensor:
     """``[C]`` keys to maximise: the objective, or under a perplexity budget (``max_nll``,
@@ -375,7 +424,8 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
         top_k: int = 32, n_candidates: int = 12, kind: str = "kl_ft_base", temperature: float = 1.0,
         fluency_weight: float = 0.02, chunk_size: int = 256, seed: int = 0, progress: bool = True,
         fluent_top: int = 128, batches_per_step: Optional[int] = None, answers: Optional[AnswerSettings] = None,
-        max_perplexity: Optional[float] = None, own_answers: bool = False, walk: bool = False) -> torch.Tensor:
+        max_perplexity: Optional[float] = None, own_answers: bool = False, walk: bool = False,
+        bridging: int = 0) -> torch.Tensor:
     """GCG-style search from ``init_ids_P``; returns the best ids found.
 
     Each step: the gradient of the objective with respect to one-hot tokens ranks swaps;
@@ -396,7 +446,10 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     and text each step), so a swap that changes what the finetuned model answers is
     judged by that answer. With ``max_perplexity`` every comparison prefers prompts whose
     base perplexity is within it (:func:`_ranked`); with ``walk`` as well, outside it each
-    step takes the best of the swaps that lower the perplexity.
+    step takes the best of the swaps that lower the perplexity. ``bridging`` more
+    candidates each step are chosen for how they read, not by the gradient: at the token
+    the base model finds least likely and at the one before it,
+    :func:`bridging_tokens` (the swaps that make that stretch of the prompt read best).
     """
     weight = embedding_table(pair.base)
     g = torch.Generator().manual_seed(seed)
@@ -423,16 +476,28 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
         eligible[torch.arange(len(ids)), ids] = False  # a swap must change the token
         top = grad.float().masked_fill(~eligible, -float("inf")).topk(top_k, dim=-1)
         seen, cands = set(), []
+        if bridging:
+            worst = int(token_nlls(pair.base, header, ids).argmax())
+            places = [worst - 1, worst] if worst > 0 else [worst]
+            for i, pos in enumerate(places):
+                share = bridging // len(places) + (i < bridging % len(places))
+                for token in bridging_tokens(pair.base, header, ids, eligible[pos], pos, share):
+                    seen.add((pos, token))
+                    cand = ids.clone()
+                    cand[pos] = token
+                    cands.append(cand)
+        want = n_candidates + len(cands)  # the gradient's draws come on top
         for _ in range(n_candidates * 4):
-            if len(cands) == n_candidates:
+            if len(cands) == want:
                 break
             pos = int(torch.randint(0, len(ids), (1,), generator=g))
             j = int(torch.randint(0, top_k, (1,), generator=g))
-            if not torch.isfinite(top.values[pos, j]) or (pos, j) in seen:
+            token = int(top.indices[pos, j])
+            if not torch.isfinite(top.values[pos, j]) or (pos, token) in seen:
                 continue
-            seen.add((pos, j))
+            seen.add((pos, token))
             cand = ids.clone()
-            cand[pos] = top.indices[pos, j]
+            cand[pos] = token
             cands.append(cand)
         if not cands:
             break
@@ -475,7 +540,7 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
                       answers: Optional[AnswerSettings] = None, gcg_start: str = "derived",
                       start_PD: Optional[torch.Tensor] = None, on_policy: Optional[list[dict]] = None,
                       max_perplexity: Optional[float] = None, own_answers: bool = False,
-                      budget_steps: int = 0, budget_fluent_top: int = 0) -> list[HardPrompt]:
+                      budget_steps: int = 0, budget_fluent_top: int = 0, budget_bridging: int = 0) -> list[HardPrompt]:
     """Run the chosen methods from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first.
 
@@ -499,7 +564,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     ``budget_fluent_top`` tokens the base model finds likeliest; 0: any allowed token),
     while outside the budget taking the best of the swaps that lower the perplexity (a
     strong but unreadable prompt becomes a readable one that keeps what it can of the
-    effect).
+    effect); ``budget_bridging`` adds that many swaps a step chosen for how they read
+    (:func:`gcg`'s ``bridging``).
     """
     from finediff.divergent_dataset import rank_texts
 
@@ -540,7 +606,7 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
             return gcg(pair, ids_P, search or train_batches, allowed, steps, top_k, n_candidates, kind, temperature,
                        fluency_weight, chunk_size, seed, progress, top,
                        answers=answers if search is not None else None, max_perplexity=limit,
-                       own_answers=own_answers, walk=walking)
+                       own_answers=own_answers, walk=walking, bridging=budget_bridging if walking else 0)
 
         ids = search_from(start, gcg_steps, fluent_top, None if walk else max_perplexity, False)
         if walk:  # then into the budget, keeping what it can of the effect

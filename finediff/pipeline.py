@@ -115,6 +115,9 @@ class HardPromptSettings:
     budget_fluent_top: int = 0
     """> 0: the walk swaps only to the base model's this many likeliest tokens at each
     position; 0: to any allowed token the gradient ranks high (measured: keeps the effect)."""
+    budget_bridging: int = 0
+    """> 0: each walk step also scores this many swaps chosen for how they read (at the
+    token the base model finds least likely and the one before it: :func:`bridging_tokens`)."""
     gcg_own_answers: bool = False
     """On-policy GCG scores every candidate swap over the answers given with it in place
     (one more answer per candidate and text each step), not over the current prompt's."""
@@ -137,9 +140,9 @@ class HardPromptSettings:
         if unknown or not self.methods:
             raise FinediffError(f"evidence.hard_prompts.methods: unknown {sorted(unknown) or 'empty list'}; "
                                 f"choose from {', '.join(METHODS)}")
-        if self.budget_steps < 0 or self.budget_fluent_top < 0:
-            raise FinediffError(f"evidence.hard_prompts.budget_steps and budget_fluent_top must be >= 0; "
-                                f"got {self.budget_steps} and {self.budget_fluent_top}")
+        if self.budget_steps < 0 or self.budget_fluent_top < 0 or self.budget_bridging < 0:
+            raise FinediffError(f"evidence.hard_prompts.budget_steps, budget_fluent_top and budget_bridging must be "
+                                f">= 0; got {self.budget_steps}, {self.budget_fluent_top} and {self.budget_bridging}")
         _positive("evidence.hard_prompts", top_k=self.top_k, n_candidates=self.n_candidates,
                   train_batches=self.train_batches, eval_batches=self.eval_batches, batch_size=self.batch_size)
 
@@ -366,7 +369,7 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
         start_PD=objective.start,
         init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start,
         on_policy=raw if s.gcg_on_policy else None, max_perplexity=s.max_perplexity, own_answers=s.gcg_own_answers,
-        budget_steps=s.budget_steps, budget_fluent_top=s.budget_fluent_top)
+        budget_steps=s.budget_steps, budget_fluent_top=s.budget_fluent_top, budget_bridging=s.budget_bridging)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
     for h in found:

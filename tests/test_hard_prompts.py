@@ -288,3 +288,68 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
         return float(torch.exp(prompt_nll(tiny_pair.base, header, torch.tensor(ids))))
 
     assert perplexity(out2) <= max(perplexity(out1), 1e9)
+
+
+def test_bridging_tokens_are_the_exact_best_readers_at_a_position(tiny_pair):
+    """Among the eligible tokens, the ones maximising ``log p(t | before) + log p(next |
+    before, t)``, checked against a full forward of every eligible token in place."""
+    from finediff.hard_prompts import bridging_tokens
+
+    tok = tiny_pair.tokenizer
+    batch = tiny_batch(tok, TEXTS[:1])
+    header = batch["input_ids"][0, : int(batch["prompt_pos"][0])].tolist()
+    ids = _prompts(tok)[2]
+    V = tiny_pair.base.get_input_embeddings().weight.shape[0]
+    eligible = allowed_tokens(tok, V)
+    pos = 0
+    got = bridging_tokens(tiny_pair.base, header, ids, eligible, pos, 5, pool=V, chunk=37)
+    assert len(got) == 5 and all(eligible[t] for t in got)
+    scores = {}
+    with torch.no_grad():
+        for t in eligible.nonzero().flatten().tolist():
+            x = torch.tensor([header + [t, int(ids[pos + 1])]])
+            logp = tiny_pair.base(input_ids=x).logits[0].float().log_softmax(-1)
+            scores[t] = float(logp[len(header) - 1, t] + logp[len(header), int(ids[pos + 1])])
+    best = sorted(scores, key=scores.get, reverse=True)
+    assert [scores[t] for t in got] == pytest.approx([scores[t] for t in best[:5]], abs=1e-3)
+    last = bridging_tokens(tiny_pair.base, header, ids, eligible, len(ids) - 1, 3, pool=V)
+    with torch.no_grad():  # the last position has no next token: the likeliest tokens there
+        logits = tiny_pair.base(input_ids=torch.tensor([header + ids.tolist()])).logits[0, -2]
+    assert last == logits.float().masked_fill(~eligible, -float("inf")).topk(3).indices.tolist()
+
+
+def test_gcg_bridging_adds_the_bridging_swaps_at_the_least_likely_token(tiny_pair, monkeypatch):
+    """``bridging``: each step scores, besides the gradient's draws, the bridging swaps at
+    the token the base model finds least likely and at the one before it."""
+    from finediff import hard_prompts
+    from finediff.hard_prompts import bridging_tokens, token_nlls
+
+    scored = []
+    real = hard_prompts.prompt_objectives
+
+    def spy(pair, prompts, batches, *args):
+        scored.append([p.tolist() for p in prompts])
+        return real(pair, prompts, batches, *args)
+
+    monkeypatch.setattr(hard_prompts, "prompt_objectives", spy)
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS)]
+    header = batches[0]["input_ids"][0, : int(batches[0]["prompt_pos"][0])].tolist()
+    allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
+    start = _prompts(tok)[2]
+    gcg(tiny_pair, start, batches, allowed, steps=1, top_k=8, n_candidates=3, fluency_weight=0.0,
+        progress=False, fluent_top=0, bridging=4)
+    current, *cands = scored[0]
+    assert current == start.tolist() and len(cands) == 3 + 4
+    worst = int(token_nlls(tiny_pair.base, header, start).argmax())
+    places = [worst - 1, worst] if worst > 0 else [worst]
+    want = []
+    for pos in places:
+        eligible = allowed.clone()
+        eligible[start[pos]] = False
+        for t in bridging_tokens(tiny_pair.base, header, start, eligible, pos, 4 // len(places)):
+            c = start.clone()
+            c[pos] = t
+            want.append(c.tolist())
+    assert cands[:4] == want
+    assert len({tuple(c) for c in cands}) == len(cands)  # no swap scored twice
