@@ -540,7 +540,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
                       answers: Optional[AnswerSettings] = None, gcg_start: str = "derived",
                       start_PD: Optional[torch.Tensor] = None, on_policy: Optional[list[dict]] = None,
                       max_perplexity: Optional[float] = None, own_answers: bool = False,
-                      budget_steps: int = 0, budget_fluent_top: int = 0, budget_bridging: int = 0) -> list[HardPrompt]:
+                      budget_steps: int = 0, budget_fluent_top: int = 0, budget_bridging: int = 0,
+                      budget_n_candidates: Optional[int] = None) -> list[HardPrompt]:
     """Run the chosen methods from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first.
 
@@ -564,7 +565,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     ``budget_fluent_top`` tokens the base model finds likeliest; 0: any allowed token),
     while outside the budget taking the best of the swaps that lower the perplexity (a
     strong but unreadable prompt becomes a readable one that keeps what it can of the
-    effect); ``budget_bridging`` adds that many swaps a step chosen for how they read
+    effect); ``budget_n_candidates`` (None: ``n_candidates``) are the gradient's swaps
+    each walk step, and ``budget_bridging`` adds that many chosen for how they read
     (:func:`gcg`'s ``bridging``).
     """
     from finediff.divergent_dataset import rank_texts
@@ -603,7 +605,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
         walk = bool(budget_steps and max_perplexity)
 
         def search_from(ids_P: torch.Tensor, steps: int, top: int, limit: Optional[float], walking: bool):
-            return gcg(pair, ids_P, search or train_batches, allowed, steps, top_k, n_candidates, kind, temperature,
+            n = budget_n_candidates if walking and budget_n_candidates is not None else n_candidates
+            return gcg(pair, ids_P, search or train_batches, allowed, steps, top_k, n, kind, temperature,
                        fluency_weight, chunk_size, seed, progress, top,
                        answers=answers if search is not None else None, max_perplexity=limit,
                        own_answers=own_answers, walk=walking, bridging=budget_bridging if walking else 0)

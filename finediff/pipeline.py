@@ -118,6 +118,8 @@ class HardPromptSettings:
     budget_bridging: int = 0
     """> 0: each walk step also scores this many swaps chosen for how they read (at the
     token the base model finds least likely and the one before it: :func:`bridging_tokens`)."""
+    budget_n_candidates: Optional[int] = None
+    """The gradient's swaps scored each walk step (None: ``n_candidates``, as in the search)."""
     gcg_own_answers: bool = False
     """On-policy GCG scores every candidate swap over the answers given with it in place
     (one more answer per candidate and text each step), not over the current prompt's."""
@@ -143,6 +145,8 @@ class HardPromptSettings:
         if self.budget_steps < 0 or self.budget_fluent_top < 0 or self.budget_bridging < 0:
             raise FinediffError(f"evidence.hard_prompts.budget_steps, budget_fluent_top and budget_bridging must be "
                                 f">= 0; got {self.budget_steps}, {self.budget_fluent_top} and {self.budget_bridging}")
+        if self.budget_n_candidates is not None:
+            _positive("evidence.hard_prompts", budget_n_candidates=self.budget_n_candidates)
         _positive("evidence.hard_prompts", top_k=self.top_k, n_candidates=self.n_candidates,
                   train_batches=self.train_batches, eval_batches=self.eval_batches, batch_size=self.batch_size)
 
@@ -369,7 +373,8 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
         start_PD=objective.start,
         init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start,
         on_policy=raw if s.gcg_on_policy else None, max_perplexity=s.max_perplexity, own_answers=s.gcg_own_answers,
-        budget_steps=s.budget_steps, budget_fluent_top=s.budget_fluent_top, budget_bridging=s.budget_bridging)
+        budget_steps=s.budget_steps, budget_fluent_top=s.budget_fluent_top, budget_bridging=s.budget_bridging,
+        budget_n_candidates=s.budget_n_candidates)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
     for h in found:

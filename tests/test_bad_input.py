@@ -95,6 +95,8 @@ PROBES = [
      "evidence.hard_prompts.max_perplexity must be a number > 1 or null; got 0.5"),
     ("train.py", ["evidence.hard_prompts.budget_steps=-1"],
      "evidence.hard_prompts.budget_steps, budget_fluent_top and budget_bridging must be >= 0; got -1, 0 and 0"),
+    ("train.py", ["evidence.hard_prompts.budget_n_candidates=0"],
+     "evidence.hard_prompts.budget_n_candidates must be >= 1, got 0"),
     ("train.py", ["evidence.hard_prompts.positions=answers"],
      "evidence.hard_prompts.positions must be one of response, text; got 'answers'"),
     ("evaluate.py", ["task=elicit", "task.run_dir={run}"], "task=elicit needs an organism"),

@@ -260,7 +260,8 @@ def test_allowed_tokens_leave_out_added_special_tokens(tiny_dirs):
 def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tiny_pair, monkeypatch):
     """``budget_steps``: GCG first searches without the perplexity budget (its own
     ``fluent_top``), then walks from that result under the budget with its own swaps
-    (``budget_fluent_top``), never ending further outside the budget than it started."""
+    (``budget_fluent_top``, ``budget_n_candidates``, ``budget_bridging``), never ending
+    further outside the budget than it started."""
     from finediff import hard_prompts
     from finediff.hard_prompts import find_hard_prompts
 
@@ -269,7 +270,8 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
 
     def spy(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs):
         out = real(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs)
-        calls.append((init_ids_P.tolist(), steps, args[-1], kwargs["max_perplexity"], kwargs["walk"], out.tolist()))
+        calls.append((init_ids_P.tolist(), steps, args[1], args[-1], kwargs["max_perplexity"], kwargs["walk"],
+                      kwargs["bridging"], out.tolist()))
         return out
 
     monkeypatch.setattr(hard_prompts, "gcg", spy)
@@ -279,9 +281,10 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
     prompt = torch.randn(3, tiny_pair.base.config.hidden_size)
     found = {h.method: h for h in find_hard_prompts(
         tiny_pair, prompt, batches, batches, methods=("projection", "gcg"), gcg_steps=2, top_k=8, n_candidates=4,
-        fluency_weight=0.0, progress=False, fluent_top=0, max_perplexity=1e9, budget_steps=3, budget_fluent_top=16)}
+        fluency_weight=0.0, progress=False, fluent_top=0, max_perplexity=1e9, budget_steps=3, budget_fluent_top=16,
+        budget_bridging=2, budget_n_candidates=3)}
     (_, *search, out1), (start2, *walk, out2) = calls
-    assert search == [2, 0, None, False] and walk == [3, 16, 1e9, True]
+    assert search == [2, 4, 0, None, False, 0] and walk == [3, 3, 16, 1e9, True, 2]
     assert start2 == out1 and found["gcg"].token_ids == out2
 
     def perplexity(ids):
