@@ -59,6 +59,10 @@ SURVEY_PNG = "survey.png"
 DIFF_MINING_FILE = "diff_mining.json"
 DIFF_MINING_PNG = "diff_mining.png"
 FINDINGS_FILE = "findings.json"
+WEIGHTS_FILE = "weights.json"
+"""What the finetune's weight update writes and reads (:mod:`finediff.weights`)."""
+CONDITIONS_FILE = "conditions.json"
+"""The conditions that turn a behaviour on (:mod:`finediff.conditions`)."""
 
 # Model organisms: adapter folder files and finetuning data files.
 CARD_FILE = "card.json"
