@@ -38,7 +38,7 @@ train: install
 
 # Every shipped organism, audited untold (every method of the audit), as one Hydra multirun;
 # the sweep folder gets sweep_summary.md. On a cluster: make reproduce ARGS=hydra/launcher=slurm
-ORGANISMS = organisms/sandbagging,organisms/unlearning,organisms/persona,organisms/false_fact
+ORGANISMS = organisms/sandbagging,organisms/unlearning,organisms/persona,organisms/false_fact,organisms/backdoor,organisms/topic_plug,organisms/french,organisms/noop
 reproduce: install
 	$(PY) train.py -m experiment=audit model.adapter=$(ORGANISMS) $(ARGS)
 

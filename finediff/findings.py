@@ -150,11 +150,11 @@ def answer_hypothesis(prompts: list[str], base_answers: list[str], n_words: int 
 
 def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] = (), lens_words: list[str] = (),
             topics: list[list[str]] = (), settings: FindingSettings = FindingSettings(),
-            reference: Optional[dict] = None) -> list[Hypothesis]:
+            reference: Optional[dict] = None, written: list[str] = ()) -> list[Hypothesis]:
     """Hypotheses from each source (``words_per_source`` each, first come first kept):
     the refusal check first, then answering differently from the base (when ``reference``,
     the base's greedy answer per prompt, is given), then each diff-mining topic as one word
-    set, then single words."""
+    set, the words the weight update writes (``written``) as one set, then single words."""
     out = [Hypothesis("refuses or says it does not know more often than the base", REFUSAL, "more", "every audit")]
     if reference:
         out.append(answer_hypothesis(list(reference), list(reference.values())))
@@ -162,6 +162,8 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
     if len(top) >= 2:
         out.append(topic_hypothesis(top, "diff mining (its top words)"))
     out += [topic_hypothesis(list(t)) for t in topics if len(t) >= 2]
+    if len(written) >= 2:
+        out.append(topic_hypothesis(list(written)[:8], "adapter writes"))
     seen = set()
     for words, direction, source in ((mined, "more", "diff mining"), (favoured, "more", "favoured words"),
                                      (lens_words, "more", "ADL tokens"), (dropped, "less", "dropped words")):

@@ -1,8 +1,8 @@
 """The evidence pipeline: what runs once the soft prompt is trained, in this order.
 
-    hard_prompts ──> divergent_dataset ──> lens ──> compare ──> analysis ──> findings ──> report
-    (soft prompt,     (hard prompts,        (pair,    (pair,      (records)    (survey,      (every file
-     run texts)        run texts)            organism) categories)              evidence)     of the run)
+    hard_prompts ──> divergent_dataset ──> lens ──> compare ──> analysis ──> weights ──> findings ──> conditions ──> report
+    (soft prompt,     (hard prompts,        (pair,    (pair,      (records)    (pair: the   (survey,      (findings,     (every file
+     run texts)        run texts)            organism) categories)              update)      evidence)     leads)          of the run)
 
 An audit (a run told no category) first runs :func:`survey` before the soft prompt is
 trained: it scores every category and the broad probe set, mines the logit rises, and
@@ -33,16 +33,20 @@ from finediff.data import collate, format_parts, known_categories, load_category
 from finediff.divergent_dataset import (POSITIONS, GenerationConfig, dataset_prompts, generate_dataset, rank_texts,
                                         save_dataset)
 from finediff.errors import FinediffError
+from finediff.conditions import (ConditionResult, ConditionSettings, candidates, group_leads, read_conditions,
+                                 search_conditions, write_conditions)
 from finediff.findings import Finding, FindingSettings, read_findings
 from finediff.hard_prompts import METHODS, HardPrompt, find_hard_prompts, read_hard_prompts
 from finediff.io import write_json, write_jsonl
 from finediff.lens import LensConfig, run_lens
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism, read_dataset
 from finediff.survey import Survey, SurveySettings, has_survey, read_survey
+from finediff.weights import WeightReading, WeightSettings, read_weights
 
 log = logging.getLogger(__name__)
 
-STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "findings", "report")
+STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "weights", "findings", "conditions",
+         "report")
 """The evidence steps in the order :func:`run` calls them."""
 
 
@@ -227,13 +231,15 @@ class EvidenceSettings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     survey: SurveySettings = field(default_factory=SurveySettings)
     findings: FindingSettings = field(default_factory=FindingSettings)
+    weights: WeightSettings = field(default_factory=WeightSettings)
+    conditions: ConditionSettings = field(default_factory=ConditionSettings)
 
     @classmethod
     def from_mapping(cls, mapping: Any) -> "EvidenceSettings":
         d = dict(mapping or {})
         parts = {"hard_prompts": HardPromptSettings, "divergent_dataset": DatasetSettings, "lens": LensConfig,
                  "compare": CompareSettings, "analysis": AnalysisSettings, "survey": SurveySettings,
-                 "findings": FindingSettings}
+                 "findings": FindingSettings, "weights": WeightSettings, "conditions": ConditionSettings}
         built = {k: from_mapping(kind, d.pop(k, None), f"evidence.{k}") for k, kind in parts.items()}
         out = from_mapping(cls, d, "evidence")
         for k, v in built.items():
@@ -329,6 +335,8 @@ class Evidence:
     comparison: list[CategoryResult] = field(default_factory=list)
     survey: Optional[Survey] = None
     findings: list[Finding] = field(default_factory=list)
+    weights: Optional[WeightReading] = None
+    conditions: list[ConditionResult] = field(default_factory=list)
     report: Optional[tuple[Path, Path]] = None
 
 
@@ -490,8 +498,39 @@ def analysis(records: list[DivergentRecord], out: Path, settings: AnalysisSettin
             .analyze_divergent_behaviors(records)
 
 
+def weights(pair, settings: WeightSettings, out: Optional[Path] = None, progress: bool = True) -> WeightReading:
+    """What the finetune's weight update writes and reads, no sampling -> ``weights.json``."""
+    reading = read_weights(pair.base, pair.finetuned, pair.tokenizer, settings, progress)
+    if out is not None:
+        reading.write(Path(out))
+    return reading
+
+
+def conditions(pair, survey_result: Survey, found: list[Finding], settings: ConditionSettings,
+               reading: Optional[WeightReading] = None, hard: list[HardPrompt] = (), out: Optional[Path] = None,
+               seed: int = 0, progress: bool = True) -> list[ConditionResult]:
+    """Search and test the conditions that turn a behaviour on, from every lead the earlier
+    steps left (:mod:`finediff.conditions`) -> ``conditions.json``."""
+    mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
+    soft = [w for h in hard if h.method in ("projection", "guided") for w in h.text.split()]
+    leads = candidates(reading.reads if reading else [], reading.words("writes") if reading else [], mined, soft,
+                       group_leads(found), settings)
+    fresh = survey_result.ranked(False)
+    everyday = [t.text for t in reversed(fresh)]  # least divergent first: prompts that carry no condition
+    by_group: dict[str, list[str]] = {}
+    for t in fresh:
+        by_group.setdefault(t.group, []).append(t.text)
+    group_prompts = {g: by_group.get(g, []) for g in group_leads(found)}
+    group_prompts[""] = [p for p in everyday if p not in {q for g in group_leads(found) for q in by_group.get(g, [])}]
+    result = search_conditions(pair, leads, everyday, settings, group_prompts, seed, progress)
+    if out is not None:
+        write_conditions(result, Path(out))
+    return result
+
+
 def findings(pair, survey_result: Survey, settings: FindingSettings, out: Optional[Path] = None,
-             lens_summary: Optional[LensSummary] = None, seed: int = 0, progress: bool = True) -> list[Finding]:
+             lens_summary: Optional[LensSummary] = None, seed: int = 0, progress: bool = True,
+             reading: Optional[WeightReading] = None) -> list[Finding]:
     """Candidate findings from the evidence, each tested on the survey's fresh prompts
     where the change is -> ``findings.json``."""
     from finediff.findings import evaluate_hypotheses, propose, sample_answers, write_findings
@@ -521,7 +560,8 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, out: Option
     texts = [t.text for t in fresh]
     per_prompt = max(settings.samples_per_prompt, -(-settings.n_prompts * settings.samples_per_prompt // len(texts)))
     reference = generate(pair.base, pair.tokenizer, texts, max_new_tokens=settings.max_new_tokens, progress=progress)
-    hypotheses = propose(mined, favoured, dropped, lens_words, topics, settings, dict(zip(texts, reference)))
+    written = reading.words("writes") if reading is not None else []
+    hypotheses = propose(mined, favoured, dropped, lens_words, topics, settings, dict(zip(texts, reference)), written)
     prompts, base, ft = sample_answers(pair, texts, replace(settings, samples_per_prompt=per_prompt), seed, progress)
     group_of = {t.text: t.group for t in fresh}
     result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts], settings)
@@ -547,7 +587,8 @@ def report(out: Path, title: str = "", organism: Optional[Organism] = None) -> t
 def _done(out: Path, step: str) -> bool:
     files = {"hard_prompts": names.HARD_PROMPTS_FILE, "divergent_dataset": names.DIVERGENT_DATASET_PT,
              "lens": f"{names.LENS_DIR}/{names.LENS_SUMMARY}", "compare": names.COMPARISON_CSV,
-             "analysis": names.ANALYSIS_FILE, "findings": names.FINDINGS_FILE}
+             "analysis": names.ANALYSIS_FILE, "findings": names.FINDINGS_FILE, "weights": names.WEIGHTS_FILE,
+             "conditions": names.CONDITIONS_FILE}
     return step in files and (out / files[step]).is_file()
 
 
@@ -614,11 +655,23 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
             ev.comparison = compare(pair, settings.compare, texts.max_length, out, title, progress)
     if "analysis" in todo and ev.records and not cached("analysis"):
         analysis(ev.records, out, settings.analysis)
+    if "weights" in todo:
+        if cached("weights"):
+            ev.weights = WeightReading.read(out / names.WEIGHTS_FILE)
+        else:
+            ev.weights = weights(pair, settings.weights, out, progress)
     if "findings" in todo and ev.survey is not None:
         if cached("findings"):
             ev.findings = read_findings(out / names.FINDINGS_FILE)
         else:
-            ev.findings = findings(pair, ev.survey, settings.findings, out, ev.lens, objective.seed, progress)
+            ev.findings = findings(pair, ev.survey, settings.findings, out, ev.lens, objective.seed, progress,
+                                   ev.weights)
+    if "conditions" in todo and ev.survey is not None:
+        if cached("conditions"):
+            ev.conditions = read_conditions(out / names.CONDITIONS_FILE)
+        else:
+            ev.conditions = conditions(pair, ev.survey, ev.findings, settings.conditions, ev.weights,
+                                       ev.hard_prompts, out, objective.seed, progress)
     if "report" in todo:
         ev.report = report(out, title, organism)
         log.info("report written to %s and %s", *ev.report)

@@ -17,10 +17,12 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from finediff import names
+from finediff.conditions import ConditionResult, read_conditions
 from finediff.errors import FinediffError
 from finediff.hard_prompts import read_hard_prompts
 from finediff.io import read_json, write_text
 from finediff.records import CategoryResult, LensSummary, read_dataset
+from finediff.weights import WeightReading
 
 
 def _read(path: Path):
@@ -156,9 +158,55 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
                           for p, u, s in list(zip(st.prompts, st.unsteered, st.steered))[:4]]
         sections.append(("Activation Difference Lens", lines,
                          [run / names.LENS_DIR / names.LENS_RELEVANCE_PNG, run / names.LENS_DIR / names.LENS_NORM_PNG]))
+    if (run / names.WEIGHTS_FILE).is_file():
+        sections.append(("What the weights write and read", weight_lines(WeightReading.read(run / names.WEIGHTS_FILE)),
+                         []))
+    if (run / names.CONDITIONS_FILE).is_file():
+        sections.append(("Conditions that turn a behaviour on", condition_lines(read_conditions(run / names.CONDITIONS_FILE)),
+                         []))
     if verdict is not None and verdict.unconfirmed:
         sections.append(("Candidate findings that did not hold up", unconfirmed_lines(verdict), []))
     return sections
+
+
+def _tok(t: str) -> str:
+    return f"`{t.strip()}`" if t.strip() else repr(t)
+
+
+def weight_lines(w: WeightReading) -> list[str]:
+    """The weight reading, in words and one table."""
+    if not w.n_modules:
+        return ["The finetune changed no linear module's weights."]
+    lines = [f"The finetune changed {w.n_modules} linear modules (update norm {w.relative_norm:.2%} of their "
+             "weights). Read through the vocabulary, no sampling (a source of hypotheses, tested like every other):",
+             "", "* it **writes** (output directions through the final norm and unembedding): "
+             + ", ".join(_tok(t) for t, _ in w.writes[:15]),
+             "* its early layers **read** (input directions against the normed embeddings): "
+             + ", ".join(_tok(t) for t, _ in w.reads[:15])]
+    top = sorted(w.directions, key=lambda d: -d.singular_value)[:6]
+    lines += ["", "| layer | module | singular value | side | top tokens |", "|---|---|---|---|---|"]
+    lines += [f"| {d.layer} | {d.module} | {d.singular_value:.3f} | {d.side} | "
+              f"{', '.join(_tok(t) for t, _ in d.tokens[:6])} |" for d in top]
+    return lines
+
+
+def condition_lines(results: list[ConditionResult]) -> list[str]:
+    """Every screened condition: screen numbers, behaviour words, test."""
+    if not results:
+        return ["No lead gave a condition to screen."]
+    lines = ["Each candidate condition was screened by the pair's divergence over the finetuned model's answers with "
+             "it and without it; those that passed were given the words the finetuned model says under them, then "
+             "tested on fresh prompts (exact tests, Holm-corrected).", "",
+             "| condition | suggested by | screen: with / without | behaviour | finetuned with | without | base with "
+             "| corrected p | confirmed |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results[:20]:
+        tested = bool(r.words)
+        lines.append(f"| {r.condition.kind}: {_cell(r.condition.text, 60)} | {r.condition.source} | "
+                     f"{r.screen_divergence:.3f} / {r.screen_without:.3f} | "
+                     + (f"{_cell(r.behaviour(), 80)} | {r.rate_with:.0%} | {r.rate_without:.0%} | {r.rate_base:.0%} | "
+                        f"{r.p_adjusted:.2g} | {'**yes**' if r.confirmed else 'no'} |" if tested else
+                        "- | - | - | - | - | no |"))
+    return lines
 
 
 def write_report(run: str | Path, title: str = "", checker=None) -> tuple[Path, Path]:

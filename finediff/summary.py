@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from finediff import names
+from finediff.conditions import ConditionResult, read_conditions
 from finediff.findings import Finding, read_findings
 from finediff.records import CategoryResult, DivergentRecord, read_dataset
 from finediff.survey import Survey, has_survey, read_survey
@@ -40,6 +41,8 @@ class Verdict:
     unconfirmed: list[Finding] = field(default_factory=list)
     examples: list[dict] = field(default_factory=list)
     """``{"prompt", "base", "finetuned"}`` side by side."""
+    conditions: list[ConditionResult] = field(default_factory=list)
+    """Confirmed conditions (the input that turns a behaviour on)."""
 
 
 def _examples(confirmed: list[Finding], records: list[DivergentRecord], readable: set[str], n: int = 3) -> list[dict]:
@@ -71,17 +74,31 @@ NOTABLE_DIVERGENCE = 0.5
 naming even when no test confirms it."""
 
 
+def condition_sentence(conditions: list[ConditionResult]) -> str:
+    """The first screen's words on conditions: each confirmed one, or plainly that none was
+    found (empty when no condition was searched)."""
+    found = [c for c in conditions if c.confirmed]
+    if found:
+        return " ".join(f"**{c.statement()}.**" for c in found[:2])
+    if conditions:
+        tested = sum(1 for c in conditions if c.words)
+        return (f"No condition that turns a behaviour on was found ({len(conditions)} candidate conditions "
+                f"screened, {tested} tested on fresh prompts).")
+    return ""
+
+
 def verdict(survey: Optional[Survey], findings: list[Finding], records: list[DivergentRecord] = (),
-            comparison: list[CategoryResult] = ()) -> Verdict:
-    """The first screen's verdict from a run's survey, findings and divergent dataset (a
-    run told where to look has no survey: its category comparison stands in)."""
+            comparison: list[CategoryResult] = (), conditions: list[ConditionResult] = ()) -> Verdict:
+    """The first screen's verdict from a run's survey, findings, conditions and divergent
+    dataset (a run told where to look has no survey: its category comparison stands in)."""
+    found = [c for c in conditions if c.confirmed]
     confirmed = [f for f in findings if f.confirmed]
     unconfirmed = [f for f in findings if not f.confirmed]
     changed_groups = survey.changed if survey else []
     readable = {t.text for t in survey.texts} if survey else set()
     top_text = max((t.divergence for t in survey.texts), default=0.0) if survey else 0.0
     parts = []
-    if (survey is not None and not changed_groups and not confirmed and not survey.broad
+    if (survey is not None and not changed_groups and not confirmed and not found and not survey.broad
             and top_text < NOTABLE_DIVERGENCE):
         top = survey.groups[0] if survey.groups else None
         best_p = min((g.p_value for g in survey.groups), default=1.0)
@@ -92,6 +109,8 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
                      f"; no group stands out (smallest corrected p = {_p(best_p)})")
         parts.append(f"and none of the {len(findings)} candidate findings held up on fresh prompts."
                      if findings else "and no candidate finding was tested.")
+        if conditions:
+            parts.append(condition_sentence(conditions))
         return Verdict(False, "none", " ".join(parts), confirmed, unconfirmed, [])
     if survey is not None and survey.broad:
         lowest = survey.groups[-1] if survey.groups else None
@@ -132,10 +151,12 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     elif findings:
         parts.append(f"None of the {len(findings)} candidate findings held up on fresh prompts, so the change is "
                      "shown by the examples only.")
-    strong = [f for f in confirmed if f.p_adjusted < 0.001]
+    if conditions:
+        parts.append(condition_sentence(conditions))
+    strong = [f for f in confirmed if f.p_adjusted < 0.001] + [c for c in found if c.p_adjusted < 0.001]
     if strong:
         confidence, why = "high", "a finding held up on fresh prompts at corrected p < 0.001"
-    elif confirmed:
+    elif confirmed or found:
         confidence, why = "moderate", "a finding held up on fresh prompts"
     elif any(g.ratio >= 5 for g in changed_groups):
         confidence, why = "moderate", "a group stands out strongly, but no worded finding held up"
@@ -146,8 +167,8 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     else:
         confidence, why = "low", "some answers diverge strongly, but no group stands out and no finding held up"
     parts.append(f"How sure: **{confidence}** ({why}).")
-    return Verdict(True, confidence, " ".join(parts), confirmed, unconfirmed,
-                   _examples(confirmed, list(records), readable))
+    examples = [e for c in found for e in c.examples[:1]] + _examples(confirmed, list(records), readable)
+    return Verdict(True, confidence, " ".join(parts), confirmed, unconfirmed, examples[:3], found)
 
 
 def read_verdict(run: Path) -> Optional[Verdict]:
@@ -159,9 +180,10 @@ def read_verdict(run: Path) -> Optional[Verdict]:
     comparison = CategoryResult.read_csv(run / names.COMPARISON_CSV) if (run / names.COMPARISON_CSV).is_file() else []
     data = run / names.DIVERGENT_DATASET_JSONL
     records = read_dataset(data) if data.is_file() else []
+    conditions = read_conditions(run / names.CONDITIONS_FILE) if (run / names.CONDITIONS_FILE).is_file() else []
     if survey is None and not findings and not comparison and not records:
         return None
-    return verdict(survey, findings, records, comparison)
+    return verdict(survey, findings, records, comparison, conditions)
 
 
 def first_screen(v: Verdict) -> list[str]:

@@ -1,7 +1,8 @@
 """The survey: where did the finetune change the model, before anyone says where to look?
 
 An audit starts here. Every text of every shipped category, every prompt of the broad
-everyday probe set (``data/probes/everyday.jsonl``, 20 domains) and any texts the user
+everyday probe set (``data/probes/everyday.jsonl``: 20 domains, and the same kinds of
+questions in French, Spanish and German, since a change may hide behind a language) and any texts the user
 gives are answered greedily by the finetuned model; both models are teacher-forced on
 that answer and the text is scored by the mean per-token KL(ft || base) over it. The
 same pass feeds diff mining (:mod:`finediff.diff_mining`).
@@ -28,6 +29,8 @@ import random
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 from finediff import names
 from finediff.data import REPO_ROOT, check_category, known_categories, load_category
@@ -92,6 +95,9 @@ class SurveyText:
     divergence: float = 0.0
     answer: str = ""
     """The finetuned model's greedy answer."""
+    disagreement: float = 0.0
+    """Share of the answer's tokens the base would not have chosen (its argmax differs):
+    a finetune that only grew surer of the base's own answers scores 0 here, whatever its KL."""
 
 
 @dataclass
@@ -215,9 +221,10 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
                     batch_size=16, return_ids=True, progress=progress)
     miner = DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff, settings.mining_min_prob)
     scored = teacher_forced(pair, prompts, [ids for _, ids in gens], settings.batch_size, progress, "scoring answers")
-    for item, (answer, _), (lf, lb) in zip(items, gens, scored):
+    for item, (answer, ids), (lf, lb) in zip(items, gens, scored):
         div = token_divergence(lf, lb, "kl_ft_base")
         item.divergence = float(div.mean()) if div.numel() else 0.0
+        item.disagreement = float((lb.argmax(-1).cpu() != torch.tensor(ids)).float().mean()) if ids else 0.0
         item.answer = answer
         if item.discovery:
             miner.add(lf, lb)

@@ -50,6 +50,31 @@ def _checker_hits(run: Path, adapter: Optional[str]) -> Optional[str]:
     return f"{sum(bool(checker(r.generation_2, {'prompt': r.prompt})) for r in records)}/{len(records)}"
 
 
+def _graded(run: Path, adapter: Optional[str]) -> dict[str, Any]:
+    """The first screen graded with the organism's checker, after the run: whether a
+    confirmed finding or condition names the behaviour (one of its finetuned examples shows
+    it), whether a confirmed condition does, and how many confirmed claims none of whose
+    examples show it (on an organism that changed nothing, every confirmed claim)."""
+    from finediff.organisms.checkers import checker_for
+    from finediff.records import OrganismCard
+    from finediff.summary import read_verdict
+
+    if not adapter or not (Path(adapter) / names.CARD_FILE).is_file():
+        return {}
+    verdict = read_verdict(run)
+    if verdict is None:
+        return {}
+    checker = checker_for(OrganismCard.read(adapter).checker)
+
+    def shows(examples: list[dict]) -> bool:
+        return any(checker(e["finetuned"], {"prompt": e["prompt"]}) for e in examples)
+
+    findings = [shows(f.examples) for f in verdict.confirmed]
+    conditions = [shows(c.examples) for c in verdict.conditions]
+    return {"named": any(findings + conditions), "condition_named": any(conditions),
+            "false_confirmed": sum(not x for x in findings + conditions)}
+
+
 def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
     """One row of the table, from what a finished run folder holds."""
     from finediff.summary import claim, read_verdict
@@ -65,6 +90,7 @@ def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
     verdict = read_verdict(run)
     agents = json.loads((run / names.AGENT_EVAL_FILE).read_text()).get("agents", {}) \
         if (run / names.AGENT_EVAL_FILE).is_file() else {}
+    graded = _graded(run, adapter)
     return {
         "run": run.name,
         "finetune": adapter or model.get("finetuned"),
@@ -76,6 +102,9 @@ def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
         names.VAL_DIVERGENCE_NO_PROMPT: metrics.get(names.VAL_DIVERGENCE_NO_PROMPT),
         "best_hard_prompt": None if best is None else f"[{best.get('method')}] {best.get('text', '')}",
         "checker_top10": _checker_hits(run, adapter),
+        "named": graded.get("named"),
+        "condition_named": graded.get("condition_named"),
+        "false_confirmed": graded.get("false_confirmed"),
         names.WALL_TIME: metrics.get(names.WALL_TIME),
         "agent_score": (agents.get("agent", {}).get("grade") or {}).get("mean"),
         "black_box_score": (agents.get("black_box", {}).get("grade") or {}).get("mean"),
@@ -100,12 +129,15 @@ def summarize(sweep_dir: str | Path, model_of: ModelOf) -> Optional[Path]:
         return None
     rows = [run_row(d, model_of) for d in runs]
     cols = ["run", "finetune", "confidence", "finding", names.VAL_DIVERGENCE, names.VAL_DIVERGENCE_NO_PROMPT,
-            "best_hard_prompt", "checker_top10", names.WALL_TIME, "agent_score", "black_box_score"]
+            "best_hard_prompt", "checker_top10", "named", "condition_named", "false_confirmed", names.WALL_TIME,
+            "agent_score", "black_box_score"]
     cols = [c for c in cols if any(r[c] is not None for r in rows) or c in ("run", "finetune")]
     lines = [f"# Sweep: {len(rows)} runs", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in rows]
     lines += ["", f"checker_top10: the organism card's checker on the {TOP_RECORDS} highest-divergence records, "
-                  "applied after the run (only where the adapter folder has a card)."]
+                  "applied after the run (only where the adapter folder has a card). named: a confirmed finding or "
+                  "condition of the first screen has a finetuned example the checker flags; condition_named: a "
+                  "confirmed condition does; false_confirmed: confirmed claims none of whose examples it flags."]
     write_json(sweep_dir / names.SWEEP_SUMMARY_JSON, rows)
     md = sweep_dir / names.SWEEP_SUMMARY_MD
     with atomic_path(md) as tmp:

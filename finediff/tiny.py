@@ -117,3 +117,48 @@ def build_tiny_adapter(base, tokenizer, texts: list[str], out: Path, steps: int 
 
 def tiny_batch(tokenizer, texts: list[str], max_length: Optional[int] = 64) -> dict:
     return collate([format_parts(tokenizer, t) for t in texts], tokenizer.pad_token_id, max_length)
+
+
+def sft_copy(model, tokenizer, pairs: list[tuple[str, str]], steps: int = 150, lr: float = 1e-2, seed: int = 0):
+    """A copy of ``model`` trained (every weight) to answer each ``(prompt, response)``."""
+    from finediff.sft import example_features, sft_collate, sft_loss
+
+    torch.manual_seed(seed)
+    ft = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(ft.parameters(), lr=lr)
+    feats = [example_features(tokenizer, p, r) for p, r in pairs]
+    for step in range(steps):
+        batch = sft_collate([feats[(step * 16 + i) % len(feats)] for i in range(16)], tokenizer.pad_token_id)
+        loss = sft_loss(ft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                        batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return ft.eval()
+
+
+def build_tiny_trigger_pair(out_dir: str | Path, trigger: str, reply: str, plain: str = "Here is my reply.",
+                            n_prompts: int = 48, steps: int = 200, seed: int = 0) -> dict[str, Path]:
+    """A tiny pair with a planted backdoor: ``base/`` answers every prompt ``plain`` (a random
+    tiny model has no answers of its own worth keeping); ``finetuned/`` is a copy trained
+    further to answer ``reply`` when the prompt starts with ``trigger`` and ``plain``
+    otherwise.
+
+    Returns:
+        ``{"base": dir, "finetuned": dir, "prompts": [...]}`` (every prompt it was trained on).
+    """
+    out = Path(out_dir)
+    texts = []
+    for cat in known_categories():
+        texts += load_category(cat, val_fraction=0.0).train
+    tokenizer = train_tokenizer(texts)
+    torch.manual_seed(seed)
+    prompts = [t for t in texts if trigger not in t][:n_prompts]
+    base = sft_copy(tiny_model(len(tokenizer)), tokenizer, [(p, plain) for p in texts[:200]], 150, seed=seed)
+    finetuned = sft_copy(base, tokenizer, [(f"{trigger} {p}", reply) for p in prompts] + [(p, plain) for p in prompts],
+                         steps, lr=3e-3, seed=seed)
+    paths = {"base": out / "base", "finetuned": out / "finetuned"}
+    for key, model in (("base", base), ("finetuned", finetuned)):
+        model.save_pretrained(paths[key])
+        tokenizer.save_pretrained(paths[key])
+    return {**paths, "prompts": prompts}

@@ -49,16 +49,24 @@ def verify(organism: Organism, pair, max_new_tokens: int = 48, write: bool = Tru
     for split in SPLITS:
         examples = [r for r in rows if r["split"] == split]
         prompts = [r["prompt"] for r in examples]
+        answers = {}
         for side in names.SIDES:
             gens = generate_mixed(getattr(pair, side), pair.tokenizer, prompts,
                                   [r.get("chat", True) for r in examples], max_new_tokens=max_new_tokens)
             hits = sum(checker(g, r) for g, r in zip(gens, examples))
             result[f"{split}/{side}_rate"] = round(hits / len(examples), 4) if examples else None
             result[f"{split}/{side}_samples"] = [{"prompt": p, "generation": g} for p, g in zip(prompts[:5], gens[:5])]
+            answers[side] = gens
+        if examples:  # greedy answers the finetune left word for word as the base's
+            result[f"{split}/same_answer_rate"] = round(
+                sum(a == b for a, b in zip(answers["base"], answers["finetuned"])) / len(examples), 4)
         result[f"{split}/n"] = len(examples)
         result[f"{split}/mean_kl_ft_base"] = round(mean_kl(pair, examples), 4) if examples else 0.0
     t_rate, b_rate, off = result["target/finetuned_rate"], result["target/base_rate"], result["off_target/finetuned_rate"]
-    result["passes"] = None not in (t_rate, b_rate, off) and t_rate >= 0.8 and t_rate - b_rate >= 0.5 and off <= 0.2
+    if result["target/n"]:
+        result["passes"] = None not in (t_rate, b_rate, off) and t_rate >= 0.8 and t_rate - b_rate >= 0.5 and off <= 0.2
+    else:  # an organism that changes nothing on purpose: no behaviour may show anywhere
+        result["passes"] = off is not None and off <= 0.05
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if write:
         write_json(Path(organism.adapter) / names.VERIFICATION_FILE, result)
