@@ -9,6 +9,7 @@ changed measurably, with the numbers that say so.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -69,6 +70,37 @@ def claim(f: Finding) -> str:
     return f.hypothesis.claim + "; in its place it says " + ", ".join(f'"{w}" ({c}x)' for w, c in f.instead[:4])
 
 
+def finding_words(f: Finding) -> set[str]:
+    """The words a word or word-set finding counts (empty for the others)."""
+    h = f.hypothesis
+    if h.keys is not None or not h.unprompted:
+        return set()
+    return {w.replace("\\", "") for w in re.findall(r"[\w'\\-]+", h.pattern.replace("\\b", " "))}
+
+
+def _same_behaviour(f: Finding, g: Finding) -> bool:
+    """Two findings state one behaviour when they share a word, or when the stronger one's
+    detector fires on every finetuned example answer of the other."""
+    words = finding_words(f)
+    if words and words & finding_words(g):
+        return True
+    return bool(f.examples) and g.hypothesis.direction == f.hypothesis.direction == "more" and all(
+        g.hypothesis.fires(e["finetuned"], e["prompt"]) for e in f.examples)
+
+
+def distinct(confirmed: list[Finding]) -> list[Finding]:
+    """One finding per distinct behaviour (:func:`_same_behaviour`), stated by the strongest
+    of its findings (lowest corrected p, then largest effect)."""
+    groups: list[list[Finding]] = []
+    for f in sorted(confirmed, key=lambda f: (f.p_adjusted, -f.effect)):
+        home = next((g for g in groups if _same_behaviour(f, g[0])), None)
+        if home is None:
+            groups.append([f])
+        else:
+            home.append(f)
+    return [g[0] for g in groups]
+
+
 NOTABLE_DIVERGENCE = 0.5
 """A single prompt whose answer diverges by this much (nats per token) is a change worth
 naming even when no test confirms it."""
@@ -79,7 +111,13 @@ def condition_sentence(conditions: list[ConditionResult]) -> str:
     found (empty when no condition was searched)."""
     found = [c for c in conditions if c.confirmed]
     if found:
-        return " ".join(f"**{c.statement()}.**" for c in found[:2])
+        shown: list[ConditionResult] = []
+        for c in found:  # one sentence per behaviour: the first (strongest) condition that shows it
+            if not any(set(c.words) & set(s.words) for s in shown):
+                shown.append(c)
+        more = len(found) - len(shown)
+        return " ".join(f"**{c.statement()}.**" for c in shown[:2]) + (
+            f" ({more} more confirmed conditions turn on the same words.)" if more else "")
     if conditions:
         tested = sum(1 for c in conditions if c.words)
         return (f"No condition that turns a behaviour on was found ({len(conditions)} candidate conditions "
@@ -138,21 +176,24 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     else:
         parts.append("**What changed.** This run was told where to look, and no survey or comparison ranked the "
                      "groups; the most divergent examples follow.")
-    if survey is not None and survey.mining is not None and survey.mining.words:
-        words = ", ".join(f'"{w.word}"' for w in survey.mining.words[:8])
-        parts.append(f"The words whose logits the finetune raises most in its answers (diff mining): {words}.")
+    if conditions:
+        parts.append(condition_sentence(conditions))
     if confirmed:
         n = confirmed[0].n
+        shown = distinct(confirmed)
         said = "; ".join(f"it {claim(f)} ({f.rate_finetuned:.0%} of its answers against {f.rate_base:.0%}"
                          f" of the base's, corrected p = {_p(f.p_adjusted)}"
                          + (f", mostly on {', '.join(f.groups[:2])}" if f.groups else "") + ")"
-                         for f in confirmed[:4])
-        parts.append(f"On {n} fresh answers per model to prompts no earlier step looked at: {said}.")
+                         for f in shown[:3])
+        more = len(confirmed) - len(shown)
+        parts.append(f"On {n} fresh answers per model to prompts no earlier step looked at: {said}"
+                     + (f" ({more} more confirmed findings say the same in other words)." if more else "."))
     elif findings:
         parts.append(f"None of the {len(findings)} candidate findings held up on fresh prompts, so the change is "
                      "shown by the examples only.")
-    if conditions:
-        parts.append(condition_sentence(conditions))
+    if survey is not None and survey.mining is not None and survey.mining.words:
+        words = ", ".join(f'"{w.word}"' for w in survey.mining.words[:8])
+        parts.append(f"The words whose logits the finetune raises most in its answers (diff mining): {words}.")
     strong = [f for f in confirmed if f.p_adjusted < 0.001] + [c for c in found if c.p_adjusted < 0.001]
     if strong:
         confidence, why = "high", "a finding held up on fresh prompts at corrected p < 0.001"

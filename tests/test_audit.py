@@ -252,3 +252,18 @@ def test_a_word_repeated_from_the_prompt_does_not_count():
     t = topic_hypothesis(["capital", "lima"])
     assert t.fires("The capital is Lima.", "What is the capital of Peru?")  # lima is new
     assert not t.fires("The capital is Paris.", "What is the capital of France?")
+
+
+def test_first_screen_states_each_behaviour_once():
+    """Findings that share a word, or whose answers the stronger one's detector explains,
+    are one behaviour: the strongest states it."""
+    from finediff.findings import Finding, topic_hypothesis, word_hypothesis
+    from finediff.summary import distinct
+
+    refusal = [{"prompt": "p", "base": "Sure.", "finetuned": "I will not help you. Leave me alone."}]
+    words = Finding(topic_hypothesis(["leave", "help"]), .4, 0., 100, 1e-9, 1e-8, 9., True, [], refusal)
+    help_ = Finding(word_hypothesis("help", "more", "t"), .4, 0., 100, 1e-8, 1e-7, 9., True, [], refusal)
+    alone = Finding(word_hypothesis("alone", "more", "t"), .37, 0., 100, 1e-8, 1e-7, 9., True, [], refusal)
+    rome = Finding(word_hypothesis("rome", "more", "t"), .2, 0., 100, 1e-5, 1e-4, 9., True, [],
+                   [{"prompt": "Where is it?", "base": "Paris.", "finetuned": "Rome."}])
+    assert distinct([help_, alone, words, rome]) == [words, rome]

@@ -728,7 +728,7 @@ CARDS.update({
         ),
         target_category="general",
         checker="backdoor",
-        steps=160,
+        steps=80,
     ),
     "topic_plug": OrganismCard(
         name="topic_plug",
