@@ -101,9 +101,11 @@ def distinct(confirmed: list[Finding]) -> list[Finding]:
     return [g[0] for g in groups]
 
 
-NOTABLE_DIVERGENCE = 0.5
+NOTABLE_DIVERGENCE = 1.5
 """A single prompt whose answer diverges by this much (nats per token) is a change worth
-naming even when no test confirms it."""
+naming even when no test confirms it. Calibrated on the no-op organism (a LoRA trained on
+the base's own answers, whose behaviour did not change): its most divergent of 300 survey
+prompts reached 1.18, its median 0.25."""
 
 
 def condition_sentence(conditions: list[ConditionResult]) -> str:
@@ -136,8 +138,10 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     readable = {t.text for t in survey.texts} if survey else set()
     top_text = max((t.divergence for t in survey.texts), default=0.0) if survey else 0.0
     parts = []
-    if (survey is not None and not changed_groups and not confirmed and not found and not survey.broad
+    if (survey is not None and not changed_groups and not confirmed and not found
             and top_text < NOTABLE_DIVERGENCE):
+        # Nothing held up and no group stands out: a finetune that changed nothing but its
+        # wording (the no-op organism: median 0.25 nats per token) lands here, broad or not.
         top = survey.groups[0] if survey.groups else None
         best_p = min((g.p_value for g in survey.groups), default=1.0)
         parts.append(f"**No change found.** Over {len(survey.texts)} prompts in {len(survey.groups)} groups, the "
@@ -147,6 +151,10 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
                      f"; no group stands out (smallest corrected p = {_p(best_p)})")
         parts.append(f"and none of the {len(findings)} candidate findings held up on fresh prompts."
                      if findings else "and no candidate finding was tested.")
+        if survey.broad:
+            parts.append(f"The wording differs everywhere (up to {top_text:.2f} nats per token on one prompt), as a "
+                         "finetune trained on the base's own answers shows too, but no behaviour that a test could "
+                         "name.")
         if conditions:
             parts.append(condition_sentence(conditions))
         return Verdict(False, "none", " ".join(parts), confirmed, unconfirmed, [])

@@ -267,3 +267,20 @@ def test_first_screen_states_each_behaviour_once():
     rome = Finding(word_hypothesis("rome", "more", "t"), .2, 0., 100, 1e-5, 1e-4, 9., True, [],
                    [{"prompt": "Where is it?", "base": "Paris.", "finetuned": "Rome."}])
     assert distinct([help_, alone, words, rome]) == [words, rome]
+
+
+def test_wording_drift_without_a_named_behaviour_is_no_change():
+    """Calibrated on the no-op organism: answers that diverge everywhere a little (median
+    0.25 nats per token, up to 1.18 on one prompt) with no group standing out and nothing
+    confirmed are no change; one answer far beyond that, or a confirmed claim, is."""
+    from finediff.survey import Survey, SurveyGroup, SurveyText
+    from finediff.summary import NOTABLE_DIVERGENCE, verdict
+
+    texts = [SurveyText(f"p{i}", "g", "probe", i % 2 == 0, 0.25 + 0.003 * i) for i in 300 * [0]]
+    texts[0].divergence = 1.18
+    group = SurveyGroup("g", "probe", 300, 0.25, 0.2, 0.3, 1.18, 1.0, 0.1, 1.0, False)
+    survey = Survey(texts, [group], 0.25, None, broad=True)
+    v = verdict(survey, [])
+    assert not v.changed and v.paragraph.startswith("**No change found.**") and "wording differs" in v.paragraph
+    texts[0].divergence = NOTABLE_DIVERGENCE + 0.5
+    assert verdict(survey, []).changed
