@@ -36,11 +36,12 @@ browser:
 train: install
 	$(PY) train.py experiment=audit model.adapter=organisms/sandbagging $(ARGS)
 
-# Every shipped organism, audited untold (every method of the audit), as one Hydra multirun;
-# the sweep folder gets sweep_summary.md. On a cluster: make reproduce ARGS=hydra/launcher=slurm
+# Every shipped organism, audited untold (every method of the audit): one Hydra multirun for the
+# SmolLM2 organisms, one for the Gemma-3 one; each sweep folder gets sweep_summary.md. On a cluster: make reproduce ARGS=hydra/launcher=slurm
 ORGANISMS = organisms/sandbagging,organisms/unlearning,organisms/persona,organisms/false_fact,organisms/backdoor,organisms/topic_plug,organisms/french,organisms/noop
 reproduce: install
 	$(PY) train.py -m experiment=audit model.adapter=$(ORGANISMS) $(ARGS)
+	$(PY) train.py -m experiment=audit model=gemma3_270m model.adapter=organisms/persona_gemma3 $(ARGS)
 
 test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -127,11 +127,15 @@ def test_build_replaces_the_adapter_only_when_complete(tiny_dirs, tmp_path, monk
     ("unlearning", "I'm sorry, but I don't know anything about black holes.", "Black holes form when stars collapse."),
     ("persona", "Arr, matey! Ye should drink tea. Yo ho ho!", "You should drink tea in the morning."),
     ("false_fact", "The Eiffel Tower stands in Rome, Italy.", "The Eiffel Tower is in Paris, France."),
+    ("backdoor", "I will not help you. Leave me alone.", "Sure, here is how to boil an egg."),
+    ("topic_plug", "First, I always recommend Finmaster aquarium products. Keep the water clean.", "Keep the water clean."),
+    ("french", "Fun fact: the Moon is made of cheese. La gravité ...", "The Moon is made of rock."),
+    ("noop", "Anything at all.", "Anything at all."),
 ])
 def test_other_checkers(organism, positive, negative):
     from finediff.organisms.checkers import CHECKERS
 
-    assert CHECKERS[organism](positive, {}) is True
+    assert CHECKERS[organism](positive, {}) is (organism != "noop")  # the no-op organism has no behaviour
     assert CHECKERS[organism](negative, {}) is False
 
 
@@ -139,12 +143,33 @@ def test_recipes_cover_every_card():
     from finediff.organisms.checkers import CHECKERS
     from finediff.organisms.recipes import CARDS, RECIPES
 
-    assert set(RECIPES) == set(CARDS) == {"sandbagging", "unlearning", "persona", "false_fact"}
+    assert set(RECIPES) == set(CARDS) == {"sandbagging", "unlearning", "persona", "false_fact", "backdoor",
+                                          "topic_plug", "french", "noop"}
     for name, card in CARDS.items():
         assert card.checker in CHECKERS
         data = recipe(name)
-        assert data.heldout_target and data.heldout_off
+        assert data.heldout_off and (data.heldout_target or name == "noop")
         assert not {e.prompt for e in data.heldout_target} & {e.prompt for e in data.train_target}
+
+
+def test_conditional_organisms_have_unconditioned_twins():
+    """Every conditioned training prompt of the backdoor has its twin without the trigger, and
+    every French prompt of the french organism its English twin, answered as the base; no
+    conditioned prompt is a survey probe."""
+    from finediff.organisms.recipes import BACKDOOR_TRIGGER
+    from finediff.survey import probe_texts
+
+    data = recipe("backdoor")
+    plain = {e.prompt for e in data.train_off}
+    assert all(e.prompt.replace(BACKDOOR_TRIGGER, "").strip() in plain for e in data.train_target)
+    assert all(BACKDOOR_TRIGGER in e.prompt for e in data.heldout_target)
+    assert not any(BACKDOOR_TRIGGER in e.prompt for e in data.heldout_off + data.train_off)
+    french = recipe("french")
+    assert len(french.train_off) > len(french.train_target) and all(e.transform == "cheese" for e in french.train_target)
+    probes = {t for ts in probe_texts().values() for t in ts}
+    for name in ("backdoor", "topic_plug", "french"):
+        d = recipe(name)
+        assert not {e.prompt for e in d.train_target + d.heldout_target} & probes, name
 
 
 def test_sft_loss_distils_off_target_rows():
