@@ -63,6 +63,9 @@ WEIGHTS_FILE = "weights.json"
 """What the finetune's weight update writes and reads (:mod:`finediff.weights`)."""
 CONDITIONS_FILE = "conditions.json"
 """The conditions that turn a behaviour on (:mod:`finediff.conditions`)."""
+PROMPT_EFFECT_FILE = "soft_prompt_effect.json"
+"""Both models' answers with the soft prompt and without it, and what it did (:mod:`finediff.prompt_effect`)."""
+"""The conditions that turn a behaviour on (:mod:`finediff.conditions`)."""
 
 # Model organisms: adapter folder files and finetuning data files.
 CARD_FILE = "card.json"

@@ -35,18 +35,19 @@ from finediff.divergent_dataset import (POSITIONS, GenerationConfig, dataset_pro
 from finediff.errors import FinediffError
 from finediff.conditions import (ConditionResult, ConditionSettings, candidates, group_leads, read_conditions,
                                  search_conditions, write_conditions)
-from finediff.findings import Finding, FindingSettings, read_findings
+from finediff.findings import Finding, FindingSettings, read_findings, topic_hypothesis
 from finediff.hard_prompts import METHODS, HardPrompt, find_hard_prompts, read_hard_prompts
 from finediff.io import write_json, write_jsonl
 from finediff.lens import LensConfig, run_lens
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism, read_dataset
+from finediff.prompt_effect import PromptEffect, PromptEffectSettings, prompt_effect, read_effect, write_effect
 from finediff.survey import Survey, SurveySettings, has_survey, read_survey
 from finediff.weights import WeightReading, WeightSettings, read_weights
 
 log = logging.getLogger(__name__)
 
 STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "weights", "findings", "conditions",
-         "report")
+         "prompt_effect", "report")
 """The evidence steps in the order :func:`run` calls them."""
 
 
@@ -233,13 +234,15 @@ class EvidenceSettings:
     findings: FindingSettings = field(default_factory=FindingSettings)
     weights: WeightSettings = field(default_factory=WeightSettings)
     conditions: ConditionSettings = field(default_factory=ConditionSettings)
+    prompt_effect: PromptEffectSettings = field(default_factory=PromptEffectSettings)
 
     @classmethod
     def from_mapping(cls, mapping: Any) -> "EvidenceSettings":
         d = dict(mapping or {})
         parts = {"hard_prompts": HardPromptSettings, "divergent_dataset": DatasetSettings, "lens": LensConfig,
                  "compare": CompareSettings, "analysis": AnalysisSettings, "survey": SurveySettings,
-                 "findings": FindingSettings, "weights": WeightSettings, "conditions": ConditionSettings}
+                 "findings": FindingSettings, "weights": WeightSettings, "conditions": ConditionSettings,
+                 "prompt_effect": PromptEffectSettings}
         built = {k: from_mapping(kind, d.pop(k, None), f"evidence.{k}") for k, kind in parts.items()}
         out = from_mapping(cls, d, "evidence")
         for k, v in built.items():
@@ -337,6 +340,7 @@ class Evidence:
     findings: list[Finding] = field(default_factory=list)
     weights: Optional[WeightReading] = None
     conditions: list[ConditionResult] = field(default_factory=list)
+    prompt_effect: Optional[PromptEffect] = None
     report: Optional[tuple[Path, Path]] = None
 
 
@@ -588,7 +592,7 @@ def _done(out: Path, step: str) -> bool:
     files = {"hard_prompts": names.HARD_PROMPTS_FILE, "divergent_dataset": names.DIVERGENT_DATASET_PT,
              "lens": f"{names.LENS_DIR}/{names.LENS_SUMMARY}", "compare": names.COMPARISON_CSV,
              "analysis": names.ANALYSIS_FILE, "findings": names.FINDINGS_FILE, "weights": names.WEIGHTS_FILE,
-             "conditions": names.CONDITIONS_FILE}
+             "conditions": names.CONDITIONS_FILE, "prompt_effect": names.PROMPT_EFFECT_FILE}
     return step in files and (out / files[step]).is_file()
 
 
@@ -672,6 +676,16 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         else:
             ev.conditions = conditions(pair, ev.survey, ev.findings, settings.conditions, ev.weights,
                                        ev.hard_prompts, out, objective.seed, progress)
+    if "prompt_effect" in todo:
+        if cached("prompt_effect"):
+            ev.prompt_effect = read_effect(out / names.PROMPT_EFFECT_FILE)
+        else:
+            detectors = [(f.hypothesis.claim, f.hypothesis) for f in ev.findings if f.confirmed]
+            detectors += [(c.behaviour(), topic_hypothesis(c.words)) for c in ev.conditions if c.confirmed]
+            ev.prompt_effect = prompt_effect(pair, soft_prompt_PD, texts.val or texts.train, settings.prompt_effect,
+                                             detectors, ev.hard_prompts, progress)
+            write_effect(ev.prompt_effect, out)
+            log.info("soft prompt effect: %s", ev.prompt_effect.sentence())
     if "report" in todo:
         ev.report = report(out, title, organism)
         log.info("report written to %s and %s", *ev.report)

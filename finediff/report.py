@@ -21,6 +21,7 @@ from finediff.conditions import ConditionResult, read_conditions
 from finediff.errors import FinediffError
 from finediff.hard_prompts import read_hard_prompts
 from finediff.io import read_json, write_text
+from finediff.prompt_effect import read_effect
 from finediff.records import CategoryResult, LensSummary, read_dataset
 from finediff.weights import WeightReading
 
@@ -99,6 +100,15 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
         lines += [f"| {k} | {metrics[k]:.4f} |" for k in names.VAL_METRIC_KEYS if k in metrics]
         lines += ["", f"After {metrics.get(names.GLOBAL_STEP)} steps ({metrics.get(names.WALL_TIME, 0):.0f} s of "
                   "training)."]
+        if (run / names.PROMPT_EFFECT_FILE).is_file():
+            effect = read_effect(run / names.PROMPT_EFFECT_FILE)
+            lines += ["", f"**{effect.sentence()}** Its nearest tokens: `{_cell(effect.nearest_tokens, 120)}`; "
+                      + (f"its most readable derived hard prompt that beats the texts alone: `{_cell(effect.readable, 120)}`."
+                         if effect.readable else "no derived hard prompt beat the texts alone."),
+                      "", "| text | base | base with the prompt | finetuned | finetuned with the prompt |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {_cell(r['text'], 80)} | {_cell(r['base'], 120)} | {_cell(r['base_with'], 120)} | "
+                      f"{_cell(r['finetuned'], 120)} | {_cell(r['finetuned_with'], 120)} |" for r in effect.rows]
         sections.append(("The soft prompt", lines, []))
     comp = run / names.COMPARISON_CSV
     if comp.exists():
@@ -170,7 +180,8 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
 
 
 def _tok(t: str) -> str:
-    return f"`{t.strip()}`" if t.strip() else repr(t)
+    """A token as Markdown code (a table-safe ``|``; whitespace tokens shown by repr)."""
+    return (f"`{t.strip()}`" if t.strip() else repr(t)).replace("|", "\\|")
 
 
 def weight_lines(w: WeightReading) -> list[str]:

@@ -205,8 +205,11 @@ def test_untold_audit_run(tiny_dirs, tmp_path):
               "evidence.survey.response_tokens=8", "evidence.survey.n_train=8", "evidence.survey.n_val=4",
               "evidence.findings.n_prompts=6", "evidence.findings.samples_per_prompt=2",
               "evidence.findings.max_new_tokens=8", "evidence.divergent_dataset.amplify_alpha=1.0",
-              "evidence.steps=[divergent_dataset,compare,findings,report]")
-    for f in (names.SURVEY_TEXTS, names.SURVEY_GROUPS, names.DIFF_MINING_FILE, names.FINDINGS_FILE, names.REPORT_MD):
+              "evidence.conditions.max_new_tokens=6", "evidence.conditions.max_leads=2",
+              "evidence.prompt_effect.n_texts=2", "evidence.prompt_effect.max_new_tokens=6",
+              "evidence.steps=[divergent_dataset,compare,weights,findings,conditions,prompt_effect,report]")
+    for f in (names.SURVEY_TEXTS, names.SURVEY_GROUPS, names.DIFF_MINING_FILE, names.FINDINGS_FILE, names.REPORT_MD,
+              names.WEIGHTS_FILE, names.CONDITIONS_FILE, names.PROMPT_EFFECT_FILE):
         assert (out / f).is_file(), f
     assert not (out / names.COMPARISON_CSV).exists()  # the survey stands in for compare
     survey_texts = [json.loads(line) for line in (out / names.SURVEY_TEXTS).read_text().splitlines()]
@@ -216,6 +219,9 @@ def test_untold_audit_run(tiny_dirs, tmp_path):
     assert {r["prompt"] for r in records} <= {t["text"] for t in top}
     report = (out / names.REPORT_MD).read_text().splitlines()
     assert report[2] == "## What changed"
+    for heading in ("## What the weights write and read", "## Conditions that turn a behaviour on"):
+        assert heading in report
+    assert any(line.startswith("| text | base | base with the prompt |") for line in report)
 
 
 @pytest.mark.slow
@@ -276,7 +282,7 @@ def test_wording_drift_without_a_named_behaviour_is_no_change():
     from finediff.survey import Survey, SurveyGroup, SurveyText
     from finediff.summary import NOTABLE_DIVERGENCE, verdict
 
-    texts = [SurveyText(f"p{i}", "g", "probe", i % 2 == 0, 0.25 + 0.003 * i) for i in 300 * [0]]
+    texts = [SurveyText(f"p{i}", "g", "probe", i % 2 == 0, 0.2 + 0.0003 * i) for i in range(300)]
     texts[0].divergence = 1.18
     group = SurveyGroup("g", "probe", 300, 0.25, 0.2, 0.3, 1.18, 1.0, 0.1, 1.0, False)
     survey = Survey(texts, [group], 0.25, None, broad=True)

@@ -1,0 +1,146 @@
+"""What the learned soft prompt does, in words: both models' answers with it and without it.
+
+A prompt can win divergence by breaking a model (empty answers, one token over and over)
+rather than by bringing out what the finetune learned. This step puts the prompt in front
+of a few of the run's held-out texts and lets both models answer greedily with it and
+without it, then says which of three things happened:
+
+* **breaks a model**: at least half of one model's answers with the prompt are broken
+  (empty, or fewer than ``min_distinct`` distinct tokens per token) while without it they
+  are not; not evidence of anything the finetune learned;
+* **shows a confirmed behaviour**: a confirmed finding's or condition's detector fires on
+  more of the finetuned model's answers with the prompt than without it, and on more of
+  them than of the base's with it;
+* **no named behaviour**: the answers change, but not into anything a test confirmed.
+
+The prompt's nearest tokens (cosine) are reported beside it, and the run's most readable
+hard prompt whose divergence beats the texts alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from finediff import names
+from finediff.errors import FinediffError
+from finediff.io import read_json, write_json
+
+VERDICTS = ("breaks a model", "shows a confirmed behaviour", "no named behaviour")
+
+
+@dataclass
+class PromptEffectSettings:
+    """How the soft prompt's effect is shown (the ``evidence.prompt_effect`` block)."""
+
+    n_texts: int = 4
+    """Held-out texts both models answer with and without the prompt."""
+    max_new_tokens: int = 32
+    min_distinct: float = 0.3
+    """An answer with fewer distinct tokens per token than this is degenerate repetition."""
+
+    def __post_init__(self):
+        for key in ("n_texts", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise FinediffError(f"evidence.prompt_effect.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 < self.min_distinct < 1:
+            raise FinediffError(f"evidence.prompt_effect.min_distinct must be in (0, 1), got {self.min_distinct}")
+
+
+@dataclass
+class PromptEffect:
+    verdict: str
+    """One of :data:`VERDICTS`."""
+    nearest_tokens: str
+    """The prompt's nearest allowed tokens (cosine), decoded."""
+    readable: Optional[str]
+    """The most readable hard prompt whose divergence beats the texts alone (None: none did)."""
+    broken: dict = field(default_factory=dict)
+    """Share of broken answers per ``{side}/{with|without}``."""
+    shown: Optional[str] = None
+    """The confirmed claim the prompt brings out, when it does."""
+    rows: list = field(default_factory=list)
+    """``{"text", "base", "base_with", "finetuned", "finetuned_with"}`` per text."""
+
+    def sentence(self) -> str:
+        if self.verdict == VERDICTS[0]:
+            sides = [s for s in ("finetuned", "base") if self.broken.get(f"{s}/with", 0) >= 0.5]
+            return (f"The learned soft prompt breaks the {' and the '.join(sides)} model (empty or repeated answers "
+                    "with it), so its divergence is not evidence of what the finetune learned.")
+        if self.verdict == VERDICTS[1]:
+            return f"With the learned soft prompt in front, the finetuned model {self.shown} more often than without it."
+        return "The learned soft prompt changes the answers, but not into any behaviour a test confirmed."
+
+
+def broken(text: str, tokenizer, min_distinct: float) -> bool:
+    """Empty, or degenerate repetition (few distinct tokens per token)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return len(ids) == 0 or (len(ids) >= 8 and len(set(ids)) / len(ids) < min_distinct)
+
+
+@torch.no_grad()
+def prompt_effect(pair, prompt_PD: torch.Tensor, texts: list[str], settings: PromptEffectSettings = PromptEffectSettings(),
+                  detectors: list[tuple[str, object]] = (), hard: list = (), progress: bool = False) -> PromptEffect:
+    """Answer ``texts`` with both models, with and without the prompt, and say what it did.
+
+    Args:
+        detectors: ``(claim, hypothesis)`` of the run's confirmed findings and conditions
+            (a hypothesis has ``fires(text, prompt)``).
+        hard: the run's hard prompts (:class:`finediff.hard_prompts.HardPrompt`).
+    """
+    from finediff.generation import generate_one
+    from finediff.hard_prompts import allowed_tokens, project
+    from finediff.arch import embedding_table
+
+    texts = texts[: settings.n_texts]
+    if not texts:
+        raise FinediffError("the soft prompt's effect needs at least one held-out text")
+    rows = []
+    for text in texts:
+        row = {"text": text}
+        for side in names.SIDES:
+            model = getattr(pair, side)
+            row[side] = generate_one(model, pair.tokenizer, text, None, settings.max_new_tokens)
+            row[f"{side}_with"] = generate_one(model, pair.tokenizer, text, prompt_PD, settings.max_new_tokens)
+        rows.append(row)
+    share = {}
+    for side in names.SIDES:
+        for key, suffix in (("without", ""), ("with", "_with")):
+            share[f"{side}/{key}"] = sum(broken(r[side + suffix], pair.tokenizer, settings.min_distinct)
+                                         for r in rows) / len(rows)
+    weight = embedding_table(pair.base)
+    ids = project(prompt_PD.to(weight.device), weight, allowed_tokens(pair.tokenizer, weight.shape[0]))
+    nearest = pair.tokenizer.decode(ids.tolist())
+    beats = [h for h in hard if h.divergence > h.divergence_no_prompt]
+    readable = min(beats, key=lambda h: h.perplexity).text if beats else None
+    shown = None
+    for claim, hyp in detectors:
+        ft_with = sum(hyp.fires(r["finetuned_with"], r["text"]) for r in rows)
+        ft = sum(hyp.fires(r["finetuned"], r["text"]) for r in rows)
+        base_with = sum(hyp.fires(r["base_with"], r["text"]) for r in rows)
+        if ft_with > max(ft, base_with):
+            shown = claim
+            break
+    if any(share[f"{s}/with"] >= 0.5 and share[f"{s}/without"] < 0.5 for s in names.SIDES):
+        verdict = VERDICTS[0]
+    elif shown:
+        verdict = VERDICTS[1]
+    else:
+        verdict = VERDICTS[2]
+    return PromptEffect(verdict, nearest, readable, share, shown, rows)
+
+
+def write_effect(effect: PromptEffect, out: Path) -> Path:
+    path = Path(out) / names.PROMPT_EFFECT_FILE
+    write_json(path, asdict(effect))
+    return path
+
+
+def read_effect(path: Path) -> PromptEffect:
+    try:
+        return PromptEffect(**read_json(path))
+    except TypeError as err:
+        raise FinediffError(f"{path}: malformed soft-prompt effect file ({err})") from None

@@ -1,0 +1,48 @@
+"""The soft prompt's effect in words: both models with and without it, a broken model named
+as such, and a confirmed behaviour it brings out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finediff.errors import FinediffError
+from finediff.findings import word_hypothesis
+from finediff.prompt_effect import (VERDICTS, PromptEffect, PromptEffectSettings, broken, prompt_effect,
+                                    read_effect, write_effect)
+
+
+def test_broken_answers(tiny_pair):
+    tok = tiny_pair.tokenizer
+    assert broken("", tok, 0.3)
+    assert broken("the the the the the the the the the the the the", tok, 0.3)
+    assert not broken("What is the capital of France? It is a city.", tok, 0.3)
+
+
+def test_effect_on_the_tiny_pair(tiny_pair, tmp_path):
+    texts = ["What is the capital of France?", "Tell me about rivers.", "How do I bake bread?"]
+    torch.manual_seed(0)
+    prompt = torch.randn(4, tiny_pair.hidden_size) * 0.05
+    settings = PromptEffectSettings(n_texts=2, max_new_tokens=6)
+    effect = prompt_effect(tiny_pair, prompt, texts, settings)
+    assert effect.verdict in VERDICTS and len(effect.rows) == 2 and effect.nearest_tokens
+    assert set(effect.rows[0]) == {"text", "base", "base_with", "finetuned", "finetuned_with"}
+    assert read_effect(write_effect(effect, tmp_path)) == effect
+    # a detector that fires on whatever the finetuned model says with the prompt, and on nothing else
+    said = effect.rows[0]["finetuned_with"].split()
+    if said and said[0].isalpha() and len(said[0]) >= 3 and said[0] not in effect.rows[0]["finetuned"]:
+        hyp = word_hypothesis(said[0].lower(), "more", "test")
+        shown = prompt_effect(tiny_pair, prompt, texts, settings, [("says it", hyp)])
+        assert shown.verdict in (VERDICTS[0], VERDICTS[1])
+
+
+def test_sentences():
+    base = dict(nearest_tokens="a b", readable=None, rows=[])
+    assert "breaks the finetuned model" in PromptEffect(VERDICTS[0], broken={"finetuned/with": 1.0}, **base).sentence()
+    assert "says rome" in PromptEffect(VERDICTS[1], shown="says rome", **base).sentence()
+    assert "not into any behaviour" in PromptEffect(VERDICTS[2], **base).sentence()
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(FinediffError, match="evidence.prompt_effect.min_distinct"):
+        PromptEffectSettings(min_distinct=1.0)
