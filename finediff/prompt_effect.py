@@ -71,7 +71,8 @@ class PromptEffect:
             return (f"The learned soft prompt breaks the {' and the '.join(sides)} model (empty or repeated answers "
                     "with it), so its divergence is not evidence of what the finetune learned.")
         if self.verdict == VERDICTS[1]:
-            return f"With the learned soft prompt in front, the finetuned model {self.shown} more often than without it."
+            return ("With the learned soft prompt in front, the finetuned model's answers show a confirmed behaviour "
+                    f"more often than without it (it {self.shown}).")
         return "The learned soft prompt changes the answers, but not into any behaviour a test confirmed."
 
 

@@ -39,7 +39,7 @@ def test_effect_on_the_tiny_pair(tiny_pair, tmp_path):
 def test_sentences():
     base = dict(nearest_tokens="a b", readable=None, rows=[])
     assert "breaks the finetuned model" in PromptEffect(VERDICTS[0], broken={"finetuned/with": 1.0}, **base).sentence()
-    assert "says rome" in PromptEffect(VERDICTS[1], shown="says rome", **base).sentence()
+    assert "(it says rome)" in PromptEffect(VERDICTS[1], shown="says rome", **base).sentence()
     assert "not into any behaviour" in PromptEffect(VERDICTS[2], **base).sentence()
 
 
