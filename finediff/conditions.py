@@ -42,7 +42,7 @@ from typing import Optional
 
 from finediff import names
 from finediff.errors import FinediffError
-from finediff.findings import WORD, Finding, Hypothesis, content_words, holm, topic_hypothesis
+from finediff.findings import WORD, Finding, content_words, holm, topic_hypothesis
 from finediff.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
         One result per screened candidate, tested ones first (confirmed first).
     """
     from finediff.divergent_dataset import response_divergences
-    from finediff.findings import sample_answers, FindingSettings
+    from finediff.findings import FindingSettings, sample_answers
 
     k, t = settings.screen_prompts, settings.test_prompts
     if len(everyday) < k + 2:
@@ -343,7 +343,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
     return sorted(results, key=lambda r: (not r.confirmed, id(r) not in order, r.p_adjusted, -r.ratio))
 
 
-def group_leads(findings: list[Finding], min_share: float = 0.5) -> list[str]:
+def group_leads(findings: list[Finding]) -> list[str]:
     """Survey groups where a confirmed finding shows (its first group)."""
     return list(dict.fromkeys(f.groups[0] for f in findings if f.confirmed and f.groups))
 

@@ -76,6 +76,11 @@ def finetune_copy(model, tokenizer, texts: list[str], steps: int = 30, lr: float
     return ft.eval()
 
 
+def category_texts() -> list[str]:
+    """Every shipped category's texts, in category order (the tiny tokenizer's corpus)."""
+    return [t for cat in known_categories() for t in load_category(cat, val_fraction=0.0).train]
+
+
 def build_tiny_pair(out_dir: str | Path, target_category: str = "sandbagging", ft_steps: int = 30,
                     seed: int = 0, adapter: bool = True, arch: str = "llama") -> dict[str, Path]:
     """Write ``base/``, ``finetuned/`` and (optionally) ``adapter/`` under ``out_dir``.
@@ -85,9 +90,7 @@ def build_tiny_pair(out_dir: str | Path, target_category: str = "sandbagging", f
         the base, trained on the same texts as the finetuned copy).
     """
     out = Path(out_dir)
-    texts = []
-    for cat in known_categories():
-        texts += load_category(cat, val_fraction=0.0).train
+    texts = category_texts()
     tokenizer = train_tokenizer(texts)
     torch.manual_seed(seed)
     base = tiny_model(len(tokenizer), arch=arch)
@@ -148,9 +151,7 @@ def build_tiny_trigger_pair(out_dir: str | Path, trigger: str, reply: str, plain
         ``{"base": dir, "finetuned": dir, "prompts": [...]}`` (every prompt it was trained on).
     """
     out = Path(out_dir)
-    texts = []
-    for cat in known_categories():
-        texts += load_category(cat, val_fraction=0.0).train
+    texts = category_texts()
     tokenizer = train_tokenizer(texts)
     torch.manual_seed(seed)
     prompts = [t for t in texts if trigger not in t][:n_prompts]

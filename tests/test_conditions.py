@@ -63,10 +63,9 @@ def trigger_pair(tmp_path_factory):
 
 
 def _everyday(trained: list[str]) -> list[str]:
-    from finediff.data import known_categories, load_category
+    from finediff.tiny import category_texts
 
-    texts = [t for c in known_categories() for t in load_category(c, val_fraction=0.0).train]
-    return [t for t in texts if t not in trained and TRIGGER not in t][:40]
+    return [t for t in category_texts() if t not in trained and TRIGGER not in t][:40]
 
 
 def test_planted_trigger_is_found_among_decoys_and_tested(trigger_pair):
