@@ -517,15 +517,14 @@ def conditions(pair, survey_result: Survey, found: list[Finding], settings: Cond
     steps left (:mod:`finediff.conditions`) -> ``conditions.json``."""
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     soft = [w for h in hard if h.method in ("projection", "guided") for w in h.text.split()]
+    groups = group_leads(found)
     leads = candidates(reading.reads if reading else [], reading.words("writes") if reading else [], mined, soft,
-                       group_leads(found), settings)
+                       groups, settings)
     fresh = survey_result.ranked(False)
     everyday = [t.text for t in reversed(fresh)]  # least divergent first: prompts that carry no condition
-    by_group: dict[str, list[str]] = {}
-    for t in fresh:
-        by_group.setdefault(t.group, []).append(t.text)
-    group_prompts = {g: by_group.get(g, []) for g in group_leads(found)}
-    group_prompts[""] = [p for p in everyday if p not in {q for g in group_leads(found) for q in by_group.get(g, [])}]
+    group_prompts = {g: [t.text for t in fresh if t.group == g] for g in groups}
+    in_groups = {p for ps in group_prompts.values() for p in ps}
+    group_prompts[""] = [p for p in everyday if p not in in_groups]
     result = search_conditions(pair, leads, everyday, settings, group_prompts, seed, progress)
     if out is not None:
         write_conditions(result, Path(out))
