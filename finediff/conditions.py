@@ -205,10 +205,11 @@ def _topic_prompts(word: str, templates) -> list[str]:
 
 
 def behaviour_words(with_ft: list[str], with_base: list[str], without_ft: list[str], prompts: list[str],
-                    min_share: float = 0.4, n: int = 5) -> list[str]:
+                    min_share: float = 0.4, n: int = 5, without_prompts: Optional[list[str]] = None) -> list[str]:
     """Words in at least ``min_share`` of ``with_ft`` answers and at most half as often in
     the base's answers under the condition and in the finetuned model's without it (a
-    prompt's own words never count), most distinctive first."""
+    prompt's own words never count; ``without_prompts``: the prompts of ``without_ft``, when
+    they are not ``prompts``), most distinctive first."""
     def share(answers: list[str], ps: list[str]) -> dict[str, float]:
         counts: dict[str, int] = {}
         for a, p in zip(answers, ps):
@@ -217,7 +218,7 @@ def behaviour_words(with_ft: list[str], with_base: list[str], without_ft: list[s
         return {w: c / max(len(answers), 1) for w, c in counts.items()}
 
     ft, base = share(with_ft, prompts), share(with_base, prompts)
-    without = share(without_ft, prompts) if without_ft else {}
+    without = share(without_ft, without_prompts or prompts) if without_ft else {}
     scored = []
     for w, s in ft.items():
         other = max(base.get(w, 0.0), without.get(w, 0.0))
@@ -310,8 +311,8 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
     for r in passed:
         with_, without = prompts_for(r.condition, "screen")
         prompts, base_a, ft_a = sample_answers(pair, with_, sampling, seed, progress=False)
-        _, _, ft_wo = sample_answers(pair, without, sampling, seed, progress=False)
-        r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, settings.min_word_share)
+        wo_prompts, _, ft_wo = sample_answers(pair, without, sampling, seed, progress=False)
+        r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, settings.min_word_share, without_prompts=wo_prompts)
         if not r.words:
             continue
         # 3. the test on prompts the screen did not see
