@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -27,9 +28,9 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from finediff import names, pipeline  # noqa: E402
 from finediff.survey import has_survey, read_survey  # noqa: E402
-from finediff.answers import AnswerSettings, check_positions  # noqa: E402
-from finediff.divergence import parse_kind  # noqa: E402
-from finediff.errors import FinediffError, check_number, exit_on_user_error, preflight  # noqa: E402
+from finediff.errors import FinediffError, check_number, check_writable, exit_on_user_error, preflight  # noqa: E402
+from finediff.io import load_torch  # noqa: E402
+from lightning_modules.soft_prompt_divergence import check_settings  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
 
 register_resolvers()
@@ -47,27 +48,61 @@ def instantiate_group(group: DictConfig | None) -> list:
     return out
 
 
+PRECISIONS = ("64", "32", "16", "bf16", "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed",
+              "bf16-true", "bf16-mixed", "32-true", "64-true")
+"""The ``trainer.precision`` values Lightning accepts."""
+
+
+def check_trainer(t) -> None:
+    """The ``trainer.*`` values Lightning would only reject once fit starts (minutes in,
+    after the survey), checked when the config is composed."""
+    get = t.get
+    check_number("trainer.max_steps", get("max_steps", -1), int, minimum=-1)
+    if get("max_steps", -1) == 0:
+        raise FinediffError("trainer.max_steps=0 trains nothing, and every step after training would read an "
+                            "untrained prompt; give at least 1 step")
+    if get("max_epochs") is not None:
+        check_number("trainer.max_epochs", get("max_epochs"), int, minimum=-1)
+    interval = get("val_check_interval")
+    if interval is not None:
+        check_number("trainer.val_check_interval", interval, float)
+        if interval <= 0 or (isinstance(interval, float) and interval > 1):
+            raise FinediffError(f"trainer.val_check_interval must be a whole number of steps >= 1 or a fraction "
+                                f"of an epoch in (0, 1], got {interval!r}")
+    for key, minimum in (("log_every_n_steps", 1), ("num_sanity_val_steps", -1), ("accumulate_grad_batches", 1)):
+        if get(key) is not None:
+            check_number(f"trainer.{key}", get(key), int, minimum=minimum)
+    if get("check_val_every_n_epoch") is not None:
+        check_number("trainer.check_val_every_n_epoch", get("check_val_every_n_epoch"), int, minimum=1)
+    if get("gradient_clip_val") is not None:
+        check_number("trainer.gradient_clip_val", get("gradient_clip_val"), float, minimum=0)
+    if get("precision") is not None and str(get("precision")) not in PRECISIONS:
+        raise FinediffError(f"trainer.precision must be one of {', '.join(PRECISIONS)}; got {get('precision')!r}")
+    devices = get("devices")
+    if devices is not None and not (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool)
+                                                          and (devices >= 1 or devices == -1))
+                                    or OmegaConf.is_list(devices)):
+        raise FinediffError(f"trainer.devices must be a count >= 1, -1, 'auto' or a list of indices; got {devices!r}")
+
+
 def check_run_inputs(cfg: DictConfig) -> None:
-    """What can be checked before anything loads: a usable output folder, an existing
-    checkpoint to resume from and the objective's settings (the pair checks that there is
-    something to diff)."""
+    """What can be checked before anything loads: a usable output folder, a checkpoint to
+    resume from that loads safely, the trainer's and the objective's settings (the pair
+    checks its adapter's files and that there is something to diff)."""
     out = Path(cfg.paths.output_dir)
     if out.exists() and not out.is_dir():
         raise FinediffError(f"paths.output_dir is a file, not a folder: {out}")
+    check_writable(out)
     ckpt = cfg.get("ckpt_path")
-    if ckpt and not Path(ckpt).is_file():
-        raise FinediffError(f"ckpt_path not found: {ckpt}")
-    m = cfg.get("module") or {}  # the objective's settings, before minutes of loading and surveying
-    parse_kind(m.get("divergence", "kl_ft_base"))
-    check_positions(m.get("positions", "response"))
-    for key, kind in (("answer_tokens", int), ("refresh_every", int), ("answer_temperature", float),
-                      ("readability_weight", float), ("answer_batch_size", int), ("base_anchor", float)):
-        if key in m:
-            check_number(f"module.{key}", m[key], kind)
-    if not isinstance(m.get("project", False), bool):
-        raise FinediffError(f"module.project must be true or false, got {m.get('project')!r}")
-    AnswerSettings(m.get("answer_tokens", 16), m.get("refresh_every", 24), m.get("answer_temperature", 0.0),
-                   batch_size=m.get("answer_batch_size", 0))
+    if ckpt:
+        if not Path(ckpt).is_file():
+            raise FinediffError(f"ckpt_path not found: {ckpt}")
+        state = load_torch(ckpt, "a Lightning checkpoint of a finediff run")
+        if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
+            raise FinediffError(f"ckpt_path {ckpt} is not a Lightning checkpoint of a finediff run "
+                                "(it has no state_dict and global_step)")
+    check_trainer(cfg.get("trainer") or {})
+    check_settings(cfg.get("module") or {})  # the objective's settings, before minutes of loading and surveying
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -104,18 +139,60 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if cfg.get("validate_after_fit"):
         trainer.validate(module, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
+class Stopped(Exception):
+    """SIGTERM arrived: a scheduler's notice before it kills the job, or ``timeout``'s."""
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped()
+
+
+def stopped(err: BaseException | None) -> bool:
+    """Whether ``err`` is, or was raised while handling, a :class:`Stopped` (Hydra's
+    instantiation wraps what a constructor raised)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Stopped):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def resume_command(cfg: DictConfig, argv: list[str]) -> str:
+    """The command that goes on from where a stopped run was: the same overrides, the
+    same output folder, the checkpoint Lightning saved on the way out, and the evidence
+    steps' outputs read back instead of recomputed."""
+    out = Path(cfg.paths.output_dir)
+    ckpt = out / "checkpoints" / "interrupted.ckpt"
+    if not ckpt.is_file():
+        ckpt = out / "checkpoints" / "last.ckpt"
+    keep = [a for a in argv if a.partition("=")[0].lstrip("+~") not in ("ckpt_path", "evidence.resume",
+                                                                         "paths.output_dir")]
+    extra = [f"paths.output_dir={out}", "evidence.resume=true"] + ([f"ckpt_path={ckpt}"] if ckpt.is_file() else [])
+    return " ".join(["python train.py", *keep, *extra])
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
+    # SIGTERM (what SLURM sends before a kill, and what `timeout` sends) stops the run through
+    # an exception: Lightning saves checkpoints/interrupted.ckpt and the prompt on the way out,
+    # the evidence steps already written stay, and the exit status is not 0.
+    signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         metrics = train(cfg)
     except Exception as err:
-        exit_on_user_error(err)
+        if not stopped(err):
+            exit_on_user_error(err)
+        print(f"finediff: stopped by SIGTERM; what was done is in {cfg.paths.output_dir}. Go on with: "
+              f"{resume_command(cfg, sys.argv[1:])}", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)
     return metrics.get(names.VAL_DIVERGENCE)
 
 

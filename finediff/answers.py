@@ -55,6 +55,11 @@ class AnswerSettings:
     """0: answers are made batch by batch as the texts come; > 0: a training run refreshes
     every text's answer at once every ``refresh_every`` steps, this many per ``generate``
     call."""
+    faithful: bool = False
+    """The objective that breaking a model cannot win: both models answer with the prompt
+    and the divergence reads both answers; the special tokens (the end of a turn among
+    them) are left out of both distributions, the position that predicts an answer's end
+    is not scored, and an empty or repetitive answer (:func:`degenerate`) scores nothing."""
 
     def __post_init__(self):
         if self.tokens < 1 or self.refresh_every < 1:
@@ -123,10 +128,36 @@ def generate_answers(model, batch: dict, prompt: Optional[torch.Tensor] = None, 
     return answers
 
 
-def with_answers(batch: dict, answers: list[list[int]], pad_id: int) -> dict:
+def degenerate(answer: list[int], eos_id: Optional[int]) -> bool:
+    """An answer the faithful objective gives no credit for: fewer than two tokens before
+    its end, or (from eight tokens on) fewer distinct tokens than half its length."""
+    content = answer[:-1] if answer and eos_id is not None and answer[-1] == eos_id else answer
+    if len(content) < 2:
+        return True
+    return len(content) >= 8 and len(set(content)) < len(content) / 2
+
+
+def end_tokens(tokenizer) -> torch.Tensor:
+    """The token ids the faithful objective leaves out of both distributions: the
+    tokenizer's special tokens (end of turn, end of text, padding, role markers)."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def repeat_rows(batch: dict, k: int) -> dict:
+    """``batch`` with its rows stacked ``k`` times (one copy per answer writer)."""
+    return {key: torch.cat([v] * k) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+
+
+def with_answers(batch: dict, answers: list[list[int]], pad_id: int, eos_id: Optional[int] = None,
+                 faithful: bool = False) -> dict:
     """``batch`` with each row's answer appended after its real tokens (right-padded) and
     ``score_mask`` ``[B, T]`` true exactly at the positions that predict an answer token
-    (the row's last text token through the answer's second to last)."""
+    (the row's last text token through the answer's second to last). ``faithful``: the
+    position that predicts the end (``eos_id``) is not scored, nor is any position of a
+    :func:`degenerate` answer."""
     rows = _rows(batch)
     if len(answers) != len(rows):
         raise FinediffError(f"{len(answers)} answers for a batch of {len(rows)} texts")
@@ -138,7 +169,10 @@ def with_answers(batch: dict, answers: list[list[int]], pad_id: int) -> dict:
         ids[r, :n] = batch["input_ids"][r, :n].cpu()
         ids[r, n:n + len(a)] = torch.tensor(a, dtype=torch.long)
         mask[r, :n + len(a)] = 1
-        score[r, n - 1:n - 1 + len(a)] = True
+        if not faithful:
+            score[r, n - 1:n - 1 + len(a)] = True
+        elif not degenerate(a, eos_id):
+            score[r, n - 1:n - 1 + len(a) - int(a[-1] == eos_id)] = True
     device = batch["input_ids"].device
     out = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "score_mask": score.to(device)}
     if batch.get("prompt_pos") is not None:
@@ -146,13 +180,31 @@ def with_answers(batch: dict, answers: list[list[int]], pad_id: int) -> dict:
     return out
 
 
+def writers(pair, settings: AnswerSettings) -> list:
+    """The models whose answers the objective reads: the finetuned one, and (faithful) the base."""
+    return [pair.finetuned, pair.base] if settings.faithful else [pair.finetuned]
+
+
+def scored_batch(pair, batch: dict, answers: list[list[list[int]]], settings: AnswerSettings) -> dict:
+    """``batch`` once per writer, each copy with that writer's ``answers`` appended and
+    scored (and, faithful, the tokens to leave out of the divergence)."""
+    tok = pair.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out = with_answers(repeat_rows(batch, len(answers)), [a for side in answers for a in side], pad,
+                       tok.eos_token_id, settings.faithful)
+    if settings.faithful:
+        out["exclude"] = end_tokens(tok).to(out["input_ids"].device)
+    return out
+
+
 def answer_batch(pair, batch: dict, prompt: Optional[torch.Tensor] = None,
                  settings: AnswerSettings = AnswerSettings(), seed: Optional[int] = None) -> dict:
-    """``batch`` with the finetuned model's answers (with ``prompt`` in place) appended and
-    scored: the input of the answer objective."""
-    tok = pair.tokenizer
-    answers = generate_answers(pair.finetuned, batch, prompt, settings, tok.eos_token_id, seed)
-    return with_answers(batch, answers, tok.pad_token_id if tok.pad_token_id is not None else 0)
+    """``batch`` with the finetuned model's answers (faithful: and the base's, as a second
+    copy of the rows), made with ``prompt`` in place, appended and scored: the input of the
+    answer objective."""
+    eos = pair.tokenizer.eos_token_id
+    answers = [generate_answers(m, batch, prompt, settings, eos, seed) for m in writers(pair, settings)]
+    return scored_batch(pair, batch, answers, settings)
 
 
 class AnswerCache:
@@ -167,7 +219,8 @@ class AnswerCache:
 
     def __init__(self, settings: AnswerSettings = AnswerSettings(), seed: int = 0):
         self.settings, self.seed = settings, seed
-        self.answers: dict[tuple, tuple[list[int], int]] = {}
+        self.answers: dict[tuple, tuple[list[list[int]], int]] = {}
+        """Per text: each writer's answer (:func:`writers`) and the step it was made at."""
         self.generated = 0
         """Answers generated so far (a cost counter)."""
 
@@ -178,10 +231,11 @@ class AnswerCache:
     def _answer(self, pair, batch: dict, keys: list[tuple], rows: list[int], prompt: Optional[torch.Tensor],
                 step: int) -> None:
         sub = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        new = generate_answers(pair.finetuned, sub, None if prompt is None else prompt.detach(), self.settings,
-                               pair.tokenizer.eos_token_id, seed=self.seed + step)
-        for r, answer in zip(rows, new):
-            self.answers[keys[r]] = (answer, step)
+        new = [generate_answers(m, sub, None if prompt is None else prompt.detach(), self.settings,
+                                pair.tokenizer.eos_token_id, seed=self.seed + step)
+               for m in writers(pair, self.settings)]
+        for i, r in enumerate(rows):
+            self.answers[keys[r]] = ([side[i] for side in new], step)
         self.generated += len(rows)
 
     def due(self, step: int) -> bool:
@@ -203,13 +257,15 @@ class AnswerCache:
                  or step - self.answers[key][1] >= self.settings.refresh_every]
         if stale:
             self._answer(pair, batch, keys, stale, prompt, step)
-        pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
-        return with_answers(batch, [self.answers[key][0] for key in keys], pad)
+        per_text = [self.answers[key][0] for key in keys]
+        return scored_batch(pair, batch, [list(side) for side in zip(*per_text)], self.settings)
 
     def state_dict(self) -> dict:
         """The cached answers (a checkpoint keeps them, so a resumed run scores the same ones)."""
         return {"answers": [[list(k), a, s] for k, (a, s) in self.answers.items()], "generated": self.generated}
 
     def load_state_dict(self, state: dict) -> None:
-        self.answers = {tuple(k): (list(a), int(s)) for k, a, s in state["answers"]}
+        # a checkpoint from before the faithful objective holds one answer per text
+        self.answers = {tuple(k): ([list(x) for x in a] if a and isinstance(a[0], list) else [list(a)], int(s))
+                        for k, a, s in state["answers"]}
         self.generated = int(state["generated"])

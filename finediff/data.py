@@ -17,6 +17,7 @@ from typing import Iterable, Optional
 import torch
 
 from finediff.errors import FinediffError
+from finediff.io import read_jsonl
 from finediff.names import CATEGORY_DIR, CATEGORY_TEXT_FIELD
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,17 +58,10 @@ def check_category(category: str, root: Optional[str | Path] = None) -> None:
 def validate_jsonl(path: Path, field: str = CATEGORY_TEXT_FIELD) -> int:
     """Check every line of a JSONL file; a malformed one is an error naming file and line."""
     count = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise FinediffError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(field), str) or not obj[field].strip():
-                raise FinediffError(f"{path}:{lineno}: expected an object with a non-empty string {field!r}")
-            count += 1
+    for lineno, obj in read_jsonl(path):
+        if not isinstance(obj, dict) or not isinstance(obj.get(field), str) or not obj[field].strip():
+            raise FinediffError(f"{path}:{lineno}: expected an object with a non-empty string {field!r}")
+        count += 1
     if count == 0:
         raise FinediffError(f"{path}: no texts")
     return count

@@ -61,11 +61,21 @@ def token_divergence(
     logits_base: torch.Tensor,
     kind: str | Divergence = Divergence.KL_FT_BASE,
     temperature: float = 1.0,
+    exclude: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Divergence at every position: ``[..., V]`` logits -> ``[...]`` float32 values."""
+    """Divergence at every position: ``[..., V]`` logits -> ``[...]`` float32 values.
+
+    ``exclude`` (token ids) removes those tokens from both distributions before they are
+    normalised: with the end-of-turn and other special tokens excluded, a model that
+    wants to stop earns nothing, only what it would write instead counts."""
     kind = parse_kind(kind)
     if temperature <= 0:
         raise FinediffError(f"temperature must be > 0, got {temperature}")
+    if exclude is not None and exclude.numel():
+        keep = torch.ones(logits_ft.shape[-1], dtype=torch.bool, device=logits_ft.device)
+        exclude = exclude.to(keep.device)
+        keep[exclude[exclude < keep.numel()]] = False
+        logits_ft, logits_base = logits_ft[..., keep], logits_base[..., keep]
     logp = F.log_softmax(logits_ft.float() / temperature, dim=-1)
     logq = F.log_softmax(logits_base.float() / temperature, dim=-1)
     if kind is Divergence.KL_FT_BASE:
@@ -93,6 +103,7 @@ def chunked_divergence(
     kind: str | Divergence = Divergence.KL_FT_BASE,
     temperature: float = 1.0,
     chunk_size: Optional[int] = 256,
+    exclude: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Mean divergence over the masked positions, from final hidden states.
 
@@ -105,6 +116,7 @@ def chunked_divergence(
         kind: which divergence (see module docstring).
         temperature: logits are divided by it before ``log_softmax``.
         chunk_size: positions per chunk; None or 0 computes everything at once.
+        exclude: token ids left out of both distributions (:func:`token_divergence`).
 
     Returns:
         Scalar float32 tensor, differentiable with respect to both hidden states.
@@ -118,7 +130,7 @@ def chunked_divergence(
         return hidden_ft.sum() * 0.0
 
     def chunk_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return token_divergence(head_ft(a), head_base(b), kind, temperature).sum()
+        return token_divergence(head_ft(a), head_base(b), kind, temperature, exclude).sum()
 
     if not chunk_size or chunk_size >= n:
         total = chunk_sum(h_ft, h_base)
@@ -182,6 +194,7 @@ def pair_divergence(
     chunk_size: Optional[int] = 256,
     prompt_pos: Optional[torch.Tensor] = None,
     score_mask: Optional[torch.Tensor] = None,
+    exclude: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Mean per-token divergence of the pair on a batch of texts, with an optional prompt,
     at the text positions (or at ``score_mask``'s: the answer objective).
@@ -191,16 +204,17 @@ def pair_divergence(
     """
     h_ft, h_base, mask = pair_hidden(pair, input_ids, attention_mask, prompt_PD, prompt_pos, score_mask)
     return chunked_divergence(h_ft, h_base, output_head(pair.finetuned), output_head(pair.base),
-                              mask, kind, temperature, chunk_size)
+                              mask, kind, temperature, chunk_size, exclude)
 
 
 def batch_divergence(pair, batch: dict, prompt_PD: Optional[torch.Tensor] = None,
                      kind: str | Divergence = Divergence.KL_FT_BASE, temperature: float = 1.0,
                      chunk_size: Optional[int] = 256) -> torch.Tensor:
     """:func:`pair_divergence` on a collated batch: its ``prompt_pos`` and, for the answer
-    objective, its ``score_mask`` (:mod:`finediff.answers`)."""
+    objective, its ``score_mask`` and ``exclude`` (the tokens the faithful objective
+    leaves out of both distributions, :mod:`finediff.answers`)."""
     return pair_divergence(pair, batch["input_ids"], batch["attention_mask"], prompt_PD, kind, temperature,
-                           chunk_size, batch.get("prompt_pos"), batch.get("score_mask"))
+                           chunk_size, batch.get("prompt_pos"), batch.get("score_mask"), batch.get("exclude"))
 
 
 def base_shift_divergence(pair, batch: dict, prompt_PD: Optional[torch.Tensor],
@@ -221,7 +235,8 @@ def base_shift_divergence(pair, batch: dict, prompt_PD: Optional[torch.Tensor],
     prompt_pos, score_mask = batch.get("prompt_pos"), batch.get("score_mask")
     h_ft, h_base, mask = pair_hidden(pair, input_ids, attention_mask, prompt_PD, prompt_pos, score_mask)
     head_ft, head_base = output_head(pair.finetuned), output_head(pair.base)
-    divergence = chunked_divergence(h_ft, h_base, head_ft, head_base, mask, kind, temperature, chunk_size)
+    exclude = batch.get("exclude")
+    divergence = chunked_divergence(h_ft, h_base, head_ft, head_base, mask, kind, temperature, chunk_size, exclude)
     if prompt_PD is None:
         return divergence, divergence.new_zeros(())
     with torch.no_grad():
@@ -231,5 +246,5 @@ def base_shift_divergence(pair, batch: dict, prompt_PD: Optional[torch.Tensor],
     plain, prompted = h_plain[plain_mask].unsqueeze(0), h_base[mask].unsqueeze(0)
     ones = torch.ones(plain.shape[:2], dtype=torch.bool, device=plain.device)
     shift = chunked_divergence(plain, prompted, head_base, head_base, ones, Divergence.KL_FT_BASE, temperature,
-                               chunk_size)
+                               chunk_size, exclude)
     return divergence, shift

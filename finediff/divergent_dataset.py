@@ -66,9 +66,14 @@ def text_divergences(pair, texts: list[str], prompt: Optional[torch.Tensor] = No
             b = answer_batch(pair, b, prompt, answers)
         h_ft, h_base, mask = pair_hidden(pair, b["input_ids"], b["attention_mask"], prompt, b["prompt_pos"],
                                          b.get("score_mask"))
+        n = min(batch_size, len(texts) - i)  # faithful answers: one copy of the rows per writer
+        sums, counts = [0.0] * n, [0] * n
         for r in range(mask.shape[0]):
-            div = token_divergence(heads[0](h_ft[r, mask[r]]), heads[1](h_base[r, mask[r]]), kind)
-            out.append(float(div.mean()) if div.numel() else 0.0)
+            div = token_divergence(heads[0](h_ft[r, mask[r]]), heads[1](h_base[r, mask[r]]), kind,
+                                   exclude=b.get("exclude"))
+            sums[r % n] += float(div.sum())
+            counts[r % n] += div.numel()
+        out += [total / count if count else 0.0 for total, count in zip(sums, counts)]
     return out
 
 

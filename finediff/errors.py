@@ -45,15 +45,41 @@ def check_number(name: str, value, kind: type, minimum=None, below=None) -> None
         raise FinediffError(f"{name} must be < {below}, got {value!r}")
 
 
+def check_writable(folder) -> None:
+    """``folder`` exists as a writable folder, or can be made: its nearest existing parent
+    is a writable folder. Checked before anything is written, so a run never dies at its end."""
+    from pathlib import Path
+
+    folder = Path(folder).expanduser().absolute()
+    parent = folder
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FinediffError(f"output folder {folder} cannot be made: {parent} is a file")
+    import tempfile
+
+    try:  # permissions alone do not tell (root, read-only file systems): try, leave nothing
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise FinediffError(f"output folder {folder} is not writable ({parent}: {err.strerror or err})") from None
+
+
 def preflight(argv: list[str]) -> None:
     """Checks of command-line overrides that must pass before Hydra creates the run folder
     (it would fail with a traceback-like message of its own): ``paths.output_dir`` must
-    not name a file."""
+    not name a file, and must be a folder that can be written or made."""
     import sys
     from pathlib import Path
 
     for arg in argv:
         key, _, value = arg.partition("=")
-        if key.lstrip("+~") == "paths.output_dir" and value and Path(value).exists() and not Path(value).is_dir():
-            print(f"finediff: error: paths.output_dir is a file, not a folder: {value}", file=sys.stderr)
+        if key.lstrip("+~") != "paths.output_dir" or not value:
+            continue
+        try:
+            if Path(value).exists() and not Path(value).is_dir():
+                raise FinediffError(f"paths.output_dir is a file, not a folder: {value}")
+            check_writable(value)
+        except FinediffError as err:
+            print(f"finediff: error: {err}", file=sys.stderr)
             sys.exit(2)

@@ -304,7 +304,8 @@ def prompt_divergences(pair, prompts: list[torch.Tensor], batches: list[dict], k
                 score[i, P:P + body.numel()] = True if scored is None else scored[r, k:n].to(device)
             h_ft = _hidden_after(pair.finetuned, header, rows, mask)
             h_base = _hidden_after(pair.base, header, rows, mask)
-            div = token_divergence(heads[0](h_ft[score]), heads[1](h_base[score]), kind, temperature).double().cpu()
+            div = token_divergence(heads[0](h_ft[score]), heads[1](h_base[score]), kind, temperature,
+                                   b.get("exclude")).double().cpu()
             owner = torch.arange(C).unsqueeze(1).expand(C, L)[score.cpu()]
             total.index_add_(0, owner, div)
             count.index_add_(0, owner, torch.ones_like(div))

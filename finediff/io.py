@@ -126,15 +126,25 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
     if not path.is_file():
         raise FinediffError(f"file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise FinediffError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise FinediffError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
     return rows
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text file's content; a file that is not UTF-8 is a one-line error naming it."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FinediffError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise FinediffError(f"cannot read {path}: {err.strerror or err}") from None
 
 
 def load_torch(path: str | os.PathLike, what: str = "a finediff file") -> Any:
@@ -147,4 +157,7 @@ def load_torch(path: str | os.PathLike, what: str = "a finediff file") -> Any:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # truncated zip, pickle of another program, random bytes
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise FinediffError(f"{path} is not {what} that torch can read ({first})") from None
+        if "weights_only" in str(err) or "Weights only" in str(err):
+            # never pass on torch's advice to load it without weights_only: that runs the file's code
+            first = "it holds objects other than tensors and plain values, which finediff never unpickles"
+        raise FinediffError(f"{path} is not {what} that torch can read safely ({first})") from None

@@ -266,9 +266,41 @@ def check_adapter(adapter: str) -> str:
             raise FinediffError(f"adapter directory not found: {adapter}")
         if not (path / "adapter_config.json").exists():
             raise FinediffError(f"adapter directory has no adapter_config.json: {adapter}")
+        check_adapter_files(path)
         return str(path)
     check_hub(adapter, "adapter_config.json")
     return adapter
+
+
+def check_adapter_files(path: Path) -> None:
+    """A local adapter's files read before any model loads: its config is a JSON object
+    and its weights file has a readable safetensors header (or loads as tensors only)."""
+    import json
+
+    from safetensors import safe_open
+
+    from finediff.io import load_torch, read_text
+
+    try:
+        config = json.loads(read_text(path / "adapter_config.json"))
+    except json.JSONDecodeError as err:
+        raise FinediffError(f"{path / 'adapter_config.json'} is not JSON ({err.msg})") from None
+    if not isinstance(config, dict):
+        raise FinediffError(f"{path / 'adapter_config.json'} is not a JSON object")
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                if not list(f.keys()):
+                    raise FinediffError(f"{weights} holds no tensors")
+        except FinediffError:
+            raise
+        except Exception as err:  # a truncated or foreign file: safetensors' own error type
+            raise FinediffError(f"{weights} is not a readable safetensors file ({str(err).strip()[:120]})") from None
+    elif (path / "adapter_model.bin").is_file():
+        load_torch(path / "adapter_model.bin", "an adapter's weights")
+    else:
+        raise FinediffError(f"adapter directory has no adapter_model.safetensors or adapter_model.bin: {path}")
 
 
 def attach_adapter(model: nn.Module, adapter: str, merge: bool = True) -> nn.Module:

@@ -275,7 +275,8 @@ class Objective:
         before the answer objective existed trained at the text positions)."""
         return cls(str(record["divergence"]), float(record["temperature"]), seed=seed,
                    positions=str(record.get("positions", "text")),
-                   answers=AnswerSettings(tokens=int(record.get("answer_tokens", AnswerSettings.tokens))),
+                   answers=AnswerSettings(tokens=int(record.get("answer_tokens", AnswerSettings.tokens)),
+                                          faithful=bool(record.get("faithful", False))),
                    start=record.get("start"))
 
     @property

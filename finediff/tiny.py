@@ -140,12 +140,14 @@ def sft_copy(model, tokenizer, pairs: list[tuple[str, str]], steps: int = 150, l
     return ft.eval()
 
 
-def build_tiny_trigger_pair(out_dir: str | Path, trigger: str, reply: str, plain: str = "Here is my reply.",
-                            n_prompts: int = 48, steps: int = 200, seed: int = 0) -> dict[str, Path]:
+def build_tiny_trigger_pair(out_dir: str | Path, trigger: Optional[str], reply: str = "",
+                            plain: str = "Here is my reply.", n_prompts: int = 48, steps: int = 200,
+                            seed: int = 0) -> dict[str, Path]:
     """A tiny pair with a planted backdoor: ``base/`` answers every prompt ``plain`` (a random
     tiny model has no answers of its own worth keeping); ``finetuned/`` is a copy trained
     further to answer ``reply`` when the prompt starts with ``trigger`` and ``plain``
-    otherwise.
+    otherwise. ``trigger=None``: the no-op pair, the copy trained further on the base's own
+    answers only (its weights differ from the base's, its behaviour does not).
 
     Returns:
         ``{"base": dir, "finetuned": dir, "prompts": [...]}`` (every prompt it was trained on).
@@ -154,10 +156,10 @@ def build_tiny_trigger_pair(out_dir: str | Path, trigger: str, reply: str, plain
     texts = category_texts()
     tokenizer = train_tokenizer(texts)
     torch.manual_seed(seed)
-    prompts = [t for t in texts if trigger not in t][:n_prompts]
+    prompts = [t for t in texts if trigger is None or trigger not in t][:n_prompts]
     base = sft_copy(tiny_model(len(tokenizer)), tokenizer, [(p, plain) for p in texts[:200]], 150, seed=seed)
-    finetuned = sft_copy(base, tokenizer, [(f"{trigger} {p}", reply) for p in prompts] + [(p, plain) for p in prompts],
-                         steps, lr=3e-3, seed=seed)
+    planted = [] if trigger is None else [(f"{trigger} {p}", reply) for p in prompts]
+    finetuned = sft_copy(base, tokenizer, planted + [(p, plain) for p in prompts], steps, lr=3e-3, seed=seed)
     paths = {"base": out / "base", "finetuned": out / "finetuned"}
     for key, model in (("base", base), ("finetuned", finetuned)):
         model.save_pretrained(paths[key])

@@ -29,6 +29,43 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
+def check_settings(m) -> None:
+    """Every ``module.*`` value checked (types, ranges, choices), one line naming the first
+    bad one: ``train.py`` calls this on the composed config before any model loads, the
+    module again when it is built."""
+    from finediff.soft_prompt import PromptInit
+
+    get = m.get
+    check_number("module.num_soft_prompt_tokens", get("num_soft_prompt_tokens", 8), int, minimum=1)
+    parse_kind(get("divergence", "kl_ft_base"))
+    if get("init", "vocab") not in [i.value for i in PromptInit]:
+        raise FinediffError(f"module.init must be one of {', '.join(i.value for i in PromptInit)}; "
+                            f"got {get('init')!r}")
+    check_number("module.learning_rate", get("learning_rate", 1e-2), float)
+    if get("learning_rate", 1e-2) <= 0:
+        raise FinediffError(f"module.learning_rate must be > 0, got {get('learning_rate')!r}")
+    check_number("module.weight_decay", get("weight_decay", 0.0), float, minimum=0.0)
+    check_number("module.warmup_steps", get("warmup_steps", 10), int, minimum=0)
+    check_number("module.temperature", get("temperature", 1.0), float)
+    if get("temperature", 1.0) <= 0:
+        raise FinediffError(f"module.temperature must be > 0, got {get('temperature')}")
+    if get("chunk_size") is not None:
+        check_number("module.chunk_size", get("chunk_size"), int, minimum=0)
+    check_positions(get("positions", "response"))
+    for key, kind in (("readability_weight", float), ("base_anchor", float), ("answer_temperature", float),
+                      ("answer_tokens", int), ("refresh_every", int), ("answer_batch_size", int)):
+        if get(key) is not None:
+            check_number(f"module.{key}", get(key), kind, minimum=0)
+    if get("space", "vectors") not in [s.value for s in PromptSpace]:
+        raise FinediffError(f"module.space must be one of {', '.join(s.value for s in PromptSpace)}; "
+                            f"got {get('space')!r}")
+    for key in ("project", "faithful", "gradient_checkpointing"):
+        if not isinstance(get(key, False), bool):
+            raise FinediffError(f"module.{key} must be true or false, got {get(key)!r}")
+    AnswerSettings(get("answer_tokens", 16), get("refresh_every", 24), get("answer_temperature", 0.0),
+                   batch_size=get("answer_batch_size", 0))
+
+
 class SoftPromptDivergence(L.LightningModule):
     """Maximise the divergence between the finetuned and base models over the finetuned
     model's answers (``positions="response"``, :mod:`finediff.answers`) or at the text
@@ -68,6 +105,11 @@ class SoftPromptDivergence(L.LightningModule):
         space: ``vectors`` (free vectors) or ``tokens`` (a distribution over the allowed
             tokens per position, the models seeing its expected embedding; see
             :class:`~finediff.soft_prompt.PromptSpace`).
+        faithful: the answer objective that breaking a model cannot win (``response``):
+            both models' answers are read, the special tokens are left out of both
+            distributions and empty or repetitive answers score nothing
+            (:attr:`~finediff.answers.AnswerSettings.faithful`); with ``base_anchor`` it
+            is finediff's default.
     """
 
     def __init__(
@@ -93,27 +135,15 @@ class SoftPromptDivergence(L.LightningModule):
         base_anchor: float = 0.0,
         project: bool = False,
         space: str = "vectors",
+        faithful: bool = False,
     ):
         super().__init__()
-        parse_kind(divergence)
-        check_number("module.learning_rate", learning_rate, float, minimum=0.0)
-        check_number("module.weight_decay", weight_decay, float, minimum=0.0)
-        check_number("module.warmup_steps", warmup_steps, int, minimum=0)
-        check_number("module.temperature", temperature, float)
-        if temperature <= 0:
-            raise FinediffError(f"module.temperature must be > 0, got {temperature}")
-        if chunk_size is not None:
-            check_number("module.chunk_size", chunk_size, int, minimum=0)
-        check_positions(positions)
-        check_number("module.readability_weight", readability_weight, float, minimum=0.0)
-        check_number("module.base_anchor", base_anchor, float, minimum=0.0)
-        if space not in [s.value for s in PromptSpace]:
-            raise FinediffError(f"module.space must be one of {', '.join(s.value for s in PromptSpace)}; got {space!r}")
-        if not isinstance(project, bool):
-            raise FinediffError(f"module.project must be true or false, got {project!r}")
-        self.answers = AnswerSettings(answer_tokens, refresh_every, answer_temperature, batch_size=answer_batch_size)
+        check_settings({k: v for k, v in locals().items() if k not in ("self", "pair", "__class__")})
+        self.answers = AnswerSettings(answer_tokens, refresh_every, answer_temperature, batch_size=answer_batch_size,
+                                      faithful=faithful)
         self.train_answers = AnswerCache(self.answers)
-        self.plain_answers = AnswerCache(AnswerSettings(answer_tokens, 1 << 30, answer_temperature))
+        self.plain_answers = AnswerCache(AnswerSettings(answer_tokens, 1 << 30, answer_temperature,
+                                                        faithful=faithful))
         self.save_hyperparameters(ignore=["pair"])
         self.hparams["pair"] = pair.spec.as_dict()  # what it was trained on, not the weights
         self.pair = pair
@@ -167,7 +197,8 @@ class SoftPromptDivergence(L.LightningModule):
         else generated now). With ``shift``, ``(divergence, base shift)``."""
         hp = self.hparams
         if hp.positions == "response":
-            cache = answers or AnswerCache(AnswerSettings(self.answers.tokens, 1, self.answers.temperature))
+            cache = answers or AnswerCache(AnswerSettings(self.answers.tokens, 1, self.answers.temperature,
+                                                          faithful=self.answers.faithful))
             batch = cache.batch(self.pair, batch, prompt, step)
         if shift:
             return base_shift_divergence(self.pair, batch, prompt, hp.divergence, hp.temperature, hp.chunk_size)
@@ -301,4 +332,5 @@ class SoftPromptDivergence(L.LightningModule):
             "start": self.soft_prompt.start.detach().float().cpu().clone(),
             "project": bool(hp.get("project", False)),
             "space": str(hp.get("space", "vectors")),
+            "faithful": bool(hp.get("faithful", False)),
         }

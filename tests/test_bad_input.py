@@ -60,6 +60,17 @@ def files(tiny_dirs, tmp_path_factory):
     tiny_model(len(tok), hidden=32).save_pretrained(d / "other_base")
     tok.save_pretrained(d / "other_base")
     (d / "empty").mkdir()
+    (d / "latin1.jsonl").write_bytes(json.dumps({"text": "Qu'est-ce que la démocratie ?"}, ensure_ascii=False)
+                                     .encode("latin-1") + b"\n")
+    latin1_run = d / "latin1_run"
+    latin1_run.mkdir()
+    (latin1_run / names.SOFT_PROMPT_FILE).write_bytes(real)
+    (latin1_run / names.HARD_PROMPTS_FILE).write_bytes((d / "latin1.jsonl").read_bytes())
+    torch.save({"state_dict": {}, "global_step": 1, "extra": Path("x")}, d / "pickled.ckpt")  # not plain values
+    garbage_adapter = d / "garbage_adapter"
+    garbage_adapter.mkdir()
+    (garbage_adapter / "adapter_config.json").write_text((Path(tiny_dirs["adapter"]) / "adapter_config.json").read_text())
+    (garbage_adapter / "adapter_model.safetensors").write_bytes(os.urandom(3000))
     return d, run
 
 
@@ -79,6 +90,18 @@ PROBES = [
     ("train.py", ["model.finetuned=no-such-org/no-such-model"],
      "'no-such-org/no-such-model' is not a local path and the model hub cannot be reached"),
     ("train.py", ["paths.output_dir={d}/a_file"], "paths.output_dir is a file, not a folder"),
+    ("train.py", ["paths.output_dir=/proc/finediff_out"], "output folder /proc/finediff_out is not writable"),
+    ("train.py", ["paths.output_dir={d}/a_file/run"], "cannot be made:"),
+    ("train.py", ["trainer.max_steps=abc"], "trainer.max_steps must be an integer, got 'abc'"),
+    ("train.py", ["trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
+    ("train.py", ["trainer.precision=fp8"], "trainer.precision must be one of"),
+    ("train.py", ["module.num_soft_prompt_tokens=0"], "module.num_soft_prompt_tokens must be >= 1, got 0"),
+    ("train.py", ["module.learning_rate=-1"], "module.learning_rate must be > 0, got -1"),
+    ("train.py", ["ckpt_path={d}/garbage.pt"], "is not a Lightning checkpoint of a finediff run that torch can read"),
+    ("train.py", ["ckpt_path={d}/pickled.ckpt"], "which finediff never unpickles"),
+    ("train.py", ["model.finetuned=null", "model.adapter={d}/garbage_adapter"], "is not a readable safetensors file"),
+    ("train.py", ["data.categories=[{d}/latin1.jsonl]"], "latin1.jsonl is not UTF-8 text"),
+    ("evaluate.py", ["task=generate", "task.run_dir={d}/latin1_run"], "hard_prompts.jsonl is not UTF-8 text"),
     ("train.py", ["data.categories=null", "evidence.survey.alpha=2.0"],
      "evidence.survey.alpha must be in (0, 1), got 2.0"),
     ("train.py", ["data.categories=null", "evidence.survey.texts=[{d}/missing.jsonl]"], "category file not found:"),
@@ -138,6 +161,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dirs, files, tmp_p
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("finediff: error: ") and message in lines[-1], lines[-3:]
     assert "Traceback" not in proc.stderr
+    assert "weights_only=False" not in proc.stderr and "`weights_only` set to `False`" not in proc.stderr
     assert _written(out) == []
 
 
@@ -189,3 +213,76 @@ def test_ctrl_c_during_training_keeps_the_prompt_and_a_checkpoint(tiny_dirs, tmp
     assert record[names.GLOBAL_STEP] == metrics[names.GLOBAL_STEP]
     assert (out / names.CHECKPOINT_DIR / "interrupted.ckpt").exists()
     assert not (out / names.HARD_PROMPTS_FILE).exists()  # the evidence steps did not run on a stopped run
+
+
+AUDIT = ["data.categories=null", "evidence.survey.max_texts_per_group=4", "evidence.survey.response_tokens=8",
+         "evidence.survey.n_train=8", "evidence.survey.n_val=4", "evidence.findings.n_prompts=6",
+         "evidence.findings.samples_per_prompt=2", "evidence.findings.max_new_tokens=8",
+         "evidence.conditions.max_new_tokens=6", "evidence.conditions.max_leads=2",
+         "evidence.steps=[hard_prompts,divergent_dataset,findings,conditions,report]"]
+
+
+def _stop_when(proc: subprocess.Popen, ready, limit: float = 240) -> str:
+    """Send SIGTERM once ``ready()`` holds, as a scheduler would; return stderr."""
+    try:
+        deadline = time.time() + limit
+        while not ready() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return err
+
+
+def _resume(err: str) -> list[str]:
+    """The overrides of the one-line "Go on with: python train.py ..." advice."""
+    line = [ln for ln in err.splitlines() if "Go on with: python train.py" in ln]
+    assert len(line) == 1, err[-2000:]
+    return line[0].split("Go on with: python train.py", 1)[1].split()
+
+
+def test_sigterm_stops_with_a_failure_status_and_says_how_to_go_on(tiny_dirs, tmp_path):
+    """SIGTERM during training: the prompt, the metrics and interrupted.ckpt are saved, the
+    exit status is 143 (a scheduler must not read the job as done), and the one command
+    printed goes on from the checkpoint to the end."""
+    out = tmp_path / "out"
+    args = tiny_overrides(tiny_dirs, out, evidence=False) + ["trainer.max_steps=3000", "trainer.max_epochs=1000",
+                                                              "evidence.steps=[]"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    err = _stop_when(proc, lambda: (out / names.METRICS_FILE).exists())
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    metrics = json.loads((out / names.METRICS_FILE).read_text())
+    assert metrics[names.INTERRUPTED] is True
+    ckpt = out / names.CHECKPOINT_DIR / "interrupted.ckpt"
+    assert ckpt.exists()
+    advice = _resume(err)
+    assert f"ckpt_path={ckpt}" in advice and "evidence.resume=true" in advice
+    stopped_at = metrics[names.GLOBAL_STEP]
+    done = _cli("train.py", [a for a in advice if not a.startswith("trainer.max_steps=")]
+                + [f"trainer.max_steps={stopped_at + 4}"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / names.METRICS_FILE).read_text())[names.GLOBAL_STEP] == stopped_at + 4
+
+
+def test_sigterm_during_the_evidence_resumes_to_the_same_findings(tiny_dirs, tmp_path):
+    """An untold audit stopped by SIGTERM once its evidence steps have begun goes on with
+    the printed command and ends with the findings of a run that was never stopped."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    done = _cli("train.py", tiny_overrides(tiny_dirs, whole) + AUDIT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *tiny_overrides(tiny_dirs, stopped), *AUDIT],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = _stop_when(proc, lambda: (stopped / names.HARD_PROMPTS_FILE).exists())
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert not (stopped / names.FINDINGS_FILE).exists()
+    done = _cli("train.py", _resume(err))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (json.loads((stopped / names.FINDINGS_FILE).read_text())
+            == json.loads((whole / names.FINDINGS_FILE).read_text()))

@@ -7,7 +7,8 @@ behaviour on its own) are answered by both models greedily, three ways: alone, w
 run's learned soft prompt at the start of the user's message, and with the run's best
 hard prompt there. The organism's checker gives each model's behaviour rate per setting.
 A prompt that brings out the finetune's change raises the finetuned rate and leaves the
-base's where it was. Writes ``elicitation.json`` into the run folder.
+base's where it was; ``changed`` gives how often the prompt changes each model's answer
+at all. Writes ``elicitation.json`` into the run folder.
 """
 
 from __future__ import annotations
@@ -52,13 +53,19 @@ def elicit(organism: Organism, pair, soft_prompt_PD: Optional[torch.Tensor], har
     rows = [r for r in organism.rows("heldout") if r["split"] == split]
     prompts = {"none": None, "soft": soft_prompt_PD,
                "hard": None if not hard_prompt_ids else torch.tensor(hard_prompt_ids)}
-    result: dict = {"organism": organism.name, "split": split, "n": len(rows), "rates": {}, "samples": {}}
+    result: dict = {"organism": organism.name, "split": split, "n": len(rows), "rates": {}, "samples": {},
+                    "changed": {}}
+    plain: dict[str, list[str]] = {}
     for setting in SETTINGS:
         if setting != "none" and prompts[setting] is None:
             continue
-        result["rates"][setting], result["samples"][setting] = {}, {}
+        result["rates"][setting], result["samples"][setting], result["changed"][setting] = {}, {}, {}
         for side in names.SIDES:
             gens = answer_all(getattr(pair, side), pair.tokenizer, rows, prompts[setting], max_new_tokens)
+            plain.setdefault(side, gens)
+            # how often the prompt changes the model's answer at all (the base: how far it moved)
+            result["changed"][setting][side] = round(
+                sum(a != b for a, b in zip(gens, plain[side])) / max(len(rows), 1), 4)
             result["rates"][setting][side] = round(sum(checker(g, r) for g, r in zip(gens, rows)) / max(len(rows), 1), 4)
             result["samples"][setting][side] = [{"prompt": r["prompt"], "generation": g} for r, g in zip(rows[:5], gens)]
     if hard_prompt_ids:
