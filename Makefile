@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.finediff-installed
 export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
+# DeepSpeed (a test extra) installs as Python only; its CUDA ops build when first used on a GPU
+export DS_BUILD_OPS ?= 0
 
 .PHONY: install browser train reproduce test test-fast bench clean-outputs
 

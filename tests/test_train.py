@@ -88,20 +88,49 @@ def _config_names(group: str) -> list[str]:
     return sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
+STRATEGIES = {"cpu": "SingleDeviceStrategy", "default": "SingleDeviceStrategy", "gpu": "SingleDeviceStrategy",
+              "ddp": "DDPStrategy", "fsdp": "ModelParallelStrategy", "deepspeed": "DeepSpeedStrategy"}
+
+
+@pytest.mark.parametrize("trainer", _config_names("trainer"))
+def test_every_trainer_config_builds(tiny_dirs, tmp_path, trainer):
+    """Every trainer config composes and builds its Lightning Trainer with its strategy
+    (on the CPU here: a GPU config's accelerator is swapped, DeepSpeed constructs without
+    CUDA though it trains only with it; the GPU runs are the GPU tests below)."""
+    import hydra
+
+    cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"trainer={trainer}"])
+    if trainer == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (make install puts it in with the test extras)")
+    with open_dict(cfg):
+        cfg.trainer.accelerator = "cpu"
+        if cfg.trainer.get("precision") == "bf16-mixed" and trainer == "deepspeed":
+            cfg.trainer.precision = "32-true"  # DeepSpeed's bf16 checks CUDA when built
+    built = hydra.utils.instantiate(cfg.trainer, logger=False)
+    assert type(built).__name__ == "Trainer" and built.max_steps == cfg.trainer.max_steps
+    assert type(built.strategy).__name__ == STRATEGIES[trainer]
+    assert set(STRATEGIES) == set(_config_names("trainer"))  # a new config gets its expected strategy here
+
+
+def test_slurm_launcher_config_composes(tiny_dirs, tmp_path):
+    """hydra/launcher=slurm composes to the submitit SLURM launcher with the README's keys."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=tiny_overrides(tiny_dirs, tmp_path) + [
+            "hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.partition == "gpu" and launcher.timeout_min == 240 and launcher.gpus_per_node == 1
+    from hydra.utils import get_class
+
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+
+
 def test_every_config_group_instantiates(tiny_dirs, tmp_path):
     import hydra
 
-    for trainer in _config_names("trainer"):
-        cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"trainer={trainer}"])
-        needs_gpu = cfg.trainer.get("accelerator") == "gpu"
-        if trainer == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-            continue  # optional dependency (pip install deepspeed); it trains on CUDA only
-        if needs_gpu and not torch.cuda.is_available():
-            continue  # covered by the GPU test on a GPU machine
-        with open_dict(cfg):
-            cfg.trainer.accelerator = "cpu"
-        built = hydra.utils.instantiate(cfg.trainer, logger=False)
-        assert type(built).__name__ == "Trainer" and built.max_steps == cfg.trainer.max_steps, trainer
     for logger in _config_names("logger"):
         cfg = compose("train", tiny_overrides(tiny_dirs, tmp_path) + [f"logger={logger}"])
         for conf in (cfg.logger or {}).values():
@@ -126,10 +155,19 @@ def test_every_config_group_instantiates(tiny_dirs, tmp_path):
 
 @pytest.mark.parametrize("experiment", _config_names("experiment"))
 def test_every_experiment_runs_one_step(tiny_dirs, tmp_path, experiment):
-    run_train(tiny_dirs, tmp_path, f"experiment={experiment}", "model.adapter=null",
-              "trainer.max_steps=1", "trainer.val_check_interval=1",
-              f"model.base={tiny_dirs['base']}", f"model.finetuned={tiny_dirs['finetuned']}")
-    assert (tmp_path / names.METRICS_FILE).exists()
+    """Each experiment as configured, on the tiny pair: an organism's runs told (its
+    target category), the audit untold (its survey picks the texts)."""
+    cfg = compose("train", [f"experiment={experiment}"])
+    told = [] if cfg.data.categories is None else [f"data.categories=[{cfg.data.categories[0]}]"]
+    survey = [] if told else ["data.categories=null", "evidence.survey.max_texts_per_group=4",
+                              "evidence.survey.response_tokens=4", "evidence.survey.n_train=4",
+                              "evidence.survey.n_val=2"]
+    metrics = run_train(tiny_dirs, tmp_path, f"experiment={experiment}", "model.adapter=null",
+                        "trainer.max_steps=1", "trainer.val_check_interval=1", "evidence.steps=[]",
+                        f"model.base={tiny_dirs['base']}", f"model.finetuned={tiny_dirs['finetuned']}", *told, *survey)
+    assert names.VAL_DIVERGENCE in metrics
+    assert json.loads((tmp_path / names.METRICS_FILE).read_text())[names.GLOBAL_STEP] == 1
+    assert (tmp_path / names.SURVEY_TEXTS).exists() == (experiment == "audit")
 
 
 def _cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
