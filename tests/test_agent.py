@@ -234,7 +234,8 @@ def test_local_model_server_drives_the_loop(tiny_dirs, tiny_pair):
         inv = investigate(client(server), Tools(tiny_pair, None, budget, 8), budget, progress=False)
         requests = len(server.requests)
     assert requests == 3 and inv.used["llm_calls"] == 3
-    assert inv.status in ("budget_exhausted", "answered")
+    # the tiny base's greedy replies never form an answer call: the loop must run out its budget
+    assert inv.status == "budget_exhausted" and inv.short == ""
     replies = [e for e in inv.transcript if e["role"] == "assistant"]
     assert len(replies) == 3 and all(isinstance(r["content"], str) and r["tokens"] > 0 for r in replies)
-    assert inv.transcript[-1]["role"] == "user" or inv.status == "answered"
+    assert inv.transcript[-1]["role"] == "user"

@@ -15,9 +15,32 @@ def run_root(tiny_dirs, tmp_path_factory):
     return root
 
 
-def test_dashboard_discovers_and_shows_a_run(run_root, monkeypatch):
+def test_dashboard_discovers_and_shows_a_run(run_root, tiny_dirs, monkeypatch):
+    import torch
     from streamlit.testing.v1 import AppTest
 
+    from finediff import names
+    from finediff.io import torch_save
+
+    # The tiny pair answers every prompt alike; point the run at a pair of random models
+    # with large weights, whose greedy answers depend on the prompt, and give it a prompt
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from finediff.tiny import tiny_model
+
+    run = run_root / "sandbagging" / "run1"
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["base"])
+    record = torch.load(run / names.SOFT_PROMPT_FILE, weights_only=True)
+    for seed, side in enumerate(("base", "finetuned")):
+        config = tiny_model(len(tok)).config
+        config.initializer_range = 1.0
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(run_root / side)
+        tok.save_pretrained(run_root / side)
+        record["pair"][side] = str(run_root / side)
+    record["pair"]["adapter"] = None
+    record["prompt"] = torch.randn_like(record["prompt"])
+    torch_save(run / names.SOFT_PROMPT_FILE, record)
     monkeypatch.setenv("FINEDIFF_OUTPUTS", str(run_root))
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
     assert not at.exception, at.exception
@@ -28,13 +51,22 @@ def test_dashboard_discovers_and_shows_a_run(run_root, monkeypatch):
         assert label in labels
     assert [m.label for m in at.metric][:3] == ["val/divergence", "val/divergence_no_prompt",
                                                 "val/divergence_random_prompt"]
-    # talk to the pair: soft prompt on, steering on
+    # talk to the pair: plain, then with the soft prompt, then steered: each changes the answers
+    plain = _answers(at.button[0].click().run())
     at.toggle[0].set_value(True)
-    at.slider[-1].set_value(2.0)
-    at.button[0].click().run()
+    prompted = _answers(at.button[0].click().run())
+    assert prompted[0] != plain[0] and prompted[1] != plain[1]  # the prompt reaches both models
+    assert at.slider[-1].label.startswith("ADL steering strength")
+    at.slider[-1].set_value(8.0)
+    steered = _answers(at.button[0].click().run())
+    assert steered[0] == prompted[0] and not at.warning  # steering touches the finetuned side only
+
+
+def _answers(at) -> tuple[str, str]:
+    """The base's and the finetuned model's answers shown under "Try it"."""
     assert not at.exception, at.exception
     texts = [m.value for m in at.markdown]
-    assert "**Base**" in texts and "**Finetuned**" in texts
+    return texts[texts.index("**Base**") + 1], texts[texts.index("**Finetuned**") + 1]
 
 
 def test_dashboard_shows_an_agent_transcript(run_root, monkeypatch):
