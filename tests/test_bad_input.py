@@ -142,18 +142,63 @@ PROBES = [
 ]
 
 
-@pytest.mark.parametrize("script,args,message", PROBES, ids=[" ".join([s, *a]) for s, a, _ in PROBES])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dirs, files, tmp_path, script, args, message):
+AS_A_USER_RUNS_IT = {
+    # a handful run as real commands: the one line, exit status 2 and the time a user sees;
+    # those that Hydra, the hub client or the pre-Hydra checks answer can only run this way
+    "train.py trainer.max_steps=abc", "train.py model.finetuned=null model.adapter={d}/garbage_adapter",
+    "train.py data.categories=[{d}/latin1.jsonl]", "train.py ckpt_path={d}/garbage.pt",
+    "train.py paths.output_dir={d}/a_file", "train.py paths.output_dir=/proc/finediff_out",
+    "train.py paths.output_dir={d}/a_file/run", "train.py model.finetuned=no-such-org/no-such-model",
+    "evaluate.py task=generate task.run_dir={d}/latin1_run", "evaluate.py task=nope", "build_organism.py organism=nope",
+    "build_organism.py",
+}
+
+
+def _probe_args(tiny_dirs, files, out: Path, script: str, args: list[str]) -> list[str]:
     d, run = files
-    out = tmp_path / "out"
     fill = {"d": d, "run": run, "adapter": tiny_dirs["adapter"]}
-    args = [a.format(**fill) for a in args]
     base = {"train.py": tiny_overrides(tiny_dirs, out, evidence=False),
             "evaluate.py": [o for o in tiny_overrides(tiny_dirs, out, evidence=False)
                             if not o.startswith(("logger", "trainer"))],
             "build_organism.py": [f"hydra.run.dir={out}"]}[script]
+    return base + [a.format(**fill) for a in args]
+
+
+IN_PROCESS = [p for p in PROBES if " ".join([p[0], *p[1]]) not in AS_A_USER_RUNS_IT]
+
+
+@pytest.mark.parametrize("script,args,message", IN_PROCESS, ids=[" ".join([s, *a]) for s, a, _ in IN_PROCESS])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_dirs, files, tmp_path, script, args, message):
+    """In-process, through the same composed config as the command: the run stops with
+    one user error naming the input, and nothing of finediff's is written."""
+    from finediff.errors import find_user_error
+    from tests.conftest import compose
+
+    out = tmp_path / "out"
+    overrides = _probe_args(tiny_dirs, files, out, script, args)
+    if script == "train.py":
+        from train import train as job
+    else:
+        from evaluate import evaluate as job
+    with pytest.raises(Exception) as info:
+        job(compose(script.removesuffix(".py"), overrides))
+    err = find_user_error(info.value)
+    assert err is not None, repr(info.value)
+    assert message in str(err) and "\n" not in str(err), str(err)
+    assert "weights_only=False" not in str(err) and "`weights_only` set to `False`" not in str(err)
+    assert _written(out) == []
+
+
+@pytest.mark.parametrize("probe", sorted(AS_A_USER_RUNS_IT))  # every one of them is a probe above
+def test_bad_input_as_a_user_runs_it(tiny_dirs, files, tmp_path, probe):
+    """The command itself: one line, exit status 2, within 15 s, nothing written."""
+    script, *args = probe.split()
+    message = next(m for s, a, m in PROBES if " ".join([s, *a]) == probe)
+    out = tmp_path / "out"
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://127.0.0.1:9"}  # a hub that does not answer, at once
-    proc = _cli(script, base + args, env=env)
+    t0 = time.perf_counter()
+    proc = _cli(script, _probe_args(tiny_dirs, files, out, script, args), env=env)
+    seconds = time.perf_counter() - t0
     if message.startswith("Could not find"):  # Hydra's own composition error, already one line
         assert proc.returncode == 1 and message in proc.stderr
         return
@@ -163,6 +208,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dirs, files, tmp_p
     assert "Traceback" not in proc.stderr
     assert "weights_only=False" not in proc.stderr and "`weights_only` set to `False`" not in proc.stderr
     assert _written(out) == []
+    assert seconds < 15, f"{probe}: {seconds:.1f} s"
 
 
 def test_result_files_are_as_readable_as_the_checkpoints(tiny_dirs, files):
