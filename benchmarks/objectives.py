@@ -60,7 +60,7 @@ def main() -> None:
             out = args.out / organism / objective
             out.mkdir(parents=True, exist_ok=True)
             seconds = run([sys.executable, "train.py", f"experiment={organism}", f"paths.output_dir={out}",
-                           "logger=csv", f"data.categories=[{ROOT / 'data/probes/everyday.jsonl'}]",
+                           "logger=csv", f"data.categories=[{ROOT / names.PROBES_FILE}]",
                            f"data.max_texts_per_category={args.texts}", f"trainer.max_steps={args.steps}",
                            f"trainer.val_check_interval={args.steps}", "validate_after_fit=false",
                            "evidence.steps=[]", *OBJECTIVES[objective]],

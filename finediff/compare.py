@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -22,14 +21,12 @@ from finediff.errors import FinediffError
 from finediff import names
 from finediff.io import atomic_path, write_text
 from finediff.records import CategoryResult
+from finediff.stats import mean_interval
 
 
 def summarise(category: str, values: list[float]) -> CategoryResult:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    half = 1.96 * std / math.sqrt(n) if n > 1 else 0.0
-    return CategoryResult(category, n, mean, mean - half, mean + half, std, max(values))
+    mean, low, high, std = mean_interval(values)
+    return CategoryResult(category, len(values), mean, low, high, std, max(values))
 
 
 def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 100, batch_size: int = 8,

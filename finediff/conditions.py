@@ -42,7 +42,8 @@ from typing import Optional
 
 from finediff import names
 from finediff.errors import FinediffError
-from finediff.findings import WORD, Finding, content_words, holm, topic_hypothesis
+from finediff.findings import WORD, Finding, content_words, topic_hypothesis
+from finediff.stats import holm
 from finediff.io import read_json, write_json
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from finediff.stats import holm
 from finediff import names
 from finediff.errors import FinediffError
 from finediff.io import read_json, write_json
@@ -179,16 +180,6 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
                 break
     unique = {(h.pattern, repr(h.keys), h.direction): h for h in reversed(out)}  # a claim twice: the first kept
     return [h for h in out if unique[(h.pattern, repr(h.keys), h.direction)] is h][: settings.max_hypotheses]
-
-
-def holm(p: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (same order as ``p``)."""
-    order = sorted(range(len(p)), key=lambda i: p[i])
-    out, running = [1.0] * len(p), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        out[i] = running
-    return out
 
 
 def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_answers: list[str],

@@ -36,7 +36,7 @@ from finediff import names
 from finediff.data import REPO_ROOT, check_category, known_categories, load_category
 from finediff.diff_mining import DiffMiner, DiffMining
 from finediff.errors import FinediffError
-from finediff.findings import holm
+from finediff.stats import holm, mean_interval
 from finediff.io import read_jsonl, write_jsonl, write_text
 
 PROBES = REPO_ROOT / names.PROBES_FILE
@@ -192,16 +192,15 @@ def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: fl
     raw, rows = [], []
     for g in names_:
         mine = [t.divergence for t in texts if t.group == g]
-        n, mean = len(mine), sum(mine) / len(mine)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in mine) / (n - 1)) if n > 1 else 0.0
-        half = 1.96 * sd / math.sqrt(n) if n > 1 else 0.0
+        n = len(mine)
+        mean, low, high, _ = mean_interval(mine)
         a = sum(hit for t, hit in zip(texts, top) if t.group == g)
         b = sum(hit for t, hit in zip(texts, top) if t.group != g)
         rest = len(texts) - n
         raw.append(float(fisher_exact([[a, n - a], [b, rest - b]], alternative="greater")[1]) if a else 1.0)
         source = next(t.source for t in texts if t.group == g)
         ratio = mean / median if median > 0 else (math.inf if mean > 0 else 1.0)
-        rows.append([g, source, n, mean, mean - half, mean + half, max(mine), ratio, a / n])
+        rows.append([g, source, n, mean, low, high, max(mine), ratio, a / n])
     out = [SurveyGroup(*r, p, p < alpha and r[7] >= min_ratio) for r, p in zip(rows, holm(raw))]
     return sorted(out, key=lambda g: -g.mean_divergence), median
 
