@@ -98,7 +98,7 @@ def check_run_inputs(cfg: DictConfig) -> None:
         if not Path(ckpt).is_file():
             raise FinediffError(f"ckpt_path not found: {ckpt}")
         state = load_torch(ckpt, "a Lightning checkpoint of a finediff run")
-        if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
+        if not isinstance(state, dict) or "state_dict" not in state or names.GLOBAL_STEP not in state:
             raise FinediffError(f"ckpt_path {ckpt} is not a Lightning checkpoint of a finediff run "
                                 "(it has no state_dict and global_step)")
     check_trainer(cfg.get("trainer") or {})
@@ -170,9 +170,9 @@ def resume_command(cfg: DictConfig, argv: list[str]) -> str:
     same output folder, the checkpoint Lightning saved on the way out, and the evidence
     steps' outputs read back instead of recomputed."""
     out = Path(cfg.paths.output_dir)
-    ckpt = out / "checkpoints" / "interrupted.ckpt"
+    ckpt = out / names.CHECKPOINT_DIR / names.INTERRUPTED_CKPT
     if not ckpt.is_file():
-        ckpt = out / "checkpoints" / "last.ckpt"
+        ckpt = out / names.CHECKPOINT_DIR / names.LAST_CKPT
     keep = [a for a in argv if a.partition("=")[0].lstrip("+~") not in ("ckpt_path", "evidence.resume",
                                                                          "paths.output_dir")]
     extra = [f"paths.output_dir={out}", "evidence.resume=true"] + ([f"ckpt_path={ckpt}"] if ckpt.is_file() else [])

@@ -27,7 +27,7 @@ def test_outputs_and_checkpoint_hold_prompt_only(tiny_dirs, tmp_path):
     metrics = json.loads((tmp_path / names.METRICS_FILE).read_text())
     assert set(names.VAL_METRIC_KEYS) <= set(metrics)
     assert metrics["global_step"] == 6
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert list(ckpt["state_dict"]) == ["soft_prompt.weight"]
     assert (tmp_path / "checkpoints" / "last.ckpt").stat().st_size < 100_000
 
@@ -285,7 +285,7 @@ def test_module_readable_trains_a_distribution_over_tokens(tiny_dirs, tmp_path):
                         "trainer.val_check_interval=10", "data.max_texts_per_category=100")
     record = torch.load(tmp_path / names.SOFT_PROMPT_FILE, weights_only=True)
     assert record["space"] == "tokens" and record["init"] == "mean" and record["positions"] == "text"
-    logits = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["soft_prompt.weight"]
+    logits = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["soft_prompt.weight"]
     pair = load_model_pair(str(tiny_dirs["base"]), str(tiny_dirs["finetuned"]))
     table = embedding_table(pair.base).detach()
     allowed = allowed_tokens(pair.tokenizer, table.shape[0])
