@@ -30,6 +30,7 @@ from finediff import names, pipeline  # noqa: E402
 from finediff.survey import has_survey, read_survey  # noqa: E402
 from finediff.errors import FinediffError, check_number, check_writable, exit_on_user_error, preflight  # noqa: E402
 from finediff.io import load_torch  # noqa: E402
+from finediff.soft_prompt import is_trainable  # noqa: E402
 from lightning_modules.soft_prompt_divergence import check_settings  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
 
@@ -101,6 +102,11 @@ def check_run_inputs(cfg: DictConfig) -> None:
         if not isinstance(state, dict) or "state_dict" not in state or names.GLOBAL_STEP not in state:
             raise FinediffError(f"ckpt_path {ckpt} is not a Lightning checkpoint of a finediff run "
                                 "(it has no state_dict and global_step)")
+        weight = next((v for k, v in state["state_dict"].items() if is_trainable(k)), None)
+        tokens = (cfg.get("module") or {}).get("num_soft_prompt_tokens")
+        if weight is None or (tokens is not None and weight.shape[0] != tokens):
+            raise FinediffError(f"ckpt_path {ckpt} does not hold a soft prompt of module.num_soft_prompt_tokens="
+                                f"{tokens} (it holds {'none' if weight is None else tuple(weight.shape)})")
     check_trainer(cfg.get("trainer") or {})
     check_settings(cfg.get("module") or {})  # the objective's settings, before minutes of loading and surveying
 

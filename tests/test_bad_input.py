@@ -99,6 +99,8 @@ PROBES = [
     ("train.py", ["module.learning_rate=-1"], "module.learning_rate must be > 0, got -1"),
     ("train.py", ["ckpt_path={d}/garbage.pt"], "is not a Lightning checkpoint of a finediff run that torch can read"),
     ("train.py", ["ckpt_path={d}/pickled.ckpt"], "which finediff never unpickles"),
+    ("train.py", ["ckpt_path={run}/checkpoints/last.ckpt", "module.num_soft_prompt_tokens=5"],
+     "does not hold a soft prompt of module.num_soft_prompt_tokens=5 (it holds (8, 64))"),
     ("train.py", ["model.finetuned=null", "model.adapter={d}/garbage_adapter"], "is not a readable safetensors file"),
     ("train.py", ["data.categories=[{d}/latin1.jsonl]"], "latin1.jsonl is not UTF-8 text"),
     ("evaluate.py", ["task=generate", "task.run_dir={d}/latin1_run"], "hard_prompts.jsonl is not UTF-8 text"),
