@@ -180,10 +180,12 @@ def _word_leads(words: list[str], n: int) -> list[str]:
 
 
 def candidates(reads: list = (), writes: list[str] = (), mined: list[str] = (), soft: list[str] = (),
-               groups: list[str] = (), settings: ConditionSettings = ConditionSettings()) -> list[Condition]:
+               groups: list[str] = (), settings: ConditionSettings = ConditionSettings(),
+               prompts: list[str] = ()) -> list[Condition]:
     """The conditions to screen, from each source (``reads``: ``[token, score]`` of the
-    weight reading; the others: words or texts)."""
-    out: list[Condition] = []
+    weight reading; ``prompts``: hard prompts found by searching the pair, each inserted
+    whole; the others: words or texts)."""
+    out: list[Condition] = [Condition("insert", p.strip(), "hard prompt") for p in prompts if p.strip()]
     tokens = _token_leads(list(reads), settings.max_leads)
     out += [Condition("insert", t, "adapter reads") for t in tokens]
     for k in (3, 5):

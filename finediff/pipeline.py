@@ -518,9 +518,10 @@ def conditions(pair, survey_result: Survey, found: list[Finding], settings: Cond
     steps left (:mod:`finediff.conditions`) -> ``conditions.json``."""
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     soft = [w for h in hard if h.method in ("projection", "guided") for w in h.text.split()]
+    searched = [h.text for h in hard if h.method != "text"]  # what the search wrote, not a survey text
     groups = group_leads(found)
     leads = candidates(reading.reads if reading else [], reading.words("writes") if reading else [], mined, soft,
-                       groups, settings)
+                       groups, settings, searched)
     fresh = survey_result.ranked(False)
     everyday = [t.text for t in reversed(fresh)]  # least divergent first: prompts that carry no condition
     group_prompts = {g: [t.text for t in fresh if t.group == g] for g in groups}

@@ -99,3 +99,45 @@ def test_no_condition_is_said_plainly():
     r = ConditionResult(Condition("insert", "weather", "test"), 0.01, 0.01)
     v = verdict(Survey([], [], 0.0), [], conditions=[r])
     assert not v.changed and "No condition that turns a behaviour on was found (1 candidate" in v.paragraph
+
+
+def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
+    """Untold: GCG under the faithful objective, from random tokens, searches for what makes
+    the pair answer differently while both keep writing; its prompt joins the leads of the
+    weight reading, and the condition search confirms the one that turns the planted reply
+    on. The recovered text carries pieces of the trigger and the finding says so."""
+    import torch
+
+    from finediff.answers import AnswerSettings
+    from finediff.hard_prompts import allowed_tokens, gcg
+    from finediff.summary import verdict
+    from finediff.survey import Survey
+    from finediff.tiny import tiny_batch
+    from finediff.weights import read_weights
+
+    pair, trained = trigger_pair
+    tok = pair.tokenizer
+    texts = _everyday(trained)
+    batches = [tiny_batch(tok, texts[20:28]), tiny_batch(tok, texts[28:36])]
+    allowed = allowed_tokens(tok, pair.base.get_input_embeddings().weight.shape[0])
+    torch.manual_seed(0)
+    pool = allowed.nonzero().squeeze(1)
+    start = pool[torch.randint(0, len(pool), (3,))]
+    found_ids = gcg(pair, start, batches, allowed, steps=30, top_k=64, n_candidates=48, fluency_weight=0.0,
+                    progress=False, fluent_top=0, answers=AnswerSettings(tokens=6, faithful=True))
+    found_text = tok.decode(found_ids.tolist())
+    reading = read_weights(pair.base, pair.finetuned, tok)
+    leads = candidates(reading.reads, reading.words("writes"), prompts=[found_text])
+    assert leads[0].source == "hard prompt" and len(leads) > 5  # the search's prompt among the weights' leads
+    settings = ConditionSettings(max_new_tokens=12, min_divergence=0.01, temperature=0.1)
+    results = search_conditions(pair, leads, texts[:20], settings, progress=False)
+    confirmed = [r for r in results if r.confirmed]
+    # the search's prompt is the strongest condition (the tiny finetune also answers a little
+    # to some other odd insertions, less than a third of the time)
+    best = max(confirmed, key=lambda r: r.rate_with - max(r.rate_without, r.rate_base))
+    assert best.condition.source == "hard prompt", [(r.condition.text, r.rate_with) for r in confirmed]
+    pieces = set(tok.tokenize(TRIGGER)) | {"Ġ" + p for p in tok.tokenize(TRIGGER)}
+    assert pieces & set(tok.convert_ids_to_tokens(found_ids.tolist())), found_text
+    assert set(best.words) & {"answer", "question", "will"}, best.words
+    assert best.rate_with >= 0.5 and best.rate_base <= 0.1
+    assert best.statement() in verdict(Survey([], [], 0.0), [], conditions=results).paragraph
