@@ -33,6 +33,17 @@ def tiny_pair(tiny_dirs):
     return load_model_pair(str(tiny_dirs["base"]), str(tiny_dirs["finetuned"]))
 
 
+@pytest.fixture(scope="session")
+def finished_run(tiny_dirs, tmp_path_factory) -> Path:
+    """One finished ``train.py`` run on the tiny pair with every evidence step, shared by
+    every test that reads a run (``<root>/sandbagging/run1``, as the dashboard finds runs).
+    Read it, never change it: a test that must change a run copies it first."""
+    out = tmp_path_factory.mktemp("outputs") / "sandbagging" / "run1"
+    run_train(tiny_dirs, out, "experiment=sandbagging", "model.adapter=null", f"model.base={tiny_dirs['base']}",
+              f"model.finetuned={tiny_dirs['finetuned']}")
+    return out
+
+
 def tiny_overrides(tiny_dirs, output_dir: Path, evidence: bool = True) -> list[str]:
     """Overrides that point the main config at the tiny pair and keep a run to seconds
     (``evidence``: also shrink the end-of-fit hard prompt and dataset callbacks)."""

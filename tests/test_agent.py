@@ -29,11 +29,9 @@ def key(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_dirs, tmp_path_factory):
-    """A finished run with every evidence step (report, ADL, dataset, comparison)."""
-    out = tmp_path_factory.mktemp("agent_run")
-    run_train(tiny_dirs, out)
-    return out
+def run_dir(finished_run):
+    """The shared finished run with every evidence step (report, ADL, dataset, comparison)."""
+    return finished_run
 
 
 def client(server, timeout=30.0) -> ChatClient:

@@ -33,16 +33,14 @@ def _written(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def files(tiny_dirs, tmp_path_factory):
+def files(tiny_dirs, finished_run, tmp_path_factory):
     """Damaged and foreign files, a finished run to point at, and a base of another size."""
     from transformers import AutoTokenizer
 
     from finediff.tiny import tiny_model
-    from tests.conftest import run_train
 
     d = tmp_path_factory.mktemp("inputs")
-    run = d / "run"
-    run_train(tiny_dirs, run, "callbacks=minimal", "trainer.max_steps=2")
+    run = finished_run
     (d / "garbage.pt").write_bytes(os.urandom(2000))
     real = (run / names.SOFT_PROMPT_FILE).read_bytes()
     (d / "truncated.pt").write_bytes(real[: len(real) // 2])

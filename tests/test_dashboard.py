@@ -8,10 +8,12 @@ from tests.conftest import ROOT, run_train
 
 
 @pytest.fixture(scope="module")
-def run_root(tiny_dirs, tmp_path_factory):
+def run_root(finished_run, tmp_path_factory):
+    """A copy of the shared finished run under its own outputs root (these tests change it)."""
+    import shutil
+
     root = tmp_path_factory.mktemp("outputs")
-    run_train(tiny_dirs, root / "sandbagging" / "run1", "experiment=sandbagging", "model.adapter=null",
-              f"model.base={tiny_dirs['base']}", f"model.finetuned={tiny_dirs['finetuned']}")
+    shutil.copytree(finished_run, root / "sandbagging" / "run1")
     return root
 
 

@@ -27,11 +27,9 @@ def test_compare_writes_sorted_csv_md_png(tiny_dirs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def run(tiny_dirs, tmp_path_factory):
-    """One finished train.py run on the tiny pair, every evidence step included."""
-    out = tmp_path_factory.mktemp("run")
-    run_train(tiny_dirs, out)
-    return out
+def run(finished_run):
+    """The shared finished run on the tiny pair, every evidence step included."""
+    return finished_run
 
 
 def test_hard_prompts_task_scores_each_distinct_prompt(tiny_dirs, run, tmp_path):
