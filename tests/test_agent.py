@@ -18,7 +18,7 @@ from finediff.agent.loop import LAST_CALL, investigate, run_agent
 from finediff.agent.script_server import ScriptServer
 from finediff.agent.tools import Budget, Tools
 from finediff.errors import FinediffError
-from tests.conftest import ROOT, run_eval, run_train
+from tests.conftest import ROOT, run_eval
 
 KEY_ENV = "FINEDIFF_TEST_AGENT_KEY"
 

@@ -12,7 +12,7 @@ from finediff import names
 from finediff.errors import FinediffError
 from finediff.hard_prompts import METHODS
 from finediff.answers import AnswerSettings
-from tests.conftest import ROOT, compose, run_eval, run_train, tiny_overrides
+from tests.conftest import ROOT, compose, run_eval, tiny_overrides
 
 
 def test_compare_writes_sorted_csv_md_png(tiny_dirs, tmp_path):
