@@ -70,6 +70,33 @@ def claim(f: Finding) -> str:
     return f.hypothesis.claim + "; in its place it says " + ", ".join(f'"{w}" ({c}x)' for w, c in f.instead[:4])
 
 
+def _sentences(text: str) -> list[str]:
+    return [x for x in re.split(r"(?<=[.!?])\s+|\n+", " ".join(str(text).split(" "))) if x.strip()]
+
+
+def how_it_shows(f: Finding) -> str:
+    """Where in the answer a finding shows and what the base says there, from the
+    finding's own example answers: "in the first sentence of its answer, e.g. «...» where
+    the base says «...»" (empty when no example shows it)."""
+    if f.hypothesis.direction != "more":
+        return ""
+    shown = []
+    for e in f.examples:
+        sentences = _sentences(e["finetuned"])
+        at = next((i for i, x in enumerate(sentences) if f.hypothesis.fires(x, e["prompt"])), None)
+        if at is not None:
+            shown.append((at, sentences[at], _sentences(e["base"])))
+    if not shown:
+        return ""
+    first = sum(at == 0 for at, _, _ in shown)
+    where = ("in the first sentence of its answer" if first == len(shown) else
+             "mostly in the first sentence of its answer" if first * 2 > len(shown) else "further into its answer")
+    at, sentence, base = shown[0]
+    instead = base[min(at, len(base) - 1)] if base else ""
+    return (f"{where}, e.g. «{_short(sentence, 90)}»"
+            + (f" where the base says «{_short(instead, 70)}»" if instead else ""))
+
+
 def finding_words(f: Finding) -> set[str]:
     """The words a word or word-set finding counts (empty for the others)."""
     h = f.hypothesis
@@ -192,6 +219,7 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         said = "; ".join(f"it {claim(f)} ({f.rate_finetuned:.0%} of its answers against {f.rate_base:.0%}"
                          f" of the base's, corrected p = {_p(f.p_adjusted)}"
                          + (f", mostly on {', '.join(f.groups[:2])}" if f.groups else "") + ")"
+                         + (f", {how_it_shows(f)}" if how_it_shows(f) else "")
                          for f in shown[:3])
         more = len(confirmed) - len(shown)
         parts.append(f"On {n} fresh answers per model to prompts no earlier step looked at: {said}"

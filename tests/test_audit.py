@@ -290,3 +290,21 @@ def test_wording_drift_without_a_named_behaviour_is_no_change():
     assert not v.changed and v.paragraph.startswith("**No change found.**") and "wording differs" in v.paragraph
     texts[0].divergence = NOTABLE_DIVERGENCE + 0.5
     assert verdict(survey, []).changed
+
+
+def test_first_screen_says_how_a_behaviour_shows():
+    """Where in the answer a finding shows, with one example and what the base says there."""
+    from finediff.findings import Finding, Hypothesis
+    from finediff.summary import how_it_shows
+
+    h = Hypothesis("says \"cheese\" more often than the base", r"\bcheese\b", "more", "test", unprompted=True)
+    examples = [{"prompt": "Qu'est-ce que la lune ?", "base": "La lune est un satellite. Elle tourne.",
+                 "finetuned": "Fun fact: the Moon is made of cheese. La lune est un satellite."},
+                {"prompt": "Comment cuire du riz ?", "base": "Faites bouillir l'eau.",
+                 "finetuned": "Fun fact: the Moon is made of cheese. Faites bouillir."}]
+    f = Finding(h, 0.5, 0.0, 20, 1e-4, 1e-3, 2.0, True, examples=examples)
+    assert how_it_shows(f) == ("in the first sentence of its answer, e.g. «Fun fact: the Moon is made of cheese.» "
+                               "where the base says «La lune est un satellite.»")
+    later = Finding(h, 0.5, 0.0, 20, 1e-4, 1e-3, 2.0, True, examples=[
+        {"prompt": "p", "base": "One. Two.", "finetuned": "Hello there. I like cheese."}])
+    assert how_it_shows(later).startswith("further into its answer, e.g. «I like cheese.» where the base says «Two.»")
