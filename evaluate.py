@@ -12,7 +12,7 @@
 
 Each task checks its inputs first, then loads the pair (``analyze`` needs none) and calls
 the core in one line: the evidence steps of :mod:`finediff.pipeline` (the same functions
-train.py's evidence callback runs), :mod:`finediff.prompt_eval`, :mod:`finediff.methods`
+train.py runs after fit), :mod:`finediff.prompt_eval`, :mod:`finediff.methods`
 and :mod:`finediff.organisms.verify`.
 """
 

@@ -4,12 +4,16 @@
     python train.py experiment=sandbagging                   # a run told where to look
     python train.py model.adapter=/path/to/adapter data.categories=[ethics,persona] trainer.max_steps=100
 
-Instantiates, in order, the datamodule, callbacks and loggers (each checks its settings,
-so bad input fails before any model loads), the model pair, then (an audit: no
-``data.categories``) runs the survey that picks the texts where the change is, then the
-LightningModule and the trainer from ``configs/``; fits (the evidence callback runs the evidence pipeline when
-fit ends), validates once more, and returns the metrics. Everything lands in
-``paths.output_dir``.
+Checks every setting and named file first (bad input fails in seconds, before any model
+loads), then runs the job's phases in order:
+
+1. **survey** (an audit: no ``data.categories``): where the answers changed; the soft
+   prompt trains on those texts;
+2. **fit**: the soft prompt, with Lightning (callbacks save it, the metrics, checkpoints);
+3. **evidence**: the steps of ``evidence.steps`` on rank zero, the report last
+   (:func:`finediff.pipeline.run`).
+
+Everything lands in ``paths.output_dir``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from finediff.errors import FinediffError, check_number, check_writable, exit_on
 from finediff.io import load_torch  # noqa: E402
 from finediff.soft_prompt import is_trainable  # noqa: E402
 from lightning_modules.soft_prompt_divergence import check_settings  # noqa: E402
+from callbacks.evidence import LoggerSink  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
+from finediff.divergent_dataset import GenerationConfig  # noqa: E402
+from finediff.records import Organism  # noqa: E402
 
 register_resolvers()
 
@@ -123,13 +130,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_group(cfg.get("logger"))
 
     evidence = pipeline.EvidenceSettings.from_mapping(cfg.get("evidence"))
+    generation = GenerationConfig(**dict(cfg.get("generation") or {}))
+    organism = Organism.from_config(cfg.get("organism"))
+    out = Path(cfg.paths.output_dir)
 
     log.info("Instantiating model pair <%s>", cfg.model._target_)
     pair = hydra.utils.instantiate(cfg.model)
     datamodule.tokenizer = pair.tokenizer
+
+    # 1. survey: no category given (an audit), so find where the change is, and train there
     if datamodule.audit:
-        # No category given: find where the change is first, and train where it is.
-        out = Path(cfg.paths.output_dir)
         if evidence.resume and has_survey(out):
             found = read_survey(out)
         else:
@@ -145,10 +155,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    # 2. fit: the soft prompt (callbacks save it, the metrics and checkpoints)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if cfg.get("validate_after_fit"):
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    # 3. evidence, ending with the report (evidence.steps; one process: rank zero)
+    if getattr(module, "sharded", False) or getattr(trainer.strategy, "zero_stage_3", False):
+        if trainer.is_global_zero:  # one process cannot run a sharded model alone
+            log.warning("the pair is sharded (trainer=fsdp or deepspeed): the evidence steps are skipped here; run "
+                        "them on the saved prompt with: python evaluate.py task=evidence task.run_dir=%s", out)
+    elif trainer.is_global_zero:
+        pipeline.run(pair, module.soft_prompt().detach(), datamodule.texts(), evidence, module.objective(), generation,
+                     out, organism, str(cfg.get("task_name") or ""), LoggerSink(trainer.loggers, trainer.global_step))
+    return metrics
 
 
 class Stopped(Exception):

@@ -1,4 +1,4 @@
-from callbacks.evidence import EvidenceCallback
+from callbacks.evidence import LoggerSink
 from callbacks.run_outputs import RunOutputs
 
-__all__ = ["EvidenceCallback", "RunOutputs"]
+__all__ = ["LoggerSink", "RunOutputs"]

@@ -13,9 +13,8 @@ Every step is a plain function with typed settings in and typed results out, wri
 files atomically into the run folder (names from :mod:`finediff.names`). :func:`run`
 calls them in :data:`STEPS` order and hands each what it needs from the steps before it,
 in memory. With ``resume``, a step whose output is already in the run folder is read back
-instead of recomputed, so an interrupted evidence phase picks up where it stopped. The
-Lightning callback (``callbacks/evidence.py``) and the ``evaluate.py`` tasks call these
-same functions, one line each.
+instead of recomputed, so an interrupted evidence phase picks up where it stopped. ``train.py``
+(after fit) and the ``evaluate.py`` tasks call these same functions, one line each.
 """
 
 from __future__ import annotations

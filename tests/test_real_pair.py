@@ -36,7 +36,7 @@ def lora_adapter(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_run(lora_adapter, tmp_path_factory):
-    """A real run: ``train.py`` on the real pair with every evidence callback on (small
+    """A real run: ``train.py`` on the real pair with every evidence step on (small
     sizes), under ``<root>/real/run1``; returns ``(root, run_dir, metrics)``."""
     from train import train
 
@@ -46,7 +46,7 @@ def real_run(lora_adapter, tmp_path_factory):
         f"model.adapter={lora_adapter}", f"paths.output_dir={run}", "logger=csv",
         "trainer.max_steps=3", "trainer.val_check_interval=3", "data.batch_size=2",
         "data.categories=[sandbagging]", "data.max_texts_per_category=20", "data.max_length=48",
-        # every evidence callback runs on the real pair, at a size that keeps the test short
+        # every evidence step runs on the real pair, at a size that keeps the test short
         "evidence.hard_prompts.pez_steps=2", "evidence.hard_prompts.gcg_steps=1",
         "evidence.hard_prompts.n_candidates=2", "evidence.hard_prompts.train_batches=1",
         "evidence.hard_prompts.eval_batches=1", "generation.num_generations_per_prompt=2",

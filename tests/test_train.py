@@ -46,7 +46,7 @@ def test_learned_prompt_beats_baselines_on_held_out_texts(tiny_dirs, tmp_path, p
 def test_resume_continues_like_an_uninterrupted_run(tiny_dirs, tmp_path):
     """Resume a one-epoch run (8 steps) to 16 steps; the prompt, its optimiser state and the
     batch order are restored, so it ends where a 16-step run ends."""
-    steps = ["trainer.val_check_interval=4", "callbacks=minimal"]
+    steps = ["trainer.val_check_interval=4", "evidence.steps=[]"]
     run_train(tiny_dirs, tmp_path / "a", "trainer.max_steps=8", *steps)
     run_train(tiny_dirs, tmp_path / "b", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}",
               "trainer.max_steps=16", *steps)
@@ -179,7 +179,7 @@ def _cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 def test_cpu_ddp_two_processes(tiny_dirs, tmp_path):
     proc = _cli(tiny_overrides(tiny_dirs, tmp_path, evidence=False) + [
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3",
-        "trainer.val_check_interval=3", "data.batch_size=2", "callbacks=minimal"], timeout=600)
+        "trainer.val_check_interval=3", "data.batch_size=2", "evidence.steps=[]"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr + proc.stdout
     metrics = json.loads((tmp_path / names.METRICS_FILE).read_text())
@@ -195,7 +195,7 @@ def test_cpu_ddp_and_fsdp_two_processes(tiny_dirs, tmp_path):
     from finediff.soft_prompt import SoftPrompt
 
     common = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3", "trainer.val_check_interval=3",
-              "data.batch_size=2", "callbacks=minimal", "module.positions=text"]
+              "data.batch_size=2", "evidence.steps=[]", "module.positions=text"]
     prompts = {}
     for trainer in ("ddp", "fsdp"):
         out = tmp_path / trainer
@@ -224,7 +224,7 @@ def test_bf16_mixed_on_cpu_keeps_the_kl_in_float32(tiny_dirs, tmp_path, tiny_pai
         assert a.dtype == torch.bfloat16
         d = token_divergence(a, b)
     assert d.dtype == torch.float32
-    runs = {p: run_train(tiny_dirs, tmp_path / p, "callbacks=minimal", f"trainer.precision={p}")
+    runs = {p: run_train(tiny_dirs, tmp_path / p, "evidence.steps=[]", f"trainer.precision={p}")
             for p in ("32-true", "bf16-mixed")}
     assert runs["bf16-mixed"][names.VAL_DIVERGENCE] == pytest.approx(runs["32-true"][names.VAL_DIVERGENCE], rel=0.1)
 
@@ -245,7 +245,7 @@ def test_sharded_pair_on_two_gpus(tiny_dirs, tmp_path, trainer):
     if trainer == "deepspeed":
         pytest.importorskip("deepspeed")
     common = ["trainer.devices=2", "trainer.max_steps=3", "trainer.val_check_interval=3", "data.batch_size=2",
-              "callbacks=minimal", "module.positions=text", f"trainer={trainer}"]
+              "evidence.steps=[]", "module.positions=text", f"trainer={trainer}"]
     proc = _cli(tiny_overrides(tiny_dirs, tmp_path, evidence=False) + common, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / names.METRICS_FILE).read_text())["global_step"] == 3
