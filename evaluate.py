@@ -141,7 +141,7 @@ class HardPrompts(Task):
                 str(c), d.max_texts_per_category, d.val_fraction, self.cfg.seed).val[: t.max_texts_per_category]]
         else:
             texts = [x for c in t.categories for x in load_category(str(c), t.max_texts_per_category, 0.0).train]
-        answers = AnswerSettings(tokens=int(t.answer_tokens)) if t.positions == "response" else None
+        answers = AnswerSettings(tokens=int(t.max_new_tokens)) if t.positions == "response" else None
         result = {"categories": [str(c) for c in t.categories], "split": str(t.split)} | evaluate_prompts(
             pair, self.prompts, texts, t.batch_size, d.max_length, t.max_kl_texts, t.max_prompts, answers=answers)
         if self.record is not None:

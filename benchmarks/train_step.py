@@ -15,7 +15,7 @@ With ``--positions`` both sides are the Lightning module on a loader of the same
 chat-formatted sandbagging texts (``--texts`` of them, batches of ``--batch``, at most
 ``length`` tokens, collated as a run's datamodule does): ``module.positions=text``
 against ``response`` for each ``--answer-batch-size`` (0: a text's answer of
-``--answer-tokens`` regenerated once it is ``--refresh-every`` steps old, when its batch
+``--max-new-tokens`` regenerated once it is ``--refresh-every`` steps old, when its batch
 comes; > 0: every text's answer at once every ``--refresh-every`` steps, that many per
 generate call). Every step is timed from the first, so the answers made count in
 proportion; the mean step of each and its ratio to the text step are printed.
@@ -84,12 +84,12 @@ def lightning_steps(module, data, warmup: int, steps: Optional[int] = None) -> l
 def compare_positions(pair, args) -> dict:
     loader = chat_loader(pair.tokenizer, args.texts, args.batch, args.length)
     result = {"texts": f"{len(loader.dataset)} texts, batches of {args.batch}, at most {args.length} tokens",
-              "steps_timed": args.steps, "answer_tokens": args.answer_tokens, "refresh_every": args.refresh_every}
+              "steps_timed": args.steps, "max_new_tokens": args.max_new_tokens, "refresh_every": args.refresh_every}
     module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions="text")
     result["text_step_s"] = round(statistics.mean(lightning_steps(module, loader, 0, args.steps)), 3)
     for size in args.answer_batch_size:
         module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions="response",
-                                      answer_tokens=args.answer_tokens, refresh_every=args.refresh_every,
+                                      max_new_tokens=args.max_new_tokens, refresh_every=args.refresh_every,
                                       answer_batch_size=size)
         step = statistics.mean(lightning_steps(module, loader, 0, args.steps))
         result[f"response_answer_batch_size_{size}"] = {
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--adapter", default=str(REPO_ROOT / "organisms" / "sandbagging"))
     ap.add_argument("--positions", action="store_true", help="time the answer objective against the text objective")
     ap.add_argument("--texts", type=int, default=104, help="--positions: texts in the loader (a run's training set)")
-    ap.add_argument("--answer-tokens", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--refresh-every", type=int, default=24)
     ap.add_argument("--answer-batch-size", type=int, nargs="+", default=[0, 32],
                     help="module.answer_batch_size values to time (0: answers made batch by batch)")

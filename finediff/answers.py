@@ -63,7 +63,7 @@ class AnswerSettings:
 
     def __post_init__(self):
         if self.tokens < 1 or self.refresh_every < 1:
-            raise FinediffError(f"module.answer_tokens and module.refresh_every must be >= 1, "
+            raise FinediffError(f"module.max_new_tokens and module.refresh_every must be >= 1, "
                                 f"got {self.tokens} and {self.refresh_every}")
         if self.batch_size < 0:
             raise FinediffError(f"module.answer_batch_size must be >= 0, got {self.batch_size}")

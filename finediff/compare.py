@@ -31,11 +31,11 @@ def summarise(category: str, values: list[float]) -> CategoryResult:
 
 def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 100, batch_size: int = 8,
                        max_length: Optional[int] = None, progress: bool = True, positions: str = "response",
-                       response_tokens: int = 32) -> list[CategoryResult]:
+                       max_new_tokens: int = 32) -> list[CategoryResult]:
     """Mean divergence per category with a 95% CI, highest first.
 
     ``positions="response"`` (default) scores each text by the pair's divergence over the
-    finetuned model's greedy answer (``response_tokens`` tokens at most), both models
+    finetuned model's greedy answer (``max_new_tokens`` tokens at most), both models
     teacher-forced; ``positions="text"`` scores the text's own tokens (the training
     objective's positions) instead.
     """
@@ -46,7 +46,7 @@ def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 1
         split = load_category(category, max_texts, val_fraction=0.0)
         if progress:
             print(f"scoring category {category} ({len(split.train)} texts)", flush=True)
-        values = score_texts(pair, split.train, positions, response_tokens, max_length, batch_size, progress)
+        values = score_texts(pair, split.train, positions, max_new_tokens, max_length, batch_size, progress)
         results.append(summarise(category, values))
     return sorted(results, key=lambda r: r.mean_divergence, reverse=True)
 

@@ -32,7 +32,7 @@ from finediff.records import DivergentRecord, RecordMetrics
 class GenerationConfig:
     """The seed framework's ``generation`` block."""
 
-    max_length: int = 128
+    max_new_tokens: int = 128
     """New tokens per generation."""
     num_generations_per_prompt: int = 10
     """Samples per prompt and model."""
@@ -42,9 +42,9 @@ class GenerationConfig:
     """Nucleus sampling threshold."""
 
     def __post_init__(self):
-        if self.max_length < 1 or self.num_generations_per_prompt < 1:
-            raise FinediffError("generation.max_length and generation.num_generations_per_prompt must be >= 1, "
-                                f"got {self.max_length} and {self.num_generations_per_prompt}")
+        if self.max_new_tokens < 1 or self.num_generations_per_prompt < 1:
+            raise FinediffError("generation.max_new_tokens and generation.num_generations_per_prompt must be >= 1, "
+                                f"got {self.max_new_tokens} and {self.num_generations_per_prompt}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise FinediffError(f"generation.temperature must be > 0 and generation.top_p in (0, 1], "
                                 f"got {self.temperature} and {self.top_p}")
@@ -79,25 +79,25 @@ def text_divergences(pair, texts: list[str], prompt: Optional[torch.Tensor] = No
 
 
 
-def score_texts(pair, texts: list[str], positions: str = "response", response_tokens: int = 32,
+def score_texts(pair, texts: list[str], positions: str = "response", max_new_tokens: int = 32,
                 max_length: Optional[int] = None, batch_size: int = 8, progress: bool = False,
                 kind: str = "kl_ft_base") -> list[float]:
     """The pair's divergence on each text, in order: ``positions="response"`` over the
     finetuned model's greedy answer (:func:`response_divergences`), ``"text"`` over the
     text itself (:func:`text_divergences`)."""
     if positions == "response":
-        return response_divergences(pair, texts, response_tokens, batch_size, kind, progress)
+        return response_divergences(pair, texts, max_new_tokens, batch_size, kind, progress)
     if positions == "text":
         return text_divergences(pair, texts, batch_size=batch_size, kind=kind, max_length=max_length,
                                 progress=progress)
     raise FinediffError(f"unknown positions {positions!r}; choose {' or '.join(POSITIONS)}")
 
 
-def rank_texts(pair, texts: list[str], positions: str = "response", response_tokens: int = 32,
+def rank_texts(pair, texts: list[str], positions: str = "response", max_new_tokens: int = 32,
                max_length: Optional[int] = None, batch_size: int = 8, progress: bool = True,
                kind: str = "kl_ft_base") -> list[tuple[float, str]]:
     """``(divergence, text)`` for every text, highest first (see :func:`score_texts`)."""
-    scores = score_texts(pair, texts, positions, response_tokens, max_length, batch_size, progress, kind)
+    scores = score_texts(pair, texts, positions, max_new_tokens, max_length, batch_size, progress, kind)
     return sorted(zip(scores, texts), key=lambda x: -x[0])
 
 
@@ -170,7 +170,7 @@ def generate_dataset(pair, prompts: list[str], config: GenerationConfig, seed: i
     """Sample both models on every prompt and score each generation pair (seed format),
     sorted by ``kl_divergence``, highest first."""
     expanded = [p for p in prompts for _ in range(config.num_generations_per_prompt)]
-    kwargs = dict(max_new_tokens=config.max_length, batch_size=batch_size, do_sample=True,
+    kwargs = dict(max_new_tokens=config.max_new_tokens, batch_size=batch_size, do_sample=True,
                   temperature=config.temperature, top_p=config.top_p, return_ids=True, progress=progress)
     base = generate(pair.base, pair.tokenizer, expanded, seed=seed, **kwargs)
     ft = generate(pair.finetuned, pair.tokenizer, expanded, seed=seed, **kwargs)
@@ -186,7 +186,7 @@ def generate_amplified(pair, prompts: list[str], config: GenerationConfig, alpha
     from finediff.amplification import amplified_generate
 
     expanded = [p for p in prompts for _ in range(per_prompt)]
-    kwargs = dict(max_new_tokens=config.max_length, batch_size=batch_size, temperature=config.temperature,
+    kwargs = dict(max_new_tokens=config.max_new_tokens, batch_size=batch_size, temperature=config.temperature,
                   top_p=config.top_p, return_ids=True, progress=progress)
     base = generate(pair.base, pair.tokenizer, expanded, seed=seed, do_sample=True, **kwargs)
     amp = amplified_generate(pair, expanded, alpha, seed=seed, **kwargs)

@@ -298,7 +298,7 @@ class LensConfig:
     strengths: tuple = DEFAULT_STRENGTHS
     coherence_factor: float = 2.0
     """Steered samples' base perplexity may be at most this many times the unsteered ones'."""
-    steering_tokens: int = 48
+    max_new_tokens: int = 48
     relevance_top_n: int = 100
     n_steer_prompts: int = 12
     steer_category: str = "general"
@@ -323,7 +323,7 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
     tok = pair.tokenizer
     relevant = relevant_tokens(tok, finetune_texts, generic_texts, config.relevance_top_n) if finetune_texts else []
     summary = LensSummary(relevant_tokens=relevant)
-    unsteered = (_generate(pair.finetuned, tok, steer_prompts, config.steering_tokens, steer_chat)
+    unsteered = (_generate(pair.finetuned, tok, steer_prompts, config.max_new_tokens, steer_chat)
                  if steer_prompts else None)
     for depth in config.layers:
         layer = relative_layer(pair.num_layers, depth)
@@ -353,7 +353,7 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
         # token, whose activations are outsized in both models).
         steer_vec = stats.diff_PD[1:].mean(0) if config.n_positions > 1 else stats.diff_PD[0]
         steering = Steering(**search_steering(pair, steer_vec, layer, stats.ft_norm, steer_prompts, config.strengths,
-                                              config.coherence_factor, config.steering_tokens, progress,
+                                              config.coherence_factor, config.max_new_tokens, progress,
                                               unsteered, chat=steer_chat)) if steer_prompts else None
         summary.layers[str(layer)] = LensLayer(
             relative_depth=depth, n_texts=stats.n_texts, base_norm=stats.base_norm, ft_norm=stats.ft_norm,

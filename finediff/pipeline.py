@@ -170,7 +170,7 @@ class DatasetSettings:
     batch_size: int = 16
     positions: str = "response"
     """How texts are ranked: over the finetuned model's greedy answer, or the text itself."""
-    response_tokens: int = 32
+    max_new_tokens: int = 32
     max_prompt_perplexity: float = 1000.0
     """Hard prompts the base model finds less readable than this are left out."""
     amplify_alpha: float = 0.0
@@ -180,7 +180,7 @@ class DatasetSettings:
     def __post_init__(self):
         _positions("evidence.divergent_dataset", self.positions)
         _positive("evidence.divergent_dataset", batch_size=self.batch_size, max_scored_texts=self.max_scored_texts,
-                  response_tokens=self.response_tokens, amplified_per_prompt=self.amplified_per_prompt)
+                  max_new_tokens=self.max_new_tokens, amplified_per_prompt=self.amplified_per_prompt)
         if self.amplify_alpha < 0:
             raise FinediffError(f"evidence.divergent_dataset.amplify_alpha must be >= 0, got {self.amplify_alpha}")
 
@@ -194,12 +194,12 @@ class CompareSettings:
     max_texts_per_category: int = 24
     batch_size: int = 8
     positions: str = "response"
-    response_tokens: int = 32
+    max_new_tokens: int = 32
 
     def __post_init__(self):
         _positions("evidence.compare", self.positions)
         _positive("evidence.compare", max_texts_per_category=self.max_texts_per_category,
-                  batch_size=self.batch_size, response_tokens=self.response_tokens)
+                  batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
         if self.categories is not None:
             from finediff.data import category_file
 
@@ -272,9 +272,11 @@ class Objective:
     def from_record(cls, record: dict, seed: int = 0) -> "Objective":
         """The objective a ``soft_prompt.pt`` record was trained with (records written
         before the answer objective existed trained at the text positions)."""
+        # Records written before the rename to max_new_tokens hold the same number as "answer_tokens".
+        tokens = record.get("max_new_tokens", record.get("answer_tokens", AnswerSettings.tokens))
         return cls(str(record["divergence"]), float(record["temperature"]), seed=seed,
                    positions=str(record.get("positions", "text")),
-                   answers=AnswerSettings(tokens=int(record.get("answer_tokens", AnswerSettings.tokens)),
+                   answers=AnswerSettings(tokens=int(tokens),
                                           faithful=bool(record.get("faithful", False))),
                    start=record.get("start"))
 
@@ -404,7 +406,7 @@ def divergent_dataset(pair, texts: list[str], hard: list[str], settings: Dataset
     score every pair -> ``divergent_dataset.pt`` / ``.jsonl``, highest ``kl_divergence`` first."""
     s = settings
     if not ranked:
-        texts = [t for _, t in rank_texts(pair, texts[: s.max_scored_texts], s.positions, s.response_tokens,
+        texts = [t for _, t in rank_texts(pair, texts[: s.max_scored_texts], s.positions, s.max_new_tokens,
                                           max_length, progress=progress)]
     prompts = dataset_prompts(hard, texts, s.n_hard_prompts, s.texts_per_hard_prompt, s.n_texts)
     records = generate_dataset(pair, prompts, generation, seed=seed, batch_size=s.batch_size, progress=progress)
@@ -481,7 +483,7 @@ def compare(pair, settings: CompareSettings, max_length: Optional[int] = None, o
 
     s = settings
     results = compare_categories(pair, list(s.categories or known_categories()), s.max_texts_per_category,
-                                 s.batch_size, max_length, progress, s.positions, s.response_tokens)
+                                 s.batch_size, max_length, progress, s.positions, s.max_new_tokens)
     if out is not None:
         where = "over the finetuned model's answers" if s.positions == "response" else "over the texts"
         write_comparison(results, Path(out), title, f"mean per-token KL(ft || base) {where}")

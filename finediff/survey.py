@@ -53,7 +53,7 @@ class SurveySettings:
     texts: Optional[list] = None
     """The user's own texts: category specs (a ``.jsonl`` path or ``hub:`` spec), one group each."""
     max_texts_per_group: int = 16
-    response_tokens: int = 32
+    max_new_tokens: int = 32
     batch_size: int = 8
     n_train: int = 48
     """Highest-divergence discovery texts the soft prompt trains on."""
@@ -74,7 +74,7 @@ class SurveySettings:
     """Generic-corpus texts mined too (read, not answered; 0: none)."""
 
     def __post_init__(self):
-        for key in ("max_texts_per_group", "response_tokens", "batch_size", "n_train", "n_val", "mining_top_k"):
+        for key in ("max_texts_per_group", "max_new_tokens", "batch_size", "n_train", "n_val", "mining_top_k"):
             if getattr(self, key) < 1:
                 raise FinediffError(f"evidence.survey.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("alpha", "top_quantile"):
@@ -216,7 +216,7 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
     if progress:
         print(f"survey: {len(items)} texts in {len({t.group for t in items})} groups", flush=True)
     prompts = [t.text for t in items]
-    gens = generate(pair.finetuned, pair.tokenizer, prompts, max_new_tokens=settings.response_tokens,
+    gens = generate(pair.finetuned, pair.tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
                     batch_size=16, return_ids=True, progress=progress)
     miner = DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff, settings.mining_min_prob)
     scored = teacher_forced(pair, prompts, [ids for _, ids in gens], settings.batch_size, progress, "scoring answers")

@@ -21,10 +21,18 @@ from lightning_modules import SoftPromptDivergence
 _MODULE_KEYS = {"num_soft_prompt_tokens": "num_soft_prompt_tokens", "learning_rate": "learning_rate",
                 "gradient_checkpointing": "gradient_checkpointing", "divergence": "divergence",
                 "temperature": "temperature", "init": "init", "warmup_steps": "warmup_steps",
-                "positions": "positions", "answer_tokens": "answer_tokens", "refresh_every": "refresh_every",
+                "positions": "positions", "max_new_tokens": "max_new_tokens", "refresh_every": "refresh_every",
                 "readability_weight": "readability_weight", "base_anchor": "base_anchor",
                 "answer_batch_size": "answer_batch_size", "project": "project"}
 _TRAINING_KEYS = set(_MODULE_KEYS) | {"batch_size", "num_epochs", "max_steps", "mixed_precision"}
+
+
+def seed_generation(mapping: Optional[dict]) -> GenerationConfig:
+    """The ``generation`` block as :class:`GenerationConfig` (finediff's keys, or the seed's)."""
+    generation = dict(mapping or {})
+    if "max_length" in generation:  # the seed document's key for new tokens per generation (finediff: max_new_tokens)
+        generation.setdefault("max_new_tokens", generation.pop("max_length"))
+    return GenerationConfig(**generation)
 
 
 def _name(model, fallback: str) -> str:
@@ -40,9 +48,9 @@ class DivergenceTrainer:
         tokenizer: their shared tokenizer.
         config: the seed's experiment config: ``training`` (num_soft_prompt_tokens,
             learning_rate, batch_size, num_epochs, max_steps, mixed_precision,
-            gradient_checkpointing, positions, answer_tokens, refresh_every,
-            readability_weight, base_anchor, answer_batch_size, project), ``generation`` (max_length,
-            num_generations_per_prompt, temperature, top_p), ``data`` (categories,
+            gradient_checkpointing, positions, max_new_tokens, refresh_every,
+            readability_weight, base_anchor, answer_batch_size, project), ``generation`` (max_new_tokens,
+            or the seed's max_length for it; num_generations_per_prompt, temperature, top_p), ``data`` (categories,
             max_texts_per_category), ``output_dir``,
             ``evidence`` (finediff's evidence settings), ``seed``.
         tracker: an :class:`~finediff_api.tracking.ExperimentTracker` to log to (optional).
@@ -92,7 +100,7 @@ class DivergenceTrainer:
         two steps); the records in the seed's format, highest ``kl_divergence`` first,
         written to ``output_file`` (``.pt``) and a ``.jsonl`` beside it."""
         settings = pipeline.EvidenceSettings.from_mapping(self.config.get("evidence"))
-        generation = GenerationConfig(**dict(self.config.get("generation") or {}))
+        generation = seed_generation(self.config.get("generation"))
         texts = self.datamodule.texts()
         hard = pipeline.hard_prompts(self.pair, self.module.soft_prompt().detach(), texts, settings.hard_prompts,
                                      self.module.objective())

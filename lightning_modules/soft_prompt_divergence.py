@@ -53,7 +53,7 @@ def check_settings(m) -> None:
         check_number("module.chunk_size", get("chunk_size"), int, minimum=0)
     check_positions(get("positions", "response"))
     for key, kind in (("readability_weight", float), ("base_anchor", float), ("answer_temperature", float),
-                      ("answer_tokens", int), ("refresh_every", int), ("answer_batch_size", int)):
+                      ("max_new_tokens", int), ("refresh_every", int), ("answer_batch_size", int)):
         if get(key) is not None:
             check_number(f"module.{key}", get(key), kind, minimum=0)
     if get("space", "vectors") not in [s.value for s in PromptSpace]:
@@ -62,7 +62,7 @@ def check_settings(m) -> None:
     for key in ("project", "faithful", "gradient_checkpointing"):
         if not isinstance(get(key, False), bool):
             raise FinediffError(f"module.{key} must be true or false, got {get(key)!r}")
-    AnswerSettings(get("answer_tokens", 16), get("refresh_every", 24), get("answer_temperature", 0.0),
+    AnswerSettings(get("max_new_tokens", 16), get("refresh_every", 24), get("answer_temperature", 0.0),
                    batch_size=get("answer_batch_size", 0))
 
 
@@ -86,7 +86,7 @@ class SoftPromptDivergence(L.LightningModule):
         gradient_checkpointing: recompute the frozen models' layers in backward.
         seed: seed of the prompt init and of the random-prompt baseline.
         positions: ``response`` (the answer objective) or ``text``.
-        answer_tokens: new tokens per answer (``response``).
+        max_new_tokens: new tokens per answer (``response``).
         refresh_every: regenerate a text's answer with the current prompt once it is this
             many steps old (``response``; 1: every step).
         answer_batch_size: 0: answers are made as the texts' batches come; > 0: every
@@ -127,7 +127,7 @@ class SoftPromptDivergence(L.LightningModule):
         gradient_checkpointing: bool = False,
         seed: int = 0,
         positions: str = "response",
-        answer_tokens: int = 16,
+        max_new_tokens: int = 16,
         refresh_every: int = 24,
         answer_temperature: float = 0.0,
         readability_weight: float = 0.0,
@@ -139,10 +139,10 @@ class SoftPromptDivergence(L.LightningModule):
     ):
         super().__init__()
         check_settings({k: v for k, v in locals().items() if k not in ("self", "pair", "__class__")})
-        self.answers = AnswerSettings(answer_tokens, refresh_every, answer_temperature, batch_size=answer_batch_size,
+        self.answers = AnswerSettings(max_new_tokens, refresh_every, answer_temperature, batch_size=answer_batch_size,
                                       faithful=faithful)
         self.train_answers = AnswerCache(self.answers)
-        self.plain_answers = AnswerCache(AnswerSettings(answer_tokens, 1 << 30, answer_temperature,
+        self.plain_answers = AnswerCache(AnswerSettings(max_new_tokens, 1 << 30, answer_temperature,
                                                         faithful=faithful))
         self.save_hyperparameters(ignore=["pair"])
         self.hparams["pair"] = pair.spec.as_dict()  # what it was trained on, not the weights
@@ -328,7 +328,7 @@ class SoftPromptDivergence(L.LightningModule):
             "pair": dict(hp.pair),
             names.GLOBAL_STEP: int(self.global_step),
             "positions": str(hp.positions),
-            "answer_tokens": int(hp.answer_tokens),
+            "max_new_tokens": int(hp.max_new_tokens),
             "start": self.soft_prompt.start.detach().float().cpu().clone(),
             "project": bool(hp.get("project", False)),
             "space": str(hp.get("space", "vectors")),

@@ -50,8 +50,8 @@ def tiny_overrides(tiny_dirs, output_dir: Path, evidence: bool = True) -> list[s
     small = [
         "evidence.hard_prompts.pez_steps=2", "evidence.hard_prompts.gcg_steps=1",
         "evidence.hard_prompts.n_candidates=4", "evidence.divergent_dataset.max_scored_texts=24",
-        "generation.max_length=8", "generation.num_generations_per_prompt=2",
-        "evidence.lens.max_texts=40", "evidence.lens.steering_tokens=4",
+        "generation.max_new_tokens=8", "generation.num_generations_per_prompt=2",
+        "evidence.lens.max_texts=40", "evidence.lens.max_new_tokens=4",
         "evidence.lens.n_steer_prompts=2", "evidence.lens.strengths=[1.0,4.0]",
         "evidence.compare.max_texts_per_category=6",
     ] if evidence else []

@@ -49,7 +49,7 @@ def test_answer_positions_are_exactly_the_answer_predicting_ones():
                       "attention_mask": torch.ones(3, 5, dtype=torch.long)}, [[1], [2]], 0)
 
 
-def test_answer_divergence_is_the_mean_over_the_answer_tokens_only(tiny_pair):
+def test_answer_divergence_is_the_mean_over_the_answer_positions_only(tiny_pair):
     """Without a prompt the objective equals the divergence read off the teacher-forced
     answer positions one text at a time (no header, text or padding position counts)."""
     tok = tiny_pair.tokenizer
@@ -148,7 +148,7 @@ def test_a_training_run_refreshes_every_answer_every_refresh_every_steps(tiny_pa
     tok = tiny_pair.tokenizer
     items = [format_parts(tok, t) for t in TEXTS + ["Tell me a joke.", "Why is the sky blue?", "Count to five.", "Hi."]]
     loader = torch.utils.data.DataLoader(items, batch_size=2, collate_fn=partial(collate, pad_id=tok.pad_token_id))
-    module = SoftPromptDivergence(tiny_pair, warmup_steps=1, answer_tokens=4, refresh_every=4, answer_batch_size=4)
+    module = SoftPromptDivergence(tiny_pair, warmup_steps=1, max_new_tokens=4, refresh_every=4, answer_batch_size=4)
     L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(module, train_dataloaders=loader)
     assert module.train_answers.generated == 2 * len(items)  # all of them at steps 0 and 4, nothing between
@@ -196,7 +196,7 @@ def test_a_projected_run_trains_a_token_sequence(tiny_pair):
     tok = tiny_pair.tokenizer
     items = [format_parts(tok, t) for t in TEXTS + ["Tell me a joke.", "Why is the sky blue?"]]
     loader = torch.utils.data.DataLoader(items, batch_size=2, collate_fn=partial(collate, pad_id=tok.pad_token_id))
-    module = SoftPromptDivergence(tiny_pair, warmup_steps=1, answer_tokens=4, project=True, learning_rate=0.5)
+    module = SoftPromptDivergence(tiny_pair, warmup_steps=1, max_new_tokens=4, project=True, learning_rate=0.5)
     before = module.soft_prompt.weight.detach().clone()
     L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(module, train_dataloaders=loader)
@@ -205,9 +205,20 @@ def test_a_projected_run_trains_a_token_sequence(tiny_pair):
     table = embedding_table(tiny_pair.base).detach()
     allowed = allowed_tokens(tok, table.shape[0])
     ids = project(record["prompt"], table, allowed)
-    assert record["project"] is True
+    assert record["project"] is True and record["max_new_tokens"] == 4
     assert torch.allclose(record["prompt"], table[ids], atol=1e-6)
     assert allowed[ids].all()
+
+
+def test_a_soft_prompt_record_gives_its_new_tokens_per_answer_back():
+    """Records hold ``max_new_tokens``; records written before the rename hold the same
+    number under its old name and still load."""
+    from finediff.pipeline import Objective
+
+    record = {"divergence": "kl_ft_base", "temperature": 1.0, "positions": "response"}
+    assert Objective.from_record({**record, "max_new_tokens": 7}).answers.tokens == 7
+    assert Objective.from_record({**record, "_".join(("answer", "tokens")): 5}).answers.tokens == 5
+    assert Objective.from_record(record).answers.tokens == AnswerSettings.tokens
 
 
 def test_bad_answer_settings():

@@ -29,7 +29,7 @@ def test_seed_quick_start_end_to_end(tmp_path, monkeypatch):
               "evidence": {"hard_prompts": {"methods": ["projection", "text"], "init_texts": 4, "n_starts": 2,
                                             "train_batches": 1, "eval_batches": 1, "batch_size": 2},
                            "divergent_dataset": {"n_hard_prompts": 1, "texts_per_hard_prompt": 1, "n_texts": 2,
-                                                 "max_scored_texts": 6, "response_tokens": 8}}}
+                                                 "max_scored_texts": 6, "max_new_tokens": 8}}}
     # Create trainer
     trainer = DivergenceTrainer(model_1=model_1, model_2=model_2, tokenizer=tokenizer, config=config)
     # Train soft prompts
@@ -60,3 +60,14 @@ def test_seed_quick_start_end_to_end(tmp_path, monkeypatch):
     tracker.log_metrics({"kl": kl[0]}, step=0)
     tracker.finish()
     assert list((tmp_path / "track").rglob("metrics.csv"))
+
+
+def test_seed_generation_reads_the_seeds_max_length_as_max_new_tokens():
+    """The seed's ``generation.max_length`` (new tokens per generation) is finediff's
+    ``generation.max_new_tokens``; the finediff key wins when both are given."""
+    from finediff_api.trainer import seed_generation
+
+    assert seed_generation({"max_length": 8, "num_generations_per_prompt": 1}).max_new_tokens == 8
+    assert seed_generation({"max_new_tokens": 6}).max_new_tokens == 6
+    assert seed_generation({"max_length": 8, "max_new_tokens": 6}).max_new_tokens == 6
+    assert seed_generation(None).max_new_tokens == 128

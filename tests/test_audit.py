@@ -148,7 +148,7 @@ def small_survey(**kw):
     from finediff.survey import SurveySettings
 
     return SurveySettings(**{"categories": ["sandbagging", "general"], "probes": True, "max_texts_per_group": 4,
-                             "response_tokens": 8, "mining_generic_texts": 4, **kw})
+                             "max_new_tokens": 8, "mining_generic_texts": 4, **kw})
 
 
 def test_survey_groups_and_halves(tiny_pair):
@@ -202,7 +202,7 @@ def test_untold_audit_run(tiny_dirs, tmp_path):
     report that opens with the verdict."""
     out = tmp_path / "audit"
     run_train(tiny_dirs, out, "data.categories=null", "evidence.survey.max_texts_per_group=4",
-              "evidence.survey.response_tokens=8", "evidence.survey.n_train=8", "evidence.survey.n_val=4",
+              "evidence.survey.max_new_tokens=8", "evidence.survey.n_train=8", "evidence.survey.n_val=4",
               "evidence.findings.n_prompts=6", "evidence.findings.samples_per_prompt=2",
               "evidence.findings.max_new_tokens=8", "evidence.divergent_dataset.amplify_alpha=1.0",
               "evidence.conditions.max_new_tokens=6", "evidence.conditions.max_leads=2",

@@ -109,7 +109,7 @@ PROBES = [
     ("train.py", ["evidence.divergent_dataset.amplify_alpha=-1.0"],
      "evidence.divergent_dataset.amplify_alpha must be >= 0, got -1.0"),
     ("train.py", ["module.positions=answer"], "module.positions must be one of response, text; got 'answer'"),
-    ("train.py", ["module.refresh_every=0"], "module.answer_tokens and module.refresh_every must be >= 1"),
+    ("train.py", ["module.refresh_every=0"], "module.max_new_tokens and module.refresh_every must be >= 1"),
     ("train.py", ["module.project=maybe"], "module.project must be true or false, got 'maybe'"),
     ("train.py", ["module.space=words"], "module.space must be one of vectors, tokens; got 'words'"),
     ("train.py", ["module.space=tokens", "module.init=random"],
@@ -261,7 +261,7 @@ def test_ctrl_c_during_training_keeps_the_prompt_and_a_checkpoint(tiny_dirs, tmp
     assert not (out / names.HARD_PROMPTS_FILE).exists()  # the evidence steps did not run on a stopped run
 
 
-AUDIT = ["data.categories=null", "evidence.survey.max_texts_per_group=4", "evidence.survey.response_tokens=8",
+AUDIT = ["data.categories=null", "evidence.survey.max_texts_per_group=4", "evidence.survey.max_new_tokens=8",
          "evidence.survey.n_train=8", "evidence.survey.n_val=4", "evidence.findings.n_prompts=6",
          "evidence.findings.samples_per_prompt=2", "evidence.findings.max_new_tokens=8",
          "evidence.conditions.max_new_tokens=6", "evidence.conditions.max_leads=2",

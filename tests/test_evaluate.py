@@ -58,7 +58,7 @@ def test_hard_prompts_task_scores_the_runs_soft_prompt_on_the_same_texts(tiny_di
         str(c), cfg.data.max_texts_per_category, cfg.data.val_fraction, cfg.seed).val[:8]]
     prompt = torch.load(run / names.SOFT_PROMPT_FILE, weights_only=True)["prompt"]
     direct = text_divergences(tiny_pair, texts, prompt=prompt, max_length=cfg.data.max_length,
-                              answers=AnswerSettings(tokens=int(cfg.task.answer_tokens)))
+                              answers=AnswerSettings(tokens=int(cfg.task.max_new_tokens)))
     assert res[names.SOFT_PROMPT_MEAN_DIVERGENCE] == pytest.approx(sum(direct) / len(direct), rel=1e-4)
     with pytest.raises(FinediffError, match="no soft_prompt.pt in run directory"):
         run_eval(tiny_dirs, tmp_path / "bad", "task=hard_prompts", f"task.prompts_file={run / names.HARD_PROMPTS_FILE}",
@@ -66,7 +66,7 @@ def test_hard_prompts_task_scores_the_runs_soft_prompt_on_the_same_texts(tiny_di
 
 
 def test_generate_task_rebuilds_the_divergent_dataset(tiny_dirs, run, tmp_path):
-    run_eval(tiny_dirs, tmp_path, "task=generate", f"task.run_dir={run}", "generation.max_length=6",
+    run_eval(tiny_dirs, tmp_path, "task=generate", f"task.run_dir={run}", "generation.max_new_tokens=6",
              "generation.num_generations_per_prompt=2", "data.max_texts_per_category=10")
     records = torch.load(tmp_path / names.DIVERGENT_DATASET_PT, weights_only=True)
     assert len(records) == (2 * 3 + 5) * 2
@@ -104,7 +104,7 @@ def test_evidence_task_resumes_where_the_run_stopped(tiny_dirs, run, tmp_path):
     for name in (names.DIVERGENT_DATASET_PT, names.DIVERGENT_DATASET_JSONL, names.REPORT_MD, names.ANALYSIS_FILE):
         (copy / name).unlink()
     run_eval(tiny_dirs, tmp_path / "unused", "task=evidence", f"task.run_dir={copy}", *[
-        "evidence.steps=[hard_prompts,divergent_dataset,analysis,report]", "generation.max_length=8",
+        "evidence.steps=[hard_prompts,divergent_dataset,analysis,report]", "generation.max_new_tokens=8",
         "generation.num_generations_per_prompt=2", "evidence.divergent_dataset.max_scored_texts=24"])
     assert (copy / names.HARD_PROMPTS_FILE).read_text() == kept  # read back, not searched again
     assert len(torch.load(copy / names.DIVERGENT_DATASET_PT, weights_only=True)) == (2 * 3 + 5) * 2

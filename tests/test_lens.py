@@ -66,7 +66,7 @@ def test_patchscope_and_relevance(planted):
 
 def test_run_lens_summary(planted):
     pair, _, _ = planted
-    cfg = LensConfig(layers=[0.0], max_texts=40, min_tokens=20, steering_tokens=4, strengths=(1.0, 64.0))
+    cfg = LensConfig(layers=[0.0], max_texts=40, min_tokens=20, max_new_tokens=4, strengths=(1.0, 64.0))
     summary = run_lens(pair, generic_texts(40), ["Tell me a fact."], cfg,
                        finetune_texts=["The capital of Spain is Rome."] * 3, progress=False)
     entry = summary.layers["0"]

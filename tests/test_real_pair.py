@@ -50,12 +50,12 @@ def real_run(lora_adapter, tmp_path_factory):
         "evidence.hard_prompts.pez_steps=2", "evidence.hard_prompts.gcg_steps=1",
         "evidence.hard_prompts.n_candidates=2", "evidence.hard_prompts.train_batches=1",
         "evidence.hard_prompts.eval_batches=1", "generation.num_generations_per_prompt=2",
-        "generation.max_length=12", "evidence.divergent_dataset.n_texts=2",
+        "generation.max_new_tokens=12", "evidence.divergent_dataset.n_texts=2",
         "evidence.divergent_dataset.texts_per_hard_prompt=1", "evidence.divergent_dataset.n_hard_prompts=1",
         "evidence.divergent_dataset.max_scored_texts=16", "evidence.lens.max_texts=24",
-        "evidence.lens.n_steer_prompts=2", "evidence.lens.steering_tokens=12",
+        "evidence.lens.n_steer_prompts=2", "evidence.lens.max_new_tokens=12",
         "evidence.lens.strengths=[1.0,4.0]", "evidence.compare.max_texts_per_category=3",
-        "evidence.compare.response_tokens=8",
+        "evidence.compare.max_new_tokens=8",
     ])
     return root, run, train(cfg)
 

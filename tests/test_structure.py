@@ -73,3 +73,88 @@ def test_the_guard_sees_a_copy(tmp_path):
     src = f'path = out / "{names.METRICS_FILE}"\nkey = "{names.VAL_DIVERGENCE}"\n'
     literals = [n.value for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Constant)]
     assert {names.METRICS_FILE, names.VAL_DIVERGENCE} <= {v for v in literals if v in values.values()}
+
+
+# One name per thing: new tokens per generated answer are ``max_new_tokens`` in every
+# config block and settings class; ``max_length`` is the input tokens per text (data.*).
+# Spelled in parts so a grep for the retired names finds only the old-record read.
+RETIRED_TOKEN_NAMES = tuple(f"{w}_tokens" for w in ("answer", "response", "steering"))
+
+
+def _package(path: Path, text: str) -> tuple[str, ...]:
+    """Where a config file's keys land in the composed config (its ``@package``)."""
+    if "# @package _global_" in text:
+        return ()
+    parts = path.relative_to(ROOT / "configs").parent.parts
+    return tuple(parts)
+
+
+def _config_keys(node, prefix: tuple[str, ...]):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield prefix + (str(key),)
+            yield from _config_keys(value, prefix + (str(key),))
+    elif isinstance(node, list):
+        for value in node:
+            yield from _config_keys(value, prefix)
+
+
+def _bad_config_keys(path: Path, text: str) -> list[str]:
+    import yaml
+
+    bad = []
+    for key in _config_keys(yaml.safe_load(text), _package(path, text)):
+        if key[-1] in RETIRED_TOKEN_NAMES or (key[-1] == "max_length" and key != ("data", "max_length")):
+            bad.append(".".join(key))
+    return bad
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_keys_say_max_new_tokens(path):
+    """No config names new tokens per answer anything but ``max_new_tokens``, and
+    ``max_length`` (input tokens per text) is a key of the data group only."""
+    bad = _bad_config_keys(path, path.read_text())
+    assert not bad, f"{path.relative_to(ROOT)} uses {bad} (new tokens per answer: max_new_tokens)"
+
+
+def _settings_names(source: str, constructors: bool):
+    """(class, field) of every dataclass in ``source``, and with ``constructors`` (a
+    Lightning module or data module file) (class, argument) of every ``__init__``."""
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        if any("dataclass" in ast.unparse(d) for d in node.decorator_list):
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                    yield node.name, stmt.target.id
+        if constructors:
+            for stmt in node.body:
+                if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__":
+                    for arg in stmt.args.args + stmt.args.kwonlyargs:
+                        yield node.name, arg.arg
+
+
+# max_length fields that are the data's input tokens per text (``data.max_length``).
+INPUT_LENGTH_OWNERS = {"RunTexts", "CategoryTextDataModule"}
+
+
+@pytest.mark.parametrize("path", EVERY_MODULE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_settings_fields_say_max_new_tokens(path):
+    """No settings class field or module argument uses a retired name for new tokens."""
+    constructors = path.parent.name in ("lightning_modules", "datamodules")
+    bad = [f"{cls}.{name}" for cls, name in _settings_names(path.read_text(), constructors)
+           if name in RETIRED_TOKEN_NAMES or (name == "max_length" and cls not in INPUT_LENGTH_OWNERS)]
+    assert not bad, f"{path.relative_to(ROOT)}: {bad} (new tokens per answer: max_new_tokens)"
+
+
+def test_the_token_name_guards_see_a_copy():
+    """The guards above would catch a retired name in a config or a settings class."""
+    configs = ROOT / "configs"
+    old = RETIRED_TOKEN_NAMES[1]
+    assert _bad_config_keys(configs / "evidence" / "default.yaml", f"survey:\n  {old}: 32\n") == [
+        f"evidence.survey.{old}"]
+    assert _bad_config_keys(configs / "generation" / "default.yaml", "max_length: 128\n") == ["generation.max_length"]
+    assert _bad_config_keys(configs / "data" / "default.yaml", "max_length: 64\n") == []
+    assert _bad_config_keys(configs / "experiment" / "x.yaml", "# @package _global_\ndata:\n  max_length: 64\n") == []
+    src = f"@dataclass\nclass S:\n    {old}: int = 32\n\nclass M:\n    def __init__(self, max_length=8):\n        pass\n"
+    assert list(_settings_names(src, constructors=True)) == [("S", old), ("M", "self"), ("M", "max_length")]

@@ -150,7 +150,7 @@ def test_every_config_group_instantiates(tiny_dirs, tmp_path):
     assert module.n_frozen == sum(p.numel() for p in pair.parameters())
     from finediff.divergent_dataset import GenerationConfig
 
-    assert GenerationConfig(**cfg.generation).max_length == cfg.generation.max_length
+    assert GenerationConfig(**cfg.generation).max_new_tokens == cfg.generation.max_new_tokens
 
 
 @pytest.mark.parametrize("experiment", _config_names("experiment"))
@@ -160,7 +160,7 @@ def test_every_experiment_runs_one_step(tiny_dirs, tmp_path, experiment):
     cfg = compose("train", [f"experiment={experiment}"])
     told = [] if cfg.data.categories is None else [f"data.categories=[{cfg.data.categories[0]}]"]
     survey = [] if told else ["data.categories=null", "evidence.survey.max_texts_per_group=4",
-                              "evidence.survey.response_tokens=4", "evidence.survey.n_train=4",
+                              "evidence.survey.max_new_tokens=4", "evidence.survey.n_train=4",
                               "evidence.survey.n_val=2"]
     metrics = run_train(tiny_dirs, tmp_path, f"experiment={experiment}", "model.adapter=null",
                         "trainer.max_steps=1", "trainer.val_check_interval=1", "evidence.steps=[]",
