@@ -45,11 +45,14 @@ reproduce: install
 	$(PY) train.py -m experiment=audit model.adapter=$(ORGANISMS) $(ARGS)
 	$(PY) train.py -m experiment=audit model=gemma3_270m model.adapter=organisms/persona_gemma3 $(ARGS)
 
+# Two test processes of one thread each use both cores of a small machine; the files go
+# to them whole, so a file's fixtures are built once (PYTEST_ARGS= for one process).
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 test: install browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/train_step.py
