@@ -11,14 +11,15 @@
     trainer.train()
     dataset = trainer.generate_divergent_dataset(output_file="out/divergent_dataset.pt")
 
-``ModelPairManager``, ``DivergenceAnalyzer`` and ``BehavioralClusteringAnalyzer`` are the
-core's own classes; ``DivergenceTrainer`` trains with the same LightningModule as
-``train.py`` and generates with the same pipeline steps; ``ExperimentTracker`` wraps the
-same Lightning loggers. This package may use Lightning; ``finediff/`` never does.
+``DivergenceAnalyzer`` and ``BehavioralClusteringAnalyzer`` are the core's own classes;
+``ModelPairManager`` loads with the core's ``load_model_pair``; ``DivergenceTrainer``
+trains with the same LightningModule as ``train.py`` and generates with the same pipeline
+steps; ``ExperimentTracker`` wraps the same Lightning loggers. This package may use
+Lightning; ``finediff/`` never does.
 """
 
 from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
-from finediff.models import ModelPairManager
+from finediff_api.manager import ModelPairManager
 from finediff_api.tracking import ExperimentTracker
 from finediff_api.trainer import DivergenceTrainer
 

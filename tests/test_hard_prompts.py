@@ -223,17 +223,17 @@ def test_gcg_with_own_answers_scores_every_candidate_over_its_own_answers(tiny_p
     """``own_answers``: each step's current prompt and candidates are scored together by
     :func:`_on_policy_objectives` (over the answers each gives, checked above), on the
     step's texts; the result is still never below the start over its own answers."""
-    from finediff import hard_prompts
     from finediff.answers import AnswerSettings
+    from finediff.hard_prompts import gcg_search
 
     calls = []
-    real = hard_prompts._on_policy_objectives
+    real = gcg_search._on_policy_objectives
 
     def spy(pair, prompts, batches, *args):
         calls.append((len(prompts), len(batches)))
         return real(pair, prompts, batches, *args)
 
-    monkeypatch.setattr(hard_prompts, "_on_policy_objectives", spy)
+    monkeypatch.setattr(gcg_search, "_on_policy_objectives", spy)  # where gcg looks it up
     tok = tiny_pair.tokenizer
     batches = [tiny_batch(tok, TEXTS[:2]), tiny_batch(tok, TEXTS[2:])]
     allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
@@ -264,11 +264,11 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
     ``fluent_top``), then walks from that result under the budget with its own swaps
     (``budget_fluent_top``, ``budget_n_candidates``, ``budget_bridging``). The budget is
     set below the free search's result, so the walk starts outside it and must enter it."""
-    from finediff import hard_prompts
     from finediff.hard_prompts import find_hard_prompts
+    from finediff.hard_prompts import search as hp_search
 
     calls = []
-    real = hard_prompts.gcg
+    real = hp_search.gcg
 
     def spy(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs):
         out = real(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs)
@@ -276,7 +276,7 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
                       kwargs["bridging"], out.tolist()))
         return out
 
-    monkeypatch.setattr(hard_prompts, "gcg", spy)
+    monkeypatch.setattr(hp_search, "gcg", spy)  # where find_hard_prompts looks it up
     tok = tiny_pair.tokenizer
     batches = [tiny_batch(tok, TEXTS)]
     header = batches[0]["input_ids"][0, : int(batches[0]["prompt_pos"][0])].tolist()
@@ -333,17 +333,16 @@ def test_bridging_tokens_are_the_exact_best_readers_at_a_position(tiny_pair):
 def test_gcg_bridging_adds_the_bridging_swaps_at_the_least_likely_token(tiny_pair, monkeypatch):
     """``bridging``: each step scores, besides the gradient's draws, the bridging swaps at
     the token the base model finds least likely and at the one before it."""
-    from finediff import hard_prompts
-    from finediff.hard_prompts import bridging_tokens, token_nlls
+    from finediff.hard_prompts import bridging_tokens, gcg_search, token_nlls
 
     scored = []
-    real = hard_prompts.prompt_objectives
+    real = gcg_search.prompt_objectives
 
     def spy(pair, prompts, batches, *args):
         scored.append([p.tolist() for p in prompts])
         return real(pair, prompts, batches, *args)
 
-    monkeypatch.setattr(hard_prompts, "prompt_objectives", spy)
+    monkeypatch.setattr(gcg_search, "prompt_objectives", spy)  # where gcg looks it up
     tok = tiny_pair.tokenizer
     batches = [tiny_batch(tok, TEXTS)]
     header = batches[0]["input_ids"][0, : int(batches[0]["prompt_pos"][0])].tolist()

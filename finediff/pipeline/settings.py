@@ -1,0 +1,278 @@
+"""The evidence pipeline's settings: the ``evidence`` config group, one dataclass per
+step (:class:`EvidenceSettings` holds them all and which steps run), the soft prompt's
+:class:`Objective` and the :class:`RunTexts` it trained on. Every value is checked where
+it is read (:func:`from_mapping`): a bad key or value is a one-line error naming it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+import torch
+
+from finediff.answers import AnswerSettings, check_positions
+from finediff.conditions import ConditionSettings
+from finediff.data import collate, format_parts
+from finediff.divergent_dataset import POSITIONS
+from finediff.errors import FinediffError
+from finediff.findings import FindingSettings
+from finediff.hard_prompts import METHODS
+from finediff.lens import LensConfig
+from finediff.prompt_effect import PromptEffectSettings
+from finediff.survey import SurveySettings
+from finediff.weights import WeightSettings
+
+STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "weights", "findings", "conditions",
+         "prompt_effect", "report")
+"""The evidence steps in the order :func:`finediff.pipeline.run` calls them."""
+
+
+def from_mapping(cls, mapping: Any, where: str):
+    """A settings dataclass from a config mapping; an unknown key or a value of the wrong
+    type is a one-line error naming ``where.key``."""
+    mapping = dict(mapping or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(mapping) - set(known))
+    if unknown:
+        raise FinediffError(f"unknown setting {where}.{unknown[0]}; known: {', '.join(sorted(known))}")
+    for key, value in mapping.items():
+        default = known[key].default
+        kind = type(default) if default is not None and type(default) in (int, float, bool, str) else None
+        ok = (kind is None or value is None and default is None or isinstance(value, kind)
+              or kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (kind in (int, float) and isinstance(value, bool)):
+            raise FinediffError(f"{where}.{key} must be {kind.__name__}, got {value!r}")
+    return cls(**mapping)
+
+
+def _positive(where: str, **values: int) -> None:
+    for key, value in values.items():
+        if value < 1:
+            raise FinediffError(f"{where}.{key} must be >= 1, got {value}")
+
+
+def _positions(where: str, positions: str) -> None:
+    if positions not in POSITIONS:
+        raise FinediffError(f"{where}.positions must be {' or '.join(POSITIONS)}, got {positions!r}")
+
+
+@dataclass
+class HardPromptSettings:
+    """Hard prompts from the soft prompt (see :func:`finediff.hard_prompts.find_hard_prompts`)."""
+
+    methods: tuple = METHODS
+    fluency_weight: float = 0.02
+    """Weight of the base model's log-perplexity of the prompt in the objective."""
+    pez_steps: int = 20
+    gcg_steps: int = 4
+    top_k: int = 32
+    n_candidates: int = 12
+    """Single swaps scored exactly per GCG step."""
+    fluent_top: int = 128
+    """GCG swaps only to the base model's top tokens at each position (0: any)."""
+    train_batches: int = 4
+    eval_batches: int = 4
+    batch_size: int = 4
+    init_texts: int = 64
+    """Training texts ranked by their divergence alone (method ``text``)."""
+    n_starts: int = 12
+    """The highest of them tried as natural-language starts."""
+    init_tokens: int = 16
+    gcg_start: str = "derived"
+    """``derived``: GCG refines the best of the projection, guided and PEZ prompts (a prompt
+    derived from the soft prompt); ``any``: the best start, natural-language text starts included."""
+    gcg_on_policy: bool = False
+    """On the answer objective, GCG scores each prompt over the answers given with it in
+    place (as the held-out evaluation does), not over the soft prompt's answers."""
+    max_perplexity: Optional[float] = None
+    """GCG's perplexity budget: prompts the base model reads at a higher perplexity rank
+    below every prompt within it (None: no budget)."""
+    budget_steps: int = 0
+    """With ``max_perplexity``: GCG searches without the budget, then walks its result into
+    it for this many more steps (0: the budget applies to the whole search)."""
+    budget_fluent_top: int = 0
+    """> 0: the walk swaps only to the base model's this many likeliest tokens at each
+    position; 0: to any allowed token the gradient ranks high (measured: keeps the effect)."""
+    budget_bridging: int = 0
+    """> 0: each walk step also scores this many swaps chosen for how they read (at the
+    token the base model finds least likely and the one before it: :func:`bridging_tokens`)."""
+    budget_n_candidates: Optional[int] = None
+    """The gradient's swaps scored each walk step (None: ``n_candidates``, as in the search)."""
+    gcg_own_answers: bool = False
+    """On-policy GCG scores every candidate swap over the answers given with it in place
+    (one more answer per candidate and text each step), not over the current prompt's."""
+    positions: Optional[str] = None
+    """Where the search and the measurement read the divergence: None, the soft prompt's
+    own objective; ``response``, over the finetuned model's answers (also from a soft prompt
+    trained at the text positions); ``text``, at the text positions."""
+
+    def __post_init__(self):
+        self.methods = tuple(self.methods)
+        if self.positions is not None:
+            check_positions(self.positions, "evidence.hard_prompts.positions")
+        if self.gcg_start not in ("derived", "any"):
+            raise FinediffError(f"evidence.hard_prompts.gcg_start must be derived or any; got {self.gcg_start!r}")
+        if self.max_perplexity is not None and (isinstance(self.max_perplexity, bool) or not isinstance(
+                self.max_perplexity, (int, float)) or self.max_perplexity <= 1):
+            raise FinediffError(f"evidence.hard_prompts.max_perplexity must be a number > 1 or null; "
+                                f"got {self.max_perplexity!r}")
+        unknown = set(self.methods) - set(METHODS)
+        if unknown or not self.methods:
+            raise FinediffError(f"evidence.hard_prompts.methods: unknown {sorted(unknown) or 'empty list'}; "
+                                f"choose from {', '.join(METHODS)}")
+        if self.budget_steps < 0 or self.budget_fluent_top < 0 or self.budget_bridging < 0:
+            raise FinediffError(f"evidence.hard_prompts.budget_steps, budget_fluent_top and budget_bridging must be "
+                                f">= 0; got {self.budget_steps}, {self.budget_fluent_top} and {self.budget_bridging}")
+        if self.budget_n_candidates is not None:
+            _positive("evidence.hard_prompts", budget_n_candidates=self.budget_n_candidates)
+        _positive("evidence.hard_prompts", top_k=self.top_k, n_candidates=self.n_candidates,
+                  train_batches=self.train_batches, eval_batches=self.eval_batches, batch_size=self.batch_size)
+
+
+@dataclass
+class DatasetSettings:
+    """Which prompts the divergent dataset samples (the sampling itself: ``generation``)."""
+
+    n_hard_prompts: int = 2
+    """Best distinct hard prompts used."""
+    texts_per_hard_prompt: int = 3
+    """Highest-divergence texts each hard prompt is put in front of."""
+    n_texts: int = 5
+    """Highest-divergence texts used alone."""
+    max_scored_texts: int = 200
+    """Run texts scored to find the highest-divergence ones."""
+    batch_size: int = 16
+    positions: str = "response"
+    """How texts are ranked: over the finetuned model's greedy answer, or the text itself."""
+    max_new_tokens: int = 32
+    max_prompt_perplexity: float = 1000.0
+    """Hard prompts the base model finds less readable than this are left out."""
+    amplify_alpha: float = 0.0
+    """Also sample the finetuned side from amplified logits (0: no amplified records)."""
+    amplified_per_prompt: int = 2
+
+    def __post_init__(self):
+        _positions("evidence.divergent_dataset", self.positions)
+        _positive("evidence.divergent_dataset", batch_size=self.batch_size, max_scored_texts=self.max_scored_texts,
+                  max_new_tokens=self.max_new_tokens, amplified_per_prompt=self.amplified_per_prompt)
+        if self.amplify_alpha < 0:
+            raise FinediffError(f"evidence.divergent_dataset.amplify_alpha must be >= 0, got {self.amplify_alpha}")
+
+
+@dataclass
+class CompareSettings:
+    """The category comparison (see :func:`finediff.compare.compare_categories`)."""
+
+    categories: Optional[list] = None
+    """Categories to compare (None: every shipped one)."""
+    max_texts_per_category: int = 24
+    batch_size: int = 8
+    positions: str = "response"
+    max_new_tokens: int = 32
+
+    def __post_init__(self):
+        _positions("evidence.compare", self.positions)
+        _positive("evidence.compare", max_texts_per_category=self.max_texts_per_category,
+                  batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+        if self.categories is not None:
+            from finediff.data import category_file
+
+            self.categories = [str(c) for c in self.categories]
+            for c in self.categories:
+                if not c.startswith("hub:"):
+                    category_file(c)
+
+
+@dataclass
+class AnalysisSettings:
+    """The divergence analysis and behaviour clusters of the divergent dataset."""
+
+    embedder: Optional[str] = None
+    """Sentence-transformers model for the clusters (None: the packaged all-MiniLM-L6-v2)."""
+
+
+@dataclass
+class EvidenceSettings:
+    """Every step's settings (the ``evidence`` config group) and which steps run."""
+
+    steps: tuple = STEPS
+    resume: bool = False
+    """Read back a step's output when the run folder already has it."""
+    hard_prompts: HardPromptSettings = field(default_factory=HardPromptSettings)
+    divergent_dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    lens: LensConfig = field(default_factory=LensConfig)
+    compare: CompareSettings = field(default_factory=CompareSettings)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    survey: SurveySettings = field(default_factory=SurveySettings)
+    findings: FindingSettings = field(default_factory=FindingSettings)
+    weights: WeightSettings = field(default_factory=WeightSettings)
+    conditions: ConditionSettings = field(default_factory=ConditionSettings)
+    prompt_effect: PromptEffectSettings = field(default_factory=PromptEffectSettings)
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> "EvidenceSettings":
+        d = dict(mapping or {})
+        parts = {"hard_prompts": HardPromptSettings, "divergent_dataset": DatasetSettings, "lens": LensConfig,
+                 "compare": CompareSettings, "analysis": AnalysisSettings, "survey": SurveySettings,
+                 "findings": FindingSettings, "weights": WeightSettings, "conditions": ConditionSettings,
+                 "prompt_effect": PromptEffectSettings}
+        built = {k: from_mapping(kind, d.pop(k, None), f"evidence.{k}") for k, kind in parts.items()}
+        out = from_mapping(cls, d, "evidence")
+        for k, v in built.items():
+            setattr(out, k, v)
+        out.steps = tuple(out.steps)
+        unknown = [s for s in out.steps if s not in STEPS]
+        if unknown:
+            raise FinediffError(f"unknown evidence step {unknown[0]!r}; choose from {', '.join(STEPS)}")
+        return out
+
+
+@dataclass
+class Objective:
+    """The soft prompt's objective, which the hard prompts optimise too."""
+
+    kind: str = "kl_ft_base"
+    temperature: float = 1.0
+    chunk_size: int = 256
+    seed: int = 0
+    positions: str = "text"
+    """``response``: over the finetuned model's answers (:mod:`finediff.answers`); ``text``: the text's own."""
+    answers: AnswerSettings = field(default_factory=AnswerSettings)
+    start: Optional[torch.Tensor] = None
+    """``[P, D]``: the soft prompt before training (the ``guided`` hard prompts follow what
+    training added to it); None: unknown."""
+
+    @classmethod
+    def from_record(cls, record: dict, seed: int = 0) -> "Objective":
+        """The objective a ``soft_prompt.pt`` record was trained with (records written
+        before the answer objective existed trained at the text positions)."""
+        # Records written before the rename to max_new_tokens hold the same number as "answer_tokens".
+        tokens = record.get("max_new_tokens", record.get("answer_tokens", AnswerSettings.tokens))
+        return cls(str(record["divergence"]), float(record["temperature"]), seed=seed,
+                   positions=str(record.get("positions", "text")),
+                   answers=AnswerSettings(tokens=int(tokens),
+                                          faithful=bool(record.get("faithful", False))),
+                   start=record.get("start"))
+
+    @property
+    def answer_settings(self) -> Optional[AnswerSettings]:
+        """The answers' settings when the objective reads answers, else None."""
+        return self.answers if self.positions == "response" else None
+
+
+@dataclass
+class RunTexts:
+    """The texts a run trained and validated its soft prompt on."""
+
+    train: list[str]
+    val: list[str]
+    max_length: Optional[int] = 64
+    """Tokens per text after the chat template (longer texts keep their end)."""
+    chat_template: bool = True
+
+    def batches(self, tokenizer, split: str, n: int, batch_size: int) -> list[dict]:
+        """Up to ``n`` padded batches of the ``train`` or ``val`` texts, in order."""
+        texts = (self.train if split == "train" else self.val)[: n * batch_size]
+        items = [format_parts(tokenizer, t, self.chat_template) for t in texts]
+        return [collate(items[i:i + batch_size], tokenizer.pad_token_id, self.max_length)
+                for i in range(0, len(items), batch_size)]

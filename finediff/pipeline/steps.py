@@ -1,0 +1,267 @@
+"""The evidence steps, one plain function each: typed settings in, typed results out,
+files written atomically into the run folder (:func:`survey` runs before training)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from finediff import names
+from finediff.answers import answer_batch
+from finediff.conditions import (ConditionResult, ConditionSettings, candidates, group_leads, search_conditions,
+                                 write_conditions)
+from finediff.data import known_categories, load_category, stream_texts, take
+from finediff.divergent_dataset import GenerationConfig, dataset_prompts, generate_dataset, rank_texts, save_dataset
+from finediff.findings import Finding, FindingSettings
+from finediff.hard_prompts import HardPrompt, find_hard_prompts
+from finediff.io import write_json, write_jsonl
+from finediff.lens import LensConfig, run_lens
+from finediff.pipeline.settings import (AnalysisSettings, CompareSettings, DatasetSettings, HardPromptSettings, Objective,
+                                        RunTexts)
+from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism
+from finediff.survey import Survey, SurveySettings
+from finediff.weights import WeightReading, WeightSettings, read_weights
+
+log = logging.getLogger(__name__)
+
+
+def survey(pair, settings: SurveySettings, seed: int = 0, out: Optional[Path] = None,
+           progress: bool = True) -> Survey:
+    """Where the change is, before training: every category, probe domain and user file
+    scored over the finetuned model's answers, each group tested, logit rises mined ->
+    ``survey.jsonl``, ``survey_groups.csv`` / ``.png``, ``diff_mining.json`` / ``.png``."""
+    from finediff.survey import run_survey, write_survey
+
+    result = run_survey(pair, settings, seed, progress)
+    if out is not None:
+        write_survey(result, Path(out))
+    changed = ", ".join(f"{g.group} ({g.mean_divergence:.3f})" for g in result.changed) or "none"
+    log.info("survey: %d texts, median divergence %.4f; changed groups: %s", len(result.texts),
+             result.median_divergence, changed)
+    return result
+
+
+def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: HardPromptSettings,
+                 objective: Objective, out: Optional[Path] = None, progress: bool = True) -> list[HardPrompt]:
+    """Hard prompts from the learned soft prompt, measured on the held-out texts, best
+    first -> ``hard_prompts.jsonl``. On the answer objective the search scores the
+    finetuned model's answers given with the soft prompt, and each prompt found is
+    measured on the answers the finetuned model gives with that prompt in place."""
+    s = settings
+    tok = pair.tokenizer
+    answers = objective.answer_settings if s.positions is None else \
+        objective.answers if s.positions == "response" else None
+    raw = train = texts.batches(tok, "train", s.train_batches, s.batch_size)
+    if answers is not None:  # the search scores the answers the finetuned model gives with the soft prompt
+        train = [answer_batch(pair, b, soft_prompt_PD.detach(), answers) for b in raw]
+    found = find_hard_prompts(
+        pair, soft_prompt_PD, train, texts.batches(tok, "val", s.eval_batches, s.batch_size), answers=answers,
+        methods=s.methods, kind=objective.kind,
+        temperature=objective.temperature, fluency_weight=s.fluency_weight, pez_steps=s.pez_steps,
+        gcg_steps=s.gcg_steps, top_k=s.top_k, n_candidates=s.n_candidates, chunk_size=objective.chunk_size,
+        seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]),
+        start_PD=objective.start,
+        init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start,
+        on_policy=raw if s.gcg_on_policy else None, max_perplexity=s.max_perplexity, own_answers=s.gcg_own_answers,
+        budget_steps=s.budget_steps, budget_fluent_top=s.budget_fluent_top, budget_bridging=s.budget_bridging,
+        budget_n_candidates=s.budget_n_candidates)
+    if out is not None:
+        write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
+    for h in found:
+        log.info("hard prompt [%s] %r: divergence %.4f (no prompt %.4f), perplexity %.1f",
+                 h.method, h.text, h.divergence, h.divergence_no_prompt, h.perplexity)
+    return found
+
+
+def divergent_dataset(pair, texts: list[str], hard: list[str], settings: DatasetSettings,
+                      generation: GenerationConfig, seed: int = 0, out: Optional[Path] = None,
+                      max_length: Optional[int] = None, progress: bool = True,
+                      ranked: bool = False) -> list[DivergentRecord]:
+    """Rank ``texts`` by the pair's divergence (``ranked``: they already are, highest
+    first), put the best ``hard`` prompts in front of the highest, sample both models and
+    score every pair -> ``divergent_dataset.pt`` / ``.jsonl``, highest ``kl_divergence`` first."""
+    s = settings
+    if not ranked:
+        texts = [t for _, t in rank_texts(pair, texts[: s.max_scored_texts], s.positions, s.max_new_tokens,
+                                          max_length, progress=progress)]
+    prompts = dataset_prompts(hard, texts, s.n_hard_prompts, s.texts_per_hard_prompt, s.n_texts)
+    records = generate_dataset(pair, prompts, generation, seed=seed, batch_size=s.batch_size, progress=progress)
+    if s.amplify_alpha > 0:
+        from finediff.divergent_dataset import generate_amplified
+
+        records = sorted(records + generate_amplified(pair, prompts, generation, s.amplify_alpha,
+                                                      s.amplified_per_prompt, seed, s.batch_size, progress),
+                         key=lambda r: r.metrics.kl_divergence, reverse=True)
+    if out is not None:
+        save_dataset(records, out)
+    return records
+
+
+def organism_texts(organism: Optional[Organism]) -> tuple[list[str], list[dict]]:
+    """``(finetuning texts of the target split, held-out off-target rows)`` of an organism."""
+    if organism is None:
+        return [], []
+    texts = [f"{r['prompt']} {r['response']}" for r in organism.rows("train") if r["split"] == "target"]
+    return texts, [r for r in organism.rows("heldout") if r["split"] == "off_target"]
+
+
+def lens(pair, settings: LensConfig, organism: Optional[Organism] = None, out: Optional[Path] = None,
+         progress: bool = True) -> LensSummary:
+    """The Activation Difference Lens on generic text -> ``lens/lens.json`` + plots.
+
+    With an organism, relevance is scored against its finetuning data and the behaviour
+    rate of steered vs unsteered samples on its held-out off-target prompts.
+    """
+    from finediff.corpus import GENERIC_CATEGORY
+    from finediff.organisms.checkers import checker_for
+
+    generic = settings.generic or GENERIC_CATEGORY
+    generic_texts = take(stream_texts(generic), settings.max_texts)
+    ft_texts, off_rows = organism_texts(organism)
+    # Steer where the organism does not already show its behaviour: its held-out off-target
+    # chat prompts, else its held-out off-target documents (continued as plain text), else
+    # a general category's prompts.
+    n = settings.n_steer_prompts
+    chat_rows = [r for r in off_rows if r.get("chat", True)][:n]
+    doc_rows = [r for r in off_rows if not r.get("chat", True)][:n]
+    rows = chat_rows or doc_rows or [{"prompt": t} for t in load_category(settings.steer_category, n, 0.0).train]
+    summary = run_lens(pair, generic_texts, [r["prompt"] for r in rows], settings, ft_texts or None, progress,
+                       steer_chat=[r.get("chat", True) for r in rows])
+    summary.generic = generic
+    if organism is not None:
+        checker = checker_for(organism.checker)
+        summary.organism = organism.name
+        for entry in summary.layers.values():
+            st = entry.steering
+            st.unsteered_behaviour_rate = sum(checker(g, r) for g, r in zip(st.unsteered, rows)) / len(rows)
+            st.steered_behaviour_rate = sum(checker(g, r) for g, r in zip(st.steered, rows)) / len(rows)
+    if out is not None:
+        write_lens(summary, Path(out) / names.LENS_DIR)
+    for layer, entry in summary.layers.items():
+        log.info("ADL layer %s relevance %s steering strength %s", layer, entry.relevance_max_over_positions,
+                 entry.steering.chosen_strength if entry.steering else None)
+    return summary
+
+
+def write_lens(summary: LensSummary, folder: Path) -> list[Path]:
+    from finediff.plots import lens_norms, lens_relevance
+
+    write_json(folder / names.LENS_SUMMARY, summary.as_dict())
+    return [lens_norms(summary, folder / names.LENS_NORM_PNG),
+            lens_relevance(summary, folder / names.LENS_RELEVANCE_PNG)]
+
+
+def compare(pair, settings: CompareSettings, max_length: Optional[int] = None, out: Optional[Path] = None,
+            title: str = "", progress: bool = True) -> list[CategoryResult]:
+    """Mean divergence per category with a 95% CI, highest first -> ``comparison.csv`` /
+    ``.md`` / ``.png``."""
+    from finediff.compare import compare_categories, write_comparison
+
+    s = settings
+    results = compare_categories(pair, list(s.categories or known_categories()), s.max_texts_per_category,
+                                 s.batch_size, max_length, progress, s.positions, s.max_new_tokens)
+    if out is not None:
+        where = "over the finetuned model's answers" if s.positions == "response" else "over the texts"
+        write_comparison(results, Path(out), title, f"mean per-token KL(ft || base) {where}")
+    return results
+
+
+def analysis(records: list[DivergentRecord], out: Path, settings: AnalysisSettings) -> None:
+    """The divergence analysis and (with 3 records or more) the behaviour clusters of a
+    divergent dataset -> ``divergence_analysis.json`` + plots, ``clusters.json``."""
+    from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
+    from finediff.analysis.clustering import DEFAULT_EMBEDDER
+
+    # per-category summaries: a record's prompt ends with the category text it was built from
+    categories = {t: c for c in known_categories() for t in load_category(c, None, 0.0).train}
+    DivergenceAnalyzer(output_dir=out).analyze_divergence_patterns(records, categories)
+    if len(records) >= 3:
+        BehavioralClusteringAnalyzer(settings.embedder or DEFAULT_EMBEDDER, output_dir=out) \
+            .analyze_divergent_behaviors(records)
+
+
+def weights(pair, settings: WeightSettings, out: Optional[Path] = None, progress: bool = True) -> WeightReading:
+    """What the finetune's weight update writes and reads, no sampling -> ``weights.json``."""
+    reading = read_weights(pair.base, pair.finetuned, pair.tokenizer, settings, progress)
+    if out is not None:
+        reading.write(Path(out))
+    return reading
+
+
+def conditions(pair, survey_result: Survey, found: list[Finding], settings: ConditionSettings,
+               reading: Optional[WeightReading] = None, hard: list[HardPrompt] = (), out: Optional[Path] = None,
+               seed: int = 0, progress: bool = True) -> list[ConditionResult]:
+    """Search and test the conditions that turn a behaviour on, from every lead the earlier
+    steps left (:mod:`finediff.conditions`) -> ``conditions.json``."""
+    mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
+    soft = [w for h in hard if h.method in ("projection", "guided") for w in h.text.split()]
+    searched = [h.text for h in hard if h.method != "text"]  # what the search wrote, not a survey text
+    groups = group_leads(found)
+    leads = candidates(reading.reads if reading else [], reading.words("writes") if reading else [], mined, soft,
+                       groups, settings, searched)
+    fresh = survey_result.ranked(False)
+    everyday = [t.text for t in reversed(fresh)]  # least divergent first: prompts that carry no condition
+    group_prompts = {g: [t.text for t in fresh if t.group == g] for g in groups}
+    in_groups = {p for ps in group_prompts.values() for p in ps}
+    group_prompts[""] = [p for p in everyday if p not in in_groups]
+    result = search_conditions(pair, leads, everyday, settings, group_prompts, seed, progress)
+    if out is not None:
+        write_conditions(result, Path(out))
+    return result
+
+
+def findings(pair, survey_result: Survey, settings: FindingSettings, out: Optional[Path] = None,
+             lens_summary: Optional[LensSummary] = None, seed: int = 0, progress: bool = True,
+             reading: Optional[WeightReading] = None) -> list[Finding]:
+    """Candidate findings from the evidence, each tested on the survey's fresh prompts
+    where the change is -> ``findings.json``."""
+    from finediff.findings import evaluate_hypotheses, propose, sample_answers, write_findings
+    from finediff.generation import generate
+    from finediff.io import read_json
+
+    # a word mined once may be a stray piece; topics keep every word (a set claim tolerates strays)
+    mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
+    favoured, dropped = [], []
+    if out is not None and (Path(out) / names.ANALYSIS_FILE).is_file():
+        words = read_json(Path(out) / names.ANALYSIS_FILE)["words"]
+        favoured = [w for w, *_ in words["finetuned_favours"]]
+        dropped = [w for w, *_ in words["base_favours"]]
+    lens_words = []
+    if lens_summary is not None:
+        for entry in lens_summary.layers.values():
+            for pos in entry.positions:
+                lens_words += [t.strip() for t, _ in pos.patchscope["tokens"][:5]]
+    topics = survey_result.mining.topics if survey_result.mining else []
+    # where a group changed, its fresh prompts, each sampled more often (the same number of answers in all)
+    changed = [g.group for g in survey_result.changed]
+    fresh = (changed and survey_result.fresh_prompts(settings.n_prompts, changed)) or \
+        survey_result.fresh_prompts(settings.n_prompts)
+    if not fresh:
+        log.info("findings: no fresh prompts to test on")
+        return []
+    texts = [t.text for t in fresh]
+    per_prompt = max(settings.samples_per_prompt, -(-settings.n_prompts * settings.samples_per_prompt // len(texts)))
+    reference = generate(pair.base, pair.tokenizer, texts, max_new_tokens=settings.max_new_tokens, progress=progress)
+    written = reading.words("writes") if reading is not None else []
+    hypotheses = propose(mined, favoured, dropped, lens_words, topics, settings, dict(zip(texts, reference)), written)
+    prompts, base, ft = sample_answers(pair, texts, replace(settings, samples_per_prompt=per_prompt), seed, progress)
+    group_of = {t.text: t.group for t in fresh}
+    result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts], settings)
+    if out is not None:
+        write_findings(result, Path(out), len(fresh))
+    for f in result:
+        log.info("finding %s: %s (finetuned %.0f%%, base %.0f%%, p_adj %.3g)", "confirmed" if f.confirmed
+                 else "not confirmed", f.hypothesis.claim, 100 * f.rate_finetuned, 100 * f.rate_base, f.p_adjusted)
+    return result
+
+
+def report(out: Path, title: str = "", organism: Optional[Organism] = None) -> tuple[Path, Path]:
+    """``report.md`` and ``report.html`` from every result file in the run folder."""
+    from finediff.organisms.checkers import checker_for
+    from finediff.report import write_report
+
+    return write_report(out, title, checker_for(organism.checker) if organism else None)
