@@ -278,9 +278,12 @@ class Agent(Task):
         t, a = self.cfg.task, self.cfg.get("agent") or {}
         if not a.get("base_url"):
             raise FinediffError("task=agent needs an OpenAI-compatible endpoint: agent.base_url=URL agent.model=NAME")
-        self.client = ChatClient(str(a.base_url), str(a.model or ""), str(a.api_key_env), float(a.timeout))
+        check_number("agent.timeout", a.timeout, float, minimum=0.001)
+        check_number("agent.max_retries", a.max_retries, int, minimum=0)
+        self.client = ChatClient(str(a.base_url), str(a.model or ""), str(a.api_key_env), float(a.timeout),
+                                 int(a.max_retries))
         self.grader = ChatClient(str(a.base_url), str(a.grader_model or a.model or ""), str(a.api_key_env),
-                                 float(a.timeout)) if t.grade else None
+                                 float(a.timeout), int(a.max_retries)) if t.grade else None
         if t.get("runs_root") and not t.get("run_dir"):
             if self.organism is None:
                 raise FinediffError("task.runs_root picks a run by the organism's adapter: give experiment=NAME")
