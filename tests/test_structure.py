@@ -11,7 +11,7 @@ from finediff import names
 from tests.conftest import ROOT
 
 SHELL_AND_GLUE = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "callbacks", "lightning_modules",
-                  "datamodules", "train", "evaluate", "build_organism", "dashboard", "finediff_api", "streamlit")
+                  "datamodules", "train", "evaluate", "build_organism", "plan", "dashboard", "finediff_api", "streamlit")
 
 
 def _sources(*roots: str) -> list[Path]:
@@ -48,7 +48,7 @@ def _name_values() -> dict[str, str]:
 
 
 EVERY_MODULE = _sources("finediff", "callbacks", "lightning_modules", "datamodules", "finediff_api", "benchmarks",
-                        "train.py", "evaluate.py", "build_organism.py", "dashboard.py")
+                        "train.py", "evaluate.py", "build_organism.py", "plan.py", "dashboard.py")
 
 
 @pytest.mark.parametrize("path", [p for p in EVERY_MODULE if p.name != "names.py"],
