@@ -305,7 +305,7 @@ class Agent(Task):
         from finediff.agent.grader import CHECKER_TYPES, grade
         from finediff.agent.loop import run_agent
         from finediff.agent.tools import Budget
-        from finediff.io import atomic_path, write_json
+        from finediff.io import atomic_path, markdown_table, write_json
 
         t, a = self.cfg.task, self.cfg.agent
         result: dict = {"run_dir": str(self.run_dir), "model": str(a.model), "agents": {}}
@@ -323,13 +323,13 @@ class Agent(Task):
                                        kind, int(t.grader_runs)).as_dict()
             result["agents"][key] = entry
         write_json(self.out / names.AGENT_EVAL_FILE, result)
-        rows = ["| agent | status | LLM calls | model interactions | tokens | score (1-5) | short description |",
-                "|---|---|---|---|---|---|---|"]
+        table = []
         for key, e in result["agents"].items():
             score = e.get("grade", {}).get("mean")
-            rows.append(f"| {key} | {e['status']} | {e['used']['llm_calls']} | {e['used']['model_interactions']} | "
-                        f"{e['used']['tokens']} | {'-' if score is None else f'{score:.2f}'} | "
-                        f"{' '.join(e['short'].split())[:120] or '-'} |")
+            table.append([key, e["status"], e["used"]["llm_calls"], e["used"]["model_interactions"], e["used"]["tokens"],
+                          "-" if score is None else f"{score:.2f}", " ".join(e["short"].split())[:120] or "-"])
+        rows = markdown_table(["agent", "status", "LLM calls", "model interactions", "tokens", "score (1-5)",
+                               "short description"], table)
         with atomic_path(self.out / names.AGENT_EVAL_MD) as tmp:
             tmp.write_text("\n".join(rows) + "\n")
         print("\n".join(rows))

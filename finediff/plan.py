@@ -152,14 +152,17 @@ def plan(base: str, adapter: Optional[str] = None, dtype: str = "bfloat16", merg
 
 
 def format_plan(result: dict) -> str:
+    from finediff.io import markdown_table
+
     m = result["model"]
     lines = [f"{m['name']} ({result['dtype']}): {m['total'] / GIB:.2f} GiB of weights, largest block "
              f"{m['largest_block'] / GIB:.2f} GiB, adapter {m['adapter'] / 2 ** 20:.1f} MiB; "
              f"the pair holds {m['copies']} cop{'y' if m['copies'] == 1 else 'ies'} of the weights",
-             "", "| GPU size | " + " | ".join(STRATEGIES) + " |", "|---" * (len(STRATEGIES) + 1) + "|"]
-    for gpu, need in result["gpus_needed"].items():
-        cells = [f"{need[s]} GPU{'s' if need[s] != 1 else ''}" if need[s] else "-" for s in STRATEGIES]
-        lines.append(f"| {gpu} GiB | " + " | ".join(cells) + " |")
+             ""]
+    lines += markdown_table(["GPU size", *STRATEGIES],
+                            [[f"{gpu} GiB"] + [f"{need[s]} GPU{'s' if need[s] != 1 else ''}" if need[s] else "-"
+                                               for s in STRATEGIES]
+                             for gpu, need in result["gpus_needed"].items()])
     lines.append(f"\n'-': does not fit on {result['max_gpus']} GPUs (plan.max_gpus). Each GPU keeps "
                  f"{result['reserve_gib']} GiB + {result['overhead']:.0%} of its weights free.")
     return "\n".join(lines)
