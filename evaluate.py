@@ -278,9 +278,12 @@ class Agent(Task):
         t, a = self.cfg.task, self.cfg.get("agent") or {}
         if not a.get("base_url"):
             raise FinediffError("task=agent needs an OpenAI-compatible endpoint: agent.base_url=URL agent.model=NAME")
-        self.client = ChatClient(str(a.base_url), str(a.model or ""), str(a.api_key_env), float(a.timeout))
+        check_number("agent.timeout", a.timeout, float, minimum=0.001)
+        check_number("agent.max_retries", a.max_retries, int, minimum=0)
+        self.client = ChatClient(str(a.base_url), str(a.model or ""), str(a.api_key_env), float(a.timeout),
+                                 int(a.max_retries))
         self.grader = ChatClient(str(a.base_url), str(a.grader_model or a.model or ""), str(a.api_key_env),
-                                 float(a.timeout)) if t.grade else None
+                                 float(a.timeout), int(a.max_retries)) if t.grade else None
         if t.get("runs_root") and not t.get("run_dir"):
             if self.organism is None:
                 raise FinediffError("task.runs_root picks a run by the organism's adapter: give experiment=NAME")
@@ -302,7 +305,7 @@ class Agent(Task):
         from finediff.agent.grader import CHECKER_TYPES, grade
         from finediff.agent.loop import run_agent
         from finediff.agent.tools import Budget
-        from finediff.io import atomic_path, write_json
+        from finediff.io import atomic_path, markdown_table, write_json
 
         t, a = self.cfg.task, self.cfg.agent
         result: dict = {"run_dir": str(self.run_dir), "model": str(a.model), "agents": {}}
@@ -320,13 +323,13 @@ class Agent(Task):
                                        kind, int(t.grader_runs)).as_dict()
             result["agents"][key] = entry
         write_json(self.out / names.AGENT_EVAL_FILE, result)
-        rows = ["| agent | status | LLM calls | model interactions | tokens | score (1-5) | short description |",
-                "|---|---|---|---|---|---|---|"]
+        table = []
         for key, e in result["agents"].items():
             score = e.get("grade", {}).get("mean")
-            rows.append(f"| {key} | {e['status']} | {e['used']['llm_calls']} | {e['used']['model_interactions']} | "
-                        f"{e['used']['tokens']} | {'-' if score is None else f'{score:.2f}'} | "
-                        f"{' '.join(e['short'].split())[:120] or '-'} |")
+            table.append([key, e["status"], e["used"]["llm_calls"], e["used"]["model_interactions"], e["used"]["tokens"],
+                          "-" if score is None else f"{score:.2f}", " ".join(e["short"].split())[:120] or "-"])
+        rows = markdown_table(["agent", "status", "LLM calls", "model interactions", "tokens", "score (1-5)",
+                               "short description"], table)
         with atomic_path(self.out / names.AGENT_EVAL_MD) as tmp:
             tmp.write_text("\n".join(rows) + "\n")
         print("\n".join(rows))

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from finediff import names
+from finediff.io import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = {
@@ -52,9 +53,9 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=120, help="everyday prompts read (a fifth held out)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    rows = ["| organism | objective | base shift (logged) | base answers changed | finetuned answers changed "
-            "| behaviour, finetuned: none / prompt | behaviour, base: none / prompt | train + elicit |",
-            "|---|---|---|---|---|---|---|---|"]
+    header = ["organism", "objective", "base shift (logged)", "base answers changed", "finetuned answers changed",
+              "behaviour, finetuned: none / prompt", "behaviour, base: none / prompt", "train + elicit"]
+    rows = markdown_table(header, [])
     for organism in args.organisms:
         for objective in args.objectives:
             out = args.out / organism / objective
@@ -70,10 +71,10 @@ def main() -> None:
             metrics = json.loads((out / names.METRICS_FILE).read_text())
             e = json.loads((out / names.ELICITATION_FILE).read_text())
             rates, changed = e["rates"], e["changed"]["soft"]
-            rows.append(f"| {organism} | {objective} | {metrics[names.VAL_BASE_SHIFT]:.3f} | {changed['base']:.0%} "
-                        f"| {changed['finetuned']:.0%} | {rates['none']['finetuned']:.0%} / "
-                        f"{rates['soft']['finetuned']:.0%} | {rates['none']['base']:.0%} / {rates['soft']['base']:.0%} "
-                        f"| {seconds / 60:.1f} min |")
+            rows += markdown_table(header, [[
+                organism, objective, f"{metrics[names.VAL_BASE_SHIFT]:.3f}", f"{changed['base']:.0%}",
+                f"{changed['finetuned']:.0%}", f"{rates['none']['finetuned']:.0%} / {rates['soft']['finetuned']:.0%}",
+                f"{rates['none']['base']:.0%} / {rates['soft']['base']:.0%}", f"{seconds / 60:.1f} min"]])[2:]
             print(rows[-1], flush=True)
     print("\n".join(rows))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from finediff.io import markdown_table
 from finediff.models import load_model_pair
 from finediff.records import OrganismCard
 
@@ -23,7 +24,8 @@ def main() -> None:
     args = ap.parse_args()
     from finediff.weights import read_weights
 
-    print("| organism | writes | early layers read | modules changed | seconds |\n|---|---|---|---|---|")
+    header = ["organism", "writes", "early layers read", "modules changed", "seconds"]
+    print("\n".join(markdown_table(header, [])))
     for adapter in args.adapters:
         card = OrganismCard.read(adapter)
         pair = load_model_pair(card.base or "embedded:smollm2", adapter=adapter)
@@ -32,10 +34,10 @@ def main() -> None:
         took = time.perf_counter() - t0
 
         def show(tokens) -> str:
-            cells = (f"`{t.strip()}`" if t.strip() else repr(t) for t, _ in tokens[: args.top])
-            return ", ".join(c.replace("|", "\\|") for c in cells)
+            return ", ".join(f"`{t.strip()}`" if t.strip() else repr(t) for t, _ in tokens[: args.top])
 
-        print(f"| {card.name} | {show(r.writes)} | {show(r.reads)} | {r.n_modules} | {took:.0f} |", flush=True)
+        row = [card.name, show(r.writes), show(r.reads), r.n_modules, f"{took:.0f}"]
+        print(markdown_table(header, [row])[-1], flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from finediff.data import load_category
 from finediff.divergent_dataset import POSITIONS, score_texts
 from finediff.errors import FinediffError
 from finediff import names
-from finediff.io import atomic_path, write_text
+from finediff.io import atomic_path, markdown_table, write_text
 from finediff.records import CategoryResult
 from finediff.stats import mean_interval
 
@@ -61,10 +61,10 @@ def write_comparison(results: list[CategoryResult], out: Path, title: str = "",
     for r in results:
         writer.writerow(asdict(r))
     write_text(Path(out) / names.COMPARISON_CSV, buf.getvalue())
-    lines = [f"# Category comparison{': ' + title if title else ''}", "",
-             "| rank | category | texts | mean divergence | 95% CI |", "|---|---|---|---|---|"]
-    lines += [f"| {i} | {r.category} | {r.n} | {r.mean_divergence:.4f} | [{r.ci_low:.4f}, {r.ci_high:.4f}] |"
-              for i, r in enumerate(results, 1)]
+    lines = [f"# Category comparison{': ' + title if title else ''}", ""]
+    lines += markdown_table(["rank", "category", "texts", "mean divergence", "95% CI"],
+                            [[i, r.category, r.n, f"{r.mean_divergence:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]"]
+                             for i, r in enumerate(results, 1)])
     write_text(Path(out) / names.COMPARISON_MD, "\n".join(lines) + "\n")
 
     import matplotlib

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -100,6 +101,28 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+_UNESCAPED_BAR = re.compile(r"(?<!\\)\|")
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+
+
+def _markdown_cell(value: Any) -> str:
+    """One table cell: ``str(value)`` on one line, every ``|`` escaped (one already written
+    as ``\\|`` is left as it is, so escaping twice changes nothing)."""
+    return _UNESCAPED_BAR.sub(r"\\|", _LINE_BREAK.sub(" ", str(value)))
+
+
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table as lines: the header, the ``|---|`` rule, one line per row. Cells
+    are written with ``str`` and escaped (``|`` cannot end a cell early; a line break in a
+    cell becomes a space); a row with another number of cells than the header is an error."""
+    lines = ["| " + " | ".join(_markdown_cell(h) for h in header) + " |", "|---" * len(header) + "|"]
+    for i, row in enumerate(rows):
+        if len(row) != len(header):
+            raise ValueError(f"markdown table row {i} has {len(row)} cells, the header {len(header)}: {row!r}")
+        lines.append("| " + " | ".join(_markdown_cell(c) for c in row) + " |")
+    return lines
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> None:

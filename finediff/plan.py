@@ -1,8 +1,11 @@
 """Memory planner: which way of placing the pair fits on how many GPUs of which size,
 decided before any weights load.
 
-    python -m finediff.plan model.base=meta-llama/Llama-3.3-70B-Instruct model.adapter=DIR
-    python -m finediff.plan model.base=embedded:smollm2 model.dtype=bfloat16 plan.gpus=[24,80]
+    python plan.py model.base=meta-llama/Llama-3.3-70B-Instruct model.adapter=DIR model.dtype=bfloat16
+    python plan.py experiment=sandbagging plan.gpus=[24,80]
+
+(``plan.py``, the command line, composes ``train.py``'s config with Hydra and calls
+:func:`plan` and :func:`format_plan` here.)
 
 The model is built from its config alone on the ``meta`` device (``accelerate``'s
 ``init_empty_weights``); its size and largest block come from ``accelerate``'s own
@@ -28,10 +31,8 @@ estimate for inference adds the same 20%) free.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -151,59 +152,22 @@ def plan(base: str, adapter: Optional[str] = None, dtype: str = "bfloat16", merg
 
 
 def format_plan(result: dict) -> str:
+    from finediff.io import markdown_table
+
     m = result["model"]
     lines = [f"{m['name']} ({result['dtype']}): {m['total'] / GIB:.2f} GiB of weights, largest block "
              f"{m['largest_block'] / GIB:.2f} GiB, adapter {m['adapter'] / 2 ** 20:.1f} MiB; "
              f"the pair holds {m['copies']} cop{'y' if m['copies'] == 1 else 'ies'} of the weights",
-             "", "| GPU size | " + " | ".join(STRATEGIES) + " |", "|---" * (len(STRATEGIES) + 1) + "|"]
-    for gpu, need in result["gpus_needed"].items():
-        cells = [f"{need[s]} GPU{'s' if need[s] != 1 else ''}" if need[s] else "-" for s in STRATEGIES]
-        lines.append(f"| {gpu} GiB | " + " | ".join(cells) + " |")
+             ""]
+    lines += markdown_table(["GPU size", *STRATEGIES],
+                            [[f"{gpu} GiB"] + [f"{need[s]} GPU{'s' if need[s] != 1 else ''}" if need[s] else "-"
+                                               for s in STRATEGIES]
+                             for gpu, need in result["gpus_needed"].items()])
     lines.append(f"\n'-': does not fit on {result['max_gpus']} GPUs (plan.max_gpus). Each GPU keeps "
                  f"{result['reserve_gib']} GiB + {result['overhead']:.0%} of its weights free.")
     return "\n".join(lines)
 
 
-DEFAULTS = {
-    "model": {"base": "embedded:smollm2", "adapter": None, "finetuned": None, "dtype": "bfloat16",
-              "merge_adapter": False, "trust_remote_code": False},
-    "plan": {"gpus": [24, 40, 80], "max_gpus": 8, "reserve_gib": 1.0, "overhead": 0.2, "json": False},
-}
-
-
-def parse_args(argv: list[str]) -> dict:
-    """``group.key=value`` arguments over :data:`DEFAULTS` (values read as YAML: ``[24,80]``,
-    ``true``, ``null``); an unknown key is a one-line error listing the known ones."""
-    import yaml
-
-    cfg = {group: dict(values) for group, values in DEFAULTS.items()}
-    known = ", ".join(f"{g}.{k}" for g in DEFAULTS for k in sorted(DEFAULTS[g]))
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        group, _, name = key.partition(".")
-        if not sep:
-            raise FinediffError(f"arguments are key=value (e.g. model.base=NAME), got {arg!r}")
-        if group not in DEFAULTS or name not in DEFAULTS[group]:
-            raise FinediffError(f"unknown option {key!r}; known: {known}")
-        try:
-            cfg[group][name] = yaml.safe_load(value) if value else None
-        except yaml.YAMLError:
-            raise FinediffError(f"cannot read the value of {key}: {value!r}") from None
-    return cfg
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = parse_args(argv)
-        m, p = cfg["model"], cfg["plan"]
-        result = plan(str(m["base"]), m["adapter"], str(m["dtype"]), bool(m["merge_adapter"]), m["finetuned"],
-                      tuple(p["gpus"]) if isinstance(p["gpus"], list) else (p["gpus"],), int(p["max_gpus"]),
-                      float(p["reserve_gib"]), float(p["overhead"]), bool(m["trust_remote_code"]))
-    except Exception as err:
-        exit_on_user_error(err)
-    print(json.dumps(result, indent=2) if cfg["plan"]["json"] else format_plan(result))
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line composes the project's config: a shell, not the core
+    exit_on_user_error(FinediffError("the planner's command line is python plan.py model.base=NAME ... "
+                                     "(overrides of train.py's config)"))

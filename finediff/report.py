@@ -20,7 +20,7 @@ from finediff import names
 from finediff.conditions import ConditionResult, read_conditions
 from finediff.errors import FinediffError
 from finediff.hard_prompts import read_hard_prompts
-from finediff.io import read_json, write_text
+from finediff.io import markdown_table, read_json, write_text
 from finediff.prompt_effect import read_effect
 from finediff.records import CategoryResult, LensSummary, read_dataset
 from finediff.weights import WeightReading
@@ -55,11 +55,13 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
                  f"answer (median {survey.median_divergence:.4f}); a group *changed* when it holds more than its share "
                  "of the most divergent prompts (one-sided Fisher exact test, Holm-corrected) and its mean is well "
                  "above the median.",
-                 "", "| rank | group | source | prompts | mean divergence | 95% CI | x median | among the most divergent | corrected p | changed |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {i} | {g.group} | {g.source} | {g.n} | {g.mean_divergence:.4f} | [{g.ci_low:.4f}, "
-                  f"{g.ci_high:.4f}] | {g.ratio:.1f} | {g.top_share:.0%} | {g.p_value:.2g} | {'**yes**' if g.changed else 'no'} |"
-                  for i, g in enumerate(survey.groups[:15], 1)]
+                 ""]
+        lines += markdown_table(
+            ["rank", "group", "source", "prompts", "mean divergence", "95% CI", "x median", "among the most divergent",
+             "corrected p", "changed"],
+            [[i, g.group, g.source, g.n, f"{g.mean_divergence:.4f}", f"[{g.ci_low:.4f}, {g.ci_high:.4f}]",
+              f"{g.ratio:.1f}", f"{g.top_share:.0%}", f"{g.p_value:.2g}", "**yes**" if g.changed else "no"]
+             for i, g in enumerate(survey.groups[:15], 1)])
         if survey.mining and survey.mining.words:
             m = survey.mining
             lines += ["", f"Diff mining over {m.n_texts} discovery answers ({m.n_positions} positions): the words "
@@ -75,63 +77,60 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
     records = read_dataset(data) if data.is_file() else []
     if records:
         lines = [f"The {top} generation pairs where the finetuned model departs most from the base "
-                 "(highest per-token KL(ft‖base) on its own answer):", "",
-                 "| # | prompt | base (generation_1) | finetuned (generation_2) | KL | disagreement |"
-                 + (" behaviour |" if checker else ""),
-                 "|---|---|---|---|---|---|" + ("---|" if checker else "")]
+                 "(highest per-token KL(ft‖base) on its own answer):", ""]
         def shows(r) -> bool:
             return checker(r.generation_2, {"prompt": r.prompt})
 
+        rows = []
         for i, r in enumerate(records[:top], 1):
             m = r.metrics
             prompt = _cell(r.prompt, 160) + (f" *(amplified, alpha {r.amplification:g})*" if r.amplification else "")
-            row = (f"| {i} | {prompt} | {_cell(r.generation_1)} | {_cell(r.generation_2)} "
-                   f"| {m.kl_divergence:.2f} | {m.token_disagreement_rate:.0%} |")
-            if checker:
-                row += f" {'yes' if shows(r) else 'no'} |"
-            lines.append(row)
+            rows.append([i, prompt, _cell(r.generation_1), _cell(r.generation_2), f"{m.kl_divergence:.2f}",
+                         f"{m.token_disagreement_rate:.0%}"] + (["yes" if shows(r) else "no"] if checker else []))
+        lines += markdown_table(["#", "prompt", "base (generation_1)", "finetuned (generation_2)", "KL", "disagreement"]
+                                + (["behaviour"] if checker else []), rows)
         if checker:
             shown = sum(shows(r) for r in records[:10])
             lines += ["", f"The organism's behaviour checker fires on {shown} of the 10 highest-divergence records."]
         sections.append(("The most divergent examples", lines, []))
     metrics = _read(run / names.METRICS_FILE)
     if metrics:
-        lines = ["| measure on held-out texts | divergence |", "|---|---|"]
-        lines += [f"| {k} | {metrics[k]:.4f} |" for k in names.VAL_METRIC_KEYS if k in metrics]
+        lines = markdown_table(["measure on held-out texts", "divergence"],
+                               [[k, f"{metrics[k]:.4f}"] for k in names.VAL_METRIC_KEYS if k in metrics])
         lines += ["", f"After {metrics.get(names.GLOBAL_STEP)} steps ({metrics.get(names.WALL_TIME, 0):.0f} s of "
                   "training)."]
         if (run / names.PROMPT_EFFECT_FILE).is_file():
             effect = read_effect(run / names.PROMPT_EFFECT_FILE)
             lines += ["", f"**{effect.sentence()}** Its nearest tokens: `{_cell(effect.nearest_tokens, 120)}`; "
                       + (f"its most readable derived hard prompt that beats the texts alone: `{_cell(effect.readable, 120)}`."
-                         if effect.readable else "no derived hard prompt beat the texts alone."),
-                      "", "| text | base | base with the prompt | finetuned | finetuned with the prompt |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {_cell(r['text'], 80)} | {_cell(r['base'], 120)} | {_cell(r['base_with'], 120)} | "
-                      f"{_cell(r['finetuned'], 120)} | {_cell(r['finetuned_with'], 120)} |" for r in effect.rows]
+                         if effect.readable else "no derived hard prompt beat the texts alone."), ""]
+            lines += markdown_table(
+                ["text", "base", "base with the prompt", "finetuned", "finetuned with the prompt"],
+                [[_cell(r["text"], 80), _cell(r["base"], 120), _cell(r["base_with"], 120), _cell(r["finetuned"], 120),
+                  _cell(r["finetuned_with"], 120)] for r in effect.rows])
         sections.append(("The soft prompt", lines, []))
     comp = run / names.COMPARISON_CSV
     if comp.exists():
-        lines = ["| rank | category | mean divergence | 95% CI |", "|---|---|---|---|"]
-        lines += [f"| {i} | {r.category} | {r.mean_divergence:.4f} | [{r.ci_low:.4f}, {r.ci_high:.4f}] |"
-                  for i, r in enumerate(CategoryResult.read_csv(comp), 1)]
+        lines = markdown_table(["rank", "category", "mean divergence", "95% CI"],
+                               [[i, r.category, f"{r.mean_divergence:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]"]
+                                for i, r in enumerate(CategoryResult.read_csv(comp), 1)])
         sections.append(("Which category changed most", lines, [run / names.COMPARISON_PNG]))
     hard_file = run / names.HARD_PROMPTS_FILE
     hard = read_hard_prompts(hard_file) if hard_file.is_file() else []
     if hard:
-        lines = ["| method | hard prompt | divergence | no prompt | base perplexity |", "|---|---|---|---|---|"]
-        lines += [f"| {h.method} | `{_cell(h.text, 120)}` | {h.divergence:.4f} | "
-                  f"{h.divergence_no_prompt:.4f} | {h.perplexity:.0f} |" for h in hard]
+        lines = markdown_table(["method", "hard prompt", "divergence", "no prompt", "base perplexity"],
+                               [[h.method, f"`{_cell(h.text, 120)}`", f"{h.divergence:.4f}",
+                                 f"{h.divergence_no_prompt:.4f}", f"{h.perplexity:.0f}"] for h in hard])
         sections.append(("Hard prompts", lines, []))
     clusters = _read(run / names.CLUSTERS_FILE)
     if clusters:
         lines = [f"{clusters['k']} clusters of what the finetuned model said differently "
                  f"(silhouette {clusters['silhouette']:.2f}), highest mean KL first:", ""]
         for c in clusters["clusters"]:
-            lines += [f"**{c['label']}** ({c['size']} records, mean KL {c['mean_kl']:.2f})", "",
-                      "| prompt | base | finetuned |", "|---|---|---|"]
-            lines += [f"| {_cell(e['prompt'], 120)} | {_cell(e['generation_1'], 200)} | {_cell(e['generation_2'], 200)} |"
-                      for e in c["examples"]]
+            lines += [f"**{c['label']}** ({c['size']} records, mean KL {c['mean_kl']:.2f})", ""]
+            lines += markdown_table(["prompt", "base", "finetuned"],
+                                    [[_cell(e["prompt"], 120), _cell(e["generation_1"], 200),
+                                      _cell(e["generation_2"], 200)] for e in c["examples"]])
             lines.append("")
         sections.append(("Behaviour clusters", lines, []))
     analysis = _read(run / names.ANALYSIS_FILE)
@@ -163,9 +162,10 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
                 if st.steered_behaviour_rate is not None:
                     lines.append(f"Behaviour rate: steered {st.steered_behaviour_rate:.0%}, unsteered "
                                  f"{st.unsteered_behaviour_rate:.0%}.")
-                lines += ["", "| prompt | unsteered | steered |", "|---|---|---|"]
-                lines += [f"| {_cell(p, 100)} | {_cell(u, 200)} | {_cell(s, 200)} |"
-                          for p, u, s in list(zip(st.prompts, st.unsteered, st.steered))[:4]]
+                lines.append("")
+                lines += markdown_table(["prompt", "unsteered", "steered"],
+                                        [[_cell(p, 100), _cell(u, 200), _cell(s, 200)]
+                                         for p, u, s in list(zip(st.prompts, st.unsteered, st.steered))[:4]])
         sections.append(("Activation Difference Lens", lines,
                          [run / names.LENS_DIR / names.LENS_RELEVANCE_PNG, run / names.LENS_DIR / names.LENS_NORM_PNG]))
     if (run / names.WEIGHTS_FILE).is_file():
@@ -195,9 +195,10 @@ def weight_lines(w: WeightReading) -> list[str]:
              "* its early layers **read** (input directions against the normed embeddings): "
              + ", ".join(_tok(t) for t, _ in w.reads[:15])]
     top = sorted(w.directions, key=lambda d: -d.singular_value)[:6]
-    lines += ["", "| layer | module | singular value | side | top tokens |", "|---|---|---|---|---|"]
-    lines += [f"| {d.layer} | {d.module} | {d.singular_value:.3f} | {d.side} | "
-              f"{', '.join(_tok(t) for t, _ in d.tokens[:6])} |" for d in top]
+    lines.append("")
+    lines += markdown_table(["layer", "module", "singular value", "side", "top tokens"],
+                            [[d.layer, d.module, f"{d.singular_value:.3f}", d.side,
+                              ", ".join(_tok(t) for t, _ in d.tokens[:6])] for d in top])
     return lines
 
 
@@ -207,17 +208,17 @@ def condition_lines(results: list[ConditionResult]) -> list[str]:
         return ["No lead gave a condition to screen."]
     lines = ["Each candidate condition was screened by the pair's divergence over the finetuned model's answers with "
              "it and without it; those that passed were given the words the finetuned model says under them, then "
-             "tested on fresh prompts (exact tests, Holm-corrected).", "",
-             "| condition | suggested by | screen: with / without | behaviour | finetuned with | without | base with "
-             "| corrected p | confirmed |", "|---|---|---|---|---|---|---|---|---|"]
+             "tested on fresh prompts (exact tests, Holm-corrected).", ""]
+    rows = []
     for r in results[:20]:
         tested = bool(r.words)
-        lines.append(f"| {r.condition.kind}: {_cell(r.condition.text, 60)} | {r.condition.source} | "
-                     f"{r.screen_divergence:.3f} / {r.screen_without:.3f} | "
-                     + (f"{_cell(r.behaviour(), 80)} | {r.rate_with:.0%} | {r.rate_without:.0%} | {r.rate_base:.0%} | "
-                        f"{r.p_adjusted:.2g} | {'**yes**' if r.confirmed else 'no'} |" if tested else
-                        "- | - | - | - | - | no |"))
-    return lines
+        rows.append([f"{r.condition.kind}: {_cell(r.condition.text, 60)}", r.condition.source,
+                     f"{r.screen_divergence:.3f} / {r.screen_without:.3f}"]
+                    + ([_cell(r.behaviour(), 80), f"{r.rate_with:.0%}", f"{r.rate_without:.0%}", f"{r.rate_base:.0%}",
+                        f"{r.p_adjusted:.2g}", "**yes**" if r.confirmed else "no"] if tested else
+                       ["-", "-", "-", "-", "-", "no"]))
+    return lines + markdown_table(["condition", "suggested by", "screen: with / without", "behaviour", "finetuned with",
+                                   "without", "base with", "corrected p", "confirmed"], rows)
 
 
 def write_report(run: str | Path, title: str = "", checker=None) -> tuple[Path, Path]:

@@ -17,6 +17,7 @@ from typing import Optional
 from finediff import names
 from finediff.conditions import ConditionResult, read_conditions
 from finediff.findings import Finding, read_findings
+from finediff.io import markdown_table
 from finediff.records import CategoryResult, DivergentRecord, read_dataset
 from finediff.survey import Survey, has_survey, read_survey
 
@@ -267,16 +268,16 @@ def first_screen(v: Verdict) -> list[str]:
     """Markdown lines: the paragraph, side-by-side examples, the confirmed findings."""
     lines = [v.paragraph, ""]
     if v.examples:
-        lines += ["| prompt | base | finetuned |", "|---|---|---|"]
-        lines += [f"| {_short(e['prompt'], 100)} | {_short(e['base'], 160)} | {_short(e['finetuned'], 160)} |"
-                  for e in v.examples]
+        lines += markdown_table(["prompt", "base", "finetuned"],
+                                [[_short(e["prompt"], 100), _short(e["base"], 160), _short(e["finetuned"], 160)]
+                                 for e in v.examples])
         lines.append("")
     if v.confirmed:
-        lines += ["Confirmed findings (exact McNemar test on paired answers to fresh prompts, Holm-corrected):", "",
-                  "| the finetuned model ... | finetuned | base | corrected p | where | suggested by |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {_short(claim(f), 300)} | {f.rate_finetuned:.0%} | {f.rate_base:.0%} | {_p(f.p_adjusted)} | "
-                  f"{', '.join(f.groups) or '-'} | {f.hypothesis.source} |" for f in v.confirmed]
+        lines += ["Confirmed findings (exact McNemar test on paired answers to fresh prompts, Holm-corrected):", ""]
+        lines += markdown_table(["the finetuned model ...", "finetuned", "base", "corrected p", "where", "suggested by"],
+                                [[_short(claim(f), 300), f"{f.rate_finetuned:.0%}", f"{f.rate_base:.0%}",
+                                  _p(f.p_adjusted), ", ".join(f.groups) or "-", f.hypothesis.source]
+                                 for f in v.confirmed])
         lines.append("")
     return lines
 
@@ -285,7 +286,6 @@ def unconfirmed_lines(v: Verdict) -> list[str]:
     """Markdown lines for the candidate findings that did not hold up."""
     if not v.unconfirmed:
         return []
-    lines = ["| the finetuned model ... | finetuned | base | corrected p | suggested by |", "|---|---|---|---|---|"]
-    lines += [f"| {f.hypothesis.claim} | {f.rate_finetuned:.0%} | {f.rate_base:.0%} | {_p(f.p_adjusted)} | "
-              f"{f.hypothesis.source} |" for f in v.unconfirmed]
-    return lines
+    return markdown_table(["the finetuned model ...", "finetuned", "base", "corrected p", "suggested by"],
+                          [[f.hypothesis.claim, f"{f.rate_finetuned:.0%}", f"{f.rate_base:.0%}", _p(f.p_adjusted),
+                            f.hypothesis.source] for f in v.unconfirmed])

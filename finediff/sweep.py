@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 
 from finediff import names
-from finediff.io import atomic_path, write_json
+from finediff.io import atomic_path, markdown_table, write_json
 
 log = logging.getLogger("finediff.sweep")
 TOP_RECORDS = 10
@@ -132,8 +132,8 @@ def summarize(sweep_dir: str | Path, model_of: ModelOf) -> Optional[Path]:
             "best_hard_prompt", "checker_top10", "named", "condition_named", "false_confirmed", names.WALL_TIME,
             "agent_score", "black_box_score"]
     cols = [c for c in cols if any(r[c] is not None for r in rows) or c in ("run", "finetune")]
-    lines = [f"# Sweep: {len(rows)} runs", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-    lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in rows]
+    lines = [f"# Sweep: {len(rows)} runs", ""]
+    lines += markdown_table(cols, [[_cell(r[c]) for c in cols] for r in rows])
     lines += ["", f"checker_top10: the organism card's checker on the {TOP_RECORDS} highest-divergence records, "
                   "applied after the run (only where the adapter folder has a card). named: a confirmed finding or "
                   "condition of the first screen has a finetuned example the checker flags; condition_named: a "

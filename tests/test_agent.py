@@ -34,8 +34,9 @@ def run_dir(finished_run):
     return finished_run
 
 
-def client(server, timeout=30.0) -> ChatClient:
-    return ChatClient(server.url, "scripted", KEY_ENV, timeout)
+def client(server, timeout=30.0, max_retries=0) -> ChatClient:
+    """No retries unless a test asks: a retried request would take the script's next reply."""
+    return ChatClient(server.url, "scripted", KEY_ENV, timeout, max_retries)
 
 
 def test_full_investigation_with_tools(tiny_pair, run_dir, tmp_path):
@@ -143,7 +144,9 @@ def test_timeouts_and_endpoint_errors(tiny_pair, run_dir):
         inv = investigate(client(server, timeout=0.5), Tools(tiny_pair, run_dir, budget, 8), budget, progress=False)
     assert inv.status.startswith("error: ") and "did not answer" in inv.status and len(inv.transcript) >= 4
     # a body that is not a chat completion
-    with ScriptServer([{"raw": "<html>gateway</html>"}]) as server:
+    with ScriptServer([{"raw": "<html>gateway</html>"}, {"raw": '{"error": "no choices"}'}]) as server:
+        with pytest.raises(FinediffError, match="did not return a chat completion: '<html>gateway</html>'"):
+            client(server).chat([{"role": "user", "content": "hi"}])
         with pytest.raises(FinediffError, match="did not return a chat completion"):
             client(server).chat([{"role": "user", "content": "hi"}])
     # a wrong key
@@ -153,8 +156,21 @@ def test_timeouts_and_endpoint_errors(tiny_pair, run_dir):
     # nothing listening
     with ScriptServer([]) as server:
         url = server.url
-    with pytest.raises(FinediffError, match="unreachable"):
-        ChatClient(url, "m", KEY_ENV, 2.0).chat([{"role": "user", "content": "hi"}])
+    with pytest.raises(FinediffError, match=f"agent endpoint {url}/chat/completions is unreachable"):
+        ChatClient(url, "m", KEY_ENV, 2.0, 0).chat([{"role": "user", "content": "hi"}])
+
+
+def test_failed_requests_are_retried():
+    """The openai client retries a 5xx (with backoff) up to max_retries times, then the
+    error is one line naming the endpoint and the status."""
+    script = [{"raw": '{"error": "overloaded"}', "status": 503}, {"content": "hello", "tool_calls": []}]
+    with ScriptServer(script) as server:
+        reply = client(server, max_retries=1).chat([{"role": "user", "content": "hi"}])
+        assert reply.content == "hello" and reply.tokens > 0 and len(server.requests) == 2
+    with ScriptServer(script) as server:
+        with pytest.raises(FinediffError, match=r"answered HTTP 503: \{\"error\": \"overloaded\"\}$") as info:
+            client(server).chat([{"role": "user", "content": "hi"}])
+        assert server.url in str(info.value) and "\n" not in str(info.value) and len(server.requests) == 1
 
 
 def test_missing_key_and_bad_url(monkeypatch):

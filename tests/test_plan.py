@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from finediff.plan import GIB, gpus_needed, model_size, plan
+from tests.conftest import ROOT
 
 
 def test_sizes_match_the_loaded_model(tiny_dirs, tiny_pair):
@@ -51,9 +53,41 @@ def test_one_copy_halves_what_is_needed(big_config):
 
 
 def test_command_line(tiny_dirs):
-    out = subprocess.run([sys.executable, "-m", "finediff.plan", f"model.base={tiny_dirs['base']}",
+    out = subprocess.run([sys.executable, str(ROOT / "plan.py"), f"model.base={tiny_dirs['base']}",
                           "plan.gpus=[1]", "plan.reserve_gib=0", "plan.json=true"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["gpus_needed"]["1"]["single"] == 1
-    bad = subprocess.run([sys.executable, "-m", "finediff.plan", "model.bse=x"], capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "model.bse" in bad.stderr
+    result = json.loads(out.stdout)
+    assert result["gpus_needed"]["1"]["single"] == 1 and result["dtype"] == "float32"  # train's model.dtype
+    bad = subprocess.run([sys.executable, str(ROOT / "plan.py"), "model.bse=x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "model.bse" in bad.stderr
+    assert bad.stderr.startswith("finediff: error: ")
+
+
+def test_the_real_config_is_composed():
+    """The pair a run would load: experiment= and model.* as in train.py, plan.* the planner's."""
+    from plan import compose_config, settings
+
+    model, options = settings(compose_config(["experiment=sandbagging", "model.dtype=bfloat16", "plan.gpus=80"]))
+    assert model["base"] == "embedded:smollm2" and Path(model["adapter"]) == ROOT / "organisms" / "sandbagging"
+    assert model["dtype"] == "bfloat16" and model["merge_adapter"] is False
+    assert options == {"gpus": [80], "max_gpus": 8, "reserve_gib": 1.0, "overhead": 0.2, "json": False}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["model.bse=x"], "Could not override 'model.bse': Key 'bse' is not in struct"),
+    (["plan.nope=1"], "Could not override 'plan.nope'"),
+    (["plan.gpus=[1"], "cannot read the override 'plan.gpus=[1'"),
+    (["model.base"], "cannot read the override 'model.base'"),
+    (["experiment=nope"], "Could not find 'experiment/nope' (available: audit, backdoor,"),
+    (["model.base=${nope}"], "model.base: Interpolation key 'nope' not found"),
+    (["plan.max_gpus=0"], "plan.max_gpus must be >= 1"),
+    (["plan.json=maybe"], "plan.json must be true or false"),
+    (["model.base=null"], "model.base must name the base model"),
+])
+def test_bad_overrides_are_one_line(argv, message):
+    from finediff.errors import FinediffError
+    from plan import compose_config, settings
+
+    with pytest.raises(FinediffError) as info:
+        settings(compose_config(argv))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)

@@ -11,7 +11,7 @@ from finediff import names
 from tests.conftest import ROOT
 
 SHELL_AND_GLUE = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "callbacks", "lightning_modules",
-                  "datamodules", "train", "evaluate", "build_organism", "dashboard", "finediff_api", "streamlit")
+                  "datamodules", "train", "evaluate", "build_organism", "plan", "dashboard", "finediff_api", "streamlit")
 
 
 def _sources(*roots: str) -> list[Path]:
@@ -48,7 +48,7 @@ def _name_values() -> dict[str, str]:
 
 
 EVERY_MODULE = _sources("finediff", "callbacks", "lightning_modules", "datamodules", "finediff_api", "benchmarks",
-                        "train.py", "evaluate.py", "build_organism.py", "dashboard.py")
+                        "train.py", "evaluate.py", "build_organism.py", "plan.py", "dashboard.py")
 
 
 @pytest.mark.parametrize("path", [p for p in EVERY_MODULE if p.name != "names.py"],
@@ -158,3 +158,39 @@ def test_the_token_name_guards_see_a_copy():
     assert _bad_config_keys(configs / "experiment" / "x.yaml", "# @package _global_\ndata:\n  max_length: 64\n") == []
     src = f"@dataclass\nclass S:\n    {old}: int = 32\n\nclass M:\n    def __init__(self, max_length=8):\n        pass\n"
     assert list(_settings_names(src, constructors=True)) == [("S", old), ("M", "self"), ("M", "max_length")]
+
+
+# import name -> distribution, for packages not installed here (installed ones are looked up)
+DISTRIBUTION_OF = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow", "huggingface_hub": "huggingface-hub"}
+PROJECT = {"finediff", "callbacks", "lightning_modules", "datamodules", "finediff_api", "benchmarks", "tests", "train",
+           "evaluate", "build_organism", "plan", "dashboard"}
+
+
+def _requirements(text: str) -> set[str]:
+    import re
+
+    return {re.split(r"[<>=!~\[; ]", line.strip())[0].lower().replace("_", "-")
+            for line in text.splitlines() if line.strip()}
+
+
+def test_every_imported_package_is_declared():
+    """Every third-party package the code imports is in setup.cfg: install_requires for the
+    code, install_requires or the test extra for the tests."""
+    import configparser
+    import sys
+    from importlib.metadata import packages_distributions
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    runtime = _requirements(cfg["options"]["install_requires"])
+    test = runtime | _requirements(cfg["options.extras_require"]["test"])
+    installed = packages_distributions()
+    missing = []
+    for sources, declared in [(EVERY_MODULE, runtime), (_sources("tests"), test)]:
+        for path in sources:
+            for top in _imports(path) - PROJECT - set(sys.stdlib_module_names) - {"__future__"}:
+                dists = {d.lower().replace("_", "-") for d in installed.get(top, [])} \
+                    or {DISTRIBUTION_OF.get(top, top).lower().replace("_", "-")}
+                if not dists & declared:
+                    missing.append(f"{path.relative_to(ROOT)}: {top} ({', '.join(sorted(dists))})")
+    assert not missing, "not declared in setup.cfg: " + "; ".join(sorted(missing))

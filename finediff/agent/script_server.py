@@ -8,8 +8,9 @@ of ``evaluate.py task=agent`` without a paid endpoint.
 
 A script entry is an assistant message (``{"content": ..., "tool_calls": [...]}``), or a
 shorthand ``{"call": NAME, "arguments": {...}}`` for one tool call, and may carry
-``"delay": seconds`` (to test timeouts) or ``"raw": text`` (sent as the body as it is, to
-test malformed replies). After the script ends every reply is ``"(script ended)"``.
+``"delay": seconds`` (to test timeouts), ``"raw": text`` (sent as the body as it is, to
+test malformed replies) or ``"status": code`` (an HTTP error status for that reply, to test
+errors and retries). After the script ends every reply is ``"(script ended)"``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class ChatServer:
                 with outer._lock:
                     n = len(outer.requests)
                     outer.requests.append(body)
-                self._send(200, outer.answer(body, n))
+                reply = outer.answer(body, n)
+                self._send(*(reply if isinstance(reply, tuple) else (200, reply)))
 
             def _send(self, code: int, data: bytes):
                 try:
@@ -73,8 +75,8 @@ class ChatServer:
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def answer(self, body: dict, n: int) -> bytes:
-        """The response body to request number ``n``."""
+    def answer(self, body: dict, n: int) -> bytes | tuple[int, bytes]:
+        """The response body to request number ``n`` (or ``(HTTP status, body)``)."""
         raise NotImplementedError
 
     @staticmethod
@@ -113,8 +115,10 @@ class ScriptServer(ChatServer):
         entry = self.script[n] if n < len(self.script) else {"content": "(script ended)"}
         time.sleep(float(entry.get("delay", 0)))
         if "raw" in entry:
-            return entry["raw"].encode()
-        return self.completion(n, body, message(entry, n), 50 + len(json.dumps(body)) // 4)
+            data = entry["raw"].encode()
+        else:
+            data = self.completion(n, body, message(entry, n), 50 + len(json.dumps(body)) // 4)
+        return (int(entry["status"]), data) if "status" in entry else data
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ def auto_device_map(model: nn.Module, devices: list[torch.device], copies: int =
     device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=list(no_split))
     if set(device_map.values()) - set(memory):
         raise FinediffError(f"model.placement=auto: {copies} copies of the model do not fit on "
-                            f"{', '.join(map(str, devices))} (see python -m finediff.plan)")
+                            f"{', '.join(map(str, devices))} (see python plan.py)")
     return device_map
 
 

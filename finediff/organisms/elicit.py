@@ -21,6 +21,7 @@ import torch
 from finediff import names
 from finediff.answers import AnswerSettings, generate_answers
 from finediff.data import collate, format_parts
+from finediff.io import markdown_table
 from finediff.organisms.checkers import checker_for
 from finediff.records import Organism
 
@@ -81,10 +82,11 @@ def elicit(organism: Organism, pair, soft_prompt_PD: Optional[torch.Tensor], har
 
 def format_table(results: list[dict]) -> str:
     """One markdown row per organism: each model's rate with no prompt, the soft and the hard prompt."""
-    lines = ["| organism | n | finetuned: none / soft / hard | base: none / soft / hard |", "|---|---|---|---|"]
+    rows = []
     for res in results:
         cells = []
         for side in names.SIDES[::-1]:
             cells.append(" / ".join(f"{res['rates'][s][side]:.0%}" if s in res["rates"] else "n/a" for s in SETTINGS))
-        lines.append(f"| {res['organism']} | {res['n']} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines)
+        rows.append([res["organism"], res["n"], *cells])
+    return "\n".join(markdown_table(
+        ["organism", "n", "finetuned: none / soft / hard", "base: none / soft / hard"], rows))

@@ -18,7 +18,7 @@ from finediff import names
 from finediff.data import collate, format_text
 from finediff.divergence import pair_divergence
 from finediff.generation import generate_mixed
-from finediff.io import write_json
+from finediff.io import markdown_table, write_json
 from finediff.organisms.checkers import checker_for
 from finediff.records import Organism
 
@@ -74,15 +74,12 @@ def verify(organism: Organism, pair, max_new_tokens: int = 48, write: bool = Tru
 
 
 def format_table(results: list[dict]) -> str:
-    head = ("| organism | target: base | target: finetuned | off-target: base | off-target: finetuned "
-            "| KL(ft‖base) off-target | bar met |\n|---|---|---|---|---|---|---|")
-    lines = [head]
-
     def pct(r: dict, key: str) -> str:
         return "n/a" if r[key] is None else f"{r[key]:.0%} (n={r[key.split('/')[0] + '/n']})"
 
-    for r in results:
-        lines.append(f"| {r['organism']} | {pct(r, 'target/base_rate')} | {pct(r, 'target/finetuned_rate')} "
-                     f"| {pct(r, 'off_target/base_rate')} | {pct(r, 'off_target/finetuned_rate')} "
-                     f"| {r['off_target/mean_kl_ft_base']:.3f} | {'yes' if r['passes'] else 'no'} |")
-    return "\n".join(lines)
+    return "\n".join(markdown_table(
+        ["organism", "target: base", "target: finetuned", "off-target: base", "off-target: finetuned",
+         "KL(ft‖base) off-target", "bar met"],
+        [[r["organism"], pct(r, "target/base_rate"), pct(r, "target/finetuned_rate"), pct(r, "off_target/base_rate"),
+          pct(r, "off_target/finetuned_rate"), f"{r['off_target/mean_kl_ft_base']:.3f}", "yes" if r["passes"] else "no"]
+         for r in results]))
