@@ -22,8 +22,10 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from finediff.errors import FinediffError, exit_on_user_error  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
+from config_schema import register_schemas  # noqa: E402
 
 register_resolvers()
+register_schemas()
 
 log = logging.getLogger("finediff.build_organism")
 

@@ -33,8 +33,10 @@ from omegaconf import DictConfig  # noqa: E402
 from finediff import names, pipeline  # noqa: E402
 from finediff.errors import FinediffError, check_number, exit_on_user_error, preflight  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
+from config_schema import check_composes, register_schemas, settings  # noqa: E402
 
 register_resolvers()
+register_schemas()
 from finediff.records import Organism  # noqa: E402
 
 log = logging.getLogger("finediff.evaluate")
@@ -63,7 +65,7 @@ def _texts(cfg: DictConfig, pair, run_dir: Path) -> pipeline.RunTexts:
         if not has_survey(run_dir):
             raise FinediffError(f"data.categories is null (an audit) but {run_dir} has no survey "
                                 f"({names.SURVEY_SUMMARY}); give data.categories or experiment=NAME")
-        s = pipeline.EvidenceSettings.from_mapping(cfg.get("evidence")).survey
+        s = settings(cfg, "evidence").survey
         datamodule.set_texts(*read_survey(run_dir).training_texts(s.n_train, s.n_val))
     return datamodule.texts()
 
@@ -82,7 +84,7 @@ class Task:
 
     def __init__(self, cfg: DictConfig, out: Path):
         self.cfg, self.out = cfg, out
-        self.settings = pipeline.EvidenceSettings.from_mapping(cfg.get("evidence"))
+        self.settings = settings(cfg, "evidence")
         self.organism = Organism.from_config(cfg.get("organism"))
 
     def check(self) -> None:
@@ -164,7 +166,6 @@ class Generate(Task):
     """The divergent dataset from a finished run -> divergent_dataset.pt / .jsonl."""
 
     def check(self) -> None:
-        from finediff.divergent_dataset import GenerationConfig
         from finediff.hard_prompts import read_hard_prompts
         from finediff.soft_prompt import load_prompt_record
 
@@ -172,7 +173,7 @@ class Generate(Task):
         self.record = load_prompt_record(self.run_dir / names.SOFT_PROMPT_FILE)
         hard_file = self.run_dir / names.HARD_PROMPTS_FILE
         self.hard = [h.text for h in read_hard_prompts(hard_file)] if hard_file.exists() else []
-        self.generation = GenerationConfig(**self.cfg.generation)
+        self.generation = settings(self.cfg, "generation")
 
     def run(self, pair) -> dict:
         _prompt(self.record, pair, self.run_dir / names.SOFT_PROMPT_FILE)
@@ -188,12 +189,11 @@ class Evidence(Task):
     output is there already are read back (``evidence.resume``)."""
 
     def check(self) -> None:
-        from finediff.divergent_dataset import GenerationConfig
         from finediff.soft_prompt import load_prompt_record
 
         self.run_dir = _run_dir(self.cfg, names.SOFT_PROMPT_FILE)
         self.record = load_prompt_record(self.run_dir / names.SOFT_PROMPT_FILE)
-        self.generation = GenerationConfig(**self.cfg.generation)
+        self.generation = settings(self.cfg, "generation")
 
     def run(self, pair) -> dict:
         prompt = _prompt(self.record, pair, self.run_dir / names.SOFT_PROMPT_FILE)
@@ -400,4 +400,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     preflight(sys.argv[1:])
+    check_composes("evaluate", sys.argv[1:])
     main()

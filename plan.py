@@ -24,31 +24,18 @@ ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("FINEDIFF_ROOT", str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
+from config_schema import hydra_error_line, omegaconf_error_line, register_schemas  # noqa: E402
 from finediff.errors import FinediffError, check_number, exit_on_user_error  # noqa: E402
 from finediff.plan import format_plan, plan  # noqa: E402
 
 
-def _first_line(err: BaseException) -> str:
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-
-
-def hydra_error_line(err: HydraException) -> str:
-    """Hydra's composition errors (several lines, with hints for train.py) as one line."""
-    if isinstance(err, OverrideParseException):
-        return f"cannot read the override {err.override!r}: {_first_line(err.message)}"
-    if isinstance(err, MissingConfigException):
-        options = f" (available: {', '.join(o for o in err.options if not o.startswith('_'))})" if err.options else ""
-        return _first_line(err) + options
-    cause = err.__cause__
-    return _first_line(err).rstrip(".") + (f": {_first_line(cause)}" if cause is not None else "")
-
-
 def compose_config(argv: list[str]) -> DictConfig:
     """``train``'s config with the planner's settings, under the command-line overrides."""
+    register_schemas()
     try:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             return compose("train", overrides=["+plan=default", *argv])
@@ -62,8 +49,7 @@ def settings(cfg: DictConfig) -> tuple[dict, dict]:
         m = OmegaConf.to_container(cfg.model, resolve=True)
         p = OmegaConf.to_container(cfg.plan, resolve=True)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        raise FinediffError(f"{key + ': ' if key else ''}{_first_line(err)}") from None
+        raise FinediffError(omegaconf_error_line(err)) from None
     if not m.get("base") or not isinstance(m["base"], str):
         raise FinediffError(f"model.base must name the base model, got {m.get('base')!r}")
     for group, values, key in [("model", m, "merge_adapter"), ("model", m, "trust_remote_code"), ("plan", p, "json")]:

@@ -38,10 +38,11 @@ from finediff.soft_prompt import is_trainable  # noqa: E402
 from lightning_modules.soft_prompt_divergence import check_settings  # noqa: E402
 from callbacks.evidence import LoggerSink  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
-from finediff.divergent_dataset import GenerationConfig  # noqa: E402
+from config_schema import check_composes, register_schemas, settings  # noqa: E402
 from finediff.records import Organism  # noqa: E402
 
 register_resolvers()
+register_schemas()
 
 log = logging.getLogger("finediff.train")
 
@@ -129,8 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
 
-    evidence = pipeline.EvidenceSettings.from_mapping(cfg.get("evidence"))
-    generation = GenerationConfig(**dict(cfg.get("generation") or {}))
+    evidence, generation = settings(cfg, "evidence"), settings(cfg, "generation")
     organism = Organism.from_config(cfg.get("organism"))
     out = Path(cfg.paths.output_dir)
 
@@ -225,4 +225,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     preflight(sys.argv[1:])
+    check_composes("train", sys.argv[1:])
     main()

@@ -63,7 +63,8 @@ KINDS = ("insert", "topic", "group")
 
 @dataclass
 class ConditionSettings:
-    """How conditions are searched and tested (the ``evidence.conditions`` block)."""
+    """How conditions are searched and tested (the ``evidence.conditions`` block): what turns
+    a behaviour on, leads screened, described and tested -> conditions.json."""
 
     max_leads: int = 8
     """Lead words and strings tried, per source."""
@@ -82,7 +83,9 @@ class ConditionSettings:
     min_word_share: float = 0.4
     """A behaviour word appears in at least this share of the finetuned model's answers under the condition."""
     alpha: float = 0.05
+    """Family-wise error rate (Holm)."""
     min_effect: float = 0.2
+    """The rate with the condition exceeds the base's and the rate without it by this much."""
 
     def __post_init__(self):
         for key in ("max_leads", "screen_prompts", "max_new_tokens", "keep", "samples_per_prompt", "test_prompts"):

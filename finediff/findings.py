@@ -88,7 +88,8 @@ class Finding:
 
 @dataclass
 class FindingSettings:
-    """How findings are proposed and tested (the ``evidence.findings`` block)."""
+    """How findings are proposed and tested on fresh prompts (the ``evidence.findings`` block)
+    -> findings.json."""
 
     n_prompts: int = 24
     """Fresh prompts the tests sample (the survey's unseen half, where the change is)."""

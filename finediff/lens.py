@@ -41,7 +41,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -284,18 +284,20 @@ def token_relevance(tokens: list[tuple[str, float]], relevant: list[str]) -> flo
 
 @dataclass
 class LensConfig:
-    """Settings of one ADL run (the ``evidence.lens`` config block)."""
+    """Settings of one ADL run (the ``evidence.lens`` config block) -> lens/lens.json and plots."""
 
     generic: str = ""
-    """Category spec of the generic text (the shipped corpus when empty, or ``hub:...``)."""
-    layers: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    """Relative depths (0..1) of the layers to read (see the module docstring)."""
+    """Category spec of the generic text: a ``.jsonl`` path or ``hub:<dataset>[:config][:split][@field]``
+    (empty: the shipped corpus)."""
+    layers: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    """Relative depths (0..1) of the layers to read: ``int(depth * (num_layers - 1))`` (see the
+    module docstring); the default is the paper's middle layer and the last."""
     n_positions: int = 5
     min_tokens: int = 128
-    max_texts: int = 10_000
+    max_texts: int = 1000
     top_k: int = 20
-    scales: tuple = DEFAULT_SCALES
-    strengths: tuple = DEFAULT_STRENGTHS
+    scales: List[float] = field(default_factory=lambda: list(DEFAULT_SCALES))
+    strengths: List[float] = field(default_factory=lambda: list(DEFAULT_STRENGTHS))
     coherence_factor: float = 2.0
     """Steered samples' base perplexity may be at most this many times the unsteered ones'."""
     max_new_tokens: int = 48

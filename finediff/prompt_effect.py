@@ -34,7 +34,8 @@ VERDICTS = ("breaks a model", "shows a confirmed behaviour", "no named behaviour
 
 @dataclass
 class PromptEffectSettings:
-    """How the soft prompt's effect is shown (the ``evidence.prompt_effect`` block)."""
+    """How the soft prompt's effect is shown (the ``evidence.prompt_effect`` block): both models'
+    answers with the soft prompt and without it -> soft_prompt_effect.json."""
 
     n_texts: int = 4
     """Held-out texts both models answer with and without the prompt."""

@@ -28,7 +28,7 @@ import math
 import random
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -44,15 +44,18 @@ PROBES = REPO_ROOT / names.PROBES_FILE
 
 @dataclass
 class SurveySettings:
-    """What the survey scores and how it picks the texts the soft prompt trains on."""
+    """What the survey scores and how it picks the texts the soft prompt trains on (the
+    ``evidence.survey`` block: an audit's first step, when ``data.categories`` is null)
+    -> survey.jsonl, survey_groups.csv, diff_mining.json."""
 
-    categories: Optional[list] = None
+    categories: Optional[List[str]] = None
     """Categories scored (None: every shipped one)."""
     probes: bool = True
-    """Score the shipped everyday probe set, one group per domain."""
-    texts: Optional[list] = None
+    """Score the shipped everyday probe set (``data/probes/everyday.jsonl``), one group per domain."""
+    texts: Optional[List[str]] = None
     """The user's own texts: category specs (a ``.jsonl`` path or ``hub:`` spec), one group each."""
     max_texts_per_group: int = 16
+    """Half for discovery, half kept fresh for testing findings."""
     max_new_tokens: int = 32
     batch_size: int = 8
     n_train: int = 48
@@ -68,8 +71,11 @@ class SurveySettings:
     broad_median: float = 0.1
     """A median text divergence (nats per token) at or above this is a broad change."""
     mining_top_k: int = 20
+    """Diff mining: the top rising tokens counted per position ..."""
     mining_min_diff: float = 2.0
+    """... that rose by at least this many logits ..."""
     mining_min_prob: float = 1e-3
+    """... and that the finetuned model gives at least this probability."""
     mining_generic_texts: int = 32
     """Generic-corpus texts mined too (read, not answered; 0: none)."""
 

@@ -49,7 +49,8 @@ LAYER_RE = re.compile(r"layers?\.(\d+)\.(.*)\.(\w+)$")
 
 @dataclass
 class WeightSettings:
-    """How the weights are read (the ``evidence.weights`` block)."""
+    """How the weights are read (the ``evidence.weights`` block): the weight update read
+    through the vocabulary, no sampling -> weights.json."""
 
     directions: int = 2
     """Top singular directions read per module."""

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from datamodules import CategoryTextDataModule
+from config_schema import settings as config_settings
 from finediff import names, pipeline
 from finediff.divergent_dataset import GenerationConfig
 from finediff.errors import FinediffError
@@ -28,11 +29,12 @@ _TRAINING_KEYS = set(_MODULE_KEYS) | {"batch_size", "num_epochs", "max_steps", "
 
 
 def seed_generation(mapping: Optional[dict]) -> GenerationConfig:
-    """The ``generation`` block as :class:`GenerationConfig` (finediff's keys, or the seed's)."""
+    """The ``generation`` block as :class:`GenerationConfig` (finediff's keys, or the seed's),
+    checked against its schema (an unknown key or a wrong type: one line naming it)."""
     generation = dict(mapping or {})
     if "max_length" in generation:  # the seed document's key for new tokens per generation (finediff: max_new_tokens)
         generation.setdefault("max_new_tokens", generation.pop("max_length"))
-    return GenerationConfig(**generation)
+    return config_settings({"generation": generation}, "generation")
 
 
 def _name(model, fallback: str) -> str:
@@ -99,7 +101,7 @@ class DivergenceTrainer:
         """Hard prompts from the trained prompt, then the divergent dataset (the pipeline's
         two steps); the records in the seed's format, highest ``kl_divergence`` first,
         written to ``output_file`` (``.pt``) and a ``.jsonl`` beside it."""
-        settings = pipeline.EvidenceSettings.from_mapping(self.config.get("evidence"))
+        settings = config_settings(self.config, "evidence")
         generation = seed_generation(self.config.get("generation"))
         texts = self.datamodule.texts()
         hard = pipeline.hard_prompts(self.pair, self.module.soft_prompt().detach(), texts, settings.hard_prompts,

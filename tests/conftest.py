@@ -73,8 +73,10 @@ def compose(config_name: str, overrides: list[str]):
     from hydra import initialize_config_dir
 
     from callbacks.sweep import register_resolvers
+    from config_schema import register_schemas
 
     register_resolvers()
+    register_schemas()
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides)

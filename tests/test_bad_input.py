@@ -81,7 +81,12 @@ PROBES = [
     ("train.py", ["model.adapter=/nonexistent/adapter"], "adapter directory not found: /nonexistent/adapter"),
     ("train.py", ["data.categories=[nope]"], "unknown category 'nope'; known:"),
     ("train.py", ["module.divergence=kl"], "unknown divergence 'kl'"),
-    ("train.py", ["evidence.hard_prompts.pez_steps=abc"], "evidence.hard_prompts.pez_steps must be int, got 'abc'"),
+    # a value the schema (config_schema.py) rejects when the config is composed: before Hydra's own run
+    ("train.py", ["evidence.hard_prompts.pez_steps=abc"],
+     "evidence.hard_prompts.pez_steps: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("train.py", ["evidence.lens.nope=1"], "Could not override 'evidence.lens.nope': Key 'nope' not in 'LensConfig'"),
+    ("evaluate.py", ["task=compare", "generation.top_p=high"],
+     "generation.top_p: Value 'high' of type 'str' could not be converted to Float"),
     ("train.py", ["evidence.steps=[hard_prompts,nope]"], "unknown evidence step 'nope'"),
     ("train.py", ["model.finetuned=null", "model.base={d}/other_base", "model.adapter={adapter}"],
      "does not fit this model (trained for another base?)"),
@@ -144,13 +149,15 @@ PROBES = [
 
 AS_A_USER_RUNS_IT = {
     # a handful run as real commands: the one line, exit status 2 and the time a user sees;
-    # those that Hydra, the hub client or the pre-Hydra checks answer can only run this way
+    # those that Hydra, the hub client or the pre-Hydra checks (preflight, config_schema.check_composes:
+    # a type or key the schema rejects) answer can only run this way
     "train.py trainer.max_steps=abc", "train.py model.finetuned=null model.adapter={d}/garbage_adapter",
     "train.py data.categories=[{d}/latin1.jsonl]", "train.py ckpt_path={d}/garbage.pt",
     "train.py paths.output_dir={d}/a_file", "train.py paths.output_dir=/proc/finediff_out",
     "train.py paths.output_dir={d}/a_file/run", "train.py model.finetuned=no-such-org/no-such-model",
     "evaluate.py task=generate task.run_dir={d}/latin1_run", "evaluate.py task=nope", "build_organism.py organism=nope",
-    "build_organism.py",
+    "build_organism.py", "train.py evidence.hard_prompts.pez_steps=abc", "train.py evidence.lens.nope=1",
+    "evaluate.py task=compare generation.top_p=high",
 }
 
 

@@ -11,7 +11,8 @@ from finediff import names
 from tests.conftest import ROOT
 
 SHELL_AND_GLUE = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "callbacks", "lightning_modules",
-                  "datamodules", "train", "evaluate", "build_organism", "plan", "dashboard", "finediff_api", "streamlit")
+                  "datamodules", "train", "evaluate", "build_organism", "plan", "dashboard", "finediff_api",
+                  "streamlit", "config_schema")
 
 
 def _sources(*roots: str) -> list[Path]:
@@ -48,7 +49,7 @@ def _name_values() -> dict[str, str]:
 
 
 EVERY_MODULE = _sources("finediff", "callbacks", "lightning_modules", "datamodules", "finediff_api", "benchmarks",
-                        "train.py", "evaluate.py", "build_organism.py", "plan.py", "dashboard.py")
+                        "train.py", "evaluate.py", "build_organism.py", "plan.py", "dashboard.py", "config_schema.py")
 
 
 @pytest.mark.parametrize("path", [p for p in EVERY_MODULE if p.name != "names.py"],
@@ -163,7 +164,7 @@ def test_the_token_name_guards_see_a_copy():
 # import name -> distribution, for packages not installed here (installed ones are looked up)
 DISTRIBUTION_OF = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow", "huggingface_hub": "huggingface-hub"}
 PROJECT = {"finediff", "callbacks", "lightning_modules", "datamodules", "finediff_api", "benchmarks", "tests", "train",
-           "evaluate", "build_organism", "plan", "dashboard"}
+           "evaluate", "build_organism", "plan", "dashboard", "config_schema"}
 
 
 def _requirements(text: str) -> set[str]:
@@ -194,3 +195,74 @@ def test_every_imported_package_is_declared():
                 if not dists & declared:
                     missing.append(f"{path.relative_to(ROOT)}: {top} ({', '.join(sorted(dists))})")
     assert not missing, "not declared in setup.cfg: " + "; ".join(sorted(missing))
+
+
+# --------------------------------------------------------------------------- one schema
+# The settings dataclasses are the schema of their config groups (config_schema.py registers
+# them with Hydra): every default is stated there once, and the group's YAML files hold
+# presets and overrides only.
+
+
+def _schema_groups() -> dict:
+    from config_schema import SCHEMAS
+
+    return SCHEMAS
+
+
+def _schema_yaml_files() -> list[Path]:
+    return [p for group in sorted(_schema_groups()) for p in sorted((ROOT / "configs" / group).glob("*.yaml"))]
+
+
+def _restated_defaults(node, schema, where: str) -> tuple[list[str], list[str]]:
+    """(keys of ``node`` the schema does not have, keys that state the schema's own default)."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    known = {f.name: f for f in fields(schema)}
+    unknown, twice = [], []
+    for key, value in (node or {}).items():
+        if key == "defaults" and where.count(".") == 0:
+            continue
+        f = known.get(key)
+        if f is None:
+            unknown.append(f"{where}.{key}")
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        if is_dataclass(default):
+            if isinstance(value, dict):
+                u, t = _restated_defaults(value, type(default), f"{where}.{key}")
+                unknown, twice = unknown + u, twice + t
+            continue
+        default = list(default) if isinstance(default, tuple) else default
+        if value == default and isinstance(value, bool) == isinstance(default, bool):  # 2 restates 2.0, not True
+            twice.append(f"{where}.{key}")
+    return unknown, twice
+
+
+@pytest.mark.parametrize("path", _schema_yaml_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_default_is_stated_once(path):
+    """A schema group's YAML file extends the schema and states only keys the schema has, each
+    with a value other than the schema's default (a default stated twice drifts apart)."""
+    import yaml
+
+    group = path.parent.name
+    node = yaml.safe_load(path.read_text()) or {}
+    assert "schema" in (node.get("defaults") or []), f"{path.relative_to(ROOT)}: defaults must start from the schema"
+    unknown, twice = _restated_defaults(node, _schema_groups()[group], group)
+    assert not unknown, f"{path.relative_to(ROOT)}: keys the schema does not have: {unknown}"
+    assert not twice, f"{path.relative_to(ROOT)}: states the schema's default again: {twice} (drop them from the YAML)"
+
+
+def test_the_default_guard_sees_a_copy():
+    """The guard above would catch a restated default, also a nested one, and an unknown key."""
+    from finediff.pipeline import EvidenceSettings
+
+    node = {"defaults": ["schema"], "resume": False, "steps": ["hard_prompts"],
+            "hard_prompts": {"pez_steps": 20, "gcg_steps": 5,
+                             "methods": ["projection", "guided", "pez", "text", "gcg"]},
+            "lens": {"max_texts": 1000.0, "nope": 1}}
+    unknown, twice = _restated_defaults(node, EvidenceSettings, "evidence")
+    assert unknown == ["evidence.lens.nope"]
+    assert twice == ["evidence.resume", "evidence.hard_prompts.pez_steps", "evidence.hard_prompts.methods",
+                     "evidence.lens.max_texts"]
+    assert _restated_defaults({"resume": 0, "lens": {"generic": "${paths.data_dir}/g.jsonl"}}, EvidenceSettings,
+                              "evidence") == ([], [])

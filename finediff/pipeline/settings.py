@@ -1,12 +1,18 @@
 """The evidence pipeline's settings: the ``evidence`` config group, one dataclass per
 step (:class:`EvidenceSettings` holds them all and which steps run), the soft prompt's
-:class:`Objective` and the :class:`RunTexts` it trained on. Every value is checked where
-it is read (:func:`from_mapping`): a bad key or value is a one-line error naming it."""
+:class:`Objective` and the :class:`RunTexts` it trained on.
+
+The settings dataclasses are the one schema of their config group: their defaults are the
+only defaults (``configs/evidence/default.yaml`` holds overrides only), the shells register
+them as Hydra structured configs (``config_schema.py``), so OmegaConf checks each key and
+type when the config is composed, and each ``__post_init__`` checks the values' ranges (a
+one-line :class:`FinediffError` naming the key). Their field types are those OmegaConf
+supports: lists, not tuples (``__post_init__`` turns them into tuples where code wants one)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 import torch
 
@@ -27,24 +33,6 @@ STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "we
 """The evidence steps in the order :func:`finediff.pipeline.run` calls them."""
 
 
-def from_mapping(cls, mapping: Any, where: str):
-    """A settings dataclass from a config mapping; an unknown key or a value of the wrong
-    type is a one-line error naming ``where.key``."""
-    mapping = dict(mapping or {})
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(mapping) - set(known))
-    if unknown:
-        raise FinediffError(f"unknown setting {where}.{unknown[0]}; known: {', '.join(sorted(known))}")
-    for key, value in mapping.items():
-        default = known[key].default
-        kind = type(default) if default is not None and type(default) in (int, float, bool, str) else None
-        ok = (kind is None or value is None and default is None or isinstance(value, kind)
-              or kind is float and isinstance(value, int) and not isinstance(value, bool))
-        if not ok or (kind in (int, float) and isinstance(value, bool)):
-            raise FinediffError(f"{where}.{key} must be {kind.__name__}, got {value!r}")
-    return cls(**mapping)
-
-
 def _positive(where: str, **values: int) -> None:
     for key, value in values.items():
         if value < 1:
@@ -60,7 +48,7 @@ def _positions(where: str, positions: str) -> None:
 class HardPromptSettings:
     """Hard prompts from the soft prompt (see :func:`finediff.hard_prompts.find_hard_prompts`)."""
 
-    methods: tuple = METHODS
+    methods: List[str] = field(default_factory=lambda: list(METHODS))
     fluency_weight: float = 0.02
     """Weight of the base model's log-perplexity of the prompt in the objective."""
     pez_steps: int = 20
@@ -78,6 +66,7 @@ class HardPromptSettings:
     n_starts: int = 12
     """The highest of them tried as natural-language starts."""
     init_tokens: int = 16
+    """First tokens of each start."""
     gcg_start: str = "derived"
     """``derived``: GCG refines the best of the projection, guided and PEZ prompts (a prompt
     derived from the soft prompt); ``any``: the best start, natural-language text starts included."""
@@ -148,7 +137,8 @@ class DatasetSettings:
     max_prompt_perplexity: float = 1000.0
     """Hard prompts the base model finds less readable than this are left out."""
     amplify_alpha: float = 0.0
-    """Also sample the finetuned side from amplified logits (0: no amplified records)."""
+    """> 0: also sample the finetuned side from the amplified logits
+    ``logits_ft + alpha * (logits_ft - logits_base)`` (0: no amplified records)."""
     amplified_per_prompt: int = 2
 
     def __post_init__(self):
@@ -161,13 +151,16 @@ class DatasetSettings:
 
 @dataclass
 class CompareSettings:
-    """The category comparison (see :func:`finediff.compare.compare_categories`)."""
+    """The category comparison: mean divergence per category -> comparison.csv / .md / .png
+    (see :func:`finediff.compare.compare_categories`)."""
 
-    categories: Optional[list] = None
+    categories: Optional[List[str]] = None
     """Categories to compare (None: every shipped one)."""
     max_texts_per_category: int = 24
+    """The run's quick view (``task=compare`` scores 100 per category)."""
     batch_size: int = 8
     positions: str = "response"
+    """Divergence over the finetuned model's answers, or (``text``) over the text itself."""
     max_new_tokens: int = 32
 
     def __post_init__(self):
@@ -195,7 +188,8 @@ class AnalysisSettings:
 class EvidenceSettings:
     """Every step's settings (the ``evidence`` config group) and which steps run."""
 
-    steps: tuple = STEPS
+    steps: List[str] = field(default_factory=lambda: list(STEPS))
+    """The steps that run, of :data:`STEPS` (always in that order; ``[]``: none)."""
     resume: bool = False
     """Read back a step's output when the run folder already has it."""
     hard_prompts: HardPromptSettings = field(default_factory=HardPromptSettings)
@@ -209,22 +203,11 @@ class EvidenceSettings:
     conditions: ConditionSettings = field(default_factory=ConditionSettings)
     prompt_effect: PromptEffectSettings = field(default_factory=PromptEffectSettings)
 
-    @classmethod
-    def from_mapping(cls, mapping: Any) -> "EvidenceSettings":
-        d = dict(mapping or {})
-        parts = {"hard_prompts": HardPromptSettings, "divergent_dataset": DatasetSettings, "lens": LensConfig,
-                 "compare": CompareSettings, "analysis": AnalysisSettings, "survey": SurveySettings,
-                 "findings": FindingSettings, "weights": WeightSettings, "conditions": ConditionSettings,
-                 "prompt_effect": PromptEffectSettings}
-        built = {k: from_mapping(kind, d.pop(k, None), f"evidence.{k}") for k, kind in parts.items()}
-        out = from_mapping(cls, d, "evidence")
-        for k, v in built.items():
-            setattr(out, k, v)
-        out.steps = tuple(out.steps)
-        unknown = [s for s in out.steps if s not in STEPS]
+    def __post_init__(self):
+        self.steps = tuple(self.steps)
+        unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise FinediffError(f"unknown evidence step {unknown[0]!r}; choose from {', '.join(STEPS)}")
-        return out
 
 
 @dataclass
