@@ -21,8 +21,6 @@ SOFT_PROMPT_MEAN_DIVERGENCE = "soft_prompt_mean_divergence"
 
 # Metric keys (logged by the LightningModule, written to ``metrics.json``).
 TRAIN_DIVERGENCE = "train/divergence"
-TRAIN_READABILITY = "train/readability"
-"""Mean squared distance of the prompt vectors to their nearest token embeddings (relative)."""
 VAL_DIVERGENCE = "val/divergence"
 VAL_DIVERGENCE_NO_PROMPT = "val/divergence_no_prompt"
 VAL_DIVERGENCE_RANDOM_PROMPT = "val/divergence_random_prompt"

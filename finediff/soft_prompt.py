@@ -192,36 +192,6 @@ class SoftPrompt(nn.Module):
         return torch.softmax(self.weight, dim=-1) @ self.table
 
 
-def readability_penalty(prompt_PD: torch.Tensor, embed_weight_VD: torch.Tensor,
-                        allowed_V: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean over the prompt's vectors of the squared distance to the nearest allowed token
-    embedding, relative to that embedding's squared norm: 0 exactly when every vector is
-    a token embedding, differentiable (towards the nearest one) otherwise. Added to the
-    loss with ``module.readability_weight``, it keeps the prompt where projection to
-    tokens loses little."""
-    weight = embed_weight_VD.detach().float()
-    if allowed_V is not None:
-        weight = weight[allowed_V.to(weight.device)]
-    x = prompt_PD.float().to(weight.device)
-    with torch.no_grad():  # the nearest token, by exact distance
-        d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ weight.T + (weight * weight).sum(-1)
-        nearest = weight[d2.argmin(dim=-1)]
-    return (((x - nearest) ** 2).sum(-1) / (nearest ** 2).sum(-1).clamp_min(1e-12)).mean()
-
-
-def straight_through(prompt_PD: torch.Tensor, table_VD: torch.Tensor) -> torch.Tensor:
-    """The prompt projected to tokens in the forward pass, continuous in the backward
-    (PEZ during training, ``module.project=true``): each vector is replaced by its nearest
-    row of ``table_VD`` (cosine, as :func:`finediff.hard_prompts.project` picks), and the
-    gradient at that row is applied to the vector itself (straight-through). The models
-    only ever see real token embeddings, so projecting the trained prompt loses nothing."""
-    table = table_VD.detach().to(prompt_PD.device)
-    with torch.no_grad():
-        sims = F.normalize(prompt_PD.float(), dim=-1) @ F.normalize(table.float(), dim=-1).T
-        rows = table[sims.argmax(dim=-1)].to(prompt_PD.dtype)
-    return prompt_PD + (rows - prompt_PD).detach()
-
-
 def splice(
     prompt_PD: Optional[torch.Tensor],
     embeds_BTD: torch.Tensor,

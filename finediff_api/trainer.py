@@ -23,8 +23,7 @@ _MODULE_KEYS = {"num_soft_prompt_tokens": "num_soft_prompt_tokens", "learning_ra
                 "gradient_checkpointing": "gradient_checkpointing", "divergence": "divergence",
                 "temperature": "temperature", "init": "init", "warmup_steps": "warmup_steps",
                 "positions": "positions", "max_new_tokens": "max_new_tokens", "refresh_every": "refresh_every",
-                "readability_weight": "readability_weight", "base_anchor": "base_anchor",
-                "answer_batch_size": "answer_batch_size", "project": "project"}
+                "base_anchor": "base_anchor", "answer_batch_size": "answer_batch_size", "faithful": "faithful"}
 _TRAINING_KEYS = set(_MODULE_KEYS) | {"batch_size", "num_epochs", "max_steps", "mixed_precision"}
 
 
@@ -51,7 +50,7 @@ class DivergenceTrainer:
         config: the seed's experiment config: ``training`` (num_soft_prompt_tokens,
             learning_rate, batch_size, num_epochs, max_steps, mixed_precision,
             gradient_checkpointing, positions, max_new_tokens, refresh_every,
-            readability_weight, base_anchor, answer_batch_size, project), ``generation`` (max_new_tokens,
+            base_anchor, answer_batch_size, faithful), ``generation`` (max_new_tokens,
             or the seed's max_length for it; num_generations_per_prompt, temperature, top_p), ``data`` (categories,
             max_texts_per_category), ``output_dir``,
             ``evidence`` (finediff's evidence settings), ``seed``.

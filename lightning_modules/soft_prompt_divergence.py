@@ -15,14 +15,12 @@ import torch
 
 from finediff import names
 from finediff.answers import AnswerCache, AnswerSettings, check_positions
-from finediff.arch import embedding_table
 from finediff.distributed import average_gradient, shard_pair
 from finediff.divergence import base_shift_divergence, batch_divergence, parse_kind
 from finediff.errors import FinediffError, check_number
 from finediff.pipeline import Objective
 from finediff.models import ModelPair
-from finediff.soft_prompt import (PromptSpace, SoftPrompt, apply_trainable, is_trainable, random_like,
-                                  readability_penalty, straight_through)
+from finediff.soft_prompt import PromptSpace, SoftPrompt, apply_trainable, is_trainable, random_like
 
 log = logging.getLogger(__name__)
 # The frozen pair is in eval mode on purpose; Lightning's generic warning about it is noise.
@@ -52,14 +50,14 @@ def check_settings(m) -> None:
     if get("chunk_size") is not None:
         check_number("module.chunk_size", get("chunk_size"), int, minimum=0)
     check_positions(get("positions", "response"))
-    for key, kind in (("readability_weight", float), ("base_anchor", float), ("answer_temperature", float),
+    for key, kind in (("base_anchor", float), ("answer_temperature", float),
                       ("max_new_tokens", int), ("refresh_every", int), ("answer_batch_size", int)):
         if get(key) is not None:
             check_number(f"module.{key}", get(key), kind, minimum=0)
     if get("space", "vectors") not in [s.value for s in PromptSpace]:
         raise FinediffError(f"module.space must be one of {', '.join(s.value for s in PromptSpace)}; "
                             f"got {get('space')!r}")
-    for key in ("project", "faithful", "gradient_checkpointing"):
+    for key in ("faithful", "gradient_checkpointing"):
         if not isinstance(get(key, False), bool):
             raise FinediffError(f"module.{key} must be true or false, got {get(key)!r}")
     AnswerSettings(get("max_new_tokens", 16), get("refresh_every", 24), get("answer_temperature", 0.0),
@@ -93,15 +91,9 @@ class SoftPromptDivergence(L.LightningModule):
             ``refresh_every`` steps, every training text's answer at once, this many texts
             per ``generate`` call.
         answer_temperature: 0 for greedy answers, else the sampling temperature.
-        readability_weight: weight of the penalty that keeps each prompt vector near a
-            token embedding (:func:`~finediff.soft_prompt.readability_penalty`); 0: none.
         base_anchor: weight of the base shift (how far the prompt moves the base model's
             own predictions, :func:`~finediff.divergence.base_shift_divergence`) subtracted
             from the objective; 0: the divergence alone.
-        project: the models see each vector's nearest allowed token embedding, the gradient
-            reaches the continuous vectors (straight-through, PEZ during training,
-            :func:`~finediff.soft_prompt.straight_through`): the learned prompt is a token
-            sequence, and ``soft_prompt.pt`` holds it as those embeddings.
         space: ``vectors`` (free vectors) or ``tokens`` (a distribution over the allowed
             tokens per position, the models seeing its expected embedding; see
             :class:`~finediff.soft_prompt.PromptSpace`).
@@ -130,10 +122,8 @@ class SoftPromptDivergence(L.LightningModule):
         max_new_tokens: int = 16,
         refresh_every: int = 24,
         answer_temperature: float = 0.0,
-        readability_weight: float = 0.0,
         answer_batch_size: int = 32,
         base_anchor: float = 0.0,
-        project: bool = False,
         space: str = "vectors",
         faithful: bool = False,
     ):
@@ -216,10 +206,9 @@ class SoftPromptDivergence(L.LightningModule):
         return True
 
     def learned_prompt(self) -> torch.Tensor:
-        """The prompt the models see: the vectors, or (``project``) their nearest tokens'
-        embeddings with the gradient passed straight through to the vectors."""
-        prompt = self.soft_prompt()
-        return straight_through(prompt, self.readable_table) if self.hparams.get("project") else prompt
+        """The prompt the models see: the vectors, or (``space=tokens``) each position's
+        expected token embedding."""
+        return self.soft_prompt()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         prompt = self.learned_prompt()
@@ -234,20 +223,7 @@ class SoftPromptDivergence(L.LightningModule):
             divergence = self.model_step(batch, prompt, self.train_answers, self.global_step)
             loss = -divergence
         self.log(names.TRAIN_DIVERGENCE, divergence, prog_bar=True, batch_size=bs)
-        if self.hparams.readability_weight:
-            penalty = readability_penalty(self.soft_prompt(), self.readable_table)
-            self.log(names.TRAIN_READABILITY, penalty, batch_size=bs)
-            loss = loss + self.hparams.readability_weight * penalty
         return loss
-
-    @property
-    def readable_table(self) -> torch.Tensor:
-        """The allowed tokens' embeddings as the blocks receive them, built once (the
-        readability penalty's targets; the pair is frozen, so they never change)."""
-        if getattr(self, "_readable_table", None) is None:
-            table = embedding_table(self.pair.base).detach()
-            self._readable_table = table[self.allowed.to(table.device)]
-        return self._readable_table
 
     @property
     def allowed(self) -> torch.Tensor:
@@ -316,7 +292,7 @@ class SoftPromptDivergence(L.LightningModule):
         Only tensors, strings and numbers, so ``torch.load(..., weights_only=True)`` works.
         """
         hp = self.hparams
-        with torch.no_grad():  # what the models saw (under ``project``: the token embeddings)
+        with torch.no_grad():
             prompt = self.learned_prompt()
         return {
             "prompt": prompt.detach().float().cpu().clone(),
@@ -330,7 +306,6 @@ class SoftPromptDivergence(L.LightningModule):
             "positions": str(hp.positions),
             "max_new_tokens": int(hp.max_new_tokens),
             "start": self.soft_prompt.start.detach().float().cpu().clone(),
-            "project": bool(hp.get("project", False)),
             "space": str(hp.get("space", "vectors")),
             "faithful": bool(hp.get("faithful", False)),
         }

@@ -11,7 +11,7 @@ from finediff.divergence import batch_divergence, token_divergence
 from finediff.divergent_dataset import teacher_forced
 from finediff.errors import FinediffError
 from finediff.generation import generate_one
-from finediff.soft_prompt import readability_penalty, spliced_mask, straight_through
+from finediff.soft_prompt import spliced_mask
 from finediff.tiny import tiny_batch
 
 TEXTS = ["What is 2 + 2?", "Name a capital city in Europe, please, and tell me why."]
@@ -152,62 +152,6 @@ def test_a_training_run_refreshes_every_answer_every_refresh_every_steps(tiny_pa
     L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(module, train_dataloaders=loader)
     assert module.train_answers.generated == 2 * len(items)  # all of them at steps 0 and 4, nothing between
-
-
-def test_readability_penalty_is_zero_at_token_embeddings_and_pulls_towards_the_nearest():
-    torch.manual_seed(0)
-    weight = torch.randn(50, 8)
-    at_tokens = weight[[3, 17, 42]].clone()
-    assert readability_penalty(at_tokens, weight).item() == pytest.approx(0.0, abs=1e-6)
-    off = (at_tokens + 0.1 * torch.randn_like(at_tokens)).requires_grad_(True)
-    penalty = readability_penalty(off, weight)
-    assert penalty.item() > 0
-    penalty.backward()
-    stepped = off.detach() - 0.5 * off.grad / off.grad.norm() * 0.05
-    assert readability_penalty(stepped, weight).item() < penalty.item()
-    allowed = torch.ones(50, dtype=torch.bool)
-    allowed[17] = False  # a vector may only be pulled to allowed tokens
-    assert readability_penalty(weight[[17]], weight, allowed).item() > 0
-
-
-def test_straight_through_shows_the_nearest_token_and_passes_the_gradient_to_the_vector():
-    torch.manual_seed(0)
-    table = torch.randn(50, 8)
-    x = (table[[3, 17, 42]] * 2 + 0.05 * torch.randn(3, 8)).requires_grad_(True)  # cosine picks the direction
-    shown = straight_through(x, table)
-    assert torch.allclose(shown, table[[3, 17, 42]], atol=1e-6)
-    weights = torch.randn(3, 8)
-    (shown * weights).sum().backward()
-    assert torch.equal(x.grad, weights)  # identity in the backward pass
-
-
-def test_a_projected_run_trains_a_token_sequence(tiny_pair):
-    """``project=True``: the models only see token embeddings, the vectors still move, and
-    the saved prompt is the token sequence the models saw (projection recovers it)."""
-    from functools import partial
-
-    import lightning as L
-
-    from finediff.arch import embedding_table
-    from finediff.data import collate, format_parts
-    from finediff.hard_prompts import allowed_tokens, project
-    from lightning_modules import SoftPromptDivergence
-
-    tok = tiny_pair.tokenizer
-    items = [format_parts(tok, t) for t in TEXTS + ["Tell me a joke.", "Why is the sky blue?"]]
-    loader = torch.utils.data.DataLoader(items, batch_size=2, collate_fn=partial(collate, pad_id=tok.pad_token_id))
-    module = SoftPromptDivergence(tiny_pair, warmup_steps=1, max_new_tokens=4, project=True, learning_rate=0.5)
-    before = module.soft_prompt.weight.detach().clone()
-    L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0).fit(module, train_dataloaders=loader)
-    assert not torch.equal(module.soft_prompt.weight.detach(), before)  # the gradient reached the vectors
-    record = module.prompt_record()
-    table = embedding_table(tiny_pair.base).detach()
-    allowed = allowed_tokens(tok, table.shape[0])
-    ids = project(record["prompt"], table, allowed)
-    assert record["project"] is True and record["max_new_tokens"] == 4
-    assert torch.allclose(record["prompt"], table[ids], atol=1e-6)
-    assert allowed[ids].all()
 
 
 def test_a_soft_prompt_record_gives_its_new_tokens_per_answer_back():

@@ -115,7 +115,7 @@ PROBES = [
      "evidence.divergent_dataset.amplify_alpha must be >= 0, got -1.0"),
     ("train.py", ["module.positions=answer"], "module.positions must be one of response, text; got 'answer'"),
     ("train.py", ["module.refresh_every=0"], "module.max_new_tokens and module.refresh_every must be >= 1"),
-    ("train.py", ["module.project=maybe"], "module.project must be true or false, got 'maybe'"),
+    ("train.py", ["module.faithful=maybe"], "module.faithful must be true or false, got 'maybe'"),
     ("train.py", ["module.space=words"], "module.space must be one of vectors, tokens; got 'words'"),
     ("train.py", ["module.space=tokens", "module.init=random"],
      "module.init=random has no token distribution; with module.space=tokens use mean, vocab or text"),

@@ -176,10 +176,9 @@ def test_a_prompt_in_the_tokens_space_is_a_distribution_over_allowed_tokens(tiny
     """``space=tokens``: the prompt is the expected embedding of each position's
     distribution over the allowed tokens: the allowed tokens' mean at a ``mean`` start,
     half the start token at a ``vocab`` start, the token itself once the mass is on it,
-    where the readability penalty is zero and projection returns the token."""
+    which projection returns."""
     from finediff.arch import embedding_table
     from finediff.hard_prompts import allowed_tokens, project
-    from finediff.soft_prompt import readability_penalty
 
     embed, tok = tiny_pair.base.get_input_embeddings(), tiny_pair.tokenizer
     V = embed.weight.shape[0]
@@ -196,7 +195,6 @@ def test_a_prompt_in_the_tokens_space_is_a_distribution_over_allowed_tokens(tiny
         vocab.weight[:, :3] = torch.eye(3) * 100.0  # all the mass on the first three allowed tokens
     ids = allowed.nonzero().squeeze(1)[:3]
     assert torch.allclose(vocab(), embedding_table(tiny_pair.base)[ids], atol=1e-5)
-    assert readability_penalty(vocab(), table) < 1e-8
     assert project(vocab().detach(), embedding_table(tiny_pair.base).detach(), allowed).equal(ids)
 
 
