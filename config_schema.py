@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from finediff.divergent_dataset import GenerationConfig
-from finediff.errors import FinediffError
+from finediff.errors import FinediffError, find_cause
 from finediff.pipeline.settings import EvidenceSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -61,13 +61,7 @@ def omegaconf_error_line(err: OmegaConfBaseException, prefix: str = "") -> str:
 
 
 def _omegaconf_cause(err: BaseException) -> Optional[OmegaConfBaseException]:
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OmegaConfBaseException):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return find_cause(err, OmegaConfBaseException)
 
 
 def hydra_error_line(err: HydraException) -> str:

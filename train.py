@@ -32,7 +32,8 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from finediff import names, pipeline  # noqa: E402
 from finediff.survey import has_survey, read_survey  # noqa: E402
-from finediff.errors import FinediffError, check_number, check_writable, exit_on_user_error, preflight  # noqa: E402
+from finediff.errors import (FinediffError, check_number, check_writable, exit_on_user_error, find_cause,  # noqa: E402
+                             preflight)
 from finediff.io import load_torch  # noqa: E402
 from finediff.soft_prompt import is_trainable  # noqa: E402
 from lightning_modules.soft_prompt_divergence import check_settings  # noqa: E402
@@ -183,13 +184,7 @@ def _raise_stopped(signum, frame) -> None:
 def stopped(err: BaseException | None) -> bool:
     """Whether ``err`` is, or was raised while handling, a :class:`Stopped` (Hydra's
     instantiation wraps what a constructor raised)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, Stopped):
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
+    return find_cause(err, Stopped) is not None
 
 
 def resume_command(cfg: DictConfig, argv: list[str]) -> str:

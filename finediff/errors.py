@@ -9,16 +9,22 @@ class FinediffError(Exception):
     """
 
 
-def find_user_error(exc: BaseException | None) -> FinediffError | None:
-    """The :class:`FinediffError` behind ``exc``, also when a framework wrapped it
-    (Hydra's ``InstantiationException`` keeps the original as ``__cause__``)."""
+def find_cause(exc: BaseException | None, kind: type | tuple) -> BaseException | None:
+    """``exc`` or the first exception of type ``kind`` it was raised from or while handling
+    (frameworks wrap what they call: Hydra's ``InstantiationException`` keeps the original
+    as ``__cause__``)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, FinediffError):
+        if isinstance(exc, kind):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def find_user_error(exc: BaseException | None) -> FinediffError | None:
+    """The :class:`FinediffError` behind ``exc``, also when a framework wrapped it."""
+    return find_cause(exc, FinediffError)
 
 
 def exit_on_user_error(err: BaseException) -> None:
