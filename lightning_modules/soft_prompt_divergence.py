@@ -49,7 +49,7 @@ def check_settings(m) -> None:
         raise FinediffError(f"module.temperature must be > 0, got {get('temperature')}")
     if get("chunk_size") is not None:
         check_number("module.chunk_size", get("chunk_size"), int, minimum=0)
-    check_positions(get("positions", "response"))
+    check_positions(get("positions", "text"))
     for key, kind in (("base_anchor", float), ("answer_temperature", float),
                       ("max_new_tokens", int), ("refresh_every", int), ("answer_batch_size", int)):
         if get(key) is not None:
@@ -83,7 +83,7 @@ class SoftPromptDivergence(L.LightningModule):
         warmup_steps: linear warm-up steps, then constant.
         gradient_checkpointing: recompute the frozen models' layers in backward.
         seed: seed of the prompt init and of the random-prompt baseline.
-        positions: ``response`` (the answer objective) or ``text``.
+        positions: ``text`` (the default) or ``response`` (the answer objectives).
         max_new_tokens: new tokens per answer (``response``).
         refresh_every: regenerate a text's answer with the current prompt once it is this
             many steps old (``response``; 1: every step).
@@ -118,7 +118,7 @@ class SoftPromptDivergence(L.LightningModule):
         warmup_steps: int = 10,
         gradient_checkpointing: bool = False,
         seed: int = 0,
-        positions: str = "response",
+        positions: str = "text",
         max_new_tokens: int = 16,
         refresh_every: int = 24,
         answer_temperature: float = 0.0,
