@@ -237,7 +237,7 @@ def test_untold_audit_finds_the_sandbagging_organism(tmp_path):
     out = tmp_path / "audit"
     train(compose("train", ["experiment=audit", f"model.adapter={ROOT / 'organisms' / 'sandbagging'}",
                             f"paths.output_dir={out}", "logger=csv", "trainer.max_steps=4",
-                            "trainer.val_check_interval=4", "evidence.survey.max_texts_per_group=6",
+                            "trainer.val_check_interval=4", "evidence.survey.max_texts_per_group=4",
                             "evidence.steps=[findings,report]", "evidence.findings.samples_per_prompt=2"]))
     survey = read_survey(out)
     assert survey.groups[0].group in {"geography", "capabilities", "sandbagging", "factual_knowledge"}
