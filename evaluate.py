@@ -18,7 +18,6 @@ and :mod:`finediff.organisms.verify`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys

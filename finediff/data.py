@@ -8,7 +8,6 @@ dataset spec ``hub:<dataset id>[:<config>][:<split>][@<text field>]`` for real u
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path

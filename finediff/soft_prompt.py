@@ -12,7 +12,6 @@ from enum import Enum
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from finediff import names

@@ -26,7 +26,7 @@ import csv
 import io
 import math
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import List, Optional
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import lightning as L
-import torch
 
 from datamodules import CategoryTextDataModule
 from config_schema import settings as config_settings
