@@ -115,7 +115,7 @@ PROBES = [
      "evidence.divergent_dataset.amplify_alpha must be >= 0, got -1.0"),
     ("train.py", ["module.positions=answer"], "module.positions must be one of response, text; got 'answer'"),
     ("train.py", ["module.refresh_every=0"], "module.max_new_tokens and module.refresh_every must be >= 1"),
-    ("train.py", ["module.faithful=maybe"], "module.faithful must be true or false, got 'maybe'"),
+    ("train.py", ["module.faithful=maybe"], "module.faithful: Value 'maybe' is not a valid bool"),
     ("train.py", ["module.space=words"], "module.space must be one of vectors, tokens; got 'words'"),
     ("train.py", ["module.space=tokens", "module.init=random"],
      "module.init=random has no token distribution; with module.space=tokens use mean, vocab or text"),
@@ -157,7 +157,7 @@ AS_A_USER_RUNS_IT = {
     "train.py paths.output_dir={d}/a_file/run", "train.py model.finetuned=no-such-org/no-such-model",
     "evaluate.py task=generate task.run_dir={d}/latin1_run", "evaluate.py task=nope", "build_organism.py organism=nope",
     "build_organism.py", "train.py evidence.hard_prompts.pez_steps=abc", "train.py evidence.lens.nope=1",
-    "evaluate.py task=compare generation.top_p=high",
+    "evaluate.py task=compare generation.top_p=high", "train.py module.faithful=maybe",
 }
 
 
