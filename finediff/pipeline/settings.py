@@ -24,7 +24,7 @@ from finediff.divergence import parse_kind
 from finediff.divergent_dataset import POSITIONS
 from finediff.errors import FinediffError, check_number
 from finediff.findings import FindingSettings
-from finediff.hard_prompts import METHODS
+from finediff.hard_prompts import HardPromptSettings
 from finediff.lens import LensConfig
 from finediff.prompt_effect import PromptEffectSettings
 from finediff.soft_prompt import PromptInit, PromptSpace
@@ -45,80 +45,6 @@ def _positive(where: str, **values: int) -> None:
 def _positions(where: str, positions: str) -> None:
     if positions not in POSITIONS:
         raise FinediffError(f"{where}.positions must be {' or '.join(POSITIONS)}, got {positions!r}")
-
-
-@dataclass
-class HardPromptSettings:
-    """Hard prompts from the soft prompt (see :func:`finediff.hard_prompts.find_hard_prompts`)."""
-
-    methods: List[str] = field(default_factory=lambda: list(METHODS))
-    fluency_weight: float = 0.02
-    """Weight of the base model's log-perplexity of the prompt in the objective."""
-    pez_steps: int = 20
-    gcg_steps: int = 4
-    top_k: int = 32
-    n_candidates: int = 12
-    """Single swaps scored exactly per GCG step."""
-    fluent_top: int = 128
-    """GCG swaps only to the base model's top tokens at each position (0: any)."""
-    train_batches: int = 4
-    eval_batches: int = 4
-    batch_size: int = 4
-    init_texts: int = 64
-    """Training texts ranked by their divergence alone (method ``text``)."""
-    n_starts: int = 12
-    """The highest of them tried as natural-language starts."""
-    init_tokens: int = 16
-    """First tokens of each start."""
-    gcg_start: str = "derived"
-    """``derived``: GCG refines the best of the projection, guided and PEZ prompts (a prompt
-    derived from the soft prompt); ``any``: the best start, natural-language text starts included."""
-    gcg_on_policy: bool = False
-    """On the answer objective, GCG scores each prompt over the answers given with it in
-    place (as the held-out evaluation does), not over the soft prompt's answers."""
-    max_perplexity: Optional[float] = None
-    """GCG's perplexity budget: prompts the base model reads at a higher perplexity rank
-    below every prompt within it (None: no budget)."""
-    budget_steps: int = 0
-    """With ``max_perplexity``: GCG searches without the budget, then walks its result into
-    it for this many more steps (0: the budget applies to the whole search)."""
-    budget_fluent_top: int = 0
-    """> 0: the walk swaps only to the base model's this many likeliest tokens at each
-    position; 0: to any allowed token the gradient ranks high (measured: keeps the effect)."""
-    budget_bridging: int = 0
-    """> 0: each walk step also scores this many swaps chosen for how they read (at the
-    token the base model finds least likely and the one before it: :func:`bridging_tokens`)."""
-    budget_n_candidates: Optional[int] = None
-    """The gradient's swaps scored each walk step (None: ``n_candidates``, as in the search)."""
-    gcg_own_answers: bool = False
-    """On-policy GCG scores every candidate swap over the answers given with it in place
-    (one more answer per candidate and text each step), not over the current prompt's."""
-    positions: Optional[str] = None
-    """Where the search and the measurement read the divergence: None, the soft prompt's
-    own objective; ``response``, over the finetuned model's answers (also from a soft prompt
-    trained at the text positions); ``text``, at the text positions."""
-
-    def __post_init__(self):
-        self.methods = tuple(self.methods)
-        if self.positions is not None:
-            check_positions(self.positions, "evidence.hard_prompts.positions")
-        if self.gcg_start not in ("derived", "any"):
-            raise FinediffError(f"evidence.hard_prompts.gcg_start must be derived or any; got {self.gcg_start!r}")
-        if self.max_perplexity is not None and (isinstance(self.max_perplexity, bool) or not isinstance(
-                self.max_perplexity, (int, float)) or self.max_perplexity <= 1):
-            raise FinediffError(f"evidence.hard_prompts.max_perplexity must be a number > 1 or null; "
-                                f"got {self.max_perplexity!r}")
-        unknown = set(self.methods) - set(METHODS)
-        if unknown or not self.methods:
-            raise FinediffError(f"evidence.hard_prompts.methods: unknown {sorted(unknown) or 'empty list'}; "
-                                f"choose from {', '.join(METHODS)}")
-        if self.budget_steps < 0 or self.budget_fluent_top < 0 or self.budget_bridging < 0:
-            raise FinediffError(f"evidence.hard_prompts.budget_steps, budget_fluent_top and budget_bridging must be "
-                                f">= 0; got {self.budget_steps}, {self.budget_fluent_top} and {self.budget_bridging}")
-        if self.budget_n_candidates is not None:
-            _positive("evidence.hard_prompts", budget_n_candidates=self.budget_n_candidates)
-        _positive("evidence.hard_prompts", top_k=self.top_k, n_candidates=self.n_candidates,
-                  train_batches=self.train_batches, eval_batches=self.eval_batches, batch_size=self.batch_size)
 
 
 @dataclass

@@ -59,16 +59,10 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
     if answers is not None:  # the search scores the answers the finetuned model gives with the soft prompt
         train = [answer_batch(pair, b, soft_prompt_PD.detach(), answers) for b in raw]
     found = find_hard_prompts(
-        pair, soft_prompt_PD, train, texts.batches(tok, "val", s.eval_batches, s.batch_size), answers=answers,
-        methods=s.methods, kind=objective.kind,
-        temperature=objective.temperature, fluency_weight=s.fluency_weight, pez_steps=s.pez_steps,
-        gcg_steps=s.gcg_steps, top_k=s.top_k, n_candidates=s.n_candidates, chunk_size=objective.chunk_size,
-        seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]),
-        start_PD=objective.start,
-        init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start,
-        on_policy=raw if s.gcg_on_policy else None, max_perplexity=s.max_perplexity, own_answers=s.gcg_own_answers,
-        budget_steps=s.budget_steps, budget_fluent_top=s.budget_fluent_top, budget_bridging=s.budget_bridging,
-        budget_n_candidates=s.budget_n_candidates)
+        pair, soft_prompt_PD, train, texts.batches(tok, "val", s.eval_batches, s.batch_size), s, objective.kind,
+        objective.temperature, objective.chunk_size, objective.seed, answers=answers, start_PD=objective.start,
+        init_texts=tuple(texts.train[: s.init_texts]), on_policy=raw if s.gcg_on_policy else None,
+        progress=progress)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
     for h in found:
