@@ -33,11 +33,14 @@ from typing import List, Optional
 import torch
 
 from finediff import names
-from finediff.data import REPO_ROOT, check_category, known_categories, load_category
-from finediff.diff_mining import DiffMiner, DiffMining
+from finediff.corpus import GENERIC_CATEGORY
+from finediff.data import REPO_ROOT, check_category, known_categories, load_category, stream_texts, take
+from finediff.diff_mining import DiffMiner, DiffMining, mine_texts, write_mining
+from finediff.divergence import token_divergence
 from finediff.errors import FinediffError
+from finediff.generation import generate
 from finediff.stats import holm, mean_interval
-from finediff.io import read_jsonl, write_jsonl, write_text
+from finediff.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl, write_text
 
 PROBES = REPO_ROOT / names.PROBES_FILE
 
@@ -214,9 +217,7 @@ def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: fl
 def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = True) -> Survey:
     """Score every survey text over the finetuned model's greedy answer; mine the
     logit rises of the discovery half."""
-    from finediff.divergence import token_divergence
     from finediff.divergent_dataset import teacher_forced
-    from finediff.generation import generate
 
     items = survey_items(settings, seed)
     if progress:
@@ -236,10 +237,6 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
     groups, median = summarise_groups(items, settings.alpha, settings.min_ratio, settings.top_quantile)
     mining = miner.result()
     if settings.mining_generic_texts:
-        from finediff.corpus import GENERIC_CATEGORY
-        from finediff.data import stream_texts, take
-        from finediff.diff_mining import mine_texts
-
         generic = take(stream_texts(GENERIC_CATEGORY), settings.mining_generic_texts)
         g = mine_texts(DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff,
                                  settings.mining_min_prob), pair, generic, batch_size=settings.batch_size,
@@ -251,11 +248,6 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
 def write_survey(survey: Survey, out: Path) -> None:
     """``survey.jsonl`` (every text), ``survey_groups.csv`` and its bar chart, and
     ``diff_mining.json`` / ``.png``."""
-    from finediff.diff_mining import write_mining
-    from finediff.io import atomic_path
-
-    from finediff.io import write_json
-
     out = Path(out)
     write_jsonl(out / names.SURVEY_TEXTS, [asdict(t) for t in survey.texts])
 
@@ -295,8 +287,6 @@ def has_survey(out: Path) -> bool:
 
 def read_survey(out: Path) -> Survey:
     """A survey back from its files (a malformed one is a one-line error naming it)."""
-    from finediff.io import read_json
-
     out = Path(out)
     try:
         texts = [SurveyText(**row) for _, row in read_jsonl(out / names.SURVEY_TEXTS)]
