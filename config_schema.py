@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
@@ -98,9 +100,6 @@ def check_composes(config_name: str, argv: list[str]) -> None:
     of several lines. Whatever else Hydra rejects (a config group option that does not
     exist, a sweep without ``-m``), a multirun's swept values and command lines with
     Hydra's other flags are left to Hydra."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     multirun = ("-m", "--multirun")
     if any(arg.startswith("-") and arg not in multirun for arg in argv):
         return

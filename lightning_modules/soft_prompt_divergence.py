@@ -19,6 +19,7 @@ from finediff.answers import AnswerCache, AnswerSettings
 from finediff.distributed import average_gradient, shard_pair
 from finediff.divergence import base_shift_divergence, batch_divergence
 from finediff.errors import FinediffError
+from finediff.hard_prompts import allowed_tokens
 from finediff.pipeline import Objective, SoftPromptSettings
 from finediff.models import ModelPair
 from finediff.soft_prompt import SoftPrompt, apply_trainable, is_trainable, random_like
@@ -146,8 +147,6 @@ class SoftPromptDivergence(L.LightningModule):
     def allowed(self) -> torch.Tensor:
         """The tokens a prompt vector may be projected to (as the hard prompts do)."""
         if getattr(self, "_allowed", None) is None:
-            from finediff.hard_prompts import allowed_tokens
-
             self._allowed = allowed_tokens(self.pair.tokenizer, self.pair.base.get_input_embeddings().weight.shape[0])
         return self._allowed
 

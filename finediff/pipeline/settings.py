@@ -19,7 +19,7 @@ import torch
 
 from finediff.answers import AnswerSettings, check_positions
 from finediff.conditions import ConditionSettings
-from finediff.data import collate, format_parts
+from finediff.data import category_file, collate, format_parts
 from finediff.divergence import parse_kind
 from finediff.divergent_dataset import POSITIONS
 from finediff.errors import FinediffError, check_number
@@ -97,8 +97,6 @@ class CompareSettings:
         _positive("evidence.compare", max_texts_per_category=self.max_texts_per_category,
                   batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
         if self.categories is not None:
-            from finediff.data import category_file
-
             self.categories = [str(c) for c in self.categories]
             for c in self.categories:
                 if not c.startswith("hub:"):
