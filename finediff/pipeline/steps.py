@@ -42,21 +42,14 @@ def survey(pair, settings: SurveySettings, seed: int = 0, out: Optional[Path] = 
            progress: bool = True, resume: bool = False) -> Survey:
     """Where the change is, before training: every category, probe domain and user file
     scored over the finetuned model's answers, each group tested, logit rises mined ->
-<<<<<<< HEAD
     ``survey.jsonl``, ``survey_groups.csv`` / ``.png``, ``diff_mining.json`` / ``.png``.
     With ``out`` the answers are kept as they are made (``survey_answers.jsonl``, removed
     once the survey is written); with ``resume`` too, a survey stopped part-way goes on
     from the answers it kept."""
-    from finediff.survey import run_survey, write_survey
-
     cache = Path(out) / names.SURVEY_ANSWERS if out is not None else None
     if cache is not None and not resume:
         cache.unlink(missing_ok=True)
     result = run_survey(pair, settings, seed, progress, answers=cache)
-=======
-    ``survey.jsonl``, ``survey_groups.csv`` / ``.png``, ``diff_mining.json`` / ``.png``."""
-    result = run_survey(pair, settings, seed, progress)
->>>>>>> imports
     if out is not None:
         write_survey(result, Path(out))
         cache.unlink(missing_ok=True)
