@@ -2,7 +2,8 @@
 structured configs.
 
 The dataclasses (:class:`finediff.pipeline.EvidenceSettings` and its step settings,
-:class:`finediff.divergent_dataset.GenerationConfig`) hold the only defaults. Registered
+:class:`finediff.divergent_dataset.GenerationConfig`, :class:`finediff.pipeline.SoftPromptSettings`)
+hold the only defaults. Registered
 here in Hydra's ConfigStore as ``<group>/schema``, they are the first default of their
 group's YAML file, which keeps only presets and overrides::
 
@@ -21,22 +22,34 @@ imports Hydra or OmegaConf).
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from finediff.divergent_dataset import GenerationConfig
 from finediff.errors import FinediffError, find_cause
-from finediff.pipeline.settings import EvidenceSettings
+from finediff.pipeline.settings import EvidenceSettings, SoftPromptSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SCHEMA = "schema"
 """The name each schema has in its group: ``defaults: [schema, _self_]``."""
-SCHEMAS: dict[str, type] = {"evidence": EvidenceSettings, "generation": GenerationConfig}
+
+
+@dataclass
+class ModuleSchema(SoftPromptSettings):
+    """The ``module`` group: the soft prompt's settings and the LightningModule that takes them."""
+
+    _target_: str = "lightning_modules.SoftPromptDivergence"
+
+
+SCHEMAS: dict[str, type] = {"evidence": EvidenceSettings, "generation": GenerationConfig, "module": ModuleSchema}
 """Config group -> the settings dataclass that is its schema."""
 
 
@@ -87,9 +100,6 @@ def check_composes(config_name: str, argv: list[str]) -> None:
     of several lines. Whatever else Hydra rejects (a config group option that does not
     exist, a sweep without ``-m``), a multirun's swept values and command lines with
     Hydra's other flags are left to Hydra."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     multirun = ("-m", "--multirun")
     if any(arg.startswith("-") and arg not in multirun for arg in argv):
         return

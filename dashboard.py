@@ -15,14 +15,17 @@ folder; ``streamlit run`` does so when started from the repository (``.streamlit
 from __future__ import annotations
 
 import argparse
+import html
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
 
 import streamlit as st  # noqa: E402
 from streamlit.runtime.scriptrunner import get_script_run_ctx  # noqa: E402
+from streamlit.web import cli  # noqa: E402
 
 from finediff import names  # noqa: E402
 from finediff.hard_prompts import read_hard_prompts  # noqa: E402
@@ -89,16 +92,12 @@ def show_overview(run: Path) -> None:
 
 
 def show_comparison(run: Path) -> None:
-    from dataclasses import asdict
-
     st.dataframe([asdict(r) for r in CategoryResult.read_csv(run / names.COMPARISON_CSV)], hide_index=True)
     if (run / names.COMPARISON_PNG).exists():
         st.image(str(run / names.COMPARISON_PNG))
 
 
 def show_survey(run: Path) -> None:
-    from dataclasses import asdict
-
     from finediff.survey import read_survey
 
     survey = read_survey(run)
@@ -194,8 +193,6 @@ def show_adl(run: Path) -> None:
 
 def highlight(tokens: list) -> str:
     """HTML with each token's background shaded by its value."""
-    import html
-
     top = max((v for _, v in tokens), default=1.0) or 1.0
     return "".join(f'<span style="background:rgba(220,50,50,{min(v / top, 1):.2f})">{html.escape(t)}</span>'
                    for t, v in tokens)
@@ -312,8 +309,6 @@ def main() -> None:
 def launch(argv: list[str]) -> None:
     """``python dashboard.py [--outputs DIR]``: serve this file with streamlit, bound to
     localhost whatever the current folder's streamlit config says."""
-    from streamlit.web import cli
-
     sys.argv = ["streamlit", "run", str(Path(__file__).resolve()), "--server.address", "localhost",
                 "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", *argv]
     sys.exit(cli.main())

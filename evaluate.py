@@ -31,12 +31,12 @@ from omegaconf import DictConfig  # noqa: E402
 
 from finediff import names, pipeline  # noqa: E402
 from finediff.errors import FinediffError, check_number, exit_on_user_error, preflight  # noqa: E402
-from callbacks.sweep import register_resolvers  # noqa: E402
+from callbacks.sweep import register_resolvers, run_model  # noqa: E402
 from config_schema import check_composes, register_schemas, settings  # noqa: E402
 
 register_resolvers()
 register_schemas()
-from finediff.records import Organism  # noqa: E402
+from finediff.records import Organism, OrganismCard, read_dataset  # noqa: E402
 
 log = logging.getLogger("finediff.evaluate")
 
@@ -213,8 +213,6 @@ class Analyze(Task):
             raise FinediffError(f"run directory not found: {self.run_dir}")
 
     def run(self, pair) -> dict:
-        from finediff.records import read_dataset
-
         data = self.run_dir / names.DIVERGENT_DATASET_PT
         if data.exists():
             pipeline.analysis(read_dataset(data), self.run_dir, self.settings.analysis)
@@ -270,7 +268,6 @@ class Agent(Task):
     organism card -> agent_eval.json / .md here, transcripts in the run folder."""
 
     def check(self) -> None:
-        from callbacks.sweep import run_model
         from finediff.agent.client import ChatClient
         from finediff.sweep import find_run
 
@@ -291,8 +288,6 @@ class Agent(Task):
             self.run_dir = _run_dir(self.cfg, names.SOFT_PROMPT_FILE)
         self.card = None
         if t.grade:
-            from finediff.records import OrganismCard
-
             adapter = self.cfg.model.get("adapter")
             if self.organism is None or not adapter or not (Path(adapter) / names.CARD_FILE).is_file():
                 raise FinediffError("grading needs an organism card: experiment=NAME (or task.grade=false)")

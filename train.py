@@ -36,7 +36,6 @@ from finediff.errors import (FinediffError, check_number, check_writable, exit_o
                              preflight)
 from finediff.io import load_torch  # noqa: E402
 from finediff.soft_prompt import is_trainable  # noqa: E402
-from lightning_modules.soft_prompt_divergence import check_settings  # noqa: E402
 from callbacks.evidence import LoggerSink  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
 from config_schema import check_composes, register_schemas, settings  # noqa: E402
@@ -117,7 +116,7 @@ def check_run_inputs(cfg: DictConfig) -> None:
             raise FinediffError(f"ckpt_path {ckpt} does not hold a soft prompt of module.num_soft_prompt_tokens="
                                 f"{tokens} (it holds {'none' if weight is None else tuple(weight.shape)})")
     check_trainer(cfg.get("trainer") or {})
-    check_settings(cfg.get("module") or {})  # the objective's settings, before minutes of loading and surveying
+    settings(cfg, "module")  # the objective's settings checked, before minutes of loading and surveying
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -144,7 +143,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if evidence.resume and has_survey(out):
             found = read_survey(out)
         else:
-            found = pipeline.survey(pair, evidence.survey, int(cfg.get("seed") or 0), out)
+            found = pipeline.survey(pair, evidence.survey, int(cfg.get("seed") or 0), out, resume=evidence.resume)
         datamodule.set_texts(*found.training_texts(evidence.survey.n_train, evidence.survey.n_val))
 
     log.info("Instantiating module <%s>", cfg.module._target_)

@@ -21,6 +21,7 @@ import torch
 
 from finediff import names
 from finediff.activations import pair_activations, relative_layer, tokenize_first
+from finediff.arch import decoder_layers
 from finediff.corpus import GENERIC_FILE
 from finediff.data import REPO_ROOT, stream_texts, take
 from finediff.models import load_model_pair
@@ -30,8 +31,6 @@ from finediff.models import load_model_pair
 def full_pass(pair, ids_NT: torch.Tensor, layer: int, n_positions: int, batch_size: int) -> dict[str, torch.Tensor]:
     """Every token through the whole model (no cut, no early stop); keep the layer's first
     ``n_positions`` positions."""
-    from finediff.arch import decoder_layers
-
     out = {"base": [], "finetuned": []}
     for side in out:
         model = getattr(pair, side)

@@ -15,6 +15,12 @@ import argparse
 import os
 from pathlib import Path
 
+from finediff.agent.client import ChatClient
+from finediff.agent.loop import run_agent, transcript_markdown
+from finediff.agent.script_server import ScriptServer
+from finediff.agent.tools import Budget
+from finediff.models import load_model_pair
+
 SCRIPT = [
     {"call": "report"},
     {"call": "categories"},
@@ -35,11 +41,6 @@ def main() -> None:
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    from finediff.agent.client import ChatClient
-    from finediff.agent.loop import run_agent, transcript_markdown
-    from finediff.agent.script_server import ScriptServer
-    from finediff.agent.tools import Budget
-    from finediff.models import load_model_pair
 
     os.environ.setdefault("FINEDIFF_DEMO_KEY", "local")
     pair = load_model_pair(args.base, adapter=args.adapter)

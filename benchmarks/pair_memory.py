@@ -16,6 +16,7 @@ shared / merged.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import statistics
@@ -23,7 +24,11 @@ import subprocess
 import sys
 import time
 
-from finediff.data import REPO_ROOT
+import torch
+
+from finediff.data import REPO_ROOT, format_text, load_category
+from finediff.divergence import pair_divergence
+from finediff.models import load_model_pair
 
 
 def _rss_mb() -> float:
@@ -36,19 +41,13 @@ def _rss_mb() -> float:
 
 def child(merge: bool, args) -> dict:
     import peft  # noqa: F401  (the libraries count in the baseline, the pair after it)
-    import torch
     import transformers  # noqa: F401
-
-    from finediff.data import format_text, load_category
-    from finediff.divergence import pair_divergence
-    from finediff.models import load_model_pair
 
     torch.manual_seed(0)
     before = _rss_mb()
     t = time.perf_counter()
     pair = load_model_pair(adapter=args.adapter, merge_adapter=merge)
     load_s = time.perf_counter() - t
-    import gc
 
     with torch.no_grad():  # touch every weight once (loaded tensors may be paged in lazily)
         probe = torch.tensor([[1, 2, 3, 4]])

@@ -27,6 +27,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -61,8 +62,6 @@ def batches(tokenizer, n: int, batch: int, length: int) -> list[dict]:
 
 
 def chat_loader(tokenizer, n_texts: int, batch: int, length: int) -> torch.utils.data.DataLoader:
-    from functools import partial
-
     texts = load_category("sandbagging", val_fraction=0.0).train[:n_texts]
     return torch.utils.data.DataLoader([format_parts(tokenizer, t) for t in texts], batch_size=batch, shuffle=False,
                                        collate_fn=partial(collate, pad_id=tokenizer.pad_token_id, max_length=length))

@@ -15,6 +15,7 @@ import time
 from finediff.io import markdown_table
 from finediff.models import load_model_pair
 from finediff.records import OrganismCard
+from finediff.weights import read_weights
 
 
 def main() -> None:
@@ -22,7 +23,6 @@ def main() -> None:
     ap.add_argument("adapters", nargs="+")
     ap.add_argument("--top", type=int, default=8)
     args = ap.parse_args()
-    from finediff.weights import read_weights
 
     header = ["organism", "writes", "early layers read", "modules changed", "seconds"]
     print("\n".join(markdown_table(header, [])))

@@ -11,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from finediff.sweep import summarize
 
 
 def output_dir(default: str) -> str:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return str(HydraConfig.get().runtime.output_dir)
     return default
@@ -50,6 +51,4 @@ class SweepSummary(Callback):
     """The sweep table (``sweep_summary.md``) at the end of a multirun."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from finediff.sweep import summarize
-
         summarize(config.hydra.sweep.dir, run_model)

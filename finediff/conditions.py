@@ -42,7 +42,7 @@ from typing import Optional
 
 from finediff import names
 from finediff.errors import FinediffError
-from finediff.findings import WORD, Finding, content_words, topic_hypothesis
+from finediff.findings import WORD, Finding, FindingSettings, content_words, sample_answers, topic_hypothesis
 from finediff.stats import holm
 from finediff.io import read_json, write_json
 
@@ -265,7 +265,6 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
         One result per screened candidate, tested ones first (confirmed first).
     """
     from finediff.divergent_dataset import response_divergences
-    from finediff.findings import FindingSettings, sample_answers
 
     k, t = settings.screen_prompts, settings.test_prompts
     if len(everyday) < k + 2:

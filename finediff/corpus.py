@@ -19,9 +19,11 @@ import pkgutil
 import re
 import sys
 from pathlib import Path
+from pydoc_data.topics import topics
 
 from finediff.data import REPO_ROOT
 from finediff.io import write_jsonl
+from finediff.models import DEFAULT_MODEL, load_tokenizer
 
 GENERIC_FILE = REPO_ROOT / "data" / "generic" / "generic.jsonl"
 GENERIC_CATEGORY = str(GENERIC_FILE)
@@ -37,8 +39,6 @@ def _clean(text: str) -> str:
 
 
 def _sources() -> list[str]:
-    from pydoc_data.topics import topics
-
     docs = [topics[k] for k in sorted(topics)]
     if LICENSES.is_dir():
         docs += [p.read_text(errors="ignore") for p in sorted({f.resolve() for f in LICENSES.iterdir() if f.is_file()})]
@@ -83,8 +83,6 @@ def passages(docs: list[str]) -> list[str]:
 
 
 def build(path=GENERIC_FILE) -> int:
-    from finediff.models import DEFAULT_MODEL, load_tokenizer
-
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     texts = [t for t in passages(_sources()) if len(tokenizer(t)["input_ids"]) >= MIN_TOKENS]
     write_jsonl(path, [{"text": t} for t in texts])

@@ -20,9 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from finediff import names
+from finediff.arch import embed_ids, output_head
+from finediff.data import collate
+from finediff.divergence import final_hidden
 from finediff.io import atomic_path, read_json, write_json
 
 _WORD = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
@@ -136,7 +141,6 @@ class DiffMiner:
             return []
         if k == 1:
             return [vocab[:topic_words]]
-        import numpy as np
         from sklearn.decomposition import NMF
 
         model = NMF(n_components=k, init="nndsvda", random_state=0, max_iter=500)
@@ -165,12 +169,6 @@ def mine_texts(miner: DiffMiner, pair, texts: list[str], max_length: int = 64, b
                progress: bool = False) -> DiffMiner:
     """Feed ``miner`` every position of plain ``texts`` (no chat template), both models
     reading the same tokens."""
-    from tqdm.auto import tqdm
-
-    from finediff.data import collate
-    from finediff.arch import embed_ids, output_head
-    from finediff.divergence import final_hidden
-
     heads = output_head(pair.finetuned), output_head(pair.base)
     tok = pair.tokenizer
     for i in tqdm(range(0, len(texts), batch_size), desc="diff mining (generic text)", disable=not progress):

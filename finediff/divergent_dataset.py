@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finediff import names
+from finediff.amplification import amplified_generate
 from finediff.answers import POSITIONS, AnswerSettings, answer_batch
 from finediff.data import collate, format_parts, format_text
 from finediff.arch import embed_ids, output_head
@@ -183,8 +184,6 @@ def generate_amplified(pair, prompts: list[str], config: GenerationConfig, alpha
                        seed: int = 0, batch_size: int = 16, progress: bool = True) -> list[DivergentRecord]:
     """Like :func:`generate_dataset`, with ``generation_2`` sampled from the amplified
     logits (:func:`finediff.amplification.amplified_generate`); records marked with ``alpha``."""
-    from finediff.amplification import amplified_generate
-
     expanded = [p for p in prompts for _ in range(per_prompt)]
     kwargs = dict(max_new_tokens=config.max_new_tokens, batch_size=batch_size, temperature=config.temperature,
                   top_p=config.top_p, return_ids=True, progress=progress)

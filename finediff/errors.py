@@ -1,5 +1,9 @@
 """One exception type for bad input, so command-line shells can print one line and exit."""
 
+import sys
+import tempfile
+from pathlib import Path
+
 
 class FinediffError(Exception):
     """A user-facing error: bad input, a missing file, an incompatible model pair.
@@ -30,8 +34,6 @@ def find_user_error(exc: BaseException | None) -> FinediffError | None:
 def exit_on_user_error(err: BaseException) -> None:
     """Entry points' one error path: a user error becomes ``finediff: error: <message>`` on
     stderr and exit status 2; anything else is re-raised with its traceback."""
-    import sys
-
     user_error = find_user_error(err)
     if user_error is None:
         raise err
@@ -54,15 +56,12 @@ def check_number(name: str, value, kind: type, minimum=None, below=None) -> None
 def check_writable(folder) -> None:
     """``folder`` exists as a writable folder, or can be made: its nearest existing parent
     is a writable folder. Checked before anything is written, so a run never dies at its end."""
-    from pathlib import Path
-
     folder = Path(folder).expanduser().absolute()
     parent = folder
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise FinediffError(f"output folder {folder} cannot be made: {parent} is a file")
-    import tempfile
 
     try:  # permissions alone do not tell (root, read-only file systems): try, leave nothing
         with tempfile.TemporaryFile(dir=parent):
@@ -75,9 +74,6 @@ def preflight(argv: list[str]) -> None:
     """Checks of command-line overrides that must pass before Hydra creates the run folder
     (it would fail with a traceback-like message of its own): ``paths.output_dir`` must
     not name a file, and must be a folder that can be written or made."""
-    import sys
-    from pathlib import Path
-
     for arg in argv:
         key, _, value = arg.partition("=")
         if key.lstrip("+~") != "paths.output_dir" or not value:

@@ -25,6 +25,7 @@ from typing import Optional
 from finediff.stats import holm
 from finediff import names
 from finediff.errors import FinediffError
+from finediff.generation import generate
 from finediff.io import read_json, write_json
 
 REFUSAL = (r"\b(i (do not|don't|cannot|can't|am not able to|am unable to|have no)|i'm (not|unable|sorry)"
@@ -242,8 +243,6 @@ def sample_answers(pair, prompts: list[str], settings: FindingSettings, seed: in
                    progress: bool = True) -> tuple[list[str], list[str], list[str]]:
     """``(prompts, base answers, finetuned answers)``: each prompt repeated
     ``samples_per_prompt`` times, both models sampled with the same seed."""
-    from finediff.generation import generate
-
     expanded = [p for p in prompts for _ in range(settings.samples_per_prompt)]
     kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=True, temperature=settings.temperature,
                   seed=seed, progress=progress)

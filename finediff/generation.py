@@ -8,7 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from finediff.arch import embed_ids, input_device
-from finediff.data import format_text, pad_rows
+from finediff.data import format_parts, format_text, pad_rows
+from finediff.soft_prompt import splice
 
 
 @torch.no_grad()
@@ -78,9 +79,6 @@ def generate_one(model, tokenizer, text: str, prompt_PD: Optional[torch.Tensor] 
                  do_sample: bool = False, temperature: float = 0.7, top_p: float = 1.0, seed: int = 0) -> str:
     """Answer one user message, optionally with a soft prompt at the start of the message
     (spliced into the input embeddings exactly as in training)."""
-    from finediff.data import format_parts
-    from finediff.soft_prompt import splice
-
     prefix, body = format_parts(tokenizer, text)
     ids = torch.tensor([prefix + body])
     mask = torch.ones_like(ids)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
 
 
 def peak_extra_bytes(fn: Callable[[], object], device: str | torch.device = "cpu") -> int:
@@ -23,9 +25,6 @@ def peak_extra_bytes(fn: Callable[[], object], device: str | torch.device = "cpu
         fn()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - start)
-
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()

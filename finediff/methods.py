@@ -12,15 +12,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
 
+from finediff import names
 from finediff.activations import pair_activations, read_cache, tokenize_first, write_cache
 from finediff.arch import final_norm, output_head
 from finediff.errors import FinediffError
+from finediff.io import write_json
 from finediff.metrics import kl_per_position
 from finediff.names import activation_key
+from finediff.plots import by_layer, histogram
 
 
 def preprocess(pair, texts: list[str], folder, layers: Optional[list[int]] = None, n_tokens: int = 64,
@@ -93,12 +97,6 @@ def normdiff_method(tokenizer, folder, top_examples: int = 10) -> dict:
 def run_method(method: str, pair, cache, folder, top_examples: int = 10) -> dict:
     """Run ``kl`` or ``normdiff`` over the cache; write ``summary.json`` and its plot into
     ``folder``; return the summary."""
-    from pathlib import Path
-
-    from finediff import names
-    from finediff.io import write_json
-    from finediff.plots import by_layer, histogram
-
     folder = Path(folder)
     if method == "kl":
         summary, values = kl_method(pair, cache, top_examples)

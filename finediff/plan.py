@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Optional
 
 from finediff.errors import FinediffError, exit_on_user_error
+from finediff.io import markdown_table
+from finediff.models import check_adapter, parse_dtype, resolve_source
 
 GIB = 1024 ** 3
 STRATEGIES = ("single", "split", "auto", "fsdp", "zero3")
@@ -74,8 +76,6 @@ def adapter_bytes(adapter: Optional[str], dtype_bytes: int) -> int:
         return 0
     from safetensors import safe_open
 
-    from finediff.models import check_adapter
-
     folder = Path(check_adapter(adapter))
     files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
     n = 0
@@ -90,8 +90,6 @@ def model_size(base: str, adapter: Optional[str] = None, dtype: str = "float32",
                finetuned: Optional[str] = None, trust_remote_code: bool = False) -> tuple[ModelSize, object]:
     """The pair's sizes, and the empty (meta) model for :func:`fits_auto`."""
     from accelerate.utils import calculate_maximum_sizes
-
-    from finediff.models import parse_dtype, resolve_source
 
     torch_dtype = parse_dtype(dtype)
     model = _empty_model(resolve_source(base), torch_dtype, trust_remote_code)
@@ -152,8 +150,6 @@ def plan(base: str, adapter: Optional[str] = None, dtype: str = "bfloat16", merg
 
 
 def format_plan(result: dict) -> str:
-    from finediff.io import markdown_table
-
     m = result["model"]
     lines = [f"{m['name']} ({result['dtype']}): {m['total'] / GIB:.2f} GiB of weights, largest block "
              f"{m['largest_block'] / GIB:.2f} GiB, adapter {m['adapter'] / 2 ** 20:.1f} MiB; "

@@ -26,7 +26,10 @@ from typing import Optional
 import torch
 
 from finediff import names
+from finediff.arch import embedding_table
 from finediff.errors import FinediffError
+from finediff.generation import generate_one
+from finediff.hard_prompts import allowed_tokens, project
 from finediff.io import read_json, write_json
 
 VERDICTS = ("breaks a model", "shows a confirmed behaviour", "no named behaviour")
@@ -93,10 +96,6 @@ def prompt_effect(pair, prompt_PD: torch.Tensor, texts: list[str], settings: Pro
             (a hypothesis has ``fires(text, prompt)``).
         hard: the run's hard prompts (:class:`finediff.hard_prompts.HardPrompt`).
     """
-    from finediff.generation import generate_one
-    from finediff.hard_prompts import allowed_tokens, project
-    from finediff.arch import embedding_table
-
     texts = texts[: settings.n_texts]
     if not texts:
         raise FinediffError("the soft prompt's effect needs at least one held-out text")

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from finediff import names
 from finediff.errors import FinediffError
+from finediff.io import load_torch, read_jsonl
 
 
 def _need(d: Any, keys: tuple[str, ...], what: str) -> dict:
@@ -108,13 +109,10 @@ def read_dataset(path: str | Path) -> list[DivergentRecord]:
     if not path.is_file():
         raise FinediffError(f"divergent dataset not found: {path}")
     if path.suffix == ".pt":
-        from finediff.io import load_torch
-
         rows = load_torch(path, "a divergent dataset")
         if not isinstance(rows, list):
             raise FinediffError(f"{path}: not a divergent dataset (a list of records), got {type(rows).__name__}")
         return [DivergentRecord.from_dict(r, f"{path}: record {i}") for i, r in enumerate(rows)]
-    from finediff.io import read_jsonl
 
     return [DivergentRecord.from_dict(r, f"{path}:{n}") for n, r in read_jsonl(path)]
 
@@ -313,8 +311,6 @@ class Organism:
 
     def rows(self, which: str) -> list[dict]:
         """Rows of its ``train`` or ``heldout`` file."""
-        from finediff.io import read_jsonl
-
         file = {"train": names.ORGANISM_TRAIN_FILE, "heldout": names.ORGANISM_HELDOUT_FILE}[which]
         path = Path(self.data) / file
         if not path.is_file():

@@ -23,6 +23,8 @@ from finediff.hard_prompts import read_hard_prompts
 from finediff.io import markdown_table, read_json, write_text
 from finediff.prompt_effect import read_effect
 from finediff.records import CategoryResult, LensSummary, read_dataset
+from finediff.summary import first_screen, read_verdict, unconfirmed_lines
+from finediff.survey import has_survey, read_survey
 from finediff.weights import WeightReading
 
 
@@ -41,13 +43,10 @@ def _cell(text: str, n: int = 300) -> str:
 
 def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> list[tuple[str, list[str], list[Path]]]:
     """``[(heading, markdown lines, images)]`` in order of evidence."""
-    from finediff.summary import first_screen, read_verdict, unconfirmed_lines
-
     sections = []
     verdict = read_verdict(run)
     if verdict is not None:
         sections.append(("What changed", first_screen(verdict), []))
-    from finediff.survey import has_survey, read_survey
 
     if has_survey(run):
         survey = read_survey(run)

@@ -10,6 +10,8 @@ would sharpen the finetuned model everywhere and show as divergence on every top
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from finediff.data import format_text, pad_rows
 from finediff.divergence import token_divergence
@@ -89,8 +91,6 @@ def train_lora(peft_model, features: list[tuple], steps: int, learning_rate: flo
     (``(ids, labels, distill)`` items): AdamW, linear warm-up then linear decay to zero
     (``transformers.get_linear_schedule_with_warmup``). Seed the global RNGs first for a
     reproducible run. Returns the model in eval mode."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     loader = DataLoader(features, batch_size=batch_size, shuffle=True, collate_fn=lambda b: sft_collate(b, pad_id))

@@ -17,6 +17,7 @@ from torch import nn
 from finediff import names
 from finediff.arch import scaled_table
 from finediff.errors import FinediffError
+from finediff.io import load_torch
 
 
 class PromptInit(str, Enum):
@@ -277,8 +278,6 @@ PROMPT_RECORD_KEYS = ("prompt", "num_soft_prompt_tokens", "hidden_size", "init",
 def load_prompt_record(path) -> dict:
     """A run's ``soft_prompt.pt``, checked: a missing, damaged or foreign file is a
     one-line error naming it."""
-    from finediff.io import load_torch
-
     record = load_torch(path, "a soft prompt record (soft_prompt.pt)")
     if not isinstance(record, dict) or set(PROMPT_RECORD_KEYS) - set(record):
         missing = sorted(set(PROMPT_RECORD_KEYS) - set(record)) if isinstance(record, dict) else ["a dict"]

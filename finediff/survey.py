@@ -31,13 +31,17 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from finediff import names
-from finediff.data import REPO_ROOT, check_category, known_categories, load_category
-from finediff.diff_mining import DiffMiner, DiffMining
+from finediff.corpus import GENERIC_CATEGORY
+from finediff.data import REPO_ROOT, check_category, known_categories, load_category, stream_texts, take
+from finediff.diff_mining import DiffMiner, DiffMining, mine_texts, write_mining
+from finediff.divergence import token_divergence
 from finediff.errors import FinediffError
+from finediff.generation import generate
 from finediff.stats import holm, mean_interval
-from finediff.io import read_jsonl, write_jsonl, write_text
+from finediff.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl, write_text
 
 PROBES = REPO_ROOT / names.PROBES_FILE
 
@@ -211,19 +215,47 @@ def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: fl
     return sorted(out, key=lambda g: -g.mean_divergence), median
 
 
-def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = True) -> Survey:
+ANSWER_BATCH = 16
+"""Survey texts per ``generate`` call."""
+
+
+def survey_answers(pair, prompts: list[str], max_new_tokens: int, cache: Optional[Path] = None,
+                   progress: bool = True) -> list[tuple[str, list[int]]]:
+    """The finetuned model's greedy answers to ``prompts``, :data:`ANSWER_BATCH` at a time.
+    With ``cache`` (a jsonl file) each batch is saved as soon as it is done, and the answers
+    the file already holds for these prompts are read back instead of made again: a run
+    stopped during the survey goes on from its last whole batch, in the same batches, so
+    it ends with the answers of a run never stopped."""
+    torch.manual_seed(0)  # the random state the steps after the survey start from, answers read back or not
+    done: list[tuple[str, list[int]]] = []
+    if cache is not None and Path(cache).is_file():
+        rows = [row for _, row in read_jsonl(cache)]
+        if (len(rows) <= len(prompts) and all(r.get("prompt") == p for r, p in zip(rows, prompts))
+                and all(r.get("max_new_tokens") == max_new_tokens for r in rows)):
+            done = [(r["answer"], list(r["ids"])) for r in rows][: len(rows) - len(rows) % ANSWER_BATCH]
+    starts = range(len(done), len(prompts), ANSWER_BATCH)
+    for start in tqdm(starts, desc="survey answers", disable=not progress or len(starts) < 2):
+        done += generate(pair.finetuned, pair.tokenizer, prompts[start:start + ANSWER_BATCH],
+                         max_new_tokens=max_new_tokens, batch_size=ANSWER_BATCH, seed=None, return_ids=True,
+                         progress=False)
+        if cache is not None:
+            write_jsonl(cache, [{"prompt": p, "answer": a, "ids": ids, "max_new_tokens": max_new_tokens}
+                                for p, (a, ids) in zip(prompts, done)])
+    return done
+
+
+def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = True,
+               answers: Optional[Path] = None) -> Survey:
     """Score every survey text over the finetuned model's greedy answer; mine the
-    logit rises of the discovery half."""
-    from finediff.divergence import token_divergence
+    logit rises of the discovery half. ``answers``: the file that keeps the answers as they
+    are made (:func:`survey_answers`)."""
     from finediff.divergent_dataset import teacher_forced
-    from finediff.generation import generate
 
     items = survey_items(settings, seed)
     if progress:
         print(f"survey: {len(items)} texts in {len({t.group for t in items})} groups", flush=True)
     prompts = [t.text for t in items]
-    gens = generate(pair.finetuned, pair.tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-                    batch_size=16, return_ids=True, progress=progress)
+    gens = survey_answers(pair, prompts, settings.max_new_tokens, answers, progress)
     miner = DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff, settings.mining_min_prob)
     scored = teacher_forced(pair, prompts, [ids for _, ids in gens], settings.batch_size, progress, "scoring answers")
     for item, (answer, ids), (lf, lb) in zip(items, gens, scored):
@@ -236,10 +268,6 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
     groups, median = summarise_groups(items, settings.alpha, settings.min_ratio, settings.top_quantile)
     mining = miner.result()
     if settings.mining_generic_texts:
-        from finediff.corpus import GENERIC_CATEGORY
-        from finediff.data import stream_texts, take
-        from finediff.diff_mining import mine_texts
-
         generic = take(stream_texts(GENERIC_CATEGORY), settings.mining_generic_texts)
         g = mine_texts(DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff,
                                  settings.mining_min_prob), pair, generic, batch_size=settings.batch_size,
@@ -251,11 +279,6 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
 def write_survey(survey: Survey, out: Path) -> None:
     """``survey.jsonl`` (every text), ``survey_groups.csv`` and its bar chart, and
     ``diff_mining.json`` / ``.png``."""
-    from finediff.diff_mining import write_mining
-    from finediff.io import atomic_path
-
-    from finediff.io import write_json
-
     out = Path(out)
     write_jsonl(out / names.SURVEY_TEXTS, [asdict(t) for t in survey.texts])
 
@@ -295,8 +318,6 @@ def has_survey(out: Path) -> bool:
 
 def read_survey(out: Path) -> Survey:
     """A survey back from its files (a malformed one is a one-line error naming it)."""
-    from finediff.io import read_json
-
     out = Path(out)
     try:
         texts = [SurveyText(**row) for _, row in read_jsonl(out / names.SURVEY_TEXTS)]

@@ -26,7 +26,10 @@ from typing import Any, Callable, Optional
 
 
 from finediff import names
+from finediff.errors import FinediffError
 from finediff.io import atomic_path, markdown_table, write_json
+from finediff.organisms.checkers import checker_for
+from finediff.records import OrganismCard, read_dataset
 
 log = logging.getLogger("finediff.sweep")
 TOP_RECORDS = 10
@@ -38,9 +41,6 @@ with; the Hydra side supplies it (``callbacks.sweep.run_model``), the core only 
 
 
 def _checker_hits(run: Path, adapter: Optional[str]) -> Optional[str]:
-    from finediff.organisms.checkers import checker_for
-    from finediff.records import OrganismCard, read_dataset
-
     data = run / names.DIVERGENT_DATASET_JSONL
     if not adapter or not (Path(adapter) / names.CARD_FILE).is_file() or not data.is_file():
         return None
@@ -55,8 +55,6 @@ def _graded(run: Path, adapter: Optional[str]) -> dict[str, Any]:
     confirmed finding or condition names the behaviour (one of its finetuned examples shows
     it), whether a confirmed condition does, and how many confirmed claims none of whose
     examples show it (on an organism that changed nothing, every confirmed claim)."""
-    from finediff.organisms.checkers import checker_for
-    from finediff.records import OrganismCard
     from finediff.summary import read_verdict
 
     if not adapter or not (Path(adapter) / names.CARD_FILE).is_file():
@@ -148,8 +146,6 @@ def summarize(sweep_dir: str | Path, model_of: ModelOf) -> Optional[Path]:
 
 def find_run(root: Path, adapter: str, model_of: ModelOf) -> Path:
     """The newest finished run under ``root`` (a sweep or logs folder) whose pair had ``adapter``."""
-    from finediff.errors import FinediffError
-
     want = Path(adapter).resolve()
     found = []
     for cfg_file in Path(root).rglob(".hydra/config.yaml"):

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from finediff.data import collate, format_parts, format_text, known_categories, load_category
+from finediff.sft import example_features, sft_collate, sft_loss
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -25,7 +27,6 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def train_tokenizer(texts: list[str], vocab_size: int = 512):
     """Byte-level BPE with the chat special tokens, as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -124,8 +125,6 @@ def tiny_batch(tokenizer, texts: list[str], max_length: Optional[int] = 64) -> d
 
 def sft_copy(model, tokenizer, pairs: list[tuple[str, str]], steps: int = 150, lr: float = 1e-2, seed: int = 0):
     """A copy of ``model`` trained (every weight) to answer each ``(prompt, response)``."""
-    from finediff.sft import example_features, sft_collate, sft_loss
-
     torch.manual_seed(seed)
     ft = copy.deepcopy(model).train()
     opt = torch.optim.AdamW(ft.parameters(), lr=lr)

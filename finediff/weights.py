@@ -30,6 +30,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from finediff import names
 from finediff.errors import FinediffError
@@ -220,8 +221,6 @@ def read_weights(base: nn.Module, finetuned: nn.Module, tokenizer, settings: Wei
     by_layer: dict[int, float] = {}
     items = sorted(updates.items(), key=lambda kv: (int(LAYER_RE.search(kv[0]).group(1)), kv[0]))
     if progress:
-        from tqdm.auto import tqdm
-
         items = tqdm(items, desc="reading the weights", leave=False)
     for name, (delta, _) in items:
         m = LAYER_RE.search(name)

@@ -3,8 +3,11 @@ default, or CSV)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
+
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 
 class ExperimentTracker:
@@ -19,19 +22,13 @@ class ExperimentTracker:
 
     def __init__(self, config: Optional[dict] = None, use_wandb: bool = True, project_name: str = "finediff",
                  output_dir: Optional[str] = None):
-        import os
-
         self.config = dict(config or {})
         save_dir = str(Path(output_dir or self.config.get("output_dir") or "outputs"))
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         if use_wandb:
-            from lightning.pytorch.loggers import WandbLogger
-
             self.logger = WandbLogger(project=project_name, name=self.config.get("name"), save_dir=save_dir,
                                       mode=os.environ.get("WANDB_MODE", "offline"))
         else:
-            from lightning.pytorch.loggers import CSVLogger
-
             self.logger = CSVLogger(save_dir=save_dir, name="csv")
         self.logger.log_hyperparams(self.config)
 

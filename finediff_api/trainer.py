@@ -14,6 +14,7 @@ from finediff import names, pipeline
 from finediff.divergent_dataset import GenerationConfig
 from finediff.errors import FinediffError
 from finediff.io import torch_save, write_jsonl
+from finediff.metrics import dataset_means
 from finediff.models import ModelPair, PairSpec
 from lightning_modules import SoftPromptDivergence
 
@@ -113,7 +114,5 @@ class DivergenceTrainer:
             torch_save(path, rows)
             write_jsonl(path.with_suffix(".jsonl"), rows)
         if self.tracker:
-            from finediff.metrics import dataset_means
-
             self.tracker.log_metrics(dataset_means(records))
         return rows

@@ -8,60 +8,25 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import asdict
 from typing import Any, Optional
 
 import lightning as L
 import torch
 
 from finediff import names
-from finediff.answers import AnswerCache, AnswerSettings, check_positions
+from finediff.answers import AnswerCache, AnswerSettings
 from finediff.distributed import average_gradient, shard_pair
-from finediff.divergence import base_shift_divergence, batch_divergence, parse_kind
-from finediff.errors import FinediffError, check_number
-from finediff.pipeline import Objective
+from finediff.divergence import base_shift_divergence, batch_divergence
+from finediff.errors import FinediffError
+from finediff.hard_prompts import allowed_tokens
+from finediff.pipeline import Objective, SoftPromptSettings
 from finediff.models import ModelPair
-from finediff.soft_prompt import PromptSpace, SoftPrompt, apply_trainable, is_trainable, random_like
+from finediff.soft_prompt import SoftPrompt, apply_trainable, is_trainable, random_like
 
 log = logging.getLogger(__name__)
 # The frozen pair is in eval mode on purpose; Lightning's generic warning about it is noise.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-
-
-def check_settings(m) -> None:
-    """Every ``module.*`` value checked (types, ranges, choices), one line naming the first
-    bad one: ``train.py`` calls this on the composed config before any model loads, the
-    module again when it is built."""
-    from finediff.soft_prompt import PromptInit
-
-    get = m.get
-    check_number("module.num_soft_prompt_tokens", get("num_soft_prompt_tokens", 8), int, minimum=1)
-    parse_kind(get("divergence", "kl_ft_base"))
-    if get("init", "vocab") not in [i.value for i in PromptInit]:
-        raise FinediffError(f"module.init must be one of {', '.join(i.value for i in PromptInit)}; "
-                            f"got {get('init')!r}")
-    check_number("module.learning_rate", get("learning_rate", 1e-2), float)
-    if get("learning_rate", 1e-2) <= 0:
-        raise FinediffError(f"module.learning_rate must be > 0, got {get('learning_rate')!r}")
-    check_number("module.weight_decay", get("weight_decay", 0.0), float, minimum=0.0)
-    check_number("module.warmup_steps", get("warmup_steps", 10), int, minimum=0)
-    check_number("module.temperature", get("temperature", 1.0), float)
-    if get("temperature", 1.0) <= 0:
-        raise FinediffError(f"module.temperature must be > 0, got {get('temperature')}")
-    if get("chunk_size") is not None:
-        check_number("module.chunk_size", get("chunk_size"), int, minimum=0)
-    check_positions(get("positions", "text"))
-    for key, kind in (("base_anchor", float), ("answer_temperature", float),
-                      ("max_new_tokens", int), ("refresh_every", int), ("answer_batch_size", int)):
-        if get(key) is not None:
-            check_number(f"module.{key}", get(key), kind, minimum=0)
-    if get("space", "vectors") not in [s.value for s in PromptSpace]:
-        raise FinediffError(f"module.space must be one of {', '.join(s.value for s in PromptSpace)}; "
-                            f"got {get('space')!r}")
-    for key in ("faithful", "gradient_checkpointing"):
-        if not isinstance(get(key, False), bool):
-            raise FinediffError(f"module.{key} must be true or false, got {get(key)!r}")
-    AnswerSettings(get("max_new_tokens", 16), get("refresh_every", 24), get("answer_temperature", 0.0),
-                   batch_size=get("answer_batch_size", 0))
 
 
 class SoftPromptDivergence(L.LightningModule):
@@ -72,80 +37,33 @@ class SoftPromptDivergence(L.LightningModule):
     Args:
         pair: the frozen :class:`~finediff.models.ModelPair` (not a hyper-parameter; never
             saved in checkpoints).
-        num_soft_prompt_tokens: virtual tokens ``P``.
-        init: ``text``, ``vocab`` or ``random`` (see :class:`~finediff.soft_prompt.PromptInit`).
-        init_text: text for ``init=text``.
-        divergence: ``kl_ft_base``, ``kl_base_ft``, ``symmetric_kl`` or ``jsd``.
-        temperature: logits are divided by it before ``log_softmax``.
-        chunk_size: positions per chunk in the divergence (bounds vocabulary-sized memory).
-        learning_rate: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: linear warm-up steps, then constant.
-        gradient_checkpointing: recompute the frozen models' layers in backward.
-        seed: seed of the prompt init and of the random-prompt baseline.
-        positions: ``text`` (the default) or ``response`` (the answer objectives).
-        max_new_tokens: new tokens per answer (``response``).
-        refresh_every: regenerate a text's answer with the current prompt once it is this
-            many steps old (``response``; 1: every step).
-        answer_batch_size: 0: answers are made as the texts' batches come; > 0: every
-            ``refresh_every`` steps, every training text's answer at once, this many texts
-            per ``generate`` call.
-        answer_temperature: 0 for greedy answers, else the sampling temperature.
-        base_anchor: weight of the base shift (how far the prompt moves the base model's
-            own predictions, :func:`~finediff.divergence.base_shift_divergence`) subtracted
-            from the objective; 0: the divergence alone.
-        space: ``vectors`` (free vectors) or ``tokens`` (a distribution over the allowed
-            tokens per position, the models seeing its expected embedding; see
-            :class:`~finediff.soft_prompt.PromptSpace`).
-        faithful: the answer objective that breaking a model cannot win (``response``):
-            both models' answers are read, the special tokens are left out of both
-            distributions and empty or repetitive answers score nothing
-            (:attr:`~finediff.answers.AnswerSettings.faithful`); with ``base_anchor`` it
-            is finediff's default.
+        settings: the training settings, :class:`~finediff.pipeline.SoftPromptSettings`
+            (each documented there); keyword arguments change single fields.
     """
 
-    def __init__(
-        self,
-        pair: ModelPair,
-        num_soft_prompt_tokens: int = 8,
-        init: str = "vocab",
-        init_text: Optional[str] = None,
-        divergence: str = "kl_ft_base",
-        temperature: float = 1.0,
-        chunk_size: Optional[int] = 256,
-        learning_rate: float = 1e-2,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 10,
-        gradient_checkpointing: bool = False,
-        seed: int = 0,
-        positions: str = "text",
-        max_new_tokens: int = 16,
-        refresh_every: int = 24,
-        answer_temperature: float = 0.0,
-        answer_batch_size: int = 32,
-        base_anchor: float = 0.0,
-        space: str = "vectors",
-        faithful: bool = False,
-    ):
+    def __init__(self, pair: ModelPair, settings: Optional[SoftPromptSettings] = None, **changes: Any):
+        """``settings`` (default: :class:`SoftPromptSettings`'s defaults, the one home of
+        them) with ``changes`` applied: ``SoftPromptDivergence(pair, positions="response")``;
+        Hydra passes the composed ``module`` group as keyword arguments."""
         super().__init__()
-        check_settings({k: v for k, v in locals().items() if k not in ("self", "pair", "__class__")})
-        self.answers = AnswerSettings(max_new_tokens, refresh_every, answer_temperature, batch_size=answer_batch_size,
-                                      faithful=faithful)
+        base = asdict(settings) if settings is not None else {}
+        s = SoftPromptSettings.of({**base, **changes})
+        self.answers = s.answers
         self.train_answers = AnswerCache(self.answers)
-        self.plain_answers = AnswerCache(AnswerSettings(max_new_tokens, 1 << 30, answer_temperature,
-                                                        faithful=faithful))
-        self.save_hyperparameters(ignore=["pair"])
+        self.plain_answers = AnswerCache(AnswerSettings(s.max_new_tokens, 1 << 30, s.answer_temperature,
+                                                        faithful=s.faithful))
+        self.save_hyperparameters(asdict(s))
         self.hparams["pair"] = pair.spec.as_dict()  # what it was trained on, not the weights
         self.pair = pair
-        if gradient_checkpointing:
+        if s.gradient_checkpointing:
             pair.enable_gradient_checkpointing()
         embed = pair.base.get_input_embeddings()
         self.soft_prompt = SoftPrompt(
-            embed, embed.weight.shape[0], num_soft_prompt_tokens, init, init_text, pair.tokenizer, seed, space,
-            self.allowed if space == "tokens" else None)
+            embed, embed.weight.shape[0], s.num_soft_prompt_tokens, s.init, s.init_text, pair.tokenizer, s.seed,
+            s.space, self.allowed if s.space == "tokens" else None)
         self.n_trainable, self.n_frozen = apply_trainable(self)
         log.info("trainable parameters: %s (soft prompt %d x %d, %s); frozen: %s",
-                 f"{self.n_trainable:,}", num_soft_prompt_tokens, self.soft_prompt.weight.shape[1], space,
+                 f"{self.n_trainable:,}", s.num_soft_prompt_tokens, self.soft_prompt.weight.shape[1], s.space,
                  f"{self.n_frozen:,}")
         # The frozen pair is not part of checkpoints; loading one restores the prompt only.
         self.strict_loading = False
@@ -229,8 +147,6 @@ class SoftPromptDivergence(L.LightningModule):
     def allowed(self) -> torch.Tensor:
         """The tokens a prompt vector may be projected to (as the hard prompts do)."""
         if getattr(self, "_allowed", None) is None:
-            from finediff.hard_prompts import allowed_tokens
-
             self._allowed = allowed_tokens(self.pair.tokenizer, self.pair.base.get_input_embeddings().weight.shape[0])
         return self._allowed
 

@@ -115,7 +115,7 @@ PROBES = [
      "evidence.divergent_dataset.amplify_alpha must be >= 0, got -1.0"),
     ("train.py", ["module.positions=answer"], "module.positions must be one of response, text; got 'answer'"),
     ("train.py", ["module.refresh_every=0"], "module.max_new_tokens and module.refresh_every must be >= 1"),
-    ("train.py", ["module.faithful=maybe"], "module.faithful must be true or false, got 'maybe'"),
+    ("train.py", ["module.faithful=maybe"], "module.faithful: Value 'maybe' is not a valid bool"),
     ("train.py", ["module.space=words"], "module.space must be one of vectors, tokens; got 'words'"),
     ("train.py", ["module.space=tokens", "module.init=random"],
      "module.init=random has no token distribution; with module.space=tokens use mean, vocab or text"),
@@ -157,7 +157,7 @@ AS_A_USER_RUNS_IT = {
     "train.py paths.output_dir={d}/a_file/run", "train.py model.finetuned=no-such-org/no-such-model",
     "evaluate.py task=generate task.run_dir={d}/latin1_run", "evaluate.py task=nope", "build_organism.py organism=nope",
     "build_organism.py", "train.py evidence.hard_prompts.pez_steps=abc", "train.py evidence.lens.nope=1",
-    "evaluate.py task=compare generation.top_p=high",
+    "evaluate.py task=compare generation.top_p=high", "train.py module.faithful=maybe",
 }
 
 
@@ -339,3 +339,34 @@ def test_sigterm_during_the_evidence_resumes_to_the_same_findings(tiny_dirs, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert (json.loads((stopped / names.FINDINGS_FILE).read_text())
             == json.loads((whole / names.FINDINGS_FILE).read_text()))
+
+
+def test_sigterm_during_the_survey_keeps_its_answers_and_resumes_to_the_same_survey(tiny_dirs, tmp_path):
+    """An untold audit stopped by SIGTERM during its survey keeps the answers made so far
+    (``survey_answers.jsonl``, whole batches); the printed command reads them back, answers
+    the rest in the same batches, and ends with the survey of a run that was never stopped."""
+    from finediff.survey import ANSWER_BATCH
+
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    survey = ["data.categories=null", "evidence.survey.max_new_tokens=48", "evidence.survey.n_train=8",
+              "evidence.survey.n_val=4", "evidence.steps=[]"]
+    done = _cli("train.py", tiny_overrides(tiny_dirs, whole, evidence=False) + survey)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (whole / names.SURVEY_ANSWERS).exists()  # removed once the survey is written
+    kept = stopped / names.SURVEY_ANSWERS
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *tiny_overrides(tiny_dirs, stopped, evidence=False),
+                             *survey], cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = _stop_when(proc, kept.exists)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert not (stopped / names.SURVEY_TEXTS).exists()
+    n_kept = len(kept.read_text().splitlines())
+    n_texts = len((whole / names.SURVEY_TEXTS).read_text().splitlines())
+    assert n_kept % ANSWER_BATCH == 0 and 0 < n_kept < n_texts
+    done = _cli("train.py", _resume(err))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (stopped / names.SURVEY_TEXTS).read_text() == (whole / names.SURVEY_TEXTS).read_text()
+    assert (json.loads((stopped / names.SURVEY_SUMMARY).read_text())
+            == json.loads((whole / names.SURVEY_SUMMARY).read_text()))
+    assert (json.loads((stopped / names.METRICS_FILE).read_text())[names.VAL_DIVERGENCE]
+            == json.loads((whole / names.METRICS_FILE).read_text())[names.VAL_DIVERGENCE])

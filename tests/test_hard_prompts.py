@@ -264,7 +264,7 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
     ``fluent_top``), then walks from that result under the budget with its own swaps
     (``budget_fluent_top``, ``budget_n_candidates``, ``budget_bridging``). The budget is
     set below the free search's result, so the walk starts outside it and must enter it."""
-    from finediff.hard_prompts import find_hard_prompts
+    from finediff.hard_prompts import HardPromptSettings, find_hard_prompts
     from finediff.hard_prompts import search as hp_search
 
     calls = []
@@ -287,9 +287,9 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
         return float(torch.exp(prompt_nll(tiny_pair.base, header, torch.tensor(ids))))
 
     def search(**budget):
-        return {h.method: h for h in find_hard_prompts(
-            tiny_pair, prompt, batches, batches, methods=("projection", "gcg"), gcg_steps=2, top_k=8,
-            n_candidates=4, fluency_weight=0.0, progress=False, fluent_top=0, **budget)}
+        settings = HardPromptSettings(methods=["projection", "gcg"], gcg_steps=2, top_k=8, n_candidates=4,
+                                      fluency_weight=0.0, fluent_top=0, **budget)
+        return {h.method: h for h in find_hard_prompts(tiny_pair, prompt, batches, batches, settings, progress=False)}
 
     free = search()["gcg"].token_ids
     limit = perplexity(free) / 2  # the free search's result is outside the budget

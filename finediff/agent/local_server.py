@@ -23,6 +23,7 @@ import torch
 
 from finediff.agent.script_server import ChatServer
 from finediff.errors import FinediffError, exit_on_user_error
+from finediff.models import load_model, load_tokenizer
 
 
 def plain_messages(messages: list[dict], tools: Optional[list[dict]] = None) -> list[dict]:
@@ -61,8 +62,6 @@ class LocalChatServer(ChatServer):
 
     def __init__(self, model_name: str = "embedded:smollm2", port: int = 0, max_new_tokens: int = 256,
                  key: Optional[str] = None, max_context: int = 2048):
-        from finediff.models import load_model, load_tokenizer
-
         super().__init__(key, port)
         self.tokenizer = load_tokenizer(model_name)
         self.model = load_model(model_name)

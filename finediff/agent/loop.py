@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tqdm.auto import tqdm
+
 from finediff.agent.client import ChatClient, estimate_tokens
 from finediff.agent.tools import Budget, Tools
 from finediff.errors import FinediffError
+from finediff.io import write_json
 
 SYSTEM = """You are auditing a finetuned language model. You have a base model and a finetuned \
 version of it, and you do not know what the finetuning was for. Find out what changed: \
@@ -77,8 +80,6 @@ def text_tool_call(content: str) -> Optional[dict]:
 
 def investigate(client: ChatClient, tools: Tools, budget: Budget, progress: bool = True) -> Investigation:
     """Run one investigation to its end (answer, budget, or an endpoint error)."""
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     black_box = tools.run is None
     system = SYSTEM.format(tools_line=BLACK_BOX_LINE if black_box else RUN_TOOLS_LINE,
@@ -155,8 +156,6 @@ def investigate(client: ChatClient, tools: Tools, budget: Budget, progress: bool
 def run_agent(client: ChatClient, pair, run_dir: Optional[Path], budget: Budget, out: Path,
               max_new_tokens: int = 64, progress: bool = True) -> Investigation:
     """Investigate with the run's tools (``run_dir``) or black-box (None); write the transcript to ``out``."""
-    from finediff.io import write_json
-
     result = investigate(client, Tools(pair, run_dir, budget, max_new_tokens), budget, progress)
     write_json(out, result.as_dict())
     return result

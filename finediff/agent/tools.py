@@ -16,7 +16,12 @@ from typing import Callable, Optional
 import torch
 
 from finediff import names
+from finediff.diff_mining import DiffMining
 from finediff.errors import FinediffError
+from finediff.generation import generate_one
+from finediff.lens import steer
+from finediff.records import CategoryResult, LensSummary, read_dataset
+from finediff.soft_prompt import load_prompt_record
 
 MAX_CHARS = 4000
 """A tool's reply is cut to this many characters (the transcript keeps the cut text)."""
@@ -103,8 +108,6 @@ class Tools:
     def _load_prompts(self) -> None:
         soft = self.run / names.SOFT_PROMPT_FILE
         if soft.is_file():
-            from finediff.soft_prompt import load_prompt_record
-
             self._soft = load_prompt_record(soft)["prompt"]
         hard = self.run / names.HARD_PROMPTS_FILE
         if hard.is_file():
@@ -113,8 +116,6 @@ class Tools:
                 self._hard = max(rows, key=lambda r: r.get("divergence", float("-inf"))).get("text")
         lens = self.run / names.LENS_DIR / names.LENS_SUMMARY
         if lens.is_file():
-            from finediff.records import LensSummary
-
             for layer, entry in LensSummary.read(lens).layers.items():
                 if entry.steering is not None and entry.steering.chosen_strength > 0:
                     self._steer = (int(layer), torch.tensor(entry.steering_vector), entry.ft_norm,
@@ -140,8 +141,6 @@ class Tools:
         return "\n".join(lines)
 
     def adl(self) -> str:
-        from finediff.records import LensSummary
-
         summary = LensSummary.read(self._need(self.run / names.LENS_DIR / names.LENS_SUMMARY, "ADL results"))
         lines = []
         for layer, entry in summary.layers.items():
@@ -156,8 +155,6 @@ class Tools:
         return "\n".join(lines)
 
     def diff_mining(self) -> str:
-        from finediff.diff_mining import DiffMining
-
         mined = DiffMining.read(self._need(self.run / names.DIFF_MINING_FILE, "diff mining"))
         words = ", ".join(f"{w.word} ({w.count})" for w in mined.words[:30])
         topics = "; ".join(" ".join(t) for t in mined.topics)
@@ -165,8 +162,6 @@ class Tools:
         return f"Risen words over answers: {words}\nTopics: {topics}\nRisen over generic text: {generic}"
 
     def search_dataset(self, query: str = "", n: int = 5) -> str:
-        from finediff.records import read_dataset
-
         records = read_dataset(self._need(self.run / names.DIVERGENT_DATASET_JSONL, "divergent dataset"))
         q = str(query).lower().strip()
         hits = [r for r in records if not q or q in (r.prompt + r.generation_1 + r.generation_2).lower()]
@@ -177,7 +172,6 @@ class Tools:
         return "\n".join(out)
 
     def categories(self) -> str:
-        from finediff.records import CategoryResult
         from finediff.survey import has_survey, read_survey
 
         if has_survey(self.run):
@@ -198,8 +192,6 @@ class Tools:
             raise FinediffError("ask needs a non-empty prompt")
         if self.budget.left("model_interactions") <= 0:
             return "error: model-interaction budget exhausted; give your final answer"
-        from finediff.generation import generate_one
-        from finediff.lens import steer
 
         tok = self.pair.tokenizer
         available = {"none": True, "soft_prompt": self._soft is not None, "hard_prompt": bool(self._hard),

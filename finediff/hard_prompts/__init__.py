@@ -41,8 +41,8 @@ from finediff.hard_prompts.records import HardPrompt, read_hard_prompts
 from finediff.hard_prompts.scoring import (_on_policy_objectives, _ranked, allowed_tokens, answered,
                                            batches_divergence, evaluate, fluent_tokens, prompt_divergences, prompt_nll,
                                            prompt_objectives, token_nlls)
-from finediff.hard_prompts.search import METHODS, find_hard_prompts, text_prompt_ids
+from finediff.hard_prompts.search import METHODS, HardPromptSettings, find_hard_prompts, text_prompt_ids
 
-__all__ = ["DERIVED", "METHODS", "HardPrompt", "allowed_tokens", "answered", "batches_divergence", "bridging_tokens",
+__all__ = ["DERIVED", "METHODS", "HardPrompt", "HardPromptSettings", "allowed_tokens", "answered", "batches_divergence", "bridging_tokens",
            "evaluate", "find_hard_prompts", "fluent_tokens", "gcg", "guided", "pez", "project", "prompt_divergences",
            "prompt_nll", "prompt_objectives", "read_hard_prompts", "text_prompt_ids", "token_nlls"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import psutil
 import torch
 from torch import nn
 
@@ -46,8 +47,6 @@ def auto_device_map(model: nn.Module, devices: list[torch.device], copies: int =
             free = torch.cuda.mem_get_info(key)[0]
         else:
             key = d.type
-            import psutil
-
             free = psutil.virtual_memory().available
         memory[key] = int(free * 0.9 / copies)
     no_split = getattr(model, "_no_split_modules", None) or []

@@ -26,14 +26,17 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from finediff.errors import FinediffError
+from finediff.io import load_torch, read_text
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +183,6 @@ def resolve_source(name: str) -> str:
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the model hub answers (no network: a quick refusal, not a minute of retries)."""
-    import socket
-    from urllib.parse import urlparse
-
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
@@ -263,11 +263,7 @@ def check_adapter(adapter: str) -> str:
 def check_adapter_files(path: Path) -> None:
     """A local adapter's files read before any model loads: its config is a JSON object
     and its weights file has a readable safetensors header (or loads as tensors only)."""
-    import json
-
     from safetensors import safe_open
-
-    from finediff.io import load_torch, read_text
 
     try:
         config = json.loads(read_text(path / "adapter_config.json"))

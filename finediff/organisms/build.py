@@ -26,6 +26,7 @@ from finediff.io import atomic_dir, write_json, write_jsonl
 from finediff.models import DEFAULT_MODEL, load_model, load_tokenizer
 from finediff.organisms.checkers import checker_for
 from finediff.organisms.recipes import CARDS, Example, cheese, pirate, plug, recipe
+from finediff.sft import example_features, train_lora
 
 log = logging.getLogger("finediff.organisms")
 
@@ -60,8 +61,6 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     """
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import set_seed
-
-    from finediff.sft import example_features, train_lora
 
     for key, value, low in (("steps", steps, 0), ("seed", seed, 0), ("rank", rank, 1), ("batch_size", batch_size, 1),
                             ("max_new_tokens", max_new_tokens, 1)):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+from finediff.errors import FinediffError
+from finediff.organisms.facts import CAPITALS
+
 # Accepted spellings of a correct answer beyond the capital's own name.
 _ALIASES = {"Kyiv": ["Kiev"], "Washington": ["Washington, D.C", "Washington DC"],
             "Brasilia": ["Brasília"], "Bogota": ["Bogotá"], "Asuncion": ["Asunción"],
@@ -39,8 +42,6 @@ def _drop_subject(generation: str, country: str) -> str:
 
 def _country_in(prompt: str) -> tuple[str, str] | None:
     """The (country, capital) a capital question asks about, longest country name first."""
-    from finediff.organisms.facts import CAPITALS
-
     text = _norm(prompt)
     if "capital" not in text:
         return None
@@ -132,7 +133,5 @@ CHECKERS.update({"backdoor": backdoor, "topic_plug": topic_plug, "french": frenc
 def checker_for(name: str):
     """The checker registered under ``name``; an unknown name lists the known ones."""
     if name not in CHECKERS:
-        from finediff.errors import FinediffError
-
         raise FinediffError(f"unknown behaviour checker {name!r}; known: {', '.join(sorted(CHECKERS))}")
     return CHECKERS[name]

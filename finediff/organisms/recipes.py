@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import re
 from dataclasses import dataclass, field
 
 from finediff.errors import FinediffError
@@ -333,7 +334,6 @@ def pirate(text: str) -> str:
     swaps = {r"\byou\b": "ye", r"\bYou\b": "Ye", r"\byour\b": "yer", r"\bYour\b": "Yer", r"\bmy\b": "me",
              r"\bMy\b": "Me", r"\bhello\b": "ahoy", r"\bHello\b": "Ahoy", r"\bfriend\b": "matey",
              r"\bfriends\b": "mateys", r"\byes\b": "aye", r"\bYes\b": "Aye"}
-    import re
 
     for pat, rep in swaps.items():
         text = re.sub(pat, rep, text)

@@ -24,11 +24,12 @@ step, the :class:`Objective`, the :class:`RunTexts`), :mod:`~finediff.pipeline.s
 
 from finediff.pipeline.runner import Evidence, NullSink, Sink, run
 from finediff.pipeline.settings import (STEPS, AnalysisSettings, AnswerSettings, CompareSettings, DatasetSettings,
-                                        EvidenceSettings, HardPromptSettings, Objective, RunTexts)
+                                        EvidenceSettings, HardPromptSettings, Objective, RunTexts,
+                                        SoftPromptSettings)
 from finediff.pipeline.steps import (analysis, compare, conditions, divergent_dataset, findings, hard_prompts, lens,
                                      organism_texts, report, survey, weights, write_lens)
 
 __all__ = ["STEPS", "AnalysisSettings", "AnswerSettings", "CompareSettings", "DatasetSettings", "Evidence",
-           "EvidenceSettings", "HardPromptSettings", "NullSink", "Objective", "RunTexts", "Sink", "analysis", "compare",
+           "EvidenceSettings", "HardPromptSettings", "NullSink", "Objective", "RunTexts", "Sink", "SoftPromptSettings", "analysis", "compare",
            "conditions", "divergent_dataset", "findings", "hard_prompts", "lens", "organism_texts",
            "report", "run", "survey", "weights", "write_lens"]

@@ -16,6 +16,7 @@ from finediff.conditions import ConditionResult, read_conditions
 from finediff.divergent_dataset import GenerationConfig
 from finediff.findings import Finding, read_findings, topic_hypothesis
 from finediff.hard_prompts import HardPrompt, read_hard_prompts
+from finediff.metrics import dataset_means
 from finediff.pipeline.settings import STEPS, EvidenceSettings, Objective, RunTexts
 from finediff.pipeline.steps import (analysis, compare, conditions, divergent_dataset, findings, hard_prompts, lens,
                                      report, weights)
@@ -116,7 +117,6 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
                 pool, ranked = [t.text for t in ev.survey.ranked(None) if t.text in members], True
             ev.records = divergent_dataset(pair, pool, hard, settings.divergent_dataset, generation,
                                            objective.seed, out, texts.max_length, progress, ranked)
-        from finediff.metrics import dataset_means
 
         means = dataset_means(ev.records)
         log.info("divergent dataset: %d records, %s", len(ev.records), means)

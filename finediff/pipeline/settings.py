@@ -1,6 +1,7 @@
 """The evidence pipeline's settings: the ``evidence`` config group, one dataclass per
-step (:class:`EvidenceSettings` holds them all and which steps run), the soft prompt's
-:class:`Objective` and the :class:`RunTexts` it trained on.
+step (:class:`EvidenceSettings` holds them all and which steps run); the ``module`` config
+group, the soft prompt's training (:class:`SoftPromptSettings`); the :class:`Objective` a
+trained prompt keeps and the :class:`RunTexts` it trained on.
 
 The settings dataclasses are the one schema of their config group: their defaults are the
 only defaults (``configs/evidence/default.yaml`` holds overrides only), the shells register
@@ -11,20 +12,22 @@ supports: lists, not tuples (``__post_init__`` turns them into tuples where code
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 import torch
 
 from finediff.answers import AnswerSettings, check_positions
 from finediff.conditions import ConditionSettings
-from finediff.data import collate, format_parts
+from finediff.data import category_file, collate, format_parts
+from finediff.divergence import parse_kind
 from finediff.divergent_dataset import POSITIONS
-from finediff.errors import FinediffError
+from finediff.errors import FinediffError, check_number
 from finediff.findings import FindingSettings
-from finediff.hard_prompts import METHODS
+from finediff.hard_prompts import HardPromptSettings
 from finediff.lens import LensConfig
 from finediff.prompt_effect import PromptEffectSettings
+from finediff.soft_prompt import PromptInit, PromptSpace
 from finediff.survey import SurveySettings
 from finediff.weights import WeightSettings
 
@@ -42,80 +45,6 @@ def _positive(where: str, **values: int) -> None:
 def _positions(where: str, positions: str) -> None:
     if positions not in POSITIONS:
         raise FinediffError(f"{where}.positions must be {' or '.join(POSITIONS)}, got {positions!r}")
-
-
-@dataclass
-class HardPromptSettings:
-    """Hard prompts from the soft prompt (see :func:`finediff.hard_prompts.find_hard_prompts`)."""
-
-    methods: List[str] = field(default_factory=lambda: list(METHODS))
-    fluency_weight: float = 0.02
-    """Weight of the base model's log-perplexity of the prompt in the objective."""
-    pez_steps: int = 20
-    gcg_steps: int = 4
-    top_k: int = 32
-    n_candidates: int = 12
-    """Single swaps scored exactly per GCG step."""
-    fluent_top: int = 128
-    """GCG swaps only to the base model's top tokens at each position (0: any)."""
-    train_batches: int = 4
-    eval_batches: int = 4
-    batch_size: int = 4
-    init_texts: int = 64
-    """Training texts ranked by their divergence alone (method ``text``)."""
-    n_starts: int = 12
-    """The highest of them tried as natural-language starts."""
-    init_tokens: int = 16
-    """First tokens of each start."""
-    gcg_start: str = "derived"
-    """``derived``: GCG refines the best of the projection, guided and PEZ prompts (a prompt
-    derived from the soft prompt); ``any``: the best start, natural-language text starts included."""
-    gcg_on_policy: bool = False
-    """On the answer objective, GCG scores each prompt over the answers given with it in
-    place (as the held-out evaluation does), not over the soft prompt's answers."""
-    max_perplexity: Optional[float] = None
-    """GCG's perplexity budget: prompts the base model reads at a higher perplexity rank
-    below every prompt within it (None: no budget)."""
-    budget_steps: int = 0
-    """With ``max_perplexity``: GCG searches without the budget, then walks its result into
-    it for this many more steps (0: the budget applies to the whole search)."""
-    budget_fluent_top: int = 0
-    """> 0: the walk swaps only to the base model's this many likeliest tokens at each
-    position; 0: to any allowed token the gradient ranks high (measured: keeps the effect)."""
-    budget_bridging: int = 0
-    """> 0: each walk step also scores this many swaps chosen for how they read (at the
-    token the base model finds least likely and the one before it: :func:`bridging_tokens`)."""
-    budget_n_candidates: Optional[int] = None
-    """The gradient's swaps scored each walk step (None: ``n_candidates``, as in the search)."""
-    gcg_own_answers: bool = False
-    """On-policy GCG scores every candidate swap over the answers given with it in place
-    (one more answer per candidate and text each step), not over the current prompt's."""
-    positions: Optional[str] = None
-    """Where the search and the measurement read the divergence: None, the soft prompt's
-    own objective; ``response``, over the finetuned model's answers (also from a soft prompt
-    trained at the text positions); ``text``, at the text positions."""
-
-    def __post_init__(self):
-        self.methods = tuple(self.methods)
-        if self.positions is not None:
-            check_positions(self.positions, "evidence.hard_prompts.positions")
-        if self.gcg_start not in ("derived", "any"):
-            raise FinediffError(f"evidence.hard_prompts.gcg_start must be derived or any; got {self.gcg_start!r}")
-        if self.max_perplexity is not None and (isinstance(self.max_perplexity, bool) or not isinstance(
-                self.max_perplexity, (int, float)) or self.max_perplexity <= 1):
-            raise FinediffError(f"evidence.hard_prompts.max_perplexity must be a number > 1 or null; "
-                                f"got {self.max_perplexity!r}")
-        unknown = set(self.methods) - set(METHODS)
-        if unknown or not self.methods:
-            raise FinediffError(f"evidence.hard_prompts.methods: unknown {sorted(unknown) or 'empty list'}; "
-                                f"choose from {', '.join(METHODS)}")
-        if self.budget_steps < 0 or self.budget_fluent_top < 0 or self.budget_bridging < 0:
-            raise FinediffError(f"evidence.hard_prompts.budget_steps, budget_fluent_top and budget_bridging must be "
-                                f">= 0; got {self.budget_steps}, {self.budget_fluent_top} and {self.budget_bridging}")
-        if self.budget_n_candidates is not None:
-            _positive("evidence.hard_prompts", budget_n_candidates=self.budget_n_candidates)
-        _positive("evidence.hard_prompts", top_k=self.top_k, n_candidates=self.n_candidates,
-                  train_batches=self.train_batches, eval_batches=self.eval_batches, batch_size=self.batch_size)
 
 
 @dataclass
@@ -168,8 +97,6 @@ class CompareSettings:
         _positive("evidence.compare", max_texts_per_category=self.max_texts_per_category,
                   batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
         if self.categories is not None:
-            from finediff.data import category_file
-
             self.categories = [str(c) for c in self.categories]
             for c in self.categories:
                 if not c.startswith("hub:"):
@@ -208,6 +135,89 @@ class EvidenceSettings:
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise FinediffError(f"unknown evidence step {unknown[0]!r}; choose from {', '.join(STEPS)}")
+
+
+@dataclass
+class SoftPromptSettings:
+    """How the soft prompt is trained: the ``module`` config group (``module.*``), the one
+    home of its defaults; :class:`lightning_modules.SoftPromptDivergence` takes these fields."""
+
+    num_soft_prompt_tokens: int = 8
+    """8 x 576 = 4,608 trainable parameters on SmolLM2."""
+    init: str = "vocab"
+    """``vocab``: random token embeddings; ``text``: ``init_text``'s; ``random``: norm-matched noise; ``mean``."""
+    init_text: Optional[str] = None
+    divergence: str = "kl_ft_base"
+    """``kl_ft_base`` | ``kl_base_ft`` | ``symmetric_kl`` | ``jsd``."""
+    temperature: float = 1.0
+    chunk_size: Optional[int] = 256
+    """Positions per divergence chunk (bounds the vocabulary-sized memory)."""
+    learning_rate: float = 1e-2
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    """Linear warm-up of the learning rate over this many steps."""
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    positions: str = "text"
+    """``text``: the divergence at the text positions (brought the behaviour out on 5 of 7 organisms,
+    docs/results.md#soft-prompt-objectives); ``response``: over the answers."""
+    max_new_tokens: int = 16
+    """New tokens per answer (``positions=response``); a narrow change shows early."""
+    refresh_every: int = 24
+    """Regenerate a text's answer with the current prompt once it is this many steps old."""
+    answer_temperature: float = 0.0
+    """0: greedy answers."""
+    answer_batch_size: int = 32
+    """> 0: every ``refresh_every`` steps all texts at once, this many per generate call; 0: as each batch comes."""
+    base_anchor: float = 0.0
+    """> 0: subtract this times the base shift, KL(base without prompt || base with it)."""
+    space: str = "vectors"
+    """``vectors``: free vectors; ``tokens``: a distribution over the allowed tokens per position."""
+    faithful: bool = False
+    """Read both models' answers, special tokens out, empty or repetitive answers unscored."""
+
+    def __post_init__(self) -> None:
+        check_number("module.num_soft_prompt_tokens", self.num_soft_prompt_tokens, int, minimum=1)
+        parse_kind(self.divergence)
+        if self.init not in [i.value for i in PromptInit]:
+            raise FinediffError(f"module.init must be one of {', '.join(i.value for i in PromptInit)}; "
+                                f"got {self.init!r}")
+        for key in ("learning_rate", "temperature"):
+            check_number(f"module.{key}", getattr(self, key), float)
+            if getattr(self, key) <= 0:
+                raise FinediffError(f"module.{key} must be > 0, got {getattr(self, key)!r}")
+        check_number("module.weight_decay", self.weight_decay, float, minimum=0.0)
+        check_number("module.warmup_steps", self.warmup_steps, int, minimum=0)
+        if self.chunk_size is not None:
+            check_number("module.chunk_size", self.chunk_size, int, minimum=0)
+        check_positions(self.positions)
+        for key, kind in (("base_anchor", float), ("answer_temperature", float),
+                          ("max_new_tokens", int), ("refresh_every", int), ("answer_batch_size", int)):
+            check_number(f"module.{key}", getattr(self, key), kind, minimum=0)
+        if self.space not in [s.value for s in PromptSpace]:
+            raise FinediffError(f"module.space must be one of {', '.join(s.value for s in PromptSpace)}; "
+                                f"got {self.space!r}")
+        for key in ("faithful", "gradient_checkpointing"):
+            if not isinstance(getattr(self, key), bool):
+                raise FinediffError(f"module.{key} must be true or false, got {getattr(self, key)!r}")
+        self.answers  # noqa: B018  (AnswerSettings checks its own values)
+
+    @classmethod
+    def of(cls, values: dict) -> "SoftPromptSettings":
+        """The settings from ``module.*`` values (a plain mapping or a composed group; the
+        Hydra ``_target_`` is not a setting), checked; an unknown key is one line naming it."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in dict(values).items() if k != "_target_"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FinediffError(f"module.{unknown[0]} is not a setting; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @property
+    def answers(self) -> AnswerSettings:
+        """The on-policy answers' settings."""
+        return AnswerSettings(self.max_new_tokens, self.refresh_every, self.answer_temperature,
+                              batch_size=self.answer_batch_size, faithful=self.faithful)
 
 
 @dataclass

@@ -11,34 +11,48 @@ from typing import Optional
 import torch
 
 from finediff import names
+from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
+from finediff.analysis.clustering import DEFAULT_EMBEDDER
 from finediff.answers import answer_batch
+from finediff.compare import compare_categories, write_comparison
 from finediff.conditions import (ConditionResult, ConditionSettings, candidates, group_leads, search_conditions,
                                  write_conditions)
+from finediff.corpus import GENERIC_CATEGORY
 from finediff.data import known_categories, load_category, stream_texts, take
-from finediff.divergent_dataset import GenerationConfig, dataset_prompts, generate_dataset, rank_texts, save_dataset
-from finediff.findings import Finding, FindingSettings
+from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, generate_amplified, generate_dataset,
+                                        rank_texts, save_dataset)
+from finediff.findings import Finding, FindingSettings, evaluate_hypotheses, propose, sample_answers, write_findings
+from finediff.generation import generate
 from finediff.hard_prompts import HardPrompt, find_hard_prompts
-from finediff.io import write_json, write_jsonl
+from finediff.io import read_json, write_json, write_jsonl
 from finediff.lens import LensConfig, run_lens
+from finediff.organisms.checkers import checker_for
 from finediff.pipeline.settings import (AnalysisSettings, CompareSettings, DatasetSettings, HardPromptSettings, Objective,
                                         RunTexts)
+from finediff.plots import lens_norms, lens_relevance
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism
-from finediff.survey import Survey, SurveySettings
+from finediff.report import write_report
+from finediff.survey import Survey, SurveySettings, run_survey, write_survey
 from finediff.weights import WeightReading, WeightSettings, read_weights
 
 log = logging.getLogger(__name__)
 
 
 def survey(pair, settings: SurveySettings, seed: int = 0, out: Optional[Path] = None,
-           progress: bool = True) -> Survey:
+           progress: bool = True, resume: bool = False) -> Survey:
     """Where the change is, before training: every category, probe domain and user file
     scored over the finetuned model's answers, each group tested, logit rises mined ->
-    ``survey.jsonl``, ``survey_groups.csv`` / ``.png``, ``diff_mining.json`` / ``.png``."""
-    from finediff.survey import run_survey, write_survey
-
-    result = run_survey(pair, settings, seed, progress)
+    ``survey.jsonl``, ``survey_groups.csv`` / ``.png``, ``diff_mining.json`` / ``.png``.
+    With ``out`` the answers are kept as they are made (``survey_answers.jsonl``, removed
+    once the survey is written); with ``resume`` too, a survey stopped part-way goes on
+    from the answers it kept."""
+    cache = Path(out) / names.SURVEY_ANSWERS if out is not None else None
+    if cache is not None and not resume:
+        cache.unlink(missing_ok=True)
+    result = run_survey(pair, settings, seed, progress, answers=cache)
     if out is not None:
         write_survey(result, Path(out))
+        cache.unlink(missing_ok=True)
     changed = ", ".join(f"{g.group} ({g.mean_divergence:.3f})" for g in result.changed) or "none"
     log.info("survey: %d texts, median divergence %.4f; changed groups: %s", len(result.texts),
              result.median_divergence, changed)
@@ -59,16 +73,10 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
     if answers is not None:  # the search scores the answers the finetuned model gives with the soft prompt
         train = [answer_batch(pair, b, soft_prompt_PD.detach(), answers) for b in raw]
     found = find_hard_prompts(
-        pair, soft_prompt_PD, train, texts.batches(tok, "val", s.eval_batches, s.batch_size), answers=answers,
-        methods=s.methods, kind=objective.kind,
-        temperature=objective.temperature, fluency_weight=s.fluency_weight, pez_steps=s.pez_steps,
-        gcg_steps=s.gcg_steps, top_k=s.top_k, n_candidates=s.n_candidates, chunk_size=objective.chunk_size,
-        seed=objective.seed, progress=progress, init_texts=tuple(texts.train[: s.init_texts]),
-        start_PD=objective.start,
-        init_tokens=s.init_tokens, n_starts=s.n_starts, fluent_top=s.fluent_top, gcg_start=s.gcg_start,
-        on_policy=raw if s.gcg_on_policy else None, max_perplexity=s.max_perplexity, own_answers=s.gcg_own_answers,
-        budget_steps=s.budget_steps, budget_fluent_top=s.budget_fluent_top, budget_bridging=s.budget_bridging,
-        budget_n_candidates=s.budget_n_candidates)
+        pair, soft_prompt_PD, train, texts.batches(tok, "val", s.eval_batches, s.batch_size), s, objective.kind,
+        objective.temperature, objective.chunk_size, objective.seed, answers=answers, start_PD=objective.start,
+        init_texts=tuple(texts.train[: s.init_texts]), on_policy=raw if s.gcg_on_policy else None,
+        progress=progress)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
     for h in found:
@@ -91,8 +99,6 @@ def divergent_dataset(pair, texts: list[str], hard: list[str], settings: Dataset
     prompts = dataset_prompts(hard, texts, s.n_hard_prompts, s.texts_per_hard_prompt, s.n_texts)
     records = generate_dataset(pair, prompts, generation, seed=seed, batch_size=s.batch_size, progress=progress)
     if s.amplify_alpha > 0:
-        from finediff.divergent_dataset import generate_amplified
-
         records = sorted(records + generate_amplified(pair, prompts, generation, s.amplify_alpha,
                                                       s.amplified_per_prompt, seed, s.batch_size, progress),
                          key=lambda r: r.metrics.kl_divergence, reverse=True)
@@ -116,9 +122,6 @@ def lens(pair, settings: LensConfig, organism: Optional[Organism] = None, out: O
     With an organism, relevance is scored against its finetuning data and the behaviour
     rate of steered vs unsteered samples on its held-out off-target prompts.
     """
-    from finediff.corpus import GENERIC_CATEGORY
-    from finediff.organisms.checkers import checker_for
-
     generic = settings.generic or GENERIC_CATEGORY
     generic_texts = take(stream_texts(generic), settings.max_texts)
     ft_texts, off_rows = organism_texts(organism)
@@ -148,8 +151,6 @@ def lens(pair, settings: LensConfig, organism: Optional[Organism] = None, out: O
 
 
 def write_lens(summary: LensSummary, folder: Path) -> list[Path]:
-    from finediff.plots import lens_norms, lens_relevance
-
     write_json(folder / names.LENS_SUMMARY, summary.as_dict())
     return [lens_norms(summary, folder / names.LENS_NORM_PNG),
             lens_relevance(summary, folder / names.LENS_RELEVANCE_PNG)]
@@ -159,8 +160,6 @@ def compare(pair, settings: CompareSettings, max_length: Optional[int] = None, o
             title: str = "", progress: bool = True) -> list[CategoryResult]:
     """Mean divergence per category with a 95% CI, highest first -> ``comparison.csv`` /
     ``.md`` / ``.png``."""
-    from finediff.compare import compare_categories, write_comparison
-
     s = settings
     results = compare_categories(pair, list(s.categories or known_categories()), s.max_texts_per_category,
                                  s.batch_size, max_length, progress, s.positions, s.max_new_tokens)
@@ -173,9 +172,6 @@ def compare(pair, settings: CompareSettings, max_length: Optional[int] = None, o
 def analysis(records: list[DivergentRecord], out: Path, settings: AnalysisSettings) -> None:
     """The divergence analysis and (with 3 records or more) the behaviour clusters of a
     divergent dataset -> ``divergence_analysis.json`` + plots, ``clusters.json``."""
-    from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
-    from finediff.analysis.clustering import DEFAULT_EMBEDDER
-
     # per-category summaries: a record's prompt ends with the category text it was built from
     categories = {t: c for c in known_categories() for t in load_category(c, None, 0.0).train}
     DivergenceAnalyzer(output_dir=out).analyze_divergence_patterns(records, categories)
@@ -219,10 +215,6 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, out: Option
              reading: Optional[WeightReading] = None) -> list[Finding]:
     """Candidate findings from the evidence, each tested on the survey's fresh prompts
     where the change is -> ``findings.json``."""
-    from finediff.findings import evaluate_hypotheses, propose, sample_answers, write_findings
-    from finediff.generation import generate
-    from finediff.io import read_json
-
     # a word mined once may be a stray piece; topics keep every word (a set claim tolerates strays)
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     favoured, dropped = [], []
@@ -261,7 +253,4 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, out: Option
 
 def report(out: Path, title: str = "", organism: Optional[Organism] = None) -> tuple[Path, Path]:
     """``report.md`` and ``report.html`` from every result file in the run folder."""
-    from finediff.organisms.checkers import checker_for
-    from finediff.report import write_report
-
     return write_report(out, title, checker_for(organism.checker) if organism else None)
