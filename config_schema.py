@@ -3,7 +3,8 @@ structured configs.
 
 The dataclasses (:class:`finediff.pipeline.EvidenceSettings` and its step settings,
 :class:`finediff.divergent_dataset.GenerationConfig`, :class:`finediff.pipeline.SoftPromptSettings`)
-hold the only defaults. Registered
+hold the only defaults; the ``data`` and ``model`` groups' schemas are read from the signatures
+of what they instantiate (:func:`signature_schema`), whose defaults are then the only ones. Registered
 here in Hydra's ConfigStore as ``<group>/schema``, they are the first default of their
 group's YAML file, which keeps only presets and overrides::
 
@@ -21,10 +22,14 @@ imports Hydra or OmegaConf).
 
 from __future__ import annotations
 
+import collections.abc
+import importlib
+import inspect
 import sys
-from dataclasses import dataclass
+import typing
+from dataclasses import MISSING, dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional, Union
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -49,7 +54,53 @@ class ModuleSchema(SoftPromptSettings):
     _target_: str = "lightning_modules.SoftPromptDivergence"
 
 
-SCHEMAS: dict[str, type] = {"evidence": EvidenceSettings, "generation": GenerationConfig, "module": ModuleSchema}
+def _config_type(hint: Any) -> Any:
+    """A type OmegaConf can check in place of a signature's ``hint``: primitives as they are,
+    sequences as ``List[...]``, ``Optional`` kept; anything else (a union, an object) ``Any``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        rest = [a for a in args if a is not type(None)]
+        inner = _config_type(rest[0]) if len(rest) == 1 else Any
+        return Optional[inner] if type(None) in args and inner is not Any else inner
+    if hint in (int, float, bool, str):
+        return hint
+    if hint in (list, tuple) or origin in (list, tuple, collections.abc.Sequence):
+        item = _config_type(args[0]) if args else Any
+        return List[item]
+    return Any
+
+
+def signature_schema(name: str, target: str, skip: tuple[str, ...] = ()) -> type:
+    """A structured config from the signature of ``target`` (``module.name``): its keyword
+    arguments with their types and defaults, stated once, in the code, and ``_target_``
+    (how Hydra instantiates it)."""
+    module, _, attr = target.rpartition(".")
+    obj = getattr(importlib.import_module(module), attr)
+    fn = obj.__init__ if inspect.isclass(obj) else obj
+    scope = {**vars(typing), **vars(inspect.getmodule(fn))}
+    specs = [("_target_", str, field(default=target))]
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in ("self", *skip) or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        hint = p.annotation
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, scope)  # noqa: S307  (the annotation of our own code)
+            except Exception:
+                hint = Any
+        kind = Any if hint is inspect.Parameter.empty else _config_type(hint)
+        if p.default is None and kind is not Any and typing.get_origin(kind) is not Union:
+            kind = Optional[kind]
+        default = MISSING if p.default is inspect.Parameter.empty else p.default
+        specs.append((p.name, kind, field(default=default)))
+    return make_dataclass(name, specs)
+
+
+SCHEMAS: dict[str, type] = {
+    "evidence": EvidenceSettings, "generation": GenerationConfig, "module": ModuleSchema,
+    "data": signature_schema("DataSchema", "datamodules.CategoryTextDataModule", skip=("tokenizer",)),
+    "model": signature_schema("ModelSchema", "finediff.models.load_model_pair"),
+}
 """Config group -> the settings dataclass that is its schema."""
 
 

@@ -52,9 +52,8 @@ def settings(cfg: DictConfig) -> tuple[dict, dict]:
         raise FinediffError(omegaconf_error_line(err)) from None
     if not m.get("base") or not isinstance(m["base"], str):
         raise FinediffError(f"model.base must name the base model, got {m.get('base')!r}")
-    for group, values, key in [("model", m, "merge_adapter"), ("model", m, "trust_remote_code"), ("plan", p, "json")]:
-        if not isinstance(values[key], bool):
-            raise FinediffError(f"{group}.{key} must be true or false, got {values[key]!r}")
+    if not isinstance(p["json"], bool):  # the model group's types the schema checked when composing
+        raise FinediffError(f"plan.json must be true or false, got {p['json']!r}")
     check_number("plan.max_gpus", p["max_gpus"], int, minimum=1)
     check_number("plan.reserve_gib", p["reserve_gib"], float, minimum=0)
     check_number("plan.overhead", p["overhead"], float, minimum=0)

@@ -74,7 +74,7 @@ def files(tiny_dirs, finished_run, tmp_path_factory):
 
 PROBES = [
     # (script, args, expected text of the one line); {d}: the inputs folder, {run}: a finished run
-    ("train.py", ["data.batch_size=abc"], "data.batch_size must be an integer, got 'abc'"),
+    ("train.py", ["data.batch_size=abc"], "data.batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
     ("train.py", ["ckpt_path=/no/such/last.ckpt"], "ckpt_path not found: /no/such/last.ckpt"),
     ("train.py", ["model.finetuned=null", "model.adapter=null"], "nothing to diff: set model.adapter=DIR"),
     ("train.py", ["data.categories=[{d}/one.jsonl]"], "no held-out texts in data.categories"),
@@ -158,6 +158,7 @@ AS_A_USER_RUNS_IT = {
     "evaluate.py task=generate task.run_dir={d}/latin1_run", "evaluate.py task=nope", "build_organism.py organism=nope",
     "build_organism.py", "train.py evidence.hard_prompts.pez_steps=abc", "train.py evidence.lens.nope=1",
     "evaluate.py task=compare generation.top_p=high", "train.py module.faithful=maybe",
+    "train.py data.batch_size=abc",
 }
 
 

@@ -74,7 +74,7 @@ def test_the_real_config_is_composed():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["model.bse=x"], "Could not override 'model.bse': Key 'bse' is not in struct"),
+    (["model.bse=x"], "Could not override 'model.bse': Key 'bse' not in 'ModelSchema'"),
     (["plan.nope=1"], "Could not override 'plan.nope'"),
     (["plan.gpus=[1"], "cannot read the override 'plan.gpus=[1'"),
     (["model.base"], "cannot read the override 'model.base'"),
@@ -82,7 +82,7 @@ def test_the_real_config_is_composed():
     (["model.base=${nope}"], "model.base: Interpolation key 'nope' not found"),
     (["plan.max_gpus=0"], "plan.max_gpus must be >= 1"),
     (["plan.json=maybe"], "plan.json must be true or false"),
-    (["model.base=null"], "model.base must name the base model"),
+    (["model.base=null"], "field 'model.base' is not Optional"),
 ])
 def test_bad_overrides_are_one_line(argv, message):
     from finediff.errors import FinediffError
