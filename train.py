@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
@@ -34,7 +35,7 @@ from finediff import names, pipeline  # noqa: E402
 from finediff.survey import has_survey, read_survey  # noqa: E402
 from finediff.errors import (FinediffError, check_number, check_writable, exit_on_user_error, find_cause,  # noqa: E402
                              preflight)
-from finediff.io import load_torch  # noqa: E402
+from finediff.io import load_torch, read_json, write_json  # noqa: E402
 from finediff.soft_prompt import is_trainable  # noqa: E402
 from callbacks.evidence import LoggerSink  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
@@ -121,6 +122,7 @@ def check_run_inputs(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run the main job from a composed config; return the final metrics."""
+    started = time.perf_counter()
     check_run_inputs(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -169,6 +171,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elif trainer.is_global_zero:
         pipeline.run(pair, module.soft_prompt().detach(), datamodule.texts(), evidence, module.objective(), generation,
                      out, organism, str(cfg.get("task_name") or ""), LoggerSink(trainer.loggers, trainer.global_step))
+    if trainer.is_global_zero and (out / names.METRICS_FILE).is_file():  # the whole run's time beside training's
+        write_json(out / names.METRICS_FILE, {**read_json(out / names.METRICS_FILE),
+                                              names.RUN_TIME: round(time.perf_counter() - started, 2)})
     return metrics
 
 

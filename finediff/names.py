@@ -30,6 +30,8 @@ VAL_BASE_SHIFT = "val/base_shift"
 VAL_METRIC_KEYS = (VAL_DIVERGENCE, VAL_DIVERGENCE_NO_PROMPT, VAL_DIVERGENCE_RANDOM_PROMPT, VAL_BASE_SHIFT)
 GLOBAL_STEP = "global_step"
 WALL_TIME = "wall_time_s"
+RUN_TIME = "run_time_s"
+"""``metrics.json``: the whole run in seconds (survey, training and evidence; a resumed run: its own part)."""
 INTERRUPTED = "interrupted"
 
 # Per-record metrics of the divergent dataset (the seed's format) and their run means.

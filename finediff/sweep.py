@@ -73,6 +73,15 @@ def _graded(run: Path, adapter: Optional[str]) -> dict[str, Any]:
             "false_confirmed": sum(not x for x in findings + conditions)}
 
 
+def _run_time(run: Path) -> Optional[float]:
+    """A finished run's time from its folder when its metrics do not hold it: from the
+    composed config Hydra writes first to the report written last (None: no report)."""
+    first, last = run / ".hydra" / "config.yaml", run / names.REPORT_MD
+    if not first.is_file() or not last.is_file():
+        return None
+    return round(last.stat().st_mtime - first.stat().st_mtime, 2)
+
+
 def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
     """One row of the table, from what a finished run folder holds."""
     from finediff.summary import claim, read_verdict
@@ -104,6 +113,7 @@ def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
         "condition_named": graded.get("condition_named"),
         "false_confirmed": graded.get("false_confirmed"),
         names.WALL_TIME: metrics.get(names.WALL_TIME),
+        names.RUN_TIME: metrics.get(names.RUN_TIME) or _run_time(run),
         "agent_score": (agents.get("agent", {}).get("grade") or {}).get("mean"),
         "black_box_score": (agents.get("black_box", {}).get("grade") or {}).get("mean"),
     }
@@ -128,14 +138,15 @@ def summarize(sweep_dir: str | Path, model_of: ModelOf) -> Optional[Path]:
     rows = [run_row(d, model_of) for d in runs]
     cols = ["run", "finetune", "confidence", "finding", names.VAL_DIVERGENCE, names.VAL_DIVERGENCE_NO_PROMPT,
             "best_hard_prompt", "checker_top10", "named", "condition_named", "false_confirmed", names.WALL_TIME,
-            "agent_score", "black_box_score"]
+            names.RUN_TIME, "agent_score", "black_box_score"]
     cols = [c for c in cols if any(r[c] is not None for r in rows) or c in ("run", "finetune")]
     lines = [f"# Sweep: {len(rows)} runs", ""]
     lines += markdown_table(cols, [[_cell(r[c]) for c in cols] for r in rows])
     lines += ["", f"checker_top10: the organism card's checker on the {TOP_RECORDS} highest-divergence records, "
                   "applied after the run (only where the adapter folder has a card). named: a confirmed finding or "
                   "condition of the first screen has a finetuned example the checker flags; condition_named: a "
-                  "confirmed condition does; false_confirmed: confirmed claims none of whose examples it flags."]
+                  "confirmed condition does; false_confirmed: confirmed claims none of whose examples it flags. "
+                  f"{names.WALL_TIME}: training; {names.RUN_TIME}: the whole run (survey, training, evidence)."]
     write_json(sweep_dir / names.SWEEP_SUMMARY_JSON, rows)
     md = sweep_dir / names.SWEEP_SUMMARY_MD
     with atomic_path(md) as tmp:

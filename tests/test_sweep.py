@@ -46,6 +46,10 @@ def test_submitit_local_sweep_of_two_finetunes(tiny_dirs, second_adapter, tmp_pa
     rows = json.loads((sweep / names.SWEEP_SUMMARY_JSON).read_text())
     assert [r["finetune"] for r in rows] == [str(tiny_dirs["adapter"]), str(second_adapter)]
     assert all(r["finished"] and r[names.VAL_DIVERGENCE] is not None for r in rows)
+    # the whole run's time (survey, training, evidence) beside training's, from the run itself
+    for job, r in zip(("0", "1"), rows):
+        metrics = json.loads((sweep / job / names.METRICS_FILE).read_text())
+        assert r[names.RUN_TIME] == metrics[names.RUN_TIME] > metrics[names.WALL_TIME] > 0
     table = (sweep / names.SWEEP_SUMMARY_MD).read_text()
     assert table.count("\n| ") == 3  # header + two runs
     assert (sweep / ".submitit").is_dir()  # it really went through submitit
@@ -57,3 +61,23 @@ def test_summary_of_an_empty_sweep_is_none(tmp_path):
 
     assert summarize(tmp_path, run_model) is None
     assert not (tmp_path / names.SWEEP_SUMMARY_MD).exists()
+
+
+def test_a_run_without_its_time_is_timed_from_its_folder(tmp_path):
+    """A run whose metrics hold no run time (written before it was recorded) is timed from
+    the composed config Hydra writes first to the report written last."""
+    import os
+
+    from finediff.sweep import run_row
+
+    run = tmp_path / "0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("model: {}\n")
+    (run / names.METRICS_FILE).write_text(json.dumps({names.WALL_TIME: 70.0}))
+    (run / names.REPORT_MD).write_text("# report\n")
+    os.utime(run / ".hydra" / "config.yaml", (1000.0, 1000.0))
+    os.utime(run / names.REPORT_MD, (1818.5, 1818.5))
+    row = run_row(run, lambda _: {})
+    assert row[names.RUN_TIME] == 818.5 and row[names.WALL_TIME] == 70.0
+    (run / names.REPORT_MD).unlink()
+    assert run_row(run, lambda _: {})[names.RUN_TIME] is None
