@@ -225,6 +225,9 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         more = len(confirmed) - len(shown)
         parts.append(f"On {n} fresh answers per model to prompts no earlier step looked at: {said}"
                      + (f" ({more} more confirmed findings say the same in other words)." if more else "."))
+    elif findings and found:
+        parts.append(f"Without the condition, none of the {len(findings)} candidate findings held up on fresh "
+                     "prompts: the behaviour shows under it.")
     elif findings:
         parts.append(f"None of the {len(findings)} candidate findings held up on fresh prompts, so the change is "
                      "shown by the examples only.")
@@ -232,10 +235,12 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         words = ", ".join(f'"{w.word}"' for w in survey.mining.words[:8])
         parts.append(f"The words whose logits the finetune raises most in its answers (diff mining): {words}.")
     strong = [f for f in confirmed if f.p_adjusted < 0.001] + [c for c in found if c.p_adjusted < 0.001]
+    what = "a finding" if confirmed else "a condition"
     if strong:
-        confidence, why = "high", "a finding held up on fresh prompts at corrected p < 0.001"
+        what = "a finding" if any(f.p_adjusted < 0.001 for f in confirmed) else "a condition"
+        confidence, why = "high", f"{what} held up on fresh prompts at corrected p < 0.001"
     elif confirmed or found:
-        confidence, why = "moderate", "a finding held up on fresh prompts"
+        confidence, why = "moderate", f"{what} held up on fresh prompts"
     elif any(g.ratio >= 5 for g in changed_groups):
         confidence, why = "moderate", "a group stands out strongly, but no worded finding held up"
     elif changed_groups:

@@ -90,6 +90,7 @@ def test_planted_trigger_is_found_among_decoys_and_tested(trigger_pair):
 
     v = verdict(Survey([], [], 0.0), [], conditions=results)
     assert v.changed and best.statement() in v.paragraph
+    assert "a condition held up on fresh prompts" in v.paragraph  # what the confidence rests on
 
 
 def test_no_condition_is_said_plainly():
