@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from finediff.divergence import pair_divergence
-from finediff.hard_prompts import (_ranked, allowed_tokens, fluent_tokens, gcg,
+from finediff.hard_prompts import (_on_policy_objectives, _ranked, allowed_tokens, fluent_tokens, gcg,
                                    prompt_divergences, prompt_nll, prompt_objectives)
 from finediff.tiny import tiny_batch
 
@@ -73,6 +73,25 @@ def test_gcg_improves_on_a_start_that_is_not_optimal(tiny_pair):
     assert out.shape == start.shape and allowed[out].all()
     before, after = prompt_objectives(tiny_pair, [start, out], batches, fluency_weight=0.02)
     assert after > before and not out.equal(start)
+
+
+def test_on_policy_gcg_improves_on_its_start_over_its_own_answers(tiny_pair):
+    """On-policy GCG: the start and the result are each scored over the answers the
+    finetuned model gives with them in place, and the result is above the start."""
+    from finediff.answers import AnswerSettings, answer_batch
+    from finediff.divergence import batch_divergence
+
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS)]
+    allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
+    start, answers = _prompts(tok)[2], AnswerSettings(tokens=4)
+    out = gcg(tiny_pair, start, batches, allowed, steps=2, top_k=8, n_candidates=4, fluency_weight=0.0,
+              progress=False, fluent_top=32, answers=answers)
+    got = _on_policy_objectives(tiny_pair, [start, out], batches, answers, "kl_ft_base", 1.0, 0.0, 256)
+    assert got[1] > got[0]
+    for p, value in zip((start, out), got):  # over the answers given with that prompt
+        own = answer_batch(tiny_pair, batches[0], p, answers)
+        assert value.item() == pytest.approx(batch_divergence(tiny_pair, own, p).item(), rel=1e-4)
 
 
 def test_a_perplexity_budget_ranks_prompts_within_it_first():
@@ -198,6 +217,32 @@ def test_hard_prompt_positions_must_be_known():
 
     with pytest.raises(FinediffError, match="evidence.hard_prompts.positions must be one of"):
         HardPromptSettings(positions="answers")
+
+
+def test_gcg_with_own_answers_scores_every_candidate_over_its_own_answers(tiny_pair, monkeypatch):
+    """``own_answers``: each step's current prompt and candidates are scored together by
+    :func:`_on_policy_objectives` (over the answers each gives, checked above), on the
+    step's texts; the result is still never below the start over its own answers."""
+    from finediff.answers import AnswerSettings
+    from finediff.hard_prompts import gcg_search
+
+    calls = []
+    real = gcg_search._on_policy_objectives
+
+    def spy(pair, prompts, batches, *args):
+        calls.append((len(prompts), len(batches)))
+        return real(pair, prompts, batches, *args)
+
+    monkeypatch.setattr(gcg_search, "_on_policy_objectives", spy)  # where gcg looks it up
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS[:2]), tiny_batch(tok, TEXTS[2:])]
+    allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
+    start, answers = _prompts(tok)[2], AnswerSettings(tokens=4)
+    out = gcg(tiny_pair, start, batches, allowed, steps=2, top_k=8, n_candidates=4, fluency_weight=0.0,
+              progress=False, fluent_top=32, answers=answers, own_answers=True)
+    assert calls[:2] == [(5, 1), (5, 1)]  # per step: the current prompt + 4 candidates, on half the texts
+    got = real(tiny_pair, [start, out], batches, answers, "kl_ft_base", 1.0, 0.0, 256)
+    assert got[1] > got[0]
 
 
 def test_allowed_tokens_leave_out_added_special_tokens(tiny_dirs):

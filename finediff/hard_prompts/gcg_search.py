@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from finediff.answers import AnswerSettings
 from finediff.arch import embedding_table, input_device, output_head
-from finediff.hard_prompts.scoring import (_header, _hidden_after_on_device, _objective, _ranked, fluent_tokens,
-                                           prompt_nll, prompt_objectives, token_nlls)
+from finediff.hard_prompts.scoring import (_header, _hidden_after_on_device, _objective, _on_policy_objectives, _ranked,
+                                           answered, fluent_tokens, prompt_nll, prompt_objectives, token_nlls)
 
 
 @torch.no_grad()
@@ -52,8 +53,8 @@ def bridging_tokens(base, header: list[int], ids_P: torch.Tensor, eligible_V: to
 def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Tensor, steps: int = 8,
         top_k: int = 32, n_candidates: int = 12, kind: str = "kl_ft_base", temperature: float = 1.0,
         fluency_weight: float = 0.02, chunk_size: int = 256, seed: int = 0, progress: bool = True,
-        fluent_top: int = 128, batches_per_step: Optional[int] = None,
-        max_perplexity: Optional[float] = None, walk: bool = False,
+        fluent_top: int = 128, batches_per_step: Optional[int] = None, answers: Optional[AnswerSettings] = None,
+        max_perplexity: Optional[float] = None, own_answers: bool = False, walk: bool = False,
         bridging: int = 0) -> torch.Tensor:
     """GCG-style search from ``init_ids_P``; returns the best ids found.
 
@@ -67,8 +68,13 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     ``batches`` and returned only if it beats the start, so the search never ends below
     the start on ``batches``.
 
-    On the answer objective ``batches`` carry the answers to score (those the finetuned
-    model gave with the soft prompt). With ``max_perplexity`` every comparison prefers prompts whose
+    With ``answers`` the search is on-policy: ``batches`` are texts without answers, each
+    step scores the candidates over the answers the finetuned model gives with the current
+    prompt in place, and the final comparison scores the start and the result each over
+    its own answers, as the held-out evaluation does; with ``own_answers`` every candidate
+    too is scored over the answers given with it in place (one more answer per candidate
+    and text each step), so a swap that changes what the finetuned model answers is
+    judged by that answer. With ``max_perplexity`` every comparison prefers prompts whose
     base perplexity is within it (:func:`_ranked`); with ``walk`` as well, outside it each
     step takes the best of the swaps that lower the perplexity. ``bridging`` more
     candidates each step are chosen for how they read, not by the gradient: at the token
@@ -91,8 +97,9 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     bar = tqdm(range(steps), desc="GCG", disable=not progress)
     for step in bar:
         texts = [batches[(step * per_step + j) % len(batches)] for j in range(per_step)]
+        on = answered(pair, ids, texts, answers)  # on-policy: the answers given with the current prompt
         one_hot = F.one_hot(ids, V).to(weight.dtype).requires_grad_(True)
-        obj = _objective(pair, one_hot @ weight, ids, texts[0], kind, temperature, fluency_weight, chunk_size)
+        obj = _objective(pair, one_hot @ weight, ids, on[0], kind, temperature, fluency_weight, chunk_size)
         (grad,) = torch.autograd.grad(obj, one_hot)
         eligible = fluent_tokens(pair.base, header, ids, allowed, fluent_top) if fluent_top else \
             allowed.unsqueeze(0).expand(len(ids), -1).clone()
@@ -124,7 +131,9 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
             cands.append(cand)
         if not cands:
             break
-        scores = prompt_objectives(pair, [ids] + cands, texts, kind, temperature, fluency_weight)
+        scores = (_on_policy_objectives(pair, [ids] + cands, texts, answers, kind, temperature, fluency_weight,
+                                        chunk_size) if own_answers and answers is not None else
+                  prompt_objectives(pair, [ids] + cands, on, kind, temperature, fluency_weight))
         i = int(_ranked(scores, nll([ids] + cands), max_nll, walk).argmax())
         if i > 0:
             ids = cands[i - 1]
@@ -132,6 +141,7 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     if ids.equal(start):
         return ids
     ends = [start, ids]
-    final = prompt_objectives(pair, ends, batches, kind, temperature, fluency_weight)
+    final = (prompt_objectives(pair, ends, batches, kind, temperature, fluency_weight) if answers is None else
+             _on_policy_objectives(pair, ends, batches, answers, kind, temperature, fluency_weight, chunk_size))
     before, after = _ranked(final, nll(ends), max_nll, walk).tolist()
     return ids if after > before else start

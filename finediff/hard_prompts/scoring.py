@@ -246,3 +246,14 @@ def _ranked(scores_C: torch.Tensor, nll_C: Optional[torch.Tensor], max_nll: Opti
     if walk:
         keys = torch.where(~inside & (nll_C < nll_C[0]), scores_C.double() + 1e6, keys)
     return keys
+
+
+def _on_policy_objectives(pair, prompts: list[torch.Tensor], batches: list[dict], answers: AnswerSettings,
+                          kind: str, temperature: float, fluency_weight: float, chunk_size: int) -> torch.Tensor:
+    """``[C]``: each prompt's objective over the answers the finetuned model gives with
+    *that* prompt in place (``batches`` are texts without answers)."""
+    out = []
+    for p in prompts:
+        div = batches_divergence(pair, p, answered(pair, p, batches, answers), kind, temperature, chunk_size)
+        out.append(div - fluency_weight * prompt_nll(pair.base, _header(pair, batches[0]), p).item())
+    return torch.tensor(out)

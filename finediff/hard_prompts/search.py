@@ -15,7 +15,7 @@ from finediff.errors import FinediffError
 from finediff.hard_prompts.derive import DERIVED, guided, pez, project
 from finediff.hard_prompts.gcg_search import gcg
 from finediff.hard_prompts.records import HardPrompt
-from finediff.hard_prompts.scoring import (_header, _ranked, allowed_tokens, answered,
+from finediff.hard_prompts.scoring import (_header, _on_policy_objectives, _ranked, allowed_tokens, answered,
                                            batches_divergence, evaluate, prompt_nll, prompt_objectives)
 
 
@@ -57,6 +57,9 @@ class HardPromptSettings:
     gcg_start: str = "derived"
     """``derived``: GCG refines the best of the projection, guided and PEZ prompts (a prompt
     derived from the soft prompt); ``any``: the best start, natural-language text starts included."""
+    gcg_on_policy: bool = False
+    """On the answer objective, GCG scores each prompt over the answers given with it in
+    place (as the held-out evaluation does), not over the soft prompt's answers."""
     max_perplexity: Optional[float] = None
     """GCG's perplexity budget: prompts the base model reads at a higher perplexity rank
     below every prompt within it (None: no budget)."""
@@ -71,6 +74,9 @@ class HardPromptSettings:
     token the base model finds least likely and the one before it: :func:`bridging_tokens`)."""
     budget_n_candidates: Optional[int] = None
     """The gradient's swaps scored each walk step (None: ``n_candidates``, as in the search)."""
+    gcg_own_answers: bool = False
+    """On-policy GCG scores every candidate swap over the answers given with it in place
+    (one more answer per candidate and text each step), not over the current prompt's."""
     positions: Optional[str] = None
     """Where the search and the measurement read the divergence: None, the soft prompt's
     own objective; ``response``, over the finetuned model's answers (also from a soft prompt
@@ -106,7 +112,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
                       settings: Optional[HardPromptSettings] = None, kind: str = "kl_ft_base",
                       temperature: float = 1.0, chunk_size: int = 256, seed: int = 0,
                       answers: Optional[AnswerSettings] = None, start_PD: Optional[torch.Tensor] = None,
-                      init_texts: tuple[str, ...] = (), progress: bool = True) -> list[HardPrompt]:
+                      init_texts: tuple[str, ...] = (), on_policy: Optional[list[dict]] = None,
+                      progress: bool = True) -> list[HardPrompt]:
     """Run the methods ``settings`` chooses (:class:`HardPromptSettings`, whose fields the
     names below are) from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first. ``kind``, ``temperature``,
@@ -122,8 +129,11 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
 
     With ``answers`` (the answer objective), ``train_batches`` carry their answers and
     ``score_mask`` already; every prompt is measured on ``eval_batches`` over the answers
-    the finetuned model gives with it in place. ``max_perplexity`` is GCG's perplexity
-    budget. With ``budget_steps`` the
+    the finetuned model gives with it in place. ``on_policy`` (the training texts without
+    answers) makes GCG's choice of start and its search on-policy: every prompt is scored
+    over the answers given with it (:func:`gcg`), not over the soft prompt's answers.
+    ``max_perplexity`` is GCG's perplexity budget; ``gcg_own_answers`` scores every GCG
+    candidate over its own answers (on-policy search only). With ``budget_steps`` the
     budget is not imposed on the search: GCG first searches freely for ``gcg_steps``, then
     walks its result into the budget for ``budget_steps`` more (swaps to the
     ``budget_fluent_top`` tokens the base model finds likeliest; 0: any allowed token),
@@ -160,7 +170,10 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     if "gcg" in methods:
         names = [m for m in found if s.gcg_start == "any" or m in DERIVED]
         starts = [found[m] for m in names]
-        scores = prompt_objectives(pair, starts, train_batches, kind, temperature, fluency_weight)
+        search = on_policy if on_policy is not None and answers is not None else None
+        scores = (prompt_objectives(pair, starts, train_batches, kind, temperature, fluency_weight) if search is None
+                  else _on_policy_objectives(pair, starts, search, answers, kind, temperature, fluency_weight,
+                                             chunk_size))
         if max_perplexity:  # a start within the budget first
             header = _header(pair, train_batches[0])
             nll = torch.tensor([prompt_nll(pair.base, header, p).item() for p in starts])
@@ -170,9 +183,10 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
 
         def search_from(ids_P: torch.Tensor, steps: int, top: int, limit: Optional[float], walking: bool):
             n = s.budget_n_candidates if walking and s.budget_n_candidates is not None else n_candidates
-            return gcg(pair, ids_P, train_batches, allowed, steps, s.top_k, n, kind, temperature,
-                       fluency_weight, chunk_size, seed, progress, top, max_perplexity=limit, walk=walking,
-                       bridging=s.budget_bridging if walking else 0)
+            return gcg(pair, ids_P, search or train_batches, allowed, steps, s.top_k, n, kind, temperature,
+                       fluency_weight, chunk_size, seed, progress, top,
+                       answers=answers if search is not None else None, max_perplexity=limit,
+                       own_answers=s.gcg_own_answers, walk=walking, bridging=s.budget_bridging if walking else 0)
 
         ids = search_from(start, s.gcg_steps, s.fluent_top, None if walk else max_perplexity, False)
         if walk:  # then into the budget, keeping what it can of the effect

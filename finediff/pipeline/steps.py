@@ -75,7 +75,8 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
     found = find_hard_prompts(
         pair, soft_prompt_PD, train, texts.batches(tok, "val", s.eval_batches, s.batch_size), s, objective.kind,
         objective.temperature, objective.chunk_size, objective.seed, answers=answers, start_PD=objective.start,
-        init_texts=tuple(texts.train[: s.init_texts]), progress=progress)
+        init_texts=tuple(texts.train[: s.init_texts]), on_policy=raw if s.gcg_on_policy else None,
+        progress=progress)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
     for h in found:
