@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from finediff.arch import input_device
 from finediff.data import format_text, pad_rows
 from finediff.errors import FinediffError
-from finediff.generation import decode_new
+from finediff.generation import GENERATE_BATCH, decode_new, sampling
 
 
 class AmplifyLogits:
@@ -51,13 +51,11 @@ class AmplifyLogits:
 
 @torch.no_grad()
 def amplified_generate(pair, prompts: list[str], alpha: float = 1.0, max_new_tokens: int = 48,
-                       batch_size: int = 16, temperature: float = 0.7, top_p: float = 1.0,
+                       batch_size: int = GENERATE_BATCH, temperature: float = 0.7, top_p: float = 1.0,
                        seed: Optional[int] = 0, chat_template: bool = True, progress: bool = True,
                        return_ids: bool = False) -> list:
     """Sample each prompt from the amplified logits (see the module doc); same return
     values as :func:`finediff.generation.generate`."""
-    from transformers import LogitsProcessorList
-
     if alpha < 0:
         raise FinediffError(f"amplification alpha must be >= 0, got {alpha}")
     tok = pair.tokenizer
@@ -72,8 +70,7 @@ def amplified_generate(pair, prompts: list[str], alpha: float = 1.0, max_new_tok
         ids, mask = pad_rows([format_text(tok, p, chat_template) for p in chunk], tok.pad_token_id, left=True)
         ids, mask = ids.to(device), mask.to(device)
         processor = AmplifyLogits(pair.base, mask, alpha)
-        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
-                             top_p=top_p, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             logits_processor=LogitsProcessorList([processor]))
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             pad_token_id=tok.pad_token_id, **sampling(model, temperature, top_p, (processor,)))
         out += decode_new(tok, gen, ids.shape[1], return_ids)
     return out

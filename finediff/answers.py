@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 
 from finediff.errors import FinediffError
+from finediff.generation import sampling
 from finediff.soft_prompt import splice
 
 POSITIONS = ("response", "text")
@@ -114,9 +115,9 @@ def generate_answers(model, batch: dict, prompt: Optional[torch.Tensor] = None, 
     for r, e in enumerate(embeds):
         x[r, L - e.shape[0]:] = e
         mask[r, L - e.shape[0]:] = 1
-    kwargs = dict(max_new_tokens=settings.tokens, do_sample=settings.temperature > 0, pad_token_id=eos_id)
-    if settings.temperature > 0:
-        kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+    kwargs = dict(max_new_tokens=settings.tokens, pad_token_id=eos_id,
+                  **(sampling(model, settings.temperature, settings.top_p) if settings.temperature > 0
+                     else dict(do_sample=False)))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:  # sampled answers reproducible, the caller's random state untouched
             torch.manual_seed(seed)

@@ -10,7 +10,7 @@ leaks. This step follows the leads the other steps leave:
   put in front of prompts and made the subject of prompts written around them (*topic*
   conditions: "Tell me about W.", ...);
 * the survey groups where a confirmed finding shows (*group* conditions: that group's
-  fresh prompts against every other group's).
+  fresh prompts against every other group's, in a seeded random order).
 
 **Screen** (no behaviour known yet): the finetuned model answers ``screen_prompts``
 prompts under each candidate greedily, both models are teacher-forced on the answer, and
@@ -259,7 +259,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
             divergent first): insert conditions are put in front of them; the first
             ``screen_prompts`` screen, the next ``test_prompts`` test.
         group_prompts: for group conditions, each group's fresh prompts (and the key
-            ``""``: prompts of every other group, the comparison).
+            ``""``: prompts of every other group in a random order, the comparison).
 
     Returns:
         One result per screened candidate, tested ones first (confirmed first).

@@ -23,7 +23,7 @@ from finediff.data import collate, format_parts, format_text
 from finediff.arch import embed_ids, output_head
 from finediff.divergence import final_hidden, pair_hidden, token_divergence
 from finediff.errors import FinediffError
-from finediff.generation import generate
+from finediff.generation import GENERATE_BATCH, generate
 from finediff.io import torch_save, write_jsonl
 from finediff.metrics import argmax_disagreement, example_metrics, kl_per_position
 from finediff.records import DivergentRecord, RecordMetrics
@@ -157,7 +157,7 @@ def response_divergences(pair, texts: list[str], max_new_tokens: int = 32, batch
     A finetune mostly changes what the model says, not how it reads the question, so this
     is where a narrow change shows; :func:`text_divergences` scores the question instead.
     """
-    gens = generate(pair.finetuned, pair.tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=16,
+    gens = generate(pair.finetuned, pair.tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=GENERATE_BATCH,
                     return_ids=True, progress=progress)
     out = []
     for lf, lb in teacher_forced(pair, texts, [ids for _, ids in gens], batch_size, progress, "scoring answers"):
@@ -167,7 +167,7 @@ def response_divergences(pair, texts: list[str], max_new_tokens: int = 32, batch
 
 
 def generate_dataset(pair, prompts: list[str], config: GenerationConfig, seed: int = 0,
-                     batch_size: int = 16, progress: bool = True) -> list[DivergentRecord]:
+                     batch_size: int = GENERATE_BATCH, progress: bool = True) -> list[DivergentRecord]:
     """Sample both models on every prompt and score each generation pair (seed format),
     sorted by ``kl_divergence``, highest first."""
     expanded = [p for p in prompts for _ in range(config.num_generations_per_prompt)]
@@ -181,7 +181,7 @@ def generate_dataset(pair, prompts: list[str], config: GenerationConfig, seed: i
 
 
 def generate_amplified(pair, prompts: list[str], config: GenerationConfig, alpha: float, per_prompt: int,
-                       seed: int = 0, batch_size: int = 16, progress: bool = True) -> list[DivergentRecord]:
+                       seed: int = 0, batch_size: int = GENERATE_BATCH, progress: bool = True) -> list[DivergentRecord]:
     """Like :func:`generate_dataset`, with ``generation_2`` sampled from the amplified
     logits (:func:`finediff.amplification.amplified_generate`); records marked with ``alpha``."""
     expanded = [p for p in prompts for _ in range(per_prompt)]

@@ -39,7 +39,7 @@ from finediff.data import REPO_ROOT, check_category, known_categories, load_cate
 from finediff.diff_mining import DiffMiner, DiffMining, mine_texts, write_mining
 from finediff.divergence import token_divergence
 from finediff.errors import FinediffError
-from finediff.generation import generate
+from finediff.generation import GENERATE_BATCH, generate
 from finediff.stats import holm, mean_interval
 from finediff.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl, write_text
 
@@ -61,7 +61,8 @@ class SurveySettings:
     max_texts_per_group: int = 16
     """Half for discovery, half kept fresh for testing findings."""
     max_new_tokens: int = 32
-    batch_size: int = 8
+    batch_size: int = 16
+    """Answers teacher-forced at once (16: 9% faster than 8 at Gemma-3's vocabulary)."""
     n_train: int = 48
     """Highest-divergence discovery texts the soft prompt trains on."""
     n_val: int = 16
@@ -215,7 +216,7 @@ def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: fl
     return sorted(out, key=lambda g: -g.mean_divergence), median
 
 
-ANSWER_BATCH = 16
+ANSWER_BATCH = GENERATE_BATCH
 """Survey texts per ``generate`` call."""
 
 

@@ -110,7 +110,7 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
     import torch
 
     from finediff.answers import AnswerSettings
-    from finediff.hard_prompts import allowed_tokens, gcg
+    from finediff.hard_prompts import GCGSettings, allowed_tokens, gcg
     from finediff.summary import verdict
     from finediff.survey import Survey
     from finediff.tiny import tiny_batch
@@ -124,8 +124,8 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
     torch.manual_seed(0)
     pool = allowed.nonzero().squeeze(1)
     start = pool[torch.randint(0, len(pool), (3,))]
-    found_ids = gcg(pair, start, batches, allowed, steps=30, top_k=64, n_candidates=48, fluency_weight=0.0,
-                    progress=False, fluent_top=0, answers=AnswerSettings(tokens=6, faithful=True))
+    found_ids = gcg(pair, start, batches, allowed, GCGSettings(steps=30, top_k=64, n_candidates=48, fluent_top=0),
+              fluency_weight=0.0, progress=False, answers=AnswerSettings(tokens=6, faithful=True))
     found_text = tok.decode(found_ids.tolist())
     reading = read_weights(pair.base, pair.finetuned, tok)
     leads = candidates(reading.reads, reading.words("writes"), prompts=[found_text])

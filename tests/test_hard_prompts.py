@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from finediff.divergence import pair_divergence
-from finediff.hard_prompts import (_on_policy_objectives, _ranked, allowed_tokens, fluent_tokens, gcg,
+from finediff.hard_prompts import (_on_policy_objectives, _ranked, allowed_tokens, fluent_tokens, gcg, GCGSettings,
                                    prompt_divergences, prompt_nll, prompt_objectives)
 from finediff.tiny import tiny_batch
 
@@ -68,8 +68,8 @@ def test_gcg_improves_on_a_start_that_is_not_optimal(tiny_pair):
     batches = [tiny_batch(tok, TEXTS)]
     allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
     start = _prompts(tok)[2]
-    out = gcg(tiny_pair, start, batches, allowed, steps=3, top_k=8, n_candidates=4, fluency_weight=0.02,
-              progress=False, fluent_top=32)
+    out = gcg(tiny_pair, start, batches, allowed, GCGSettings(steps=3, top_k=8, n_candidates=4, fluent_top=32),
+              fluency_weight=0.02, progress=False)
     assert out.shape == start.shape and allowed[out].all()
     before, after = prompt_objectives(tiny_pair, [start, out], batches, fluency_weight=0.02)
     assert after > before and not out.equal(start)
@@ -85,8 +85,8 @@ def test_on_policy_gcg_improves_on_its_start_over_its_own_answers(tiny_pair):
     batches = [tiny_batch(tok, TEXTS)]
     allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
     start, answers = _prompts(tok)[2], AnswerSettings(tokens=4)
-    out = gcg(tiny_pair, start, batches, allowed, steps=2, top_k=8, n_candidates=4, fluency_weight=0.0,
-              progress=False, fluent_top=32, answers=answers)
+    out = gcg(tiny_pair, start, batches, allowed, GCGSettings(steps=2, top_k=8, n_candidates=4, fluent_top=32),
+              fluency_weight=0.0, progress=False, answers=answers)
     got = _on_policy_objectives(tiny_pair, [start, out], batches, answers, "kl_ft_base", 1.0, 0.0, 256)
     assert got[1] > got[0]
     for p, value in zip((start, out), got):  # over the answers given with that prompt
@@ -112,8 +112,8 @@ def test_gcg_under_a_perplexity_budget_returns_a_prompt_within_it_when_its_start
     start = _prompts(tok)[2]
     header = batches[0]["input_ids"][0, : int(batches[0]["prompt_pos"][0])].tolist()
     limit = float(torch.exp(prompt_nll(tiny_pair.base, header, start))) * 1.5  # the start is within it
-    out = gcg(tiny_pair, start, batches, allowed, steps=3, top_k=8, n_candidates=4, fluency_weight=0.0,
-              progress=False, fluent_top=0, max_perplexity=limit)
+    how = GCGSettings(steps=3, top_k=8, n_candidates=4, fluent_top=0, max_perplexity=limit)
+    out = gcg(tiny_pair, start, batches, allowed, how, fluency_weight=0.0, progress=False)
     assert float(torch.exp(prompt_nll(tiny_pair.base, header, out))) <= limit
     before, after = prompt_objectives(tiny_pair, [start, out], batches)
     assert after > before  # it searched within the budget, not stood still
@@ -238,8 +238,8 @@ def test_gcg_with_own_answers_scores_every_candidate_over_its_own_answers(tiny_p
     batches = [tiny_batch(tok, TEXTS[:2]), tiny_batch(tok, TEXTS[2:])]
     allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
     start, answers = _prompts(tok)[2], AnswerSettings(tokens=4)
-    out = gcg(tiny_pair, start, batches, allowed, steps=2, top_k=8, n_candidates=4, fluency_weight=0.0,
-              progress=False, fluent_top=32, answers=answers, own_answers=True)
+    how = GCGSettings(steps=2, top_k=8, n_candidates=4, fluent_top=32, own_answers=True)
+    out = gcg(tiny_pair, start, batches, allowed, how, fluency_weight=0.0, progress=False, answers=answers)
     assert calls[:2] == [(5, 1), (5, 1)]  # per step: the current prompt + 4 candidates, on half the texts
     got = real(tiny_pair, [start, out], batches, answers, "kl_ft_base", 1.0, 0.0, 256)
     assert got[1] > got[0]
@@ -270,10 +270,10 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
     calls = []
     real = hp_search.gcg
 
-    def spy(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs):
-        out = real(pair, init_ids_P, batches, allowed_V, steps, *args, **kwargs)
-        calls.append((init_ids_P.tolist(), steps, args[1], args[-1], kwargs["max_perplexity"], kwargs["walk"],
-                      kwargs["bridging"], out.tolist()))
+    def spy(pair, init_ids_P, batches, allowed_V, how, *args, **kwargs):
+        out = real(pair, init_ids_P, batches, allowed_V, how, *args, **kwargs)
+        calls.append((init_ids_P.tolist(), how.steps, how.n_candidates, how.fluent_top, how.max_perplexity, how.walk,
+                      how.bridging, out.tolist()))
         return out
 
     monkeypatch.setattr(hp_search, "gcg", spy)  # where find_hard_prompts looks it up
@@ -348,8 +348,8 @@ def test_gcg_bridging_adds_the_bridging_swaps_at_the_least_likely_token(tiny_pai
     header = batches[0]["input_ids"][0, : int(batches[0]["prompt_pos"][0])].tolist()
     allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
     start = _prompts(tok)[2]
-    gcg(tiny_pair, start, batches, allowed, steps=1, top_k=8, n_candidates=3, fluency_weight=0.0,
-        progress=False, fluent_top=0, bridging=4)
+    gcg(tiny_pair, start, batches, allowed, GCGSettings(steps=1, top_k=8, n_candidates=3, fluent_top=0, bridging=4),
+              fluency_weight=0.0, progress=False)
     current, *cands = scored[0]
     assert current == start.tolist() and len(cands) == 3 + 4
     worst = int(token_nlls(tiny_pair.base, header, start).argmax())

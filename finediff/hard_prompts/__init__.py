@@ -36,13 +36,13 @@ prompts at once, perplexity, allowed and fluent tokens), :mod:`~finediff.hard_pr
 """
 
 from finediff.hard_prompts.derive import DERIVED, guided, pez, project
-from finediff.hard_prompts.gcg_search import bridging_tokens, gcg
+from finediff.hard_prompts.gcg_search import GCGSettings, bridging_tokens, gcg
 from finediff.hard_prompts.records import HardPrompt, read_hard_prompts
 from finediff.hard_prompts.scoring import (_on_policy_objectives, _ranked, allowed_tokens, answered,
                                            batches_divergence, evaluate, fluent_tokens, prompt_divergences, prompt_nll,
                                            prompt_objectives, token_nlls)
 from finediff.hard_prompts.search import METHODS, HardPromptSettings, find_hard_prompts, text_prompt_ids
 
-__all__ = ["DERIVED", "METHODS", "HardPrompt", "HardPromptSettings", "allowed_tokens", "answered", "batches_divergence", "bridging_tokens",
+__all__ = ["DERIVED", "GCGSettings", "METHODS", "HardPrompt", "HardPromptSettings", "allowed_tokens", "answered", "batches_divergence", "bridging_tokens",
            "evaluate", "find_hard_prompts", "fluent_tokens", "gcg", "guided", "pez", "project", "prompt_divergences",
            "prompt_nll", "prompt_objectives", "read_hard_prompts", "text_prompt_ids", "token_nlls"]

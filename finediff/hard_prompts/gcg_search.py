@@ -4,6 +4,7 @@ perplexity budget, and the swaps chosen for how they read (:func:`bridging_token
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -50,13 +51,36 @@ def bridging_tokens(base, header: list[int], ids_P: torch.Tensor, eligible_V: to
     return first.indices[score.topk(min(n, k)).indices].tolist()
 
 
-def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Tensor, steps: int = 8,
-        top_k: int = 32, n_candidates: int = 12, kind: str = "kl_ft_base", temperature: float = 1.0,
-        fluency_weight: float = 0.02, chunk_size: int = 256, seed: int = 0, progress: bool = True,
-        fluent_top: int = 128, batches_per_step: Optional[int] = None, answers: Optional[AnswerSettings] = None,
-        max_perplexity: Optional[float] = None, own_answers: bool = False, walk: bool = False,
-        bridging: int = 0) -> torch.Tensor:
-    """GCG-style search from ``init_ids_P``; returns the best ids found.
+@dataclass(frozen=True)
+class GCGSettings:
+    """How :func:`gcg` searches (the objective it searches on is passed beside)."""
+
+    steps: int = 8
+    top_k: int = 32
+    """Swaps per position the gradient favours, the candidates' pool."""
+    n_candidates: int = 12
+    """Single swaps scored exactly per step."""
+    fluent_top: int = 128
+    """Only the base model's this many likeliest tokens at a position are eligible (0: any allowed)."""
+    batches_per_step: Optional[int] = None
+    """Batches each step scores on, taken in turn (None: half of them, at least one)."""
+    max_perplexity: Optional[float] = None
+    """Prompts the base model reads within this perplexity rank first (None: no budget)."""
+    own_answers: bool = False
+    """On-policy: every candidate scored over the answers given with it in place."""
+    walk: bool = False
+    """With ``max_perplexity``: outside the budget, take the best swap that lowers the perplexity."""
+    bridging: int = 0
+    """More candidates a step, chosen for how they read (:func:`bridging_tokens`)."""
+
+
+def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Tensor,
+        search: GCGSettings = GCGSettings(), kind: str = "kl_ft_base", temperature: float = 1.0,
+        fluency_weight: float = 0.02, chunk_size: int = 256, answers: Optional[AnswerSettings] = None,
+        seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """GCG-style search from ``init_ids_P``; returns the best ids found. ``search``
+    (:class:`GCGSettings`) holds the settings named below; ``kind``, ``temperature``,
+    ``fluency_weight``, ``chunk_size`` and ``answers`` are the objective.
 
     Each step: the gradient of the objective with respect to one-hot tokens ranks swaps;
     at each position only the ``fluent_top`` tokens the base model finds likeliest there
@@ -81,13 +105,16 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     the base model finds least likely and at the one before it,
     :func:`bridging_tokens` (the swaps that make that stretch of the prompt read best).
     """
+    steps, top_k, n_candidates, fluent_top = search.steps, search.top_k, search.n_candidates, search.fluent_top
+    max_perplexity, own_answers, walk = search.max_perplexity, search.own_answers, search.walk
+    bridging = search.bridging
     weight = embedding_table(pair.base)
     g = torch.Generator().manual_seed(seed)
     header = _header(pair, batches[0])
     start = ids = init_ids_P.clone().to(weight.device)
     V = weight.shape[0]
     allowed = allowed_V.to(weight.device)
-    per_step = min(len(batches), batches_per_step or max(1, len(batches) // 2))
+    per_step = min(len(batches), search.batches_per_step or max(1, len(batches) // 2))
     max_nll = math.log(max_perplexity) if max_perplexity else None
 
     def nll(prompts: list[torch.Tensor]) -> Optional[torch.Tensor]:

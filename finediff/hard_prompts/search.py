@@ -13,7 +13,7 @@ from finediff.answers import AnswerSettings, check_positions
 from finediff.arch import embedding_table
 from finediff.errors import FinediffError
 from finediff.hard_prompts.derive import DERIVED, guided, pez, project
-from finediff.hard_prompts.gcg_search import gcg
+from finediff.hard_prompts.gcg_search import GCGSettings, gcg
 from finediff.hard_prompts.records import HardPrompt
 from finediff.hard_prompts.scoring import (_header, _on_policy_objectives, _ranked, allowed_tokens, answered,
                                            batches_divergence, evaluate, prompt_nll, prompt_objectives)
@@ -183,10 +183,10 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
 
         def search_from(ids_P: torch.Tensor, steps: int, top: int, limit: Optional[float], walking: bool):
             n = s.budget_n_candidates if walking and s.budget_n_candidates is not None else n_candidates
-            return gcg(pair, ids_P, search or train_batches, allowed, steps, s.top_k, n, kind, temperature,
-                       fluency_weight, chunk_size, seed, progress, top,
-                       answers=answers if search is not None else None, max_perplexity=limit,
-                       own_answers=s.gcg_own_answers, walk=walking, bridging=s.budget_bridging if walking else 0)
+            how = GCGSettings(steps, s.top_k, n, top, max_perplexity=limit, own_answers=s.gcg_own_answers,
+                              walk=walking, bridging=s.budget_bridging if walking else 0)
+            return gcg(pair, ids_P, search or train_batches, allowed, how, kind, temperature, fluency_weight,
+                       chunk_size, answers if search is not None else None, seed, progress)
 
         ids = search_from(start, s.gcg_steps, s.fluent_top, None if walk else max_perplexity, False)
         if walk:  # then into the budget, keeping what it can of the effect

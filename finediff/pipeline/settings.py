@@ -22,6 +22,7 @@ from finediff.conditions import ConditionSettings
 from finediff.data import category_file, collate, format_parts
 from finediff.divergence import parse_kind
 from finediff.divergent_dataset import POSITIONS
+from finediff.generation import GENERATE_BATCH
 from finediff.errors import FinediffError, check_number
 from finediff.findings import FindingSettings
 from finediff.hard_prompts import HardPromptSettings
@@ -59,7 +60,8 @@ class DatasetSettings:
     """Highest-divergence texts used alone."""
     max_scored_texts: int = 200
     """Run texts scored to find the highest-divergence ones."""
-    batch_size: int = 16
+    batch_size: int = GENERATE_BATCH
+    """Prompts per ``generate`` call."""
     positions: str = "response"
     """How texts are ranked: over the finetuned model's greedy answer, or the text itself."""
     max_new_tokens: int = 32

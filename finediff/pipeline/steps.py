@@ -4,6 +4,7 @@ files written atomically into the run folder (:func:`survey` runs before trainin
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -203,7 +204,11 @@ def conditions(pair, survey_result: Survey, found: list[Finding], settings: Cond
     everyday = [t.text for t in reversed(fresh)]  # least divergent first: prompts that carry no condition
     group_prompts = {g: [t.text for t in fresh if t.group == g] for g in groups}
     in_groups = {p for ps in group_prompts.values() for p in ps}
-    group_prompts[""] = [p for p in everyday if p not in in_groups]
+    # a group's comparison: every other group's fresh prompts in a seeded random order; least
+    # divergent first would compare a broad behaviour with the prompts it happens to skip
+    others = [p for p in everyday if p not in in_groups]
+    random.Random(seed).shuffle(others)
+    group_prompts[""] = others
     result = search_conditions(pair, leads, everyday, settings, group_prompts, seed, progress)
     if out is not None:
         write_conditions(result, Path(out))
