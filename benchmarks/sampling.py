@@ -1,0 +1,77 @@
+"""What an audit's generation costs: prompts per call, the sampler, teacher-forced batches.
+
+    python benchmarks/sampling.py [--base embedded:gemma3-270m] [--adapter organisms/persona_gemma3]
+                                  [--prompts 64] [--new-tokens 24]
+
+On the everyday probe prompts, the finetuned model of the pair:
+
+* greedy answers, 16 against 32 prompts per ``generate`` call;
+* sampled answers (temperature 0.7, 32 per call): transformers' own sampling
+  (``do_sample=True``: ``torch.multinomial`` draws a random number for every vocabulary
+  token) against finediff's :class:`~finediff.generation.Sample` (the same top-k, top-p and
+  temperature, one draw among the kept tokens);
+* both models teacher-forced on the greedy answers, 8 against 16 answers per batch.
+
+Prints wall times as JSON. The larger the vocabulary, the more the sampler matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from finediff import names
+from finediff.data import REPO_ROOT, format_text, pad_rows
+from finediff.divergence import token_divergence
+from finediff.divergent_dataset import teacher_forced
+from finediff.generation import generate
+from finediff.io import read_jsonl
+from finediff.models import load_model_pair
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return round(time.perf_counter() - t, 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="embedded:gemma3-270m")
+    ap.add_argument("--adapter", default="organisms/persona_gemma3")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=24)
+    args = ap.parse_args()
+    pair = load_model_pair(args.base, adapter=str(REPO_ROOT / args.adapter))
+    model, tok = pair.finetuned, pair.tokenizer
+    prompts = [row["text"] for _, row in read_jsonl(REPO_ROOT / names.PROBES_FILE)][: args.prompts]
+    kw = dict(max_new_tokens=args.new_tokens, seed=None, return_ids=True, progress=False)
+    generate(model, tok, prompts[:2], **kw)  # warm-up
+    out = {"base": args.base, "vocabulary": model.get_input_embeddings().weight.shape[0], "prompts": len(prompts),
+           "new_tokens": args.new_tokens, "threads": torch.get_num_threads()}
+    answers = []
+    out["greedy_16_s"] = timed(lambda: generate(model, tok, prompts, batch_size=16, **kw))
+    out["greedy_32_s"] = timed(lambda: answers.extend(generate(model, tok, prompts, batch_size=32, **kw)))
+
+    def transformers_sampling():  # generate()'s batches, sampled by transformers itself
+        for start in range(0, len(prompts), 32):
+            ids, mask = pad_rows([format_text(tok, p) for p in prompts[start:start + 32]], tok.pad_token_id, left=True)
+            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_p=1.0,
+                           max_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
+
+    torch.manual_seed(0)
+    out["sampled_transformers_s"] = timed(transformers_sampling)
+    out["sampled_finediff_s"] = timed(lambda: generate(model, tok, prompts, batch_size=32, do_sample=True,
+                                                       temperature=0.7, **{**kw, "seed": 0}))
+    ids = [i for _, i in answers]
+    for size in (8, 16):
+        out[f"teacher_forced_{size}_s"] = timed(lambda: [token_divergence(a, b) for a, b in
+                                                         teacher_forced(pair, prompts, ids, size)])
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
