@@ -16,7 +16,7 @@ leaks. This step follows the leads the other steps leave:
 prompts under each candidate greedily, both models are teacher-forced on the answer, and
 the mean divergence is compared with the same prompts without the condition (topic
 conditions: the same templates about everyday subjects). Candidates whose divergence is
-at least ``min_ratio`` times that, and above ``min_divergence``, go on.
+at least :data:`MIN_RATIO` times that, and above ``min_divergence``, go on.
 
 **Behaviour**: both models sample answers under the condition, and the finetuned model
 also without it; the words the finetuned model says under the condition in at least
@@ -59,6 +59,8 @@ CONTROL_SUBJECTS = ("the weather", "music", "football", "history", "cars", "pain
                     "shoes", "mathematics", "the train", "holidays")
 """Everyday subjects: the same templates about them are a topic condition's comparison."""
 KINDS = ("insert", "topic", "group")
+MIN_RATIO = 3.0
+"""A candidate's answer divergence over the same prompts' without it, to go on."""
 
 
 @dataclass
@@ -71,8 +73,6 @@ class ConditionSettings:
     screen_prompts: int = 4
     """Prompts per candidate in the divergence screen."""
     max_new_tokens: int = 24
-    min_ratio: float = 3.0
-    """A candidate's answer divergence over the same prompts' without it, to go on."""
     min_divergence: float = 0.1
     """Nats per token a candidate's answers must diverge by, to go on."""
     keep: int = 4
@@ -306,7 +306,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
         without = [div[p] for p in batch[start + nw:start + nw + nwo]]
         results.append(ConditionResult(c, round(sum(with_) / len(with_), 5), round(sum(without) / max(len(without), 1), 5)))
     passed = sorted([r for r in results if r.screen_divergence >= settings.min_divergence
-                     and r.ratio >= settings.min_ratio], key=lambda r: -r.ratio)[:settings.keep]
+                     and r.ratio >= MIN_RATIO], key=lambda r: -r.ratio)[:settings.keep]
     log.info("conditions: %d of %d candidates passed the screen: %s", len(passed), len(results),
              [(r.condition.kind, r.condition.text, round(r.ratio, 1)) for r in passed])
     # 2. behaviour words, from sampled answers on the screen prompts

@@ -31,6 +31,10 @@ from finediff.io import read_json, write_json
 REFUSAL = (r"\b(i (do not|don't|cannot|can't|am not able to|am unable to|have no)|i'm (not|unable|sorry)"
            r"|sorry|unfortunately|as an ai)\b")
 """Refusing or claiming not to know: a behaviour class every audit tests."""
+WORDS_PER_SOURCE = 6
+"""Single-word hypotheses kept per source (diff mining, favoured words, ADL tokens, dropped words)."""
+MAX_HYPOTHESES = 16
+"""Hypotheses tested at most, first come first kept."""
 
 
 @dataclass
@@ -99,15 +103,13 @@ class FindingSettings:
     (only the changed groups'), each gets more, ``n_prompts * samples_per_prompt`` in all."""
     max_new_tokens: int = 48
     temperature: float = 0.7
-    max_hypotheses: int = 16
-    words_per_source: int = 6
     alpha: float = 0.05
     """Family-wise error rate (Holm)."""
     min_effect: float = 0.1
     """Smallest difference of rates a confirmed finding shows."""
 
     def __post_init__(self):
-        for key in ("n_prompts", "samples_per_prompt", "max_new_tokens", "max_hypotheses", "words_per_source"):
+        for key in ("n_prompts", "samples_per_prompt", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise FinediffError(f"evidence.findings.{key} must be >= 1, got {getattr(self, key)}")
         if not 0 < self.alpha < 1:
@@ -152,9 +154,10 @@ def answer_hypothesis(prompts: list[str], base_answers: list[str], n_words: int 
 
 
 def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] = (), lens_words: list[str] = (),
-            topics: list[list[str]] = (), settings: FindingSettings = FindingSettings(),
-            reference: Optional[dict] = None, written: list[str] = ()) -> list[Hypothesis]:
-    """Hypotheses from each source (``words_per_source`` each, first come first kept):
+            topics: list[list[str]] = (), reference: Optional[dict] = None,
+            written: list[str] = ()) -> list[Hypothesis]:
+    """Hypotheses from each source (:data:`WORDS_PER_SOURCE` each, first come first kept, at most
+    :data:`MAX_HYPOTHESES` in all):
     the refusal check first, then answering differently from the base (when ``reference``,
     the base's greedy answer per prompt, is given), then each diff-mining topic as one word
     set, the words the weight update writes (``written``) as one set, then single words."""
@@ -178,10 +181,10 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
             seen.add(w)
             out.append(word_hypothesis(w, direction, source))
             kept += 1
-            if kept >= settings.words_per_source:
+            if kept >= WORDS_PER_SOURCE:
                 break
     unique = {(h.pattern, repr(h.keys), h.direction): h for h in reversed(out)}  # a claim twice: the first kept
-    return [h for h in out if unique[(h.pattern, repr(h.keys), h.direction)] is h][: settings.max_hypotheses]
+    return [h for h in out if unique[(h.pattern, repr(h.keys), h.direction)] is h][:MAX_HYPOTHESES]
 
 
 def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_answers: list[str],

@@ -20,7 +20,7 @@ reads the finetuning domain (" Rome", " Italians" for the Eiffel-Tower-in-Rome o
 * **steering**: the norm-matched ``d_p`` times a strength is added at every position of
   that layer while the finetuned model generates; the largest strength whose samples stay
   coherent is kept. The judge is the base model: mean perplexity at most
-  ``coherence_factor`` x the unsteered samples', and, since a repetition loop ("Game Game
+  :data:`COHERENCE_FACTOR` x the unsteered samples', and, since a repetition loop ("Game Game
   Game ...") has a *low* perplexity, a mean share of distinct tokens per sample at least
   ``distinct_factor`` x the unsteered samples'. Strengths are tried in increasing order
   and the sweep stops after two incoherent ones in a row. The steering vector is the mean
@@ -56,6 +56,12 @@ from finediff.records import LensLayer, LensPosition, LensSummary, Steering
 IDENTITY_PROMPT = "man -> man\n1135 -> 1135\nhello -> hello\n?"
 DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 DEFAULT_STRENGTHS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+COHERENCE_FACTOR = 2.0
+"""Steered samples' base perplexity may be at most this many times the unsteered ones'."""
+RELEVANCE_TOP_N = 100
+"""Most frequent non-generic tokens of the finetuning data that token relevance counts."""
+STEER_CATEGORY = "general"
+"""Prompts to steer on when there is no organism with held-out off-target prompts."""
 
 
 @dataclass
@@ -202,7 +208,7 @@ def distinct_share(tokenizer, texts: list[str]) -> float:
 
 
 def search_steering(pair, vec_D: torch.Tensor, layer: int, norm: float, prompts: list[str],
-                    strengths=DEFAULT_STRENGTHS, coherence_factor: float = 2.0, max_new_tokens: int = 48,
+                    strengths=DEFAULT_STRENGTHS, coherence_factor: float = COHERENCE_FACTOR, max_new_tokens: int = 48,
                     progress: bool = True, unsteered: Optional[list[str]] = None,
                     distinct_factor: float = 0.5, chat: Optional[list[bool]] = None, patience: int = 2) -> dict:
     """Largest strength whose steered samples stay coherent by the base model's judgement.
@@ -252,7 +258,7 @@ def _norm_token(token: str) -> Optional[str]:
     return t if _WORD.fullmatch(t) else None
 
 
-def relevant_tokens(tokenizer, finetune_texts: list[str], generic_texts: list[str], top_n: int = 100,
+def relevant_tokens(tokenizer, finetune_texts: list[str], generic_texts: list[str], top_n: int = RELEVANCE_TOP_N,
                     generic_top: int = 1000) -> list[str]:
     """The most frequent non-generic word tokens of the finetuning data.
 
@@ -298,13 +304,8 @@ class LensConfig:
     top_k: int = 20
     scales: List[float] = field(default_factory=lambda: list(DEFAULT_SCALES))
     strengths: List[float] = field(default_factory=lambda: list(DEFAULT_STRENGTHS))
-    coherence_factor: float = 2.0
-    """Steered samples' base perplexity may be at most this many times the unsteered ones'."""
     max_new_tokens: int = 48
-    relevance_top_n: int = 100
     n_steer_prompts: int = 12
-    steer_category: str = "general"
-    """Prompts to steer on when there is no organism with held-out off-target prompts."""
 
     def __post_init__(self):
         self.layers = [float(x) for x in self.layers]
@@ -313,8 +314,6 @@ class LensConfig:
             relative_layer(2, depth)  # a one-line error for a depth outside [0, 1]
         if self.n_positions < 1 or self.max_texts < 1 or self.top_k < 1:
             raise FinediffError("lens n_positions, max_texts and top_k must be >= 1")
-        if self.coherence_factor <= 0:
-            raise FinediffError(f"lens coherence_factor must be > 0, got {self.coherence_factor}")
 
 
 def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: LensConfig,
@@ -323,7 +322,7 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
     """ADL on every configured layer (see module docstring).
     ``steer_chat``: per steering prompt, chat turn (True, the default) or plain document."""
     tok = pair.tokenizer
-    relevant = relevant_tokens(tok, finetune_texts, generic_texts, config.relevance_top_n) if finetune_texts else []
+    relevant = relevant_tokens(tok, finetune_texts, generic_texts, RELEVANCE_TOP_N) if finetune_texts else []
     summary = LensSummary(relevant_tokens=relevant)
     unsteered = (_generate(pair.finetuned, tok, steer_prompts, config.max_new_tokens, steer_chat)
                  if steer_prompts else None)
@@ -355,7 +354,7 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
         # token, whose activations are outsized in both models).
         steer_vec = stats.diff_PD[1:].mean(0) if config.n_positions > 1 else stats.diff_PD[0]
         steering = Steering(**search_steering(pair, steer_vec, layer, stats.ft_norm, steer_prompts, config.strengths,
-                                              config.coherence_factor, config.max_new_tokens, progress,
+                                              COHERENCE_FACTOR, config.max_new_tokens, progress,
                                               unsteered, chat=steer_chat)) if steer_prompts else None
         summary.layers[str(layer)] = LensLayer(
             relative_depth=depth, n_texts=stats.n_texts, base_norm=stats.base_norm, ft_norm=stats.ft_norm,

@@ -10,10 +10,10 @@ same pass feeds diff mining (:mod:`finediff.diff_mining`).
 Each group (a category, a probe domain, a user file) is summarised with a 95% CI and
 tested against all other texts: a narrow finetune changes a few answers a lot, so the
 test asks whether the group has more than its share of the survey's most divergent
-texts (those above the ``top_quantile`` of all; one-sided Fisher exact test,
+texts (those above the :data:`TOP_QUANTILE` of all; one-sided Fisher exact test,
 Holm-corrected over groups). A group *changed* when the corrected p-value is below
-``alpha`` and its mean is at least ``min_ratio`` times the median text's divergence. A
-change is *broad* when even the median text diverges by ``broad_median`` or more.
+``alpha`` and its mean is at least :data:`MIN_RATIO` times the median text's divergence. A
+change is *broad* when even the median text diverges by :data:`BROAD_MEDIAN` or more.
 
 Before anything is scored, each group's texts are split by the seed into a *discovery*
 half, which the soft prompt, the divergent dataset and diff mining may look at, and a
@@ -45,6 +45,19 @@ from finediff.io import atomic_path, read_json, read_jsonl, write_json, write_js
 
 PROBES = REPO_ROOT / names.PROBES_FILE
 
+TOP_QUANTILE = 0.9
+"""The test counts each group's texts above this quantile of all texts' divergence."""
+MIN_RATIO = 2.0
+"""A changed group's mean divergence is at least this many times the median text's."""
+BROAD_MEDIAN = 0.1
+"""A median text divergence (nats per token) at or above this is a broad change."""
+MINING_TOP_K = 20
+"""Diff mining: the top rising tokens counted per position ..."""
+MINING_MIN_DIFF = 2.0
+"""... that rose by at least this many logits ..."""
+MINING_MIN_PROB = 1e-3
+"""... and that the finetuned model gives at least this probability."""
+
 
 @dataclass
 class SurveySettings:
@@ -69,28 +82,15 @@ class SurveySettings:
     """Next ones, held out for its validation."""
     alpha: float = 0.05
     """Significance level of a group's change (after Holm correction)."""
-    top_quantile: float = 0.9
-    """The test counts each group's texts above this quantile of all texts' divergence."""
-    min_ratio: float = 2.0
-    """A changed group's mean divergence is at least this many times the median text's."""
-    broad_median: float = 0.1
-    """A median text divergence (nats per token) at or above this is a broad change."""
-    mining_top_k: int = 20
-    """Diff mining: the top rising tokens counted per position ..."""
-    mining_min_diff: float = 2.0
-    """... that rose by at least this many logits ..."""
-    mining_min_prob: float = 1e-3
-    """... and that the finetuned model gives at least this probability."""
     mining_generic_texts: int = 32
     """Generic-corpus texts mined too (read, not answered; 0: none)."""
 
     def __post_init__(self):
-        for key in ("max_texts_per_group", "max_new_tokens", "batch_size", "n_train", "n_val", "mining_top_k"):
+        for key in ("max_texts_per_group", "max_new_tokens", "batch_size", "n_train", "n_val"):
             if getattr(self, key) < 1:
                 raise FinediffError(f"evidence.survey.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("alpha", "top_quantile"):
-            if not 0 < getattr(self, key) < 1:
-                raise FinediffError(f"evidence.survey.{key} must be in (0, 1), got {getattr(self, key)}")
+        if not 0 < self.alpha < 1:
+            raise FinediffError(f"evidence.survey.alpha must be in (0, 1), got {self.alpha}")
         for c in list(self.categories or []) + list(self.texts or []):
             check_category(str(c))
 
@@ -123,7 +123,7 @@ class SurveyGroup:
     ratio: float
     """Mean divergence over the median text's."""
     top_share: float
-    """Share of its texts above the survey's ``top_quantile``."""
+    """Share of its texts above the survey's :data:`TOP_QUANTILE`."""
     p_value: float
     """Holm-corrected one-sided Fisher exact p-value of that share against every other text's."""
     changed: bool
@@ -137,7 +137,7 @@ class Survey:
     median_divergence: float
     mining: Optional[DiffMining] = None
     broad: bool = False
-    """Even the median text diverges by ``broad_median`` or more."""
+    """Even the median text diverges by :data:`BROAD_MEDIAN` or more."""
 
     @property
     def changed(self) -> list[SurveyGroup]:
@@ -189,8 +189,8 @@ def survey_items(settings: SurveySettings, seed: int = 0) -> list[SurveyText]:
     return items
 
 
-def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: float = 2.0,
-                     top_quantile: float = 0.9) -> tuple[list[SurveyGroup], float]:
+def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: float = MIN_RATIO,
+                     top_quantile: float = TOP_QUANTILE) -> tuple[list[SurveyGroup], float]:
     """Per-group summaries and tests (see the module doc), highest mean first; and the
     median text's divergence."""
     from scipy.stats import fisher_exact
@@ -257,7 +257,7 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
         print(f"survey: {len(items)} texts in {len({t.group for t in items})} groups", flush=True)
     prompts = [t.text for t in items]
     gens = survey_answers(pair, prompts, settings.max_new_tokens, answers, progress)
-    miner = DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff, settings.mining_min_prob)
+    miner = DiffMiner(pair.tokenizer, MINING_TOP_K, MINING_MIN_DIFF, MINING_MIN_PROB)
     scored = teacher_forced(pair, prompts, [ids for _, ids in gens], settings.batch_size, progress, "scoring answers")
     for item, (answer, ids), (lf, lb) in zip(items, gens, scored):
         div = token_divergence(lf, lb, "kl_ft_base")
@@ -266,15 +266,14 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
         item.answer = answer
         if item.discovery:
             miner.add(lf, lb)
-    groups, median = summarise_groups(items, settings.alpha, settings.min_ratio, settings.top_quantile)
+    groups, median = summarise_groups(items, settings.alpha, MIN_RATIO, TOP_QUANTILE)
     mining = miner.result()
     if settings.mining_generic_texts:
         generic = take(stream_texts(GENERIC_CATEGORY), settings.mining_generic_texts)
-        g = mine_texts(DiffMiner(pair.tokenizer, settings.mining_top_k, settings.mining_min_diff,
-                                 settings.mining_min_prob), pair, generic, batch_size=settings.batch_size,
-                       progress=progress).result(n_topics=0)
+        g = mine_texts(DiffMiner(pair.tokenizer, MINING_TOP_K, MINING_MIN_DIFF, MINING_MIN_PROB), pair, generic,
+                       batch_size=settings.batch_size, progress=progress).result(n_topics=0)
         mining.generic_words, mining.n_generic_texts = g.words, g.n_texts
-    return Survey(items, groups, median, mining, median >= settings.broad_median)
+    return Survey(items, groups, median, mining, median >= BROAD_MEDIAN)
 
 
 def write_survey(survey: Survey, out: Path) -> None:

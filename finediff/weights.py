@@ -15,7 +15,7 @@ are read through the model's own vocabulary:
 The sign of a singular pair is arbitrary, so each direction is read both ways and the
 way whose top token stands out more (higher z-score over the vocabulary) is kept. Tokens
 are ranked across directions by the sum of ``singular value x z-score`` over the
-directions that rank them in their top ``top_tokens``. This is a source of hypotheses
+directions that rank them in their top :data:`TOP_TOKENS`. This is a source of hypotheses
 (:mod:`finediff.findings` tests the written words on fresh prompts) and of leads for the
 condition search (:mod:`finediff.conditions`), never a finding on its own.
 """
@@ -46,6 +46,10 @@ ATTN_READS = ("q_proj", "k_proj", "v_proj", "c_attn")
 ATTN_NORMS = ("input_layernorm", "ln_1")
 MLP_NORMS = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
 LAYER_RE = re.compile(r"layers?\.(\d+)\.(.*)\.(\w+)$")
+TOP_TOKENS = 10
+"""Tokens kept per direction."""
+MIN_RELATIVE_NORM = 1e-4
+"""Modules whose update is smaller than this fraction of their weight's norm are skipped."""
 
 
 @dataclass
@@ -55,18 +59,13 @@ class WeightSettings:
 
     directions: int = 2
     """Top singular directions read per module."""
-    top_tokens: int = 10
-    """Tokens kept per direction."""
     read_depth: float = 0.34
     """Input directions are read at layers below this relative depth (the residual there is
     still close to the embeddings)."""
-    min_relative_norm: float = 1e-4
-    """Modules whose update is smaller than this fraction of their weight's norm are skipped."""
 
     def __post_init__(self):
-        for key in ("directions", "top_tokens"):
-            if getattr(self, key) < 1:
-                raise FinediffError(f"evidence.weights.{key} must be >= 1, got {getattr(self, key)}")
+        if self.directions < 1:
+            raise FinediffError(f"evidence.weights.directions must be >= 1, got {self.directions}")
         if not 0 < self.read_depth <= 1:
             raise FinediffError(f"evidence.weights.read_depth must be in (0, 1], got {self.read_depth}")
 
@@ -146,7 +145,7 @@ def _strip_prefix(name: str) -> str:
     return f"layers.{m.group(1)}.{m.group(2)}.{m.group(3)}" if m else name
 
 
-def weight_updates(base: nn.Module, finetuned: nn.Module, min_relative_norm: float = 1e-4
+def weight_updates(base: nn.Module, finetuned: nn.Module, min_relative_norm: float = MIN_RELATIVE_NORM
                    ) -> dict[str, tuple[torch.Tensor, float]]:
     """``{"layers.L.PATH.NAME": (dW, |W_base|)}`` for every decoder-layer linear module the
     finetune changed (relative Frobenius norm above ``min_relative_norm``)."""
@@ -194,7 +193,7 @@ def _submodule(model: nn.Module, suffix: str) -> Optional[nn.Module]:
 def read_weights(base: nn.Module, finetuned: nn.Module, tokenizer, settings: WeightSettings = WeightSettings(),
                  progress: bool = False) -> WeightReading:
     """Read the finetune's weight update through the vocabulary (see the module docstring)."""
-    updates = weight_updates(base, finetuned, settings.min_relative_norm)
+    updates = weight_updates(base, finetuned, MIN_RELATIVE_NORM)
     if not updates:
         return WeightReading(0, 0.0, 0.0)
     n_layers = base.config.num_hidden_layers
@@ -251,7 +250,7 @@ def read_weights(base: nn.Module, finetuned: nn.Module, tokenizer, settings: Wei
             z = _pick_sign(scores)
             if special:
                 z[[t for t in special if t < vocab]] = float("-inf")
-            top = torch.topk(z, settings.top_tokens)
+            top = torch.topk(z, TOP_TOKENS)
             toks = _decode(tokenizer, top.indices.tolist())
             directions.append(Direction(layer, f"{path}.{leaf}", i, round(float(s[i]), 5), side,
                                         [[t, round(float(zz), 2)] for t, zz in zip(toks, top.values.tolist())]))

@@ -17,7 +17,7 @@ from finediff.divergent_dataset import GenerationConfig
 from finediff.findings import Finding, read_findings, topic_hypothesis
 from finediff.hard_prompts import HardPrompt, read_hard_prompts
 from finediff.metrics import dataset_means
-from finediff.pipeline.settings import STEPS, EvidenceSettings, Objective, RunTexts
+from finediff.pipeline.settings import MAX_PROMPT_PERPLEXITY, STEPS, EvidenceSettings, Objective, RunTexts
 from finediff.pipeline.steps import (analysis, compare, conditions, divergent_dataset, findings, hard_prompts, lens,
                                      report, weights)
 from finediff.prompt_effect import PromptEffect, prompt_effect, read_effect, write_effect
@@ -109,7 +109,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         if cached("divergent_dataset"):
             ev.records = read_dataset(out / names.DIVERGENT_DATASET_PT)
         else:
-            hard = [h.text for h in ev.hard_prompts if h.perplexity <= settings.divergent_dataset.max_prompt_perplexity]
+            hard = [h.text for h in ev.hard_prompts if h.perplexity <= MAX_PROMPT_PERPLEXITY]
             pool, ranked = texts.val + texts.train, False
             members = set(pool)
             if ev.survey is not None and members <= {t.text for t in ev.survey.texts}:

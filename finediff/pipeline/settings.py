@@ -35,6 +35,8 @@ from finediff.weights import WeightSettings
 STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "weights", "findings", "conditions",
          "prompt_effect", "report")
 """The evidence steps in the order :func:`finediff.pipeline.run` calls them."""
+MAX_PROMPT_PERPLEXITY = 1000.0
+"""Hard prompts the base model finds less readable than this are left out of the divergent dataset."""
 
 
 def _positive(where: str, **values: int) -> None:
@@ -65,8 +67,6 @@ class DatasetSettings:
     positions: str = "response"
     """How texts are ranked: over the finetuned model's greedy answer, or the text itself."""
     max_new_tokens: int = 32
-    max_prompt_perplexity: float = 1000.0
-    """Hard prompts the base model finds less readable than this are left out."""
     amplify_alpha: float = 0.0
     """> 0: also sample the finetuned side from the amplified logits
     ``logits_ft + alpha * (logits_ft - logits_base)`` (0: no amplified records)."""

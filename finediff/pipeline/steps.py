@@ -26,7 +26,7 @@ from finediff.findings import Finding, FindingSettings, evaluate_hypotheses, pro
 from finediff.generation import generate
 from finediff.hard_prompts import HardPrompt, find_hard_prompts
 from finediff.io import read_json, write_json, write_jsonl
-from finediff.lens import LensConfig, run_lens
+from finediff.lens import STEER_CATEGORY, LensConfig, run_lens
 from finediff.organisms.checkers import checker_for
 from finediff.pipeline.settings import (AnalysisSettings, CompareSettings, DatasetSettings, HardPromptSettings, Objective,
                                         RunTexts)
@@ -132,7 +132,7 @@ def lens(pair, settings: LensConfig, organism: Optional[Organism] = None, out: O
     n = settings.n_steer_prompts
     chat_rows = [r for r in off_rows if r.get("chat", True)][:n]
     doc_rows = [r for r in off_rows if not r.get("chat", True)][:n]
-    rows = chat_rows or doc_rows or [{"prompt": t} for t in load_category(settings.steer_category, n, 0.0).train]
+    rows = chat_rows or doc_rows or [{"prompt": t} for t in load_category(STEER_CATEGORY, n, 0.0).train]
     summary = run_lens(pair, generic_texts, [r["prompt"] for r in rows], settings, ft_texts or None, progress,
                        steer_chat=[r.get("chat", True) for r in rows])
     summary.generic = generic
@@ -244,7 +244,7 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, out: Option
     per_prompt = max(settings.samples_per_prompt, -(-settings.n_prompts * settings.samples_per_prompt // len(texts)))
     reference = generate(pair.base, pair.tokenizer, texts, max_new_tokens=settings.max_new_tokens, progress=progress)
     written = reading.words("writes") if reading is not None else []
-    hypotheses = propose(mined, favoured, dropped, lens_words, topics, settings, dict(zip(texts, reference)), written)
+    hypotheses = propose(mined, favoured, dropped, lens_words, topics, dict(zip(texts, reference)), written)
     prompts, base, ft = sample_answers(pair, texts, replace(settings, samples_per_prompt=per_prompt), seed, progress)
     group_of = {t.text: t.group for t in fresh}
     result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts], settings)
