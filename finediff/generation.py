@@ -14,8 +14,8 @@ from finediff.soft_prompt import splice
 
 
 GENERATE_BATCH = 32
-"""Prompts per ``generate`` call: 32 generates 25% faster than 16 on the 2-core CPU
-(64 prompts, 24 new tokens, Gemma-3-270M; docs/results.md#speed-and-memory)."""
+"""Prompts per ``generate`` call: 32 generates 22% faster than 16 on the 2-core CPU
+(64 prompts, 24 new tokens, Gemma-3-270M; benchmarks/sampling.py, docs/results.md#speed-and-memory)."""
 DEFAULT_TOP_K = 50
 """transformers' top-k for sampling when the model's generation config sets none."""
 

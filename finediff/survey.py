@@ -75,7 +75,7 @@ class SurveySettings:
     """Half for discovery, half kept fresh for testing findings."""
     max_new_tokens: int = 32
     batch_size: int = 16
-    """Answers teacher-forced at once (16: 9% faster than 8 at Gemma-3's vocabulary)."""
+    """Answers teacher-forced at once (16 and 8 within noise: benchmarks/sampling.py)."""
     n_train: int = 48
     """Highest-divergence discovery texts the soft prompt trains on."""
     n_val: int = 16
