@@ -161,7 +161,7 @@ class SoftPromptSettings:
     gradient_checkpointing: bool = False
     seed: int = 0
     positions: str = "text"
-    """``text``: the divergence at the text positions (brought the behaviour out on 5 of 7 organisms,
+    """``text``: the divergence at the text positions (brought the behaviour out on 5 of 8 organisms, faithful on 3,
     docs/results.md#soft-prompt-objectives); ``response``: over the answers."""
     max_new_tokens: int = 16
     """New tokens per answer (``positions=response``); a narrow change shows early."""
