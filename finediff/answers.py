@@ -116,8 +116,7 @@ def generate_answers(model, batch: dict, prompt: Optional[torch.Tensor] = None, 
         x[r, L - e.shape[0]:] = e
         mask[r, L - e.shape[0]:] = 1
     kwargs = dict(max_new_tokens=settings.tokens, pad_token_id=eos_id,
-                  **(sampling(model, settings.temperature, settings.top_p) if settings.temperature > 0
-                     else dict(do_sample=False)))
+                  **sampling(model, settings.temperature, settings.top_p, sample=settings.temperature > 0))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:  # sampled answers reproducible, the caller's random state untouched
             torch.manual_seed(seed)

@@ -41,9 +41,11 @@ class Sample(LogitsProcessor):
         return torch.full_like(scores, -float("inf")).scatter_(-1, token, 0.0)
 
 
-def sampling(model, temperature: float = 1.0, top_p: float = 1.0, processors: tuple = ()) -> dict:
+def sampling(model, temperature: float = 1.0, top_p: float = 1.0, processors: tuple = (), sample: bool = True) -> dict:
     """``model.generate`` keyword arguments that sample (:class:`Sample`) after ``processors``,
-    with the top-k of the model's generation config."""
+    with the top-k of the model's generation config; ``sample=False``: greedy."""
+    if not sample:
+        return dict(do_sample=False)
     top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
     sample = Sample(temperature, DEFAULT_TOP_K if top_k is None else top_k, top_p)
     return dict(do_sample=False, logits_processor=LogitsProcessorList([*processors, sample]))
@@ -79,7 +81,7 @@ def generate(
         chunk = prompts[start:start + batch_size]
         ids, mask = pad_rows([format_text(tokenizer, p, chat_template) for p in chunk], tokenizer.pad_token_id, left=True)
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                      **(sampling(model, temperature, top_p) if do_sample else dict(do_sample=False)))
+                      **sampling(model, temperature, top_p, sample=do_sample))
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         out += decode_new(tokenizer, gen, ids.shape[1], return_ids)
     return out
@@ -122,6 +124,6 @@ def generate_one(model, tokenizer, text: str, prompt_PD: Optional[torch.Tensor] 
     embeds, mask = splice(None if prompt_PD is None else prompt_PD.to(embeds.device), embeds, mask.to(embeds.device), torch.tensor([len(prefix)]))
     torch.manual_seed(seed)
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                  **(sampling(model, temperature, top_p) if do_sample else dict(do_sample=False)))
+                  **sampling(model, temperature, top_p, sample=do_sample))
     out = model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
     return tokenizer.decode(out[0], skip_special_tokens=True).strip()
