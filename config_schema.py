@@ -98,8 +98,8 @@ def signature_schema(name: str, target: str, skip: tuple[str, ...] = ()) -> type
 
 SCHEMAS: dict[str, type] = {
     "evidence": EvidenceSettings, "generation": GenerationConfig, "module": ModuleSchema,
-    "data": signature_schema("DataSchema", "datamodules.CategoryTextDataModule", skip=("tokenizer",)),
-    "model": signature_schema("ModelSchema", "finediff.models.load_model_pair"),
+    "data": signature_schema("DataSchema", "datamodules.CategoryTextDataModule", skip=("tokenizer", "seed")),
+    "model": signature_schema("ModelSchema", "finediff.models.load_model_pair", skip=("require_finetuned",)),
 }
 """Config group -> the settings dataclass that is its schema."""
 

@@ -58,7 +58,7 @@ def _texts(cfg: DictConfig, pair, run_dir: Path) -> pipeline.RunTexts:
     survey's highest-divergence discovery texts, read back from ``run_dir``)."""
     from finediff.survey import has_survey, read_survey
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data, seed=int(cfg.get("seed") or 0))
     datamodule.tokenizer = pair.tokenizer
     if datamodule.audit:
         if not has_survey(run_dir):
@@ -139,7 +139,7 @@ class HardPrompts(Task):
         t, d = self.cfg.task, self.cfg.data
         if t.split == "heldout":  # the texts a run with these data settings validated on, never trained on
             texts = [x for c in t.categories for x in load_category(
-                str(c), d.max_texts_per_category, d.val_fraction, self.cfg.seed).val[: t.max_texts_per_category]]
+                str(c), d.max_texts_per_category, seed=self.cfg.seed).val[: t.max_texts_per_category]]
         else:
             texts = [x for c in t.categories for x in load_category(str(c), t.max_texts_per_category, 0.0).train]
         answers = AnswerSettings(tokens=int(t.max_new_tokens)) if t.positions == "response" else None
@@ -379,7 +379,7 @@ def evaluate(cfg: DictConfig) -> dict:
     pair = None
     if task.needs_pair:
         log.info("Instantiating model pair <%s>", cfg.model._target_)
-        pair = hydra.utils.instantiate(cfg.model)
+        pair = hydra.utils.instantiate(cfg.model, require_finetuned=True)
     out.mkdir(parents=True, exist_ok=True)
     return task.run(pair)
 

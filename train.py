@@ -128,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data, seed=int(cfg.get("seed") or 0))
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
 
@@ -137,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out = Path(cfg.paths.output_dir)
 
     log.info("Instantiating model pair <%s>", cfg.model._target_)
-    pair = hydra.utils.instantiate(cfg.model)
+    pair = hydra.utils.instantiate(cfg.model, require_finetuned=True)
     datamodule.tokenizer = pair.tokenizer
 
     # 1. survey: no category given (an audit), so find where the change is, and train there
@@ -149,7 +149,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.set_texts(*found.training_texts(evidence.survey.n_train, evidence.survey.n_val))
 
     log.info("Instantiating module <%s>", cfg.module._target_)
-    module = hydra.utils.instantiate(cfg.module, pair=pair)
+    module = hydra.utils.instantiate(cfg.module, pair=pair, seed=int(cfg.get("seed") or 0))
     print(f"finediff: trainable parameters {module.n_trainable:,} | frozen {module.n_frozen:,}", flush=True)
 
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)

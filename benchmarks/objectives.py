@@ -27,9 +27,8 @@ from finediff.io import markdown_table
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = {
     "text": ["module.positions=text"],
-    "answers": ["module.positions=response", "module.answer_batch_size=32"],
-    "faithful": ["module.positions=response", "module.answer_batch_size=32", "module.faithful=true",
-                 "module.base_anchor=1.0"],
+    "answers": ["module.positions=response"],
+    "faithful": ["module=faithful"],
 }
 """Today's audit objective (the text positions), the answer objective (the finetuned
 model's answers) and the faithful one (both models' answers, special tokens out,

@@ -34,6 +34,7 @@ from typing import Optional
 import lightning as L
 import torch
 
+from finediff.answers import AnswerSettings
 from finediff.data import REPO_ROOT, collate, format_parts, format_text, load_category
 from finediff.divergence import pair_divergence
 from finediff.models import load_model_pair
@@ -84,12 +85,11 @@ def compare_positions(pair, args) -> dict:
     loader = chat_loader(pair.tokenizer, args.texts, args.batch, args.length)
     result = {"texts": f"{len(loader.dataset)} texts, batches of {args.batch}, at most {args.length} tokens",
               "steps_timed": args.steps, "max_new_tokens": args.max_new_tokens, "refresh_every": args.refresh_every}
-    module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions="text")
+    module = SoftPromptDivergence(pair, learning_rate=1e-2, positions="text")
     result["text_step_s"] = round(statistics.mean(lightning_steps(module, loader, 0, args.steps)), 3)
     for size in args.answer_batch_size:
-        module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions="response",
-                                      max_new_tokens=args.max_new_tokens, refresh_every=args.refresh_every,
-                                      answer_batch_size=size)
+        answers = AnswerSettings(args.max_new_tokens, args.refresh_every, batch_size=size)
+        module = SoftPromptDivergence(pair, learning_rate=1e-2, positions="response", answers=answers)
         step = statistics.mean(lightning_steps(module, loader, 0, args.steps))
         result[f"response_answer_batch_size_{size}"] = {
             "step_s": round(step, 3), "answers_generated": module.train_answers.generated,
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--refresh-every", type=int, default=24)
     ap.add_argument("--answer-batch-size", type=int, nargs="+", default=[0, 32],
-                    help="module.answer_batch_size values to time (0: answers made batch by batch)")
+                    help="answers per generate call to time (0: answers made batch by batch; training uses 32)")
     args = ap.parse_args()
     args.steps = args.steps or (48 if args.positions else 8)
     torch.set_num_threads(torch.get_num_threads())
@@ -122,7 +122,7 @@ def main() -> None:
     data = batches(pair.tokenizer, n, args.batch, args.length)
 
     # Bare PyTorch: the same objective, prompt and optimizer.
-    module = SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1)
+    module = SoftPromptDivergence(pair, learning_rate=1e-2)
     opt = torch.optim.AdamW([module.soft_prompt.weight], lr=1e-2, weight_decay=0.0)
     starts = []
     for batch in data:
@@ -136,7 +136,7 @@ def main() -> None:
     bare = [b - a for a, b in zip(starts[args.warmup:], starts[args.warmup + 1:])]
 
     # Lightning: the project's module and a Trainer configured like configs/trainer/cpu.yaml.
-    light = lightning_steps(SoftPromptDivergence(pair, learning_rate=1e-2, warmup_steps=1, positions="text"), data,
+    light = lightning_steps(SoftPromptDivergence(pair, learning_rate=1e-2, positions="text"), data,
                             args.warmup)
 
     result = {

@@ -20,11 +20,10 @@ class CategoryTextDataModule(L.LightningDataModule):
         categories: category names (shipped files, JSONL paths or ``hub:`` specs).
         max_texts_per_category: texts taken from each category's stream.
         batch_size: texts per batch.
-        val_fraction: share of each category held out for validation.
         max_length: texts are cut to their last ``max_length`` tokens.
         chat_template: wrap each text as a user turn when the tokenizer has a template.
-        seed: seed of the train/validation split.
-        num_workers: DataLoader workers.
+        seed: seed of the train/validation split (:data:`~finediff.data.VAL_FRACTION` of each
+            category held out); ``train.py`` passes the run's ``seed`` (never from the group).
         tokenizer: set by ``train.py`` from the model pair (never from config).
 
     Every argument is checked here, before any model loads: a bad one is a one-line error.
@@ -35,11 +34,9 @@ class CategoryTextDataModule(L.LightningDataModule):
         categories: Optional[Sequence[str]] = None,
         max_texts_per_category: Optional[int] = 1000,
         batch_size: int = 4,
-        val_fraction: float = 0.2,
         max_length: int = 64,
         chat_template: bool = True,
         seed: int = 0,
-        num_workers: int = 0,
         tokenizer=None,
     ):
         super().__init__()
@@ -51,8 +48,6 @@ class CategoryTextDataModule(L.LightningDataModule):
                 check_category(c)
         check_number("data.batch_size", batch_size, int, minimum=1)
         check_number("data.max_length", max_length, int, minimum=2)
-        check_number("data.num_workers", num_workers, int, minimum=0)
-        check_number("data.val_fraction", val_fraction, float, minimum=0.0, below=1.0)
         if max_texts_per_category is not None:
             check_number("data.max_texts_per_category", max_texts_per_category, int, minimum=1)
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -78,7 +73,7 @@ class CategoryTextDataModule(L.LightningDataModule):
         hp = self.hparams
         train, val = [], []
         for category in hp.categories:
-            split = load_category(category, hp.max_texts_per_category, hp.val_fraction, hp.seed)
+            split = load_category(category, hp.max_texts_per_category, seed=hp.seed)
             train += split.train
             val += split.val
         if not val:
@@ -107,7 +102,6 @@ class CategoryTextDataModule(L.LightningDataModule):
             self._items[split],
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
             collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id, max_length=self.hparams.max_length),
         )
 

@@ -64,12 +64,12 @@ class AnswerSettings:
 
     def __post_init__(self):
         if self.tokens < 1 or self.refresh_every < 1:
-            raise FinediffError(f"module.max_new_tokens and module.refresh_every must be >= 1, "
+            raise FinediffError(f"answers: tokens and refresh_every must be >= 1, "
                                 f"got {self.tokens} and {self.refresh_every}")
         if self.batch_size < 0:
-            raise FinediffError(f"module.answer_batch_size must be >= 0, got {self.batch_size}")
+            raise FinediffError(f"answers: batch_size must be >= 0, got {self.batch_size}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise FinediffError(f"module.answer_temperature must be >= 0 and module.answer_top_p in (0, 1], "
+            raise FinediffError(f"answers: temperature must be >= 0 and top_p in (0, 1], "
                                 f"got {self.temperature} and {self.top_p}")
 
 

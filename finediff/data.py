@@ -118,10 +118,14 @@ class CategoryTexts:
     val: list[str]
 
 
+VAL_FRACTION = 0.2
+"""Share of each category a run holds out to validate its soft prompt."""
+
+
 def load_category(
     category: str,
     max_texts: Optional[int] = None,
-    val_fraction: float = 0.2,
+    val_fraction: float = VAL_FRACTION,
     seed: int = 0,
     root: Optional[str | Path] = None,
 ) -> CategoryTexts:

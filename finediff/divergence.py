@@ -227,7 +227,7 @@ def base_shift_divergence(pair, batch: dict, prompt_PD: Optional[torch.Tensor],
     prompt || base with it), mean per token. A prompt that pushes the pair apart by breaking
     both models (the base drifting into unrelated text as well) shifts the base a lot; one
     that brings out what the finetune changed leaves the base where it was. Subtracted
-    from the objective with ``module.base_anchor``, it keeps the search on the second kind.
+    from the faithful objective (``module=faithful``), it keeps the search on the second kind.
     The prompt-free base pass runs without gradient; the gradient reaches the prompt
     through the prompted base pass only.
     """

@@ -21,9 +21,8 @@ from lightning_modules import SoftPromptDivergence
 # The seed's ``training`` keys and the LightningModule / Trainer arguments they set.
 _MODULE_KEYS = {"num_soft_prompt_tokens": "num_soft_prompt_tokens", "learning_rate": "learning_rate",
                 "gradient_checkpointing": "gradient_checkpointing", "divergence": "divergence",
-                "temperature": "temperature", "init": "init", "warmup_steps": "warmup_steps",
-                "positions": "positions", "max_new_tokens": "max_new_tokens", "refresh_every": "refresh_every",
-                "base_anchor": "base_anchor", "answer_batch_size": "answer_batch_size", "faithful": "faithful"}
+                "temperature": "temperature", "init": "init", "positions": "positions",
+                "max_new_tokens": "max_new_tokens", "faithful": "faithful"}
 _TRAINING_KEYS = set(_MODULE_KEYS) | {"batch_size", "num_epochs", "max_steps", "mixed_precision"}
 
 
@@ -49,8 +48,8 @@ class DivergenceTrainer:
         tokenizer: their shared tokenizer.
         config: the seed's experiment config: ``training`` (num_soft_prompt_tokens,
             learning_rate, batch_size, num_epochs, max_steps, mixed_precision,
-            gradient_checkpointing, positions, max_new_tokens, refresh_every,
-            base_anchor, answer_batch_size, faithful), ``generation`` (max_new_tokens,
+            gradient_checkpointing, divergence, temperature, init, positions, max_new_tokens,
+            faithful), ``generation`` (max_new_tokens,
             or the seed's max_length for it; num_generations_per_prompt, temperature, top_p), ``data`` (categories,
             max_texts_per_category), ``output_dir``,
             ``evidence`` (finediff's evidence settings), ``seed``.

@@ -21,6 +21,7 @@ from finediff.divergence import base_shift_divergence, batch_divergence
 from finediff.errors import FinediffError
 from finediff.hard_prompts import allowed_tokens
 from finediff.pipeline import Objective, SoftPromptSettings
+from finediff.pipeline.settings import WARMUP_STEPS
 from finediff.models import ModelPair
 from finediff.soft_prompt import SoftPrompt, apply_trainable, is_trainable, random_like
 
@@ -39,27 +40,31 @@ class SoftPromptDivergence(L.LightningModule):
             saved in checkpoints).
         settings: the training settings, :class:`~finediff.pipeline.SoftPromptSettings`
             (each documented there); keyword arguments change single fields.
+        seed: the run's seed (the prompt's start, the random-prompt baseline).
+        answers: how the on-policy answers are made (default: ``settings.answers``; a
+            benchmark or test may refresh them on another schedule).
     """
 
-    def __init__(self, pair: ModelPair, settings: Optional[SoftPromptSettings] = None, **changes: Any):
+    def __init__(self, pair: ModelPair, settings: Optional[SoftPromptSettings] = None, *, seed: int = 0,
+                 answers: Optional[AnswerSettings] = None, **changes: Any):
         """``settings`` (default: :class:`SoftPromptSettings`'s defaults, the one home of
         them) with ``changes`` applied: ``SoftPromptDivergence(pair, positions="response")``;
         Hydra passes the composed ``module`` group as keyword arguments."""
         super().__init__()
         base = asdict(settings) if settings is not None else {}
         s = SoftPromptSettings.of({**base, **changes})
-        self.answers = s.answers
+        self.answers = answers or s.answers
+        self.base_anchor = s.base_anchor
         self.train_answers = AnswerCache(self.answers)
-        self.plain_answers = AnswerCache(AnswerSettings(s.max_new_tokens, 1 << 30, s.answer_temperature,
-                                                        faithful=s.faithful))
-        self.save_hyperparameters(asdict(s))
+        self.plain_answers = AnswerCache(AnswerSettings(self.answers.tokens, 1 << 30, faithful=self.answers.faithful))
+        self.save_hyperparameters({**asdict(s), "seed": int(seed)})
         self.hparams["pair"] = pair.spec.as_dict()  # what it was trained on, not the weights
         self.pair = pair
         if s.gradient_checkpointing:
             pair.enable_gradient_checkpointing()
         embed = pair.base.get_input_embeddings()
         self.soft_prompt = SoftPrompt(
-            embed, embed.weight.shape[0], s.num_soft_prompt_tokens, s.init, s.init_text, pair.tokenizer, s.seed,
+            embed, embed.weight.shape[0], s.num_soft_prompt_tokens, s.init, s.init_text, pair.tokenizer, int(seed),
             s.space, self.allowed if s.space == "tokens" else None)
         self.n_trainable, self.n_frozen = apply_trainable(self)
         log.info("trainable parameters: %s (soft prompt %d x %d, %s); frozen: %s",
@@ -133,10 +138,10 @@ class SoftPromptDivergence(L.LightningModule):
         if self.hparams.positions == "response" and self.train_answers.due(self.global_step):
             self.refresh_answers(prompt)
         bs = batch["input_ids"].shape[0]
-        if self.hparams.base_anchor:
+        if self.base_anchor:
             divergence, shift = self.model_step(batch, prompt, self.train_answers, self.global_step, shift=True)
             self.log(names.TRAIN_BASE_SHIFT, shift, batch_size=bs)
-            loss = self.hparams.base_anchor * shift - divergence
+            loss = self.base_anchor * shift - divergence
         else:
             divergence = self.model_step(batch, prompt, self.train_answers, self.global_step)
             loss = -divergence
@@ -166,9 +171,9 @@ class SoftPromptDivergence(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         params = [p for n, p in self.named_parameters() if is_trainable(n)]
-        opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
-        # linear warm-up over warmup_steps: factor (step + 1) / warmup_steps, then 1
-        warmup = max(1, self.hparams.warmup_steps)
+        opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=0.0)
+        # linear warm-up over WARMUP_STEPS: factor (step + 1) / WARMUP_STEPS, then 1
+        warmup = WARMUP_STEPS
         sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / warmup, total_iters=warmup - 1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -148,8 +148,8 @@ def test_a_training_run_refreshes_every_answer_every_refresh_every_steps(tiny_pa
     tok = tiny_pair.tokenizer
     items = [format_parts(tok, t) for t in TEXTS + ["Tell me a joke.", "Why is the sky blue?", "Count to five.", "Hi."]]
     loader = torch.utils.data.DataLoader(items, batch_size=2, collate_fn=partial(collate, pad_id=tok.pad_token_id))
-    module = SoftPromptDivergence(tiny_pair, warmup_steps=1, positions="response", max_new_tokens=4, refresh_every=4,
-                                  answer_batch_size=4)
+    module = SoftPromptDivergence(tiny_pair, positions="response",
+                                  answers=AnswerSettings(tokens=4, refresh_every=4, batch_size=4))
     L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(module, train_dataloaders=loader)
     assert module.train_answers.generated == 2 * len(items)  # all of them at steps 0 and 4, nothing between
@@ -169,9 +169,9 @@ def test_a_soft_prompt_record_gives_its_new_tokens_per_answer_back():
 def test_bad_answer_settings():
     with pytest.raises(FinediffError, match="refresh_every must be >= 1"):
         AnswerSettings(refresh_every=0)
-    with pytest.raises(FinediffError, match="answer_batch_size must be >= 0"):
+    with pytest.raises(FinediffError, match="batch_size must be >= 0"):
         AnswerSettings(batch_size=-1)
-    with pytest.raises(FinediffError, match="answer_temperature"):
+    with pytest.raises(FinediffError, match="temperature must be >= 0"):
         AnswerSettings(temperature=-1.0)
 
 

@@ -114,7 +114,7 @@ PROBES = [
     ("train.py", ["evidence.divergent_dataset.amplify_alpha=-1.0"],
      "evidence.divergent_dataset.amplify_alpha must be >= 0, got -1.0"),
     ("train.py", ["module.positions=answer"], "module.positions must be one of response, text; got 'answer'"),
-    ("train.py", ["module.refresh_every=0"], "module.max_new_tokens and module.refresh_every must be >= 1"),
+    ("train.py", ["module.max_new_tokens=0"], "module.max_new_tokens must be >= 1, got 0"),
     ("train.py", ["module.faithful=maybe"], "module.faithful: Value 'maybe' is not a valid bool"),
     ("train.py", ["module.space=words"], "module.space must be one of vectors, tokens; got 'words'"),
     ("train.py", ["module.space=tokens", "module.init=random"],

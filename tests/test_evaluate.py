@@ -55,7 +55,7 @@ def test_hard_prompts_task_scores_the_runs_soft_prompt_on_the_same_texts(tiny_di
     base = [o for o in tiny_overrides(tiny_dirs, tmp_path, evidence=False) if not o.startswith(("logger", "trainer"))]
     cfg = compose("evaluate", base + ["task=hard_prompts"])
     texts = [x for c in cfg.task.categories for x in load_category(
-        str(c), cfg.data.max_texts_per_category, cfg.data.val_fraction, cfg.seed).val[:8]]
+        str(c), cfg.data.max_texts_per_category, seed=cfg.seed).val[:8]]
     prompt = torch.load(run / names.SOFT_PROMPT_FILE, weights_only=True)["prompt"]
     direct = text_divergences(tiny_pair, texts, prompt=prompt, max_length=cfg.data.max_length,
                               answers=AnswerSettings(tokens=int(cfg.task.max_new_tokens)))

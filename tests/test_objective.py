@@ -59,7 +59,7 @@ def _trained(pair_dirs, out, *extra) -> dict:
     return json.loads((out / names.METRICS_FILE).read_text())
 
 
-FAITHFUL = ("module.faithful=true", "module.base_anchor=1.0")
+FAITHFUL = ("module.faithful=true",)
 
 
 def test_faithful_objective_holds_the_base_on_a_finetune_that_changed_nothing(tmp_path):

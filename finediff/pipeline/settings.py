@@ -35,6 +35,11 @@ from finediff.weights import WeightSettings
 STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "weights", "findings", "conditions",
          "prompt_effect", "report")
 """The evidence steps in the order :func:`finediff.pipeline.run` calls them."""
+FAITHFUL_BASE_ANCHOR = 1.0
+"""The faithful objective subtracts this times the base shift, KL(base without prompt || base with it):
+it holds the base where it was (docs/results.md#soft-prompt-objectives); alone it measured below the bar."""
+WARMUP_STEPS = 5
+"""The soft prompt's learning rate warms up linearly over this many steps."""
 MAX_PROMPT_PERPLEXITY = 1000.0
 """Hard prompts the base model finds less readable than this are left out of the divergent dataset."""
 
@@ -155,28 +160,17 @@ class SoftPromptSettings:
     chunk_size: Optional[int] = 256
     """Positions per divergence chunk (bounds the vocabulary-sized memory)."""
     learning_rate: float = 1e-2
-    weight_decay: float = 0.0
-    warmup_steps: int = 5
-    """Linear warm-up of the learning rate over this many steps."""
     gradient_checkpointing: bool = False
-    seed: int = 0
     positions: str = "text"
     """``text``: the divergence at the text positions (brought the behaviour out on 5 of 8 organisms, faithful on 3,
     docs/results.md#soft-prompt-objectives); ``response``: over the answers."""
     max_new_tokens: int = 16
     """New tokens per answer (``positions=response``); a narrow change shows early."""
-    refresh_every: int = 24
-    """Regenerate a text's answer with the current prompt once it is this many steps old."""
-    answer_temperature: float = 0.0
-    """0: greedy answers."""
-    answer_batch_size: int = 32
-    """> 0: every ``refresh_every`` steps all texts at once, this many per generate call; 0: as each batch comes."""
-    base_anchor: float = 0.0
-    """> 0: subtract this times the base shift, KL(base without prompt || base with it)."""
     space: str = "vectors"
     """``vectors``: free vectors; ``tokens``: a distribution over the allowed tokens per position."""
     faithful: bool = False
-    """Read both models' answers, special tokens out, empty or repetitive answers unscored."""
+    """Read both models' answers, special tokens out, empty or repetitive answers unscored, and the base's
+    shift subtracted (:data:`FAITHFUL_BASE_ANCHOR`)."""
 
     def __post_init__(self) -> None:
         check_number("module.num_soft_prompt_tokens", self.num_soft_prompt_tokens, int, minimum=1)
@@ -188,14 +182,10 @@ class SoftPromptSettings:
             check_number(f"module.{key}", getattr(self, key), float)
             if getattr(self, key) <= 0:
                 raise FinediffError(f"module.{key} must be > 0, got {getattr(self, key)!r}")
-        check_number("module.weight_decay", self.weight_decay, float, minimum=0.0)
-        check_number("module.warmup_steps", self.warmup_steps, int, minimum=0)
         if self.chunk_size is not None:
             check_number("module.chunk_size", self.chunk_size, int, minimum=0)
         check_positions(self.positions)
-        for key, kind in (("base_anchor", float), ("answer_temperature", float),
-                          ("max_new_tokens", int), ("refresh_every", int), ("answer_batch_size", int)):
-            check_number(f"module.{key}", getattr(self, key), kind, minimum=0)
+        check_number("module.max_new_tokens", self.max_new_tokens, int, minimum=1)
         if self.space not in [s.value for s in PromptSpace]:
             raise FinediffError(f"module.space must be one of {', '.join(s.value for s in PromptSpace)}; "
                                 f"got {self.space!r}")
@@ -218,8 +208,12 @@ class SoftPromptSettings:
     @property
     def answers(self) -> AnswerSettings:
         """The on-policy answers' settings."""
-        return AnswerSettings(self.max_new_tokens, self.refresh_every, self.answer_temperature,
-                              batch_size=self.answer_batch_size, faithful=self.faithful)
+        return AnswerSettings(self.max_new_tokens, batch_size=GENERATE_BATCH, faithful=self.faithful)
+
+    @property
+    def base_anchor(self) -> float:
+        """Weight of the base shift subtracted from the objective (the faithful objective's)."""
+        return FAITHFUL_BASE_ANCHOR if self.faithful else 0.0
 
 
 @dataclass
