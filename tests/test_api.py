@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from finediff import names
+from finediff.hard_prompts import search as hp_search
+from finediff.pipeline import steps
 from tests.conftest import ROOT
 
 
@@ -16,6 +18,11 @@ from tests.conftest import ROOT
 def test_seed_quick_start_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from finediff_api import DivergenceTrainer, ModelPairManager
+
+    # The hard-prompt search's sizes are constants: small here, so the test takes a minute
+    for module, name, value in ((steps, "INIT_TEXTS", 4), (hp_search, "N_STARTS", 2), (steps, "TRAIN_BATCHES", 1),
+                                (steps, "EVAL_BATCHES", 1), (steps, "BATCH_SIZE", 2)):
+        monkeypatch.setattr(module, name, value)  # where they are looked up
 
     # Load models
     model_manager = ModelPairManager(device="cpu")
@@ -26,8 +33,7 @@ def test_seed_quick_start_end_to_end(tmp_path, monkeypatch):
               "training": {"num_soft_prompt_tokens": 4, "learning_rate": 0.01, "batch_size": 2, "max_steps": 2},
               "generation": {"max_length": 8, "num_generations_per_prompt": 1},
               "data": {"categories": ["capabilities"], "max_texts_per_category": 12},
-              "evidence": {"hard_prompts": {"methods": ["projection", "text"], "init_texts": 4, "n_starts": 2,
-                                            "train_batches": 1, "eval_batches": 1, "batch_size": 2},
+              "evidence": {"hard_prompts": {"methods": ["projection", "text"]},
                            "divergent_dataset": {"n_hard_prompts": 1, "texts_per_hard_prompt": 1, "n_texts": 2,
                                                  "max_scored_texts": 6, "max_new_tokens": 8}}}
     # Create trainer

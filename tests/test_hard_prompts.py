@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from finediff.divergence import pair_divergence
-from finediff.hard_prompts import (_on_policy_objectives, _ranked, allowed_tokens, fluent_tokens, gcg, GCGSettings,
-                                   prompt_divergences, prompt_nll, prompt_objectives)
+from finediff.hard_prompts import (BATCH_SIZE, EVAL_BATCHES, FLUENCY_WEIGHT, allowed_tokens, answered,
+                                   batches_divergence, bridging_tokens, find_hard_prompts, fluent_tokens, gcg, GCGSettings,
+                                   guided, HardPromptSettings, project, prompt_divergences, prompt_nll, prompt_objectives,
+                                   token_nlls)
+from finediff.hard_prompts import gcg_search
+from finediff.hard_prompts import search as hp_search
+from finediff.hard_prompts.scoring import _on_policy_objectives, _ranked
 from finediff.tiny import tiny_batch
 
 TEXTS = ["What is 2 + 2?", "A longer question about the capital of France, please?", "Name a colour."]
@@ -167,7 +172,6 @@ def test_guided_tokens_follow_the_displacement_among_fluent_candidates(tiny_pair
     """Where a vector moved towards a token's (centred) embedding, guided decoding picks
     that token when the base model finds it likely there; every token it picks is among
     the base model's ``fluent_top`` likeliest; with ``start`` None it reads the vector."""
-    from finediff.hard_prompts import guided
 
     tok, base = tiny_pair.tokenizer, tiny_pair.base
     batch = tiny_batch(tok, TEXTS[:1])
@@ -194,15 +198,14 @@ def test_hard_prompts_of_a_text_trained_prompt_are_read_where_asked(tiny_pair, p
     prompt trained at the text positions over the answers the finetuned model gives with
     each in place; unset, at the text positions it was trained on."""
     from finediff import pipeline
-    from finediff.hard_prompts import answered, batches_divergence
 
     tok = tiny_pair.tokenizer
     texts = pipeline.RunTexts(train=TEXTS * 2, val=TEXTS, max_length=32)
     objective = pipeline.Objective(positions="text", answers=pipeline.AnswerSettings(tokens=4))
-    settings = pipeline.HardPromptSettings(methods=("projection",), batch_size=3, positions=positions)
+    settings = pipeline.HardPromptSettings(methods=("projection",), positions=positions)
     prompt = torch.randn(3, tiny_pair.base.config.hidden_size) * 0.1
     (found,) = pipeline.hard_prompts(tiny_pair, prompt, texts, settings, objective, progress=False)
-    val = texts.batches(tok, "val", settings.eval_batches, settings.batch_size)
+    val = texts.batches(tok, "val", EVAL_BATCHES, BATCH_SIZE)
     answers = objective.answers if positions == "response" else None
     ids = torch.tensor(found.token_ids)
     assert found.divergence == pytest.approx(batches_divergence(tiny_pair, ids, answered(tiny_pair, ids, val, answers)),
@@ -217,32 +220,6 @@ def test_hard_prompt_positions_must_be_known():
 
     with pytest.raises(FinediffError, match="evidence.hard_prompts.positions must be one of"):
         HardPromptSettings(positions="answers")
-
-
-def test_gcg_with_own_answers_scores_every_candidate_over_its_own_answers(tiny_pair, monkeypatch):
-    """``own_answers``: each step's current prompt and candidates are scored together by
-    :func:`_on_policy_objectives` (over the answers each gives, checked above), on the
-    step's texts; the result is still never below the start over its own answers."""
-    from finediff.answers import AnswerSettings
-    from finediff.hard_prompts import gcg_search
-
-    calls = []
-    real = gcg_search._on_policy_objectives
-
-    def spy(pair, prompts, batches, *args):
-        calls.append((len(prompts), len(batches)))
-        return real(pair, prompts, batches, *args)
-
-    monkeypatch.setattr(gcg_search, "_on_policy_objectives", spy)  # where gcg looks it up
-    tok = tiny_pair.tokenizer
-    batches = [tiny_batch(tok, TEXTS[:2]), tiny_batch(tok, TEXTS[2:])]
-    allowed = allowed_tokens(tok, tiny_pair.base.get_input_embeddings().weight.shape[0])
-    start, answers = _prompts(tok)[2], AnswerSettings(tokens=4)
-    how = GCGSettings(steps=2, top_k=8, n_candidates=4, fluent_top=32, own_answers=True)
-    out = gcg(tiny_pair, start, batches, allowed, how, fluency_weight=0.0, progress=False, answers=answers)
-    assert calls[:2] == [(5, 1), (5, 1)]  # per step: the current prompt + 4 candidates, on half the texts
-    got = real(tiny_pair, [start, out], batches, answers, "kl_ft_base", 1.0, 0.0, 256)
-    assert got[1] > got[0]
 
 
 def test_allowed_tokens_leave_out_added_special_tokens(tiny_dirs):
@@ -261,11 +238,10 @@ def test_allowed_tokens_leave_out_added_special_tokens(tiny_dirs):
 
 def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tiny_pair, monkeypatch):
     """``budget_steps``: GCG first searches without the perplexity budget (its own
-    ``fluent_top``), then walks from that result under the budget with its own swaps
-    (``budget_fluent_top``, ``budget_n_candidates``, ``budget_bridging``). The budget is
-    set below the free search's result, so the walk starts outside it and must enter it."""
-    from finediff.hard_prompts import HardPromptSettings, find_hard_prompts
-    from finediff.hard_prompts import search as hp_search
+    ``fluent_top``), then walks from that result under the budget with the walk's swaps
+    (``WALK_FLUENT_TOP``, ``WALK_N_CANDIDATES``, ``WALK_BRIDGING``; set smaller here to keep
+    the test short). The budget is set below the free search's result, so the walk starts
+    outside it and must enter it."""
 
     calls = []
     real = hp_search.gcg
@@ -277,6 +253,9 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
         return out
 
     monkeypatch.setattr(hp_search, "gcg", spy)  # where find_hard_prompts looks it up
+    for name, value in (("FLUENCY_WEIGHT", 0.0), ("WALK_FLUENT_TOP", 16), ("WALK_N_CANDIDATES", 8),
+                        ("WALK_BRIDGING", 2)):
+        monkeypatch.setattr(hp_search, name, value)
     tok = tiny_pair.tokenizer
     batches = [tiny_batch(tok, TEXTS)]
     header = batches[0]["input_ids"][0, : int(batches[0]["prompt_pos"][0])].tolist()
@@ -288,24 +267,45 @@ def test_a_budget_walk_searches_freely_then_walks_the_result_into_the_budget(tin
 
     def search(**budget):
         settings = HardPromptSettings(methods=["projection", "gcg"], gcg_steps=2, top_k=8, n_candidates=4,
-                                      fluency_weight=0.0, fluent_top=0, **budget)
+                                      fluent_top=0, **budget)
         return {h.method: h for h in find_hard_prompts(tiny_pair, prompt, batches, batches, settings, progress=False)}
 
     free = search()["gcg"].token_ids
     limit = perplexity(free) / 2  # the free search's result is outside the budget
     calls.clear()
-    found = search(max_perplexity=limit, budget_steps=6, budget_fluent_top=16, budget_bridging=2,
-                   budget_n_candidates=8)
+    found = search(max_perplexity=limit, budget_steps=6)
     (_, *searched, out1), (start2, *walk, out2) = calls
     assert searched == [2, 4, 0, None, False, 0] and walk == [6, 8, 16, limit, True, 2]
     assert start2 == out1 == free and found["gcg"].token_ids == out2
     assert perplexity(out1) > limit >= perplexity(out2)
 
 
+def test_gcg_refines_a_derived_prompt_if_one_is_asked_for_else_the_best_start(tiny_pair, monkeypatch):
+    """With a derived method among ``methods`` GCG starts from the best derived prompt, even
+    where a text start scores higher; without one (the audit's ``[text, gcg]``) from the
+    best of every start, the text start included."""
+    starts = []
+    monkeypatch.setattr(hp_search, "gcg", lambda pair, ids, *args, **kwargs: starts.append(ids.tolist()) or ids)
+    tok = tiny_pair.tokenizer
+    batches = [tiny_batch(tok, TEXTS)]
+    weight = tiny_pair.base.get_input_embeddings().weight
+    torch.manual_seed(0)
+    prompt = torch.randn(3, weight.shape[1])
+    projection = project(prompt, weight, allowed_tokens(tok, weight.shape[0])).tolist()
+    for methods in (["projection", "text", "gcg"], ["text", "gcg"]):
+        found = {h.method: h for h in find_hard_prompts(tiny_pair, prompt, batches, batches,
+                                                        HardPromptSettings(methods=methods), init_texts=tuple(TEXTS),
+                                                        progress=False)}
+    text = found["text"].token_ids
+    scores = prompt_objectives(tiny_pair, [torch.tensor(projection), torch.tensor(text)], batches,
+                               fluency_weight=FLUENCY_WEIGHT)
+    assert scores[1] > scores[0]  # the text start is the better one
+    assert starts == [projection, text]
+
+
 def test_bridging_tokens_are_the_exact_best_readers_at_a_position(tiny_pair):
     """Among the eligible tokens, the ones maximising ``log p(t | before) + log p(next |
     before, t)``, checked against a full forward of every eligible token in place."""
-    from finediff.hard_prompts import bridging_tokens
 
     tok = tiny_pair.tokenizer
     batch = tiny_batch(tok, TEXTS[:1])
@@ -333,7 +333,6 @@ def test_bridging_tokens_are_the_exact_best_readers_at_a_position(tiny_pair):
 def test_gcg_bridging_adds_the_bridging_swaps_at_the_least_likely_token(tiny_pair, monkeypatch):
     """``bridging``: each step scores, besides the gradient's draws, the bridging swaps at
     the token the base model finds least likely and at the one before it."""
-    from finediff.hard_prompts import bridging_tokens, gcg_search, token_nlls
 
     scored = []
     real = gcg_search.prompt_objectives

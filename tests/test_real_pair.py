@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from finediff import names
+from finediff.pipeline import steps
 from tests.conftest import ROOT, compose
 
 pytestmark = pytest.mark.slow
@@ -48,8 +49,7 @@ def real_run(lora_adapter, tmp_path_factory):
         "data.categories=[sandbagging]", "data.max_texts_per_category=20", "data.max_length=48",
         # every evidence step runs on the real pair, at a size that keeps the test short
         "evidence.hard_prompts.pez_steps=2", "evidence.hard_prompts.gcg_steps=1",
-        "evidence.hard_prompts.n_candidates=2", "evidence.hard_prompts.train_batches=1",
-        "evidence.hard_prompts.eval_batches=1", "generation.num_generations_per_prompt=2",
+        "evidence.hard_prompts.n_candidates=2", "generation.num_generations_per_prompt=2",
         "generation.max_new_tokens=12", "evidence.divergent_dataset.n_texts=2",
         "evidence.divergent_dataset.texts_per_hard_prompt=1", "evidence.divergent_dataset.n_hard_prompts=1",
         "evidence.divergent_dataset.max_scored_texts=16", "evidence.lens.max_texts=24",
@@ -57,7 +57,10 @@ def real_run(lora_adapter, tmp_path_factory):
         "evidence.lens.strengths=[1.0,4.0]", "evidence.compare.max_texts_per_category=3",
         "evidence.compare.max_new_tokens=8",
     ])
-    return root, run, train(cfg)
+    with pytest.MonkeyPatch.context() as patch:  # the hard-prompt search's batches are constants
+        patch.setattr(steps, "TRAIN_BATCHES", 1)
+        patch.setattr(steps, "EVAL_BATCHES", 1)
+        return root, run, train(cfg)
 
 
 def test_real_pair_trains_a_prompt(real_run, lora_adapter):

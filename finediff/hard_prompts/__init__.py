@@ -2,7 +2,7 @@
 
 Every method optimises the same objective as the soft prompt, evaluated exactly on token
 ids: the pair's mean divergence at the text positions when the prompt starts the user's
-message, minus ``fluency_weight`` times the base model's mean negative log-likelihood of
+message, minus :data:`FLUENCY_WEIGHT` times the base model's mean negative log-likelihood of
 the prompt (its log-perplexity, given the chat header), so results read as language.
 
 * :func:`project` -- nearest allowed token to each soft-prompt vector by cosine (baseline);
@@ -38,11 +38,14 @@ prompts at once, perplexity, allowed and fluent tokens), :mod:`~finediff.hard_pr
 from finediff.hard_prompts.derive import DERIVED, guided, pez, project
 from finediff.hard_prompts.gcg_search import GCGSettings, bridging_tokens, gcg
 from finediff.hard_prompts.records import HardPrompt, read_hard_prompts
-from finediff.hard_prompts.scoring import (_on_policy_objectives, _ranked, allowed_tokens, answered,
-                                           batches_divergence, evaluate, fluent_tokens, prompt_divergences, prompt_nll,
-                                           prompt_objectives, token_nlls)
-from finediff.hard_prompts.search import METHODS, HardPromptSettings, find_hard_prompts, text_prompt_ids
+from finediff.hard_prompts.scoring import (FLUENCY_WEIGHT, allowed_tokens, answered, batches_divergence, evaluate,
+                                           fluent_tokens, prompt_divergences, prompt_nll, prompt_objectives, token_nlls)
+from finediff.hard_prompts.search import (BATCH_SIZE, EVAL_BATCHES, INIT_TEXTS, INIT_TOKENS, METHODS, N_STARTS,
+                                          TRAIN_BATCHES, WALK_BRIDGING, WALK_FLUENT_TOP, WALK_N_CANDIDATES,
+                                          HardPromptSettings, find_hard_prompts, text_prompt_ids)
 
-__all__ = ["DERIVED", "GCGSettings", "METHODS", "HardPrompt", "HardPromptSettings", "allowed_tokens", "answered", "batches_divergence", "bridging_tokens",
+__all__ = ["BATCH_SIZE", "DERIVED", "EVAL_BATCHES", "FLUENCY_WEIGHT", "GCGSettings", "INIT_TEXTS", "INIT_TOKENS",
+           "METHODS", "N_STARTS", "TRAIN_BATCHES", "WALK_BRIDGING", "WALK_FLUENT_TOP", "WALK_N_CANDIDATES",
+           "HardPrompt", "HardPromptSettings", "allowed_tokens", "answered", "batches_divergence", "bridging_tokens",
            "evaluate", "find_hard_prompts", "fluent_tokens", "gcg", "guided", "pez", "project", "prompt_divergences",
            "prompt_nll", "prompt_objectives", "read_hard_prompts", "text_prompt_ids", "token_nlls"]

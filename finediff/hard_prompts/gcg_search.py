@@ -13,8 +13,9 @@ from tqdm.auto import tqdm
 
 from finediff.answers import AnswerSettings
 from finediff.arch import embedding_table, input_device, output_head
-from finediff.hard_prompts.scoring import (_header, _hidden_after_on_device, _objective, _on_policy_objectives, _ranked,
-                                           answered, fluent_tokens, prompt_nll, prompt_objectives, token_nlls)
+from finediff.hard_prompts.scoring import (FLUENCY_WEIGHT, _header, _hidden_after_on_device, _objective,
+                                           _on_policy_objectives, _ranked, answered, fluent_tokens, prompt_nll,
+                                           prompt_objectives, token_nlls)
 
 
 @torch.no_grad()
@@ -66,8 +67,6 @@ class GCGSettings:
     """Batches each step scores on, taken in turn (None: half of them, at least one)."""
     max_perplexity: Optional[float] = None
     """Prompts the base model reads within this perplexity rank first (None: no budget)."""
-    own_answers: bool = False
-    """On-policy: every candidate scored over the answers given with it in place."""
     walk: bool = False
     """With ``max_perplexity``: outside the budget, take the best swap that lowers the perplexity."""
     bridging: int = 0
@@ -76,7 +75,7 @@ class GCGSettings:
 
 def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Tensor,
         search: GCGSettings = GCGSettings(), kind: str = "kl_ft_base", temperature: float = 1.0,
-        fluency_weight: float = 0.02, chunk_size: int = 256, answers: Optional[AnswerSettings] = None,
+        fluency_weight: float = FLUENCY_WEIGHT, chunk_size: int = 256, answers: Optional[AnswerSettings] = None,
         seed: int = 0, progress: bool = True) -> torch.Tensor:
     """GCG-style search from ``init_ids_P``; returns the best ids found. ``search``
     (:class:`GCGSettings`) holds the settings named below; ``kind``, ``temperature``,
@@ -95,19 +94,15 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
     With ``answers`` the search is on-policy: ``batches`` are texts without answers, each
     step scores the candidates over the answers the finetuned model gives with the current
     prompt in place, and the final comparison scores the start and the result each over
-    its own answers, as the held-out evaluation does; with ``own_answers`` every candidate
-    too is scored over the answers given with it in place (one more answer per candidate
-    and text each step), so a swap that changes what the finetuned model answers is
-    judged by that answer. With ``max_perplexity`` every comparison prefers prompts whose
-    base perplexity is within it (:func:`_ranked`); with ``walk`` as well, outside it each
-    step takes the best of the swaps that lower the perplexity. ``bridging`` more
-    candidates each step are chosen for how they read, not by the gradient: at the token
-    the base model finds least likely and at the one before it,
-    :func:`bridging_tokens` (the swaps that make that stretch of the prompt read best).
+    its own answers, as the held-out evaluation does. With ``max_perplexity`` every
+    comparison prefers prompts whose base perplexity is within it (:func:`_ranked`); with
+    ``walk`` as well, outside it each step takes the best of the swaps that lower the
+    perplexity. ``bridging`` more candidates each step are chosen for how they read, not
+    by the gradient: at the token the base model finds least likely and at the one before
+    it, :func:`bridging_tokens` (the swaps that make that stretch of the prompt read best).
     """
     steps, top_k, n_candidates, fluent_top = search.steps, search.top_k, search.n_candidates, search.fluent_top
-    max_perplexity, own_answers, walk = search.max_perplexity, search.own_answers, search.walk
-    bridging = search.bridging
+    max_perplexity, walk, bridging = search.max_perplexity, search.walk, search.bridging
     weight = embedding_table(pair.base)
     g = torch.Generator().manual_seed(seed)
     header = _header(pair, batches[0])
@@ -158,9 +153,7 @@ def gcg(pair, init_ids_P: torch.Tensor, batches: list[dict], allowed_V: torch.Te
             cands.append(cand)
         if not cands:
             break
-        scores = (_on_policy_objectives(pair, [ids] + cands, texts, answers, kind, temperature, fluency_weight,
-                                        chunk_size) if own_answers and answers is not None else
-                  prompt_objectives(pair, [ids] + cands, on, kind, temperature, fluency_weight))
+        scores = prompt_objectives(pair, [ids] + cands, on, kind, temperature, fluency_weight)
         i = int(_ranked(scores, nll([ids] + cands), max_nll, walk).argmax())
         if i > 0:
             ids = cands[i - 1]

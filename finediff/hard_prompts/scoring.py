@@ -1,11 +1,12 @@
 """The exact objective every hard-prompt method optimises, measured on token ids.
 
 The pair's divergence at the text positions (or over the finetuned model's answers) with
-a prompt at the start of the user's message, minus ``fluency_weight`` times the base
-model's NLL of the prompt. :func:`prompt_divergences` scores many prompts at once from
-each text's cached chat header; :func:`evaluate` measures one prompt as a
-:class:`~finediff.hard_prompts.records.HardPrompt`. Also here: the allowed vocabulary,
-the base model's fluent tokens and per-token NLLs, and the perplexity-budget ranking.
+a prompt at the start of the user's message, minus ``fluency_weight`` (the search's:
+:data:`FLUENCY_WEIGHT`) times the base model's NLL of the prompt. :func:`prompt_divergences`
+scores many prompts at once from each text's cached chat header; :func:`evaluate` measures
+one prompt as a :class:`~finediff.hard_prompts.records.HardPrompt`. Also here: the allowed
+vocabulary, the base model's fluent tokens and per-token NLLs, and the perplexity-budget
+ranking.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from finediff.answers import AnswerSettings, answer_batch
 from finediff.arch import input_device, output_head
 from finediff.divergence import batch_divergence, token_divergence
 from finediff.hard_prompts.records import HardPrompt
+
+FLUENCY_WEIGHT = 0.02
+"""Weight of the base model's log-perplexity of the prompt in the search's objective
+(divergence minus this times the NLL), so prompts lean towards reading as language."""
 
 
 def allowed_tokens(tokenizer, vocab_size: int) -> torch.Tensor:

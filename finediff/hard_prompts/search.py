@@ -15,8 +15,29 @@ from finediff.errors import FinediffError
 from finediff.hard_prompts.derive import DERIVED, guided, pez, project
 from finediff.hard_prompts.gcg_search import GCGSettings, gcg
 from finediff.hard_prompts.records import HardPrompt
-from finediff.hard_prompts.scoring import (_header, _on_policy_objectives, _ranked, allowed_tokens, answered,
+from finediff.hard_prompts.scoring import (FLUENCY_WEIGHT, _header, _ranked, allowed_tokens, answered,
                                            batches_divergence, evaluate, prompt_nll, prompt_objectives)
+
+TRAIN_BATCHES = 4
+"""Batches of training texts the search scores prompts on."""
+EVAL_BATCHES = 4
+"""Batches of held-out texts every prompt found is measured on."""
+BATCH_SIZE = 4
+"""Texts per batch, for both."""
+INIT_TEXTS = 64
+"""Training texts ranked by the pair's divergence on each alone (method ``text``)."""
+N_STARTS = 12
+"""The highest of them tried as natural-language starts."""
+INIT_TOKENS = 16
+"""First tokens of each text taken as a start."""
+WALK_FLUENT_TOP = 0
+"""The walk into the perplexity budget swaps to any allowed token the gradient ranks high, not
+only to the base model's likeliest there (measured: keeps the effect)."""
+WALK_BRIDGING = 8
+"""Swaps chosen for how they read (:func:`bridging_tokens`) scored each walk step, beside the
+gradient's: they brought false_fact's derived prompt under perplexity 1,000 (docs/results.md)."""
+WALK_N_CANDIDATES = 12
+"""The gradient's swaps scored each walk step (16 gave a weaker prompt on false_fact: docs/results.md)."""
 
 
 def text_prompt_ids(tokenizer, text: str, max_tokens: int) -> Optional[torch.Tensor]:
@@ -36,8 +57,6 @@ class HardPromptSettings:
     """Hard prompts from the soft prompt (``evidence.hard_prompts.*``; :func:`find_hard_prompts`)."""
 
     methods: List[str] = field(default_factory=lambda: list(METHODS))
-    fluency_weight: float = 0.02
-    """Weight of the base model's log-perplexity of the prompt in the objective."""
     pez_steps: int = 20
     gcg_steps: int = 4
     top_k: int = 32
@@ -45,38 +64,12 @@ class HardPromptSettings:
     """Single swaps scored exactly per GCG step."""
     fluent_top: int = 128
     """GCG swaps only to the base model's top tokens at each position (0: any)."""
-    train_batches: int = 4
-    eval_batches: int = 4
-    batch_size: int = 4
-    init_texts: int = 64
-    """Training texts ranked by their divergence alone (method ``text``)."""
-    n_starts: int = 12
-    """The highest of them tried as natural-language starts."""
-    init_tokens: int = 16
-    """First tokens of each start."""
-    gcg_start: str = "derived"
-    """``derived``: GCG refines the best of the projection, guided and PEZ prompts (a prompt
-    derived from the soft prompt); ``any``: the best start, natural-language text starts included."""
-    gcg_on_policy: bool = False
-    """On the answer objective, GCG scores each prompt over the answers given with it in
-    place (as the held-out evaluation does), not over the soft prompt's answers."""
     max_perplexity: Optional[float] = None
     """GCG's perplexity budget: prompts the base model reads at a higher perplexity rank
     below every prompt within it (None: no budget)."""
     budget_steps: int = 0
     """With ``max_perplexity``: GCG searches without the budget, then walks its result into
     it for this many more steps (0: the budget applies to the whole search)."""
-    budget_fluent_top: int = 0
-    """> 0: the walk swaps only to the base model's this many likeliest tokens at each
-    position; 0: to any allowed token the gradient ranks high (measured: keeps the effect)."""
-    budget_bridging: int = 0
-    """> 0: each walk step also scores this many swaps chosen for how they read (at the
-    token the base model finds least likely and the one before it: :func:`bridging_tokens`)."""
-    budget_n_candidates: Optional[int] = None
-    """The gradient's swaps scored each walk step (None: ``n_candidates``, as in the search)."""
-    gcg_own_answers: bool = False
-    """On-policy GCG scores every candidate swap over the answers given with it in place
-    (one more answer per candidate and text each step), not over the current prompt's."""
     positions: Optional[str] = None
     """Where the search and the measurement read the divergence: None, the soft prompt's
     own objective; ``response``, over the finetuned model's answers (also from a soft prompt
@@ -86,8 +79,6 @@ class HardPromptSettings:
         self.methods = tuple(self.methods)
         if self.positions is not None:
             check_positions(self.positions, "evidence.hard_prompts.positions")
-        if self.gcg_start not in ("derived", "any"):
-            raise FinediffError(f"evidence.hard_prompts.gcg_start must be derived or any; got {self.gcg_start!r}")
         if self.max_perplexity is not None and (isinstance(self.max_perplexity, bool) or not isinstance(
                 self.max_perplexity, (int, float)) or self.max_perplexity <= 1):
             raise FinediffError(f"evidence.hard_prompts.max_perplexity must be a number > 1 or null; "
@@ -96,14 +87,9 @@ class HardPromptSettings:
         if unknown or not self.methods:
             raise FinediffError(f"evidence.hard_prompts.methods: unknown {sorted(unknown) or 'empty list'}; "
                                 f"choose from {', '.join(METHODS)}")
-        if self.budget_steps < 0 or self.budget_fluent_top < 0 or self.budget_bridging < 0:
-            raise FinediffError(f"evidence.hard_prompts.budget_steps, budget_fluent_top and budget_bridging must be "
-                                f">= 0; got {self.budget_steps}, {self.budget_fluent_top} and {self.budget_bridging}")
-        counts = dict(top_k=self.top_k, n_candidates=self.n_candidates, train_batches=self.train_batches,
-                      eval_batches=self.eval_batches, batch_size=self.batch_size)
-        if self.budget_n_candidates is not None:
-            counts["budget_n_candidates"] = self.budget_n_candidates
-        for key, value in counts.items():
+        if self.budget_steps < 0:
+            raise FinediffError(f"evidence.hard_prompts.budget_steps must be >= 0; got {self.budget_steps}")
+        for key, value in dict(top_k=self.top_k, n_candidates=self.n_candidates).items():
             if value < 1:
                 raise FinediffError(f"evidence.hard_prompts.{key} must be >= 1, got {value}")
 
@@ -112,41 +98,40 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
                       settings: Optional[HardPromptSettings] = None, kind: str = "kl_ft_base",
                       temperature: float = 1.0, chunk_size: int = 256, seed: int = 0,
                       answers: Optional[AnswerSettings] = None, start_PD: Optional[torch.Tensor] = None,
-                      init_texts: tuple[str, ...] = (), on_policy: Optional[list[dict]] = None,
-                      progress: bool = True) -> list[HardPrompt]:
+                      init_texts: tuple[str, ...] = (), progress: bool = True) -> list[HardPrompt]:
     """Run the methods ``settings`` chooses (:class:`HardPromptSettings`, whose fields the
     names below are) from a learned soft prompt; return hard prompts measured on
     ``eval_batches`` (held-out texts), best divergence first. ``kind``, ``temperature``,
-    ``chunk_size`` and ``answers`` are the soft prompt's objective.
+    ``chunk_size`` and ``answers`` are the soft prompt's objective (every method's less
+    :data:`FLUENCY_WEIGHT` x the prompt's base log-perplexity).
 
     ``init_texts`` (method ``text``) are candidate natural-language starts. They are
-    ranked by the pair's divergence on each text alone; the first ``init_tokens`` tokens
-    of the ``n_starts`` highest are scored as prompts on the training texts, and the best
-    is kept. ``start_PD`` is the soft prompt before training (method ``guided``). GCG
-    starts from whichever of the projection, guided and PEZ prompts (``gcg_start="any"``:
-    and the text start) scores best on the training texts, so what it returns is derived
-    from the soft prompt (or, with ``any``, a fluent start that already diverges is refined).
+    ranked by the pair's divergence on each text alone; the first :data:`INIT_TOKENS`
+    tokens of the :data:`N_STARTS` highest are scored as prompts on the training texts,
+    and the best is kept. ``start_PD`` is the soft prompt before training (method
+    ``guided``). GCG refines the start that scores best on the training texts: when a
+    method deriving a prompt from the soft prompt (projection, guided, PEZ) is among
+    ``methods``, the best of the derived prompts, so what it returns is derived from the
+    soft prompt; else the best of every start (the projection and the text start), so a
+    fluent start that already diverges is refined.
 
     With ``answers`` (the answer objective), ``train_batches`` carry their answers and
-    ``score_mask`` already; every prompt is measured on ``eval_batches`` over the answers
-    the finetuned model gives with it in place. ``on_policy`` (the training texts without
-    answers) makes GCG's choice of start and its search on-policy: every prompt is scored
-    over the answers given with it (:func:`gcg`), not over the soft prompt's answers.
-    ``max_perplexity`` is GCG's perplexity budget; ``gcg_own_answers`` scores every GCG
-    candidate over its own answers (on-policy search only). With ``budget_steps`` the
+    ``score_mask`` already (the soft prompt's answers, which GCG searches over); every
+    prompt is measured on ``eval_batches`` over the answers the finetuned model gives with
+    it in place. ``max_perplexity`` is GCG's perplexity budget. With ``budget_steps`` the
     budget is not imposed on the search: GCG first searches freely for ``gcg_steps``, then
-    walks its result into the budget for ``budget_steps`` more (swaps to the
-    ``budget_fluent_top`` tokens the base model finds likeliest; 0: any allowed token),
-    while outside the budget taking the best of the swaps that lower the perplexity (a
-    strong but unreadable prompt becomes a readable one that keeps what it can of the
-    effect); ``budget_n_candidates`` (None: ``n_candidates``) are the gradient's swaps
-    each walk step, and ``budget_bridging`` adds that many chosen for how they read
-    (:func:`gcg`'s ``bridging``).
+    walks its result into the budget for ``budget_steps`` more (swaps to any allowed token
+    the gradient ranks high, :data:`WALK_FLUENT_TOP`), while outside the budget taking the
+    best of the swaps that lower the perplexity (a strong but unreadable prompt becomes a
+    readable one that keeps what it can of the effect); each walk step scores
+    :data:`WALK_N_CANDIDATES` of the gradient's swaps and :data:`WALK_BRIDGING` chosen for
+    how they read (:func:`gcg`'s ``bridging``).
     """
     from finediff.divergent_dataset import rank_texts
 
     s = settings or HardPromptSettings()
-    methods, fluency_weight, n_candidates, max_perplexity = s.methods, s.fluency_weight, s.n_candidates, s.max_perplexity
+    methods, n_candidates, max_perplexity = s.methods, s.n_candidates, s.max_perplexity
+    fluency_weight = FLUENCY_WEIGHT
 
     weight = embedding_table(pair.base)
     allowed = allowed_tokens(pair.tokenizer, weight.shape[0])
@@ -159,8 +144,8 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     if "text" in methods and init_texts:
         ranked = [t for _, t in rank_texts(pair, list(init_texts), "text" if answers is None else "response",
                                            progress=progress, kind=kind)]
-        starts = [ids for ids in (text_prompt_ids(pair.tokenizer, t, s.init_tokens) for t in ranked)
-                  if ids is not None][:s.n_starts]
+        starts = [ids for ids in (text_prompt_ids(pair.tokenizer, t, INIT_TOKENS) for t in ranked)
+                  if ids is not None][:N_STARTS]
         if starts:
             scores = prompt_objectives(pair, starts, train_batches, kind, temperature, fluency_weight)
             found["text"] = starts[int(scores.argmax())]
@@ -168,12 +153,10 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
     results = {m: evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, m, chunk_size, div0, answers)
                for m, ids in found.items() if m in methods}
     if "gcg" in methods:
-        names = [m for m in found if s.gcg_start == "any" or m in DERIVED]
+        derived = set(methods) & set(DERIVED)  # then GCG refines a derived prompt; else the best of every start
+        names = [m for m in found if m in DERIVED or not derived]
         starts = [found[m] for m in names]
-        search = on_policy if on_policy is not None and answers is not None else None
-        scores = (prompt_objectives(pair, starts, train_batches, kind, temperature, fluency_weight) if search is None
-                  else _on_policy_objectives(pair, starts, search, answers, kind, temperature, fluency_weight,
-                                             chunk_size))
+        scores = prompt_objectives(pair, starts, train_batches, kind, temperature, fluency_weight)
         if max_perplexity:  # a start within the budget first
             header = _header(pair, train_batches[0])
             nll = torch.tensor([prompt_nll(pair.base, header, p).item() for p in starts])
@@ -181,16 +164,15 @@ def find_hard_prompts(pair, prompt_PD: torch.Tensor, train_batches: list[dict], 
         start = found[names[int(scores.argmax())]]
         walk = bool(s.budget_steps and max_perplexity)
 
-        def search_from(ids_P: torch.Tensor, steps: int, top: int, limit: Optional[float], walking: bool):
-            n = s.budget_n_candidates if walking and s.budget_n_candidates is not None else n_candidates
-            how = GCGSettings(steps, s.top_k, n, top, max_perplexity=limit, own_answers=s.gcg_own_answers,
-                              walk=walking, bridging=s.budget_bridging if walking else 0)
-            return gcg(pair, ids_P, search or train_batches, allowed, how, kind, temperature, fluency_weight,
-                       chunk_size, answers if search is not None else None, seed, progress)
+        def search_from(ids_P: torch.Tensor, how: GCGSettings) -> torch.Tensor:
+            return gcg(pair, ids_P, train_batches, allowed, how, kind, temperature, fluency_weight, chunk_size,
+                       seed=seed, progress=progress)
 
-        ids = search_from(start, s.gcg_steps, s.fluent_top, None if walk else max_perplexity, False)
+        ids = search_from(start, GCGSettings(s.gcg_steps, s.top_k, n_candidates, s.fluent_top,
+                                             max_perplexity=None if walk else max_perplexity))
         if walk:  # then into the budget, keeping what it can of the effect
-            ids = search_from(ids, s.budget_steps, s.budget_fluent_top, max_perplexity, True)
+            ids = search_from(ids, GCGSettings(s.budget_steps, s.top_k, WALK_N_CANDIDATES, WALK_FLUENT_TOP,
+                                               max_perplexity=max_perplexity, walk=True, bridging=WALK_BRIDGING))
         results["gcg"] = evaluate(pair, ids, eval_batches, kind, temperature, fluency_weight, "gcg", chunk_size, div0,
                                   answers)
     return sorted(results.values(), key=lambda h: h.divergence, reverse=True)

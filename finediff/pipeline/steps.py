@@ -24,7 +24,8 @@ from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, gener
                                         rank_texts, save_dataset)
 from finediff.findings import Finding, FindingSettings, evaluate_hypotheses, propose, sample_answers, write_findings
 from finediff.generation import generate
-from finediff.hard_prompts import HardPrompt, find_hard_prompts
+from finediff.hard_prompts import (BATCH_SIZE, EVAL_BATCHES, INIT_TEXTS, TRAIN_BATCHES, HardPrompt,
+                                   find_hard_prompts)
 from finediff.io import read_json, write_json, write_jsonl
 from finediff.lens import STEER_CATEGORY, LensConfig, run_lens
 from finediff.organisms.checkers import checker_for
@@ -70,14 +71,13 @@ def hard_prompts(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: 
     tok = pair.tokenizer
     answers = objective.answer_settings if s.positions is None else \
         objective.answers if s.positions == "response" else None
-    raw = train = texts.batches(tok, "train", s.train_batches, s.batch_size)
+    train = texts.batches(tok, "train", TRAIN_BATCHES, BATCH_SIZE)
     if answers is not None:  # the search scores the answers the finetuned model gives with the soft prompt
-        train = [answer_batch(pair, b, soft_prompt_PD.detach(), answers) for b in raw]
+        train = [answer_batch(pair, b, soft_prompt_PD.detach(), answers) for b in train]
     found = find_hard_prompts(
-        pair, soft_prompt_PD, train, texts.batches(tok, "val", s.eval_batches, s.batch_size), s, objective.kind,
+        pair, soft_prompt_PD, train, texts.batches(tok, "val", EVAL_BATCHES, BATCH_SIZE), s, objective.kind,
         objective.temperature, objective.chunk_size, objective.seed, answers=answers, start_PD=objective.start,
-        init_texts=tuple(texts.train[: s.init_texts]), on_policy=raw if s.gcg_on_policy else None,
-        progress=progress)
+        init_texts=tuple(texts.train[:INIT_TEXTS]), progress=progress)
     if out is not None:
         write_jsonl(Path(out) / names.HARD_PROMPTS_FILE, [h.as_dict() for h in found])
     for h in found:
