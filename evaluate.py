@@ -64,8 +64,7 @@ def _texts(cfg: DictConfig, pair, run_dir: Path) -> pipeline.RunTexts:
         if not has_survey(run_dir):
             raise FinediffError(f"data.categories is null (an audit) but {run_dir} has no survey "
                                 f"({names.SURVEY_SUMMARY}); give data.categories or experiment=NAME")
-        s = settings(cfg, "evidence").survey
-        datamodule.set_texts(*read_survey(run_dir).training_texts(s.n_train, s.n_val))
+        datamodule.set_texts(*read_survey(run_dir).training_texts(settings(cfg, "evidence").survey.n_train))
     return datamodule.texts()
 
 

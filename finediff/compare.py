@@ -3,7 +3,7 @@
 For each category, the pair's mean per-text divergence (no prompt) over its texts, with a
 95% confidence interval (normal approximation: mean +/- 1.96 * sd / sqrt(n)), sorted
 highest first and written as CSV (first column the category), Markdown and a bar chart.
-By default a text's divergence is measured over the finetuned model's answer to it (see
+A text's divergence is measured over the finetuned model's answer to it (see
 :func:`compare_categories`): a narrow finetune changes what the model says.
 """
 
@@ -16,12 +16,18 @@ from pathlib import Path
 from typing import Optional
 
 from finediff.data import load_category
-from finediff.divergent_dataset import POSITIONS, score_texts
-from finediff.errors import FinediffError
+from finediff.divergent_dataset import score_texts
 from finediff import names
 from finediff.io import atomic_path, markdown_table, write_text
 from finediff.records import CategoryResult
 from finediff.stats import mean_interval
+
+BATCH_SIZE = 8
+"""Texts teacher-forced at once."""
+SCORED_POSITIONS = "response"
+"""Where a text's divergence is measured: over the finetuned model's greedy answer (``text``: its own tokens)."""
+MAX_NEW_TOKENS = 32
+"""New tokens of the greedy answer a text is scored over."""
 
 
 def summarise(category: str, values: list[float]) -> CategoryResult:
@@ -29,32 +35,25 @@ def summarise(category: str, values: list[float]) -> CategoryResult:
     return CategoryResult(category, len(values), mean, low, high, std, max(values))
 
 
-def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 100, batch_size: int = 8,
-                       max_length: Optional[int] = None, progress: bool = True, positions: str = "response",
-                       max_new_tokens: int = 32) -> list[CategoryResult]:
-    """Mean divergence per category with a 95% CI, highest first.
-
-    ``positions="response"`` (default) scores each text by the pair's divergence over the
-    finetuned model's greedy answer (``max_new_tokens`` tokens at most), both models
-    teacher-forced; ``positions="text"`` scores the text's own tokens (the training
-    objective's positions) instead.
-    """
-    if positions not in POSITIONS:
-        raise FinediffError(f"unknown compare positions {positions!r}; choose {' or '.join(POSITIONS)}")
+def compare_categories(pair, categories: list[str], max_texts: Optional[int] = 100, max_length: Optional[int] = None,
+                       progress: bool = True) -> list[CategoryResult]:
+    """Mean divergence per category with a 95% CI, highest first: each text scored by the
+    pair's divergence over the finetuned model's greedy answer (:data:`MAX_NEW_TOKENS`
+    tokens at most), both models teacher-forced (:data:`SCORED_POSITIONS`)."""
     results = []
     for category in categories:
         split = load_category(category, max_texts, val_fraction=0.0)
         if progress:
             print(f"scoring category {category} ({len(split.train)} texts)", flush=True)
-        values = score_texts(pair, split.train, positions, max_new_tokens, max_length, batch_size, progress)
+        values = score_texts(pair, split.train, SCORED_POSITIONS, MAX_NEW_TOKENS, max_length, BATCH_SIZE, progress)
         results.append(summarise(category, values))
     return sorted(results, key=lambda r: r.mean_divergence, reverse=True)
 
 
-def write_comparison(results: list[CategoryResult], out: Path, title: str = "",
-                     xlabel: str = "mean per-token KL(ft || base)") -> None:
+def write_comparison(results: list[CategoryResult], out: Path, title: str = "") -> None:
     """``comparison.csv`` (first column the category), ``comparison.md`` and
     ``comparison.png`` (bar chart with CI whiskers) in ``out``."""
+    where = "over the finetuned model's answers" if SCORED_POSITIONS == "response" else "over the texts"
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(asdict(results[0])))
     writer.writeheader()
@@ -77,7 +76,7 @@ def write_comparison(results: list[CategoryResult], out: Path, title: str = "",
     means = [r.mean_divergence for r in results][::-1]
     errs = [r.mean_divergence - r.ci_low for r in results][::-1]
     ax.barh(labels, means, xerr=errs, color="#4c72b0", capsize=3)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(f"mean per-token KL(ft || base) {where}")
     ax.set_title(f"Divergence by category{': ' + title if title else ''}")
     fig.tight_layout()
     with atomic_path(Path(out) / names.COMPARISON_PNG) as tmp:

@@ -12,15 +12,15 @@ leaks. This step follows the leads the other steps leave:
 * the survey groups where a confirmed finding shows (*group* conditions: that group's
   fresh prompts against every other group's, in a seeded random order).
 
-**Screen** (no behaviour known yet): the finetuned model answers ``screen_prompts``
+**Screen** (no behaviour known yet): the finetuned model answers :data:`SCREEN_PROMPTS`
 prompts under each candidate greedily, both models are teacher-forced on the answer, and
 the mean divergence is compared with the same prompts without the condition (topic
 conditions: the same templates about everyday subjects). Candidates whose divergence is
-at least :data:`MIN_RATIO` times that, and above ``min_divergence``, go on.
+at least :data:`MIN_RATIO` times that, and above :data:`MIN_DIVERGENCE`, go on.
 
 **Behaviour**: both models sample answers under the condition, and the finetuned model
 also without it; the words the finetuned model says under the condition in at least
-``min_word_share`` of its answers, and at most half as often in either comparison, are
+:data:`MIN_WORD_SHARE` of its answers, and at most half as often in either comparison, are
 the behaviour. No such word: the candidate is dropped (a condition that only moves the
 numbers is not reported as a behaviour).
 
@@ -28,8 +28,8 @@ numbers is not reported as a behaviour).
 (exact McNemar test on the discordant pairs) and of the finetuned model without it (McNemar
 for insertions, where the same prompt is asked both ways; Fisher's exact test for topics
 and groups, whose prompts differ). The larger of the two p-values is Holm-corrected over
-the candidates; a condition is *confirmed* when that is below ``alpha`` and the finetuned
-model's rate with it exceeds both others by at least ``min_effect``.
+the candidates; a condition is *confirmed* when that is below ``alpha`` (``evidence.alpha``) and
+the finetuned model's rate with it exceeds both others by at least :data:`MIN_EFFECT`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Optional
 
 from finediff import names
 from finediff.errors import FinediffError
-from finediff.findings import WORD, Finding, FindingSettings, content_words, sample_answers, topic_hypothesis
+from finediff.findings import WORD, Finding, content_words, sample_answers, topic_hypothesis
 from finediff.stats import holm
 from finediff.io import read_json, write_json
 
@@ -54,13 +54,31 @@ TOPIC_TEMPLATES = (
     "Give me a tip about {w}.", "Why do people care about {w}?", "Can you help me with {w}?",
     "What is the best thing about {w}?", "Describe {w} in two sentences.", "How do I get started with {w}?",
 )
-"""Prompts written around a lead word: the first ``screen_prompts`` screen it, the rest test it."""
+"""Prompts written around a lead word: the first :data:`SCREEN_PROMPTS` screen it, the rest test it."""
 CONTROL_SUBJECTS = ("the weather", "music", "football", "history", "cars", "painting", "coffee", "the city",
                     "shoes", "mathematics", "the train", "holidays")
 """Everyday subjects: the same templates about them are a topic condition's comparison."""
 KINDS = ("insert", "topic", "group")
 MIN_RATIO = 3.0
 """A candidate's answer divergence over the same prompts' without it, to go on."""
+MAX_LEADS = 8
+"""Lead words and strings tried, per source."""
+SCREEN_PROMPTS = 4
+"""Prompts per candidate in the divergence screen (at most ``len(TOPIC_TEMPLATES) - 2``)."""
+MAX_NEW_TOKENS = 24
+"""New tokens per answer, in the screen and in the sampled answers."""
+MIN_DIVERGENCE = 0.1
+"""Nats per token a candidate's answers must diverge by, to go on."""
+SAMPLES_PER_PROMPT = 3
+"""Sampled answers per prompt and model, for the behaviour words and the test."""
+TEST_PROMPTS = 8
+"""Prompts per candidate in the test (the everyday prompts after the screen's)."""
+TEMPERATURE = 0.7
+"""Sampling temperature of the behaviour's and the test's answers."""
+MIN_WORD_SHARE = 0.4
+"""A behaviour word appears in at least this share of the finetuned model's answers under the condition."""
+MIN_EFFECT = 0.2
+"""The rate with the condition exceeds the base's and the rate without it by this much."""
 
 
 @dataclass
@@ -68,35 +86,12 @@ class ConditionSettings:
     """How conditions are searched and tested (the ``evidence.conditions`` block): what turns
     a behaviour on, leads screened, described and tested -> conditions.json."""
 
-    max_leads: int = 8
-    """Lead words and strings tried, per source."""
-    screen_prompts: int = 4
-    """Prompts per candidate in the divergence screen."""
-    max_new_tokens: int = 24
-    min_divergence: float = 0.1
-    """Nats per token a candidate's answers must diverge by, to go on."""
     keep: int = 4
     """Candidates (highest ratio first) given a behaviour and tested."""
-    samples_per_prompt: int = 3
-    test_prompts: int = 8
-    temperature: float = 0.7
-    min_word_share: float = 0.4
-    """A behaviour word appears in at least this share of the finetuned model's answers under the condition."""
-    alpha: float = 0.05
-    """Family-wise error rate (Holm)."""
-    min_effect: float = 0.2
-    """The rate with the condition exceeds the base's and the rate without it by this much."""
 
     def __post_init__(self):
-        for key in ("max_leads", "screen_prompts", "max_new_tokens", "keep", "samples_per_prompt", "test_prompts"):
-            if getattr(self, key) < 1:
-                raise FinediffError(f"evidence.conditions.{key} must be >= 1, got {getattr(self, key)}")
-        if self.screen_prompts + 2 > len(TOPIC_TEMPLATES):
-            raise FinediffError(f"evidence.conditions.screen_prompts must be <= {len(TOPIC_TEMPLATES) - 2}, "
-                                f"got {self.screen_prompts}")
-        for key in ("alpha", "min_word_share"):
-            if not 0 < getattr(self, key) < 1:
-                raise FinediffError(f"evidence.conditions.{key} must be in (0, 1), got {getattr(self, key)}")
+        if self.keep < 1:
+            raise FinediffError(f"evidence.conditions.keep must be >= 1, got {self.keep}")
 
 
 @dataclass(frozen=True)
@@ -183,19 +178,18 @@ def _word_leads(words: list[str], n: int) -> list[str]:
 
 
 def candidates(reads: list = (), writes: list[str] = (), mined: list[str] = (), soft: list[str] = (),
-               groups: list[str] = (), settings: ConditionSettings = ConditionSettings(),
-               prompts: list[str] = ()) -> list[Condition]:
+               groups: list[str] = (), prompts: list[str] = ()) -> list[Condition]:
     """The conditions to screen, from each source (``reads``: ``[token, score]`` of the
     weight reading; ``prompts``: hard prompts found by searching the pair, each inserted
     whole; the others: words or texts)."""
     out: list[Condition] = [Condition("insert", p.strip(), "hard prompt") for p in prompts if p.strip()]
-    tokens = _token_leads(list(reads), settings.max_leads)
+    tokens = _token_leads(list(reads), MAX_LEADS)
     out += [Condition("insert", t, "adapter reads") for t in tokens]
     for k in (3, 5):
         if len(tokens) >= k:
             out.append(Condition("insert", "".join(tokens[:k]), "adapter reads (joined)"))
     for words, source in ((writes, "adapter writes"), (mined, "diff mining"), (soft, "soft prompt")):
-        for w in _word_leads(list(words), settings.max_leads):
+        for w in _word_leads(list(words), MAX_LEADS):
             out += [Condition("topic", w, source), Condition("insert", w, source)]
     out += [Condition("group", g, "confirmed finding") for g in groups]
     seen, unique = set(), []
@@ -211,7 +205,8 @@ def _topic_prompts(word: str, templates) -> list[str]:
 
 
 def behaviour_words(with_ft: list[str], with_base: list[str], without_ft: list[str], prompts: list[str],
-                    min_share: float = 0.4, n: int = 5, without_prompts: Optional[list[str]] = None) -> list[str]:
+                    min_share: float = MIN_WORD_SHARE, n: int = 5,
+                    without_prompts: Optional[list[str]] = None) -> list[str]:
     """Words in at least ``min_share`` of ``with_ft`` answers and at most half as often in
     the base's answers under the condition and in the finetuned model's without it (a
     prompt's own words never count; ``without_prompts``: the prompts of ``without_ft``, when
@@ -250,14 +245,15 @@ def _fisher(hits: list[bool], other: list[bool]) -> float:
 
 def search_conditions(pair, leads: list[Condition], everyday: list[str], settings: ConditionSettings = ConditionSettings(),
                       group_prompts: Optional[dict[str, list[str]]] = None, seed: int = 0,
-                      progress: bool = True) -> list[ConditionResult]:
-    """Screen, describe and test each lead condition (see the module docstring).
+                      progress: bool = True, *, alpha: float) -> list[ConditionResult]:
+    """Screen, describe and test each lead condition (see the module docstring); the
+    tests are Holm-corrected to family-wise error rate ``alpha``.
 
     Args:
         leads: the candidate conditions (:func:`candidates`).
         everyday: prompts that carry no condition (the survey's fresh prompts, least
             divergent first): insert conditions are put in front of them; the first
-            ``screen_prompts`` screen, the next ``test_prompts`` test.
+            :data:`SCREEN_PROMPTS` screen, the next :data:`TEST_PROMPTS` test.
         group_prompts: for group conditions, each group's fresh prompts (and the key
             ``""``: prompts of every other group in a random order, the comparison).
 
@@ -266,7 +262,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
     """
     from finediff.divergent_dataset import response_divergences
 
-    k, t = settings.screen_prompts, settings.test_prompts
+    k, t = SCREEN_PROMPTS, TEST_PROMPTS
     if len(everyday) < k + 2:
         raise FinediffError(f"condition search needs at least {k + 2} everyday prompts, got {len(everyday)}")
     group_prompts = group_prompts or {}
@@ -298,33 +294,32 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
     unique = list(dict.fromkeys(batch))
     if progress:
         print(f"conditions: screening {len(leads)} candidate conditions on {len(unique)} prompts", flush=True)
-    div = dict(zip(unique, response_divergences(pair, unique, settings.max_new_tokens, progress=progress)))
+    div = dict(zip(unique, response_divergences(pair, unique, MAX_NEW_TOKENS, progress=progress)))
     results = []
     for c in leads:
         start, nw, nwo = index[c]
         with_ = [div[p] for p in batch[start:start + nw]]
         without = [div[p] for p in batch[start + nw:start + nw + nwo]]
         results.append(ConditionResult(c, round(sum(with_) / len(with_), 5), round(sum(without) / max(len(without), 1), 5)))
-    passed = sorted([r for r in results if r.screen_divergence >= settings.min_divergence
+    passed = sorted([r for r in results if r.screen_divergence >= MIN_DIVERGENCE
                      and r.ratio >= MIN_RATIO], key=lambda r: -r.ratio)[:settings.keep]
     log.info("conditions: %d of %d candidates passed the screen: %s", len(passed), len(results),
              [(r.condition.kind, r.condition.text, round(r.ratio, 1)) for r in passed])
     # 2. behaviour words, from sampled answers on the screen prompts
-    sampling = FindingSettings(samples_per_prompt=settings.samples_per_prompt, max_new_tokens=settings.max_new_tokens,
-                               temperature=settings.temperature)
+    sampling = (SAMPLES_PER_PROMPT, MAX_NEW_TOKENS, TEMPERATURE)
     tested, raw = [], []
     for r in passed:
         with_, without = prompts_for(r.condition, "screen")
-        prompts, base_a, ft_a = sample_answers(pair, with_, sampling, seed, progress=False)
-        wo_prompts, _, ft_wo = sample_answers(pair, without, sampling, seed, progress=False)
-        r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, settings.min_word_share, without_prompts=wo_prompts)
+        prompts, base_a, ft_a = sample_answers(pair, with_, *sampling, seed, progress=False)
+        wo_prompts, _, ft_wo = sample_answers(pair, without, *sampling, seed, progress=False)
+        r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, MIN_WORD_SHARE, without_prompts=wo_prompts)
         if not r.words:
             continue
         # 3. the test on prompts the screen did not see
         hyp = topic_hypothesis(r.words, "condition search")
         with_, without = prompts_for(r.condition, "test")
-        prompts, base_a, ft_a = sample_answers(pair, with_, sampling, seed + 1, progress=False)
-        wo_prompts, _, ft_wo = sample_answers(pair, without, sampling, seed + 1, progress=False)
+        prompts, base_a, ft_a = sample_answers(pair, with_, *sampling, seed + 1, progress=False)
+        wo_prompts, _, ft_wo = sample_answers(pair, without, *sampling, seed + 1, progress=False)
         hit_ft = [hyp.fires(a, p) for a, p in zip(ft_a, prompts)]
         hit_base = [hyp.fires(a, p) for a, p in zip(base_a, prompts)]
         hit_wo = [hyp.fires(a, p) for a, p in zip(ft_wo, wo_prompts)]
@@ -341,7 +336,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
         raw.append(r.p_value)
     for r, padj in zip(tested, holm(raw)):
         r.p_adjusted = padj
-        r.confirmed = (padj < settings.alpha and r.rate_with - max(r.rate_base, r.rate_without) >= settings.min_effect)
+        r.confirmed = padj < alpha and r.rate_with - max(r.rate_base, r.rate_without) >= MIN_EFFECT
         log.info("condition %s: %s (with %.0f%%, without %.0f%%, base %.0f%%, p_adj %.2g)",
                  "confirmed" if r.confirmed else "not confirmed", r.condition.describe() + " " + r.behaviour(),
                  100 * r.rate_with, 100 * r.rate_without, 100 * r.rate_base, r.p_adjusted)

@@ -12,7 +12,7 @@ answer ``i`` of the other, and the pairs where the detector fires on one side on
 compared by a one-sided exact McNemar test (a binomial test on the discordant pairs; the
 concordant ones carry no information about a difference). p-values are Holm-corrected
 over all hypotheses; a finding is *confirmed* when its corrected p-value is below
-``alpha`` and the rates differ by at least ``min_effect``.
+``alpha`` (``evidence.alpha``) and the rates differ by at least :data:`MIN_EFFECT`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ WORDS_PER_SOURCE = 6
 """Single-word hypotheses kept per source (diff mining, favoured words, ADL tokens, dropped words)."""
 MAX_HYPOTHESES = 16
 """Hypotheses tested at most, first come first kept."""
+TEMPERATURE = 0.7
+"""Sampling temperature of the tested answers."""
+MIN_EFFECT = 0.1
+"""Smallest difference of rates a confirmed finding shows."""
 
 
 @dataclass
@@ -102,18 +106,12 @@ class FindingSettings:
     """Answers per prompt and model; when fewer than ``n_prompts`` prompts are tested
     (only the changed groups'), each gets more, ``n_prompts * samples_per_prompt`` in all."""
     max_new_tokens: int = 48
-    temperature: float = 0.7
-    alpha: float = 0.05
-    """Family-wise error rate (Holm)."""
-    min_effect: float = 0.1
-    """Smallest difference of rates a confirmed finding shows."""
+    """New tokens per sampled answer."""
 
     def __post_init__(self):
         for key in ("n_prompts", "samples_per_prompt", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise FinediffError(f"evidence.findings.{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 < self.alpha < 1:
-            raise FinediffError(f"evidence.findings.alpha must be in (0, 1), got {self.alpha}")
 
 
 def word_hypothesis(word: str, direction: str, source: str) -> Hypothesis:
@@ -188,11 +186,10 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
 
 
 def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_answers: list[str],
-                        ft_answers: list[str], groups: Optional[list[str]] = None,
-                        settings: FindingSettings = FindingSettings()) -> list[Finding]:
+                        ft_answers: list[str], groups: Optional[list[str]] = None, *, alpha: float) -> list[Finding]:
     """Each hypothesis's rate in the finetuned vs the base answers (answer ``i`` of both
     models to ``prompts[i]``, sampled with the same seed), exact McNemar test on the pairs,
-    Holm correction; confirmed first."""
+    Holm correction at family-wise error rate ``alpha``; confirmed first."""
     from scipy.stats import binomtest
 
     n = len(prompts)
@@ -237,18 +234,18 @@ def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_a
     findings = []
     for (h, rf, rb, odds, gs, ex, said), p, padj in zip(rows, raw, holm(raw)):
         effect = rf - rb if h.direction == "more" else rb - rf
-        ok = padj < settings.alpha and effect >= settings.min_effect
+        ok = padj < alpha and effect >= MIN_EFFECT
         findings.append(Finding(h, rf, rb, n, p, padj, odds if odds == odds else 1.0, ok, gs[:3], ex, said))
     return sorted(findings, key=lambda f: (not f.confirmed, f.p_adjusted))
 
 
-def sample_answers(pair, prompts: list[str], settings: FindingSettings, seed: int = 0,
-                   progress: bool = True) -> tuple[list[str], list[str], list[str]]:
+def sample_answers(pair, prompts: list[str], samples_per_prompt: int, max_new_tokens: int, temperature: float,
+                   seed: int = 0, progress: bool = True) -> tuple[list[str], list[str], list[str]]:
     """``(prompts, base answers, finetuned answers)``: each prompt repeated
     ``samples_per_prompt`` times, both models sampled with the same seed."""
-    expanded = [p for p in prompts for _ in range(settings.samples_per_prompt)]
-    kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=True, temperature=settings.temperature,
-                  seed=seed, progress=progress)
+    expanded = [p for p in prompts for _ in range(samples_per_prompt)]
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, seed=seed,
+                  progress=progress)
     base = generate(pair.base, pair.tokenizer, expanded, **kwargs)
     ft = generate(pair.finetuned, pair.tokenizer, expanded, **kwargs)
     return expanded, base, ft

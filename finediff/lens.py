@@ -1,6 +1,6 @@
 """Activation Difference Lens (ADL): read a narrow finetune's trace from the activations.
 
-On the first ``n_positions`` tokens of generic text (unrelated to the finetune), the mean
+On the first :data:`N_POSITIONS` tokens of generic text (unrelated to the finetune), the mean
 difference ``d_p = mean(h_ft - h_base)`` of the residual stream at a layer points at the
 finetuning domain. Layers are given as relative depths, ``int(depth * (num_layers - 1))``;
 the default reads two: the paper's 0.5 and the last layer (1.0). On small models the
@@ -54,8 +54,16 @@ from finediff.generation import generate_mixed
 from finediff.records import LensLayer, LensPosition, LensSummary, Steering
 
 IDENTITY_PROMPT = "man -> man\n1135 -> 1135\nhello -> hello\n?"
+N_POSITIONS = 5
+"""First tokens of each generic text whose mean activation difference is read."""
+MIN_TOKENS = 128
+"""Generic texts shorter than this many tokens are left out."""
+TOP_K = 20
+"""Top tokens read per logit lens and Patchscope readout (the Patchscope's novelty is counted over them)."""
 DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+"""Patchscope's sweep: the difference rescaled to each of these times the finetuned model's mean activation norm."""
 DEFAULT_STRENGTHS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""Steering strengths tried, in increasing order, times the finetuned model's mean activation norm."""
 COHERENCE_FACTOR = 2.0
 """Steered samples' base perplexity may be at most this many times the unsteered ones'."""
 RELEVANCE_TOP_N = 100
@@ -91,7 +99,7 @@ def mean_norm(model, ids_NT: torch.Tensor, layer: int, skip: int = 5, batch_size
     return total / max(count, 1)
 
 
-def adl_statistics(pair, texts: list[str], layer: int, n_positions: int = 5, min_tokens: int = 128,
+def adl_statistics(pair, texts: list[str], layer: int, n_positions: int = N_POSITIONS, min_tokens: int = MIN_TOKENS,
                    max_texts: int = 10_000, norm_texts: int = 64, norm_positions: int = 128,
                    batch_size: int = 64, progress: bool = True) -> LensStats:
     """Mean difference, means and norms at ``layer`` over the first ``n_positions`` tokens."""
@@ -108,7 +116,7 @@ def adl_statistics(pair, texts: list[str], layer: int, n_positions: int = 5, min
 
 
 @torch.no_grad()
-def logit_lens(model, tokenizer, vec_D: torch.Tensor, k: int = 20) -> list[tuple[str, float]]:
+def logit_lens(model, tokenizer, vec_D: torch.Tensor, k: int = TOP_K) -> list[tuple[str, float]]:
     """Top tokens of ``vec_D`` read through the model's final norm and unembedding."""
     norm = final_norm(model)
     weight = next(model.parameters())
@@ -150,7 +158,7 @@ def _next_token_probs(model, tokenizer, prompt: str) -> torch.Tensor:
 
 
 def patchscope(model, tokenizer, vec_D: torch.Tensor, layer: int, norm: float, scales=DEFAULT_SCALES,
-               k: int = 20, prompt: str = IDENTITY_PROMPT) -> dict:
+               k: int = TOP_K, prompt: str = IDENTITY_PROMPT) -> dict:
     """Patch ``scale * norm * vec/|vec|`` at the last position of the identity prompt.
 
     Returns ``{"scales": {scale: [(token, prob), ...]}, "chosen_scale", "tokens"}``.
@@ -298,22 +306,19 @@ class LensConfig:
     layers: List[float] = field(default_factory=lambda: [0.5, 1.0])
     """Relative depths (0..1) of the layers to read: ``int(depth * (num_layers - 1))`` (see the
     module docstring); the default is the paper's middle layer and the last."""
-    n_positions: int = 5
-    min_tokens: int = 128
     max_texts: int = 1000
-    top_k: int = 20
-    scales: List[float] = field(default_factory=lambda: list(DEFAULT_SCALES))
-    strengths: List[float] = field(default_factory=lambda: list(DEFAULT_STRENGTHS))
+    """Generic texts read (those shorter than :data:`MIN_TOKENS` tokens are then left out)."""
     max_new_tokens: int = 48
+    """New tokens per steered and unsteered sample."""
     n_steer_prompts: int = 12
+    """Prompts the steering search samples on."""
 
     def __post_init__(self):
         self.layers = [float(x) for x in self.layers]
-        self.scales, self.strengths = tuple(self.scales), tuple(self.strengths)
         for depth in self.layers:
             relative_layer(2, depth)  # a one-line error for a depth outside [0, 1]
-        if self.n_positions < 1 or self.max_texts < 1 or self.top_k < 1:
-            raise FinediffError("lens n_positions, max_texts and top_k must be >= 1")
+        if self.max_texts < 1:
+            raise FinediffError(f"evidence.lens.max_texts must be >= 1, got {self.max_texts}")
 
 
 def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: LensConfig,
@@ -328,18 +333,17 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
                  if steer_prompts else None)
     for depth in config.layers:
         layer = relative_layer(pair.num_layers, depth)
-        stats = adl_statistics(pair, generic_texts, layer, config.n_positions, config.min_tokens, config.max_texts,
-                               progress=progress)
+        stats = adl_statistics(pair, generic_texts, layer, N_POSITIONS, MIN_TOKENS, config.max_texts, progress=progress)
         positions = []
-        for p in range(config.n_positions):
+        for p in range(N_POSITIONS):
             diff = stats.diff_PD[p]
             entry = LensPosition(
                 position=p, diff_norm=round(diff.norm().item(), 5),
-                logit_lens_pos=logit_lens(pair.finetuned, tok, diff, config.top_k),
-                logit_lens_neg=logit_lens(pair.finetuned, tok, -diff, config.top_k),
-                base_mean_lens=logit_lens(pair.finetuned, tok, stats.base_mean_PD[p], config.top_k),
-                ft_mean_lens=logit_lens(pair.finetuned, tok, stats.ft_mean_PD[p], config.top_k),
-                patchscope=patchscope(pair.finetuned, tok, diff, layer, stats.ft_norm, config.scales, config.top_k))
+                logit_lens_pos=logit_lens(pair.finetuned, tok, diff, TOP_K),
+                logit_lens_neg=logit_lens(pair.finetuned, tok, -diff, TOP_K),
+                base_mean_lens=logit_lens(pair.finetuned, tok, stats.base_mean_PD[p], TOP_K),
+                ft_mean_lens=logit_lens(pair.finetuned, tok, stats.ft_mean_PD[p], TOP_K),
+                patchscope=patchscope(pair.finetuned, tok, diff, layer, stats.ft_norm, DEFAULT_SCALES, TOP_K))
             if relevant:
                 entry.relevance = {
                     "difference_logit_lens": token_relevance(entry.logit_lens_pos, relevant),
@@ -352,8 +356,8 @@ def run_lens(pair, generic_texts: list[str], steer_prompts: list[str], config: L
                      if relevant else {})
         # Steer with the mean difference over positions 1.. (position 0 is the attention-sink
         # token, whose activations are outsized in both models).
-        steer_vec = stats.diff_PD[1:].mean(0) if config.n_positions > 1 else stats.diff_PD[0]
-        steering = Steering(**search_steering(pair, steer_vec, layer, stats.ft_norm, steer_prompts, config.strengths,
+        steer_vec = stats.diff_PD[1:].mean(0) if N_POSITIONS > 1 else stats.diff_PD[0]
+        steering = Steering(**search_steering(pair, steer_vec, layer, stats.ft_norm, steer_prompts, DEFAULT_STRENGTHS,
                                               COHERENCE_FACTOR, config.max_new_tokens, progress,
                                               unsteered, chat=steer_chat)) if steer_prompts else None
         summary.layers[str(layer)] = LensLayer(

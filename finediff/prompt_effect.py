@@ -6,7 +6,7 @@ of a few of the run's held-out texts and lets both models answer greedily with i
 without it, then says which of three things happened:
 
 * **breaks a model**: at least half of one model's answers with the prompt are broken
-  (empty, or fewer than ``min_distinct`` distinct tokens per token) while without it they
+  (empty, or fewer than :data:`MIN_DISTINCT` distinct tokens per token) while without it they
   are not; not evidence of anything the finetune learned;
 * **shows a confirmed behaviour**: a confirmed finding's or condition's detector fires on
   more of the finetuned model's answers with the prompt than without it, and on more of
@@ -33,6 +33,10 @@ from finediff.hard_prompts import allowed_tokens, project
 from finediff.io import read_json, write_json
 
 VERDICTS = ("breaks a model", "shows a confirmed behaviour", "no named behaviour")
+MAX_NEW_TOKENS = 32
+"""New tokens per greedy answer, with the prompt and without it."""
+MIN_DISTINCT = 0.3
+"""An answer with fewer distinct tokens per token than this is degenerate repetition."""
 
 
 @dataclass
@@ -42,16 +46,10 @@ class PromptEffectSettings:
 
     n_texts: int = 4
     """Held-out texts both models answer with and without the prompt."""
-    max_new_tokens: int = 32
-    min_distinct: float = 0.3
-    """An answer with fewer distinct tokens per token than this is degenerate repetition."""
 
     def __post_init__(self):
-        for key in ("n_texts", "max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise FinediffError(f"evidence.prompt_effect.{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 < self.min_distinct < 1:
-            raise FinediffError(f"evidence.prompt_effect.min_distinct must be in (0, 1), got {self.min_distinct}")
+        if self.n_texts < 1:
+            raise FinediffError(f"evidence.prompt_effect.n_texts must be >= 1, got {self.n_texts}")
 
 
 @dataclass
@@ -104,13 +102,13 @@ def prompt_effect(pair, prompt_PD: torch.Tensor, texts: list[str], settings: Pro
         row = {"text": text}
         for side in names.SIDES:
             model = getattr(pair, side)
-            row[side] = generate_one(model, pair.tokenizer, text, None, settings.max_new_tokens)
-            row[f"{side}_with"] = generate_one(model, pair.tokenizer, text, prompt_PD, settings.max_new_tokens)
+            row[side] = generate_one(model, pair.tokenizer, text, None, MAX_NEW_TOKENS)
+            row[f"{side}_with"] = generate_one(model, pair.tokenizer, text, prompt_PD, MAX_NEW_TOKENS)
         rows.append(row)
     share = {}
     for side in names.SIDES:
         for key, suffix in (("without", ""), ("with", "_with")):
-            share[f"{side}/{key}"] = sum(broken(r[side + suffix], pair.tokenizer, settings.min_distinct)
+            share[f"{side}/{key}"] = sum(broken(r[side + suffix], pair.tokenizer, MIN_DISTINCT)
                                          for r in rows) / len(rows)
     weight = embedding_table(pair.base)
     ids = project(prompt_PD.to(weight.device), weight, allowed_tokens(pair.tokenizer, weight.shape[0]))

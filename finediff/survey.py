@@ -12,8 +12,9 @@ tested against all other texts: a narrow finetune changes a few answers a lot, s
 test asks whether the group has more than its share of the survey's most divergent
 texts (those above the :data:`TOP_QUANTILE` of all; one-sided Fisher exact test,
 Holm-corrected over groups). A group *changed* when the corrected p-value is below
-``alpha`` and its mean is at least :data:`MIN_RATIO` times the median text's divergence. A
-change is *broad* when even the median text diverges by :data:`BROAD_MEDIAN` or more.
+``alpha`` (``evidence.alpha``) and its mean is at least :data:`MIN_RATIO` times the median
+text's divergence. A change is *broad* when even the median text diverges by
+:data:`BROAD_MEDIAN` or more.
 
 Before anything is scored, each group's texts are split by the seed into a *discovery*
 half, which the soft prompt, the divergent dataset and diff mining may look at, and a
@@ -57,6 +58,14 @@ MINING_MIN_DIFF = 2.0
 """... that rose by at least this many logits ..."""
 MINING_MIN_PROB = 1e-3
 """... and that the finetuned model gives at least this probability."""
+MINING_GENERIC_TEXTS = 32
+"""Generic-corpus texts mined too (read, not answered; 0: none)."""
+MAX_NEW_TOKENS = 24
+"""New tokens per greedy survey answer (the audit's budget: an audit of the embedded pair in about 15 CPU minutes)."""
+SCORE_BATCH = 16
+"""Answers teacher-forced at once (16 and 8 within noise: benchmarks/sampling.py)."""
+N_VAL = 16
+"""Discovery texts held out for the soft prompt's validation (every fourth of the top ``n_train + N_VAL``)."""
 
 
 @dataclass
@@ -71,26 +80,15 @@ class SurveySettings:
     """Score the shipped everyday probe set (``data/probes/everyday.jsonl``), one group per domain."""
     texts: Optional[List[str]] = None
     """The user's own texts: category specs (a ``.jsonl`` path or ``hub:`` spec), one group each."""
-    max_texts_per_group: int = 16
+    max_texts_per_group: int = 10
     """Half for discovery, half kept fresh for testing findings."""
-    max_new_tokens: int = 32
-    batch_size: int = 16
-    """Answers teacher-forced at once (16 and 8 within noise: benchmarks/sampling.py)."""
     n_train: int = 48
-    """Highest-divergence discovery texts the soft prompt trains on."""
-    n_val: int = 16
-    """Next ones, held out for its validation."""
-    alpha: float = 0.05
-    """Significance level of a group's change (after Holm correction)."""
-    mining_generic_texts: int = 32
-    """Generic-corpus texts mined too (read, not answered; 0: none)."""
+    """Highest-divergence discovery texts the soft prompt trains on (the next :data:`N_VAL` validate it)."""
 
     def __post_init__(self):
-        for key in ("max_texts_per_group", "max_new_tokens", "batch_size", "n_train", "n_val"):
+        for key in ("max_texts_per_group", "n_train"):
             if getattr(self, key) < 1:
                 raise FinediffError(f"evidence.survey.{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 < self.alpha < 1:
-            raise FinediffError(f"evidence.survey.alpha must be in (0, 1), got {self.alpha}")
         for c in list(self.categories or []) + list(self.texts or []):
             check_category(str(c))
 
@@ -148,8 +146,10 @@ class Survey:
         pool = [t for t in self.texts if discovery is None or t.discovery == discovery]
         return sorted(pool, key=lambda t: -t.divergence)
 
-    def training_texts(self, n_train: int, n_val: int) -> tuple[list[str], list[str]]:
-        """The highest-divergence discovery texts: every fourth to validation."""
+    def training_texts(self, n_train: int, n_val: Optional[int] = None) -> tuple[list[str], list[str]]:
+        """The highest-divergence discovery texts: every fourth to validation (``n_val``
+        of them at most; None: :data:`N_VAL`)."""
+        n_val = N_VAL if n_val is None else n_val
         top = [t.text for t in self.ranked()][: n_train + n_val]
         val = top[3::4][:n_val]
         train = [t for t in top if t not in set(val)]
@@ -245,20 +245,20 @@ def survey_answers(pair, prompts: list[str], max_new_tokens: int, cache: Optiona
     return done
 
 
-def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = True,
+def run_survey(pair, settings: SurveySettings, alpha: float, seed: int = 0, progress: bool = True,
                answers: Optional[Path] = None) -> Survey:
     """Score every survey text over the finetuned model's greedy answer; mine the
-    logit rises of the discovery half. ``answers``: the file that keeps the answers as they
-    are made (:func:`survey_answers`)."""
+    logit rises of the discovery half; a group changed at family-wise error rate ``alpha``
+    (Holm). ``answers``: the file that keeps the answers as they are made (:func:`survey_answers`)."""
     from finediff.divergent_dataset import teacher_forced
 
     items = survey_items(settings, seed)
     if progress:
         print(f"survey: {len(items)} texts in {len({t.group for t in items})} groups", flush=True)
     prompts = [t.text for t in items]
-    gens = survey_answers(pair, prompts, settings.max_new_tokens, answers, progress)
+    gens = survey_answers(pair, prompts, MAX_NEW_TOKENS, answers, progress)
     miner = DiffMiner(pair.tokenizer, MINING_TOP_K, MINING_MIN_DIFF, MINING_MIN_PROB)
-    scored = teacher_forced(pair, prompts, [ids for _, ids in gens], settings.batch_size, progress, "scoring answers")
+    scored = teacher_forced(pair, prompts, [ids for _, ids in gens], SCORE_BATCH, progress, "scoring answers")
     for item, (answer, ids), (lf, lb) in zip(items, gens, scored):
         div = token_divergence(lf, lb, "kl_ft_base")
         item.divergence = float(div.mean()) if div.numel() else 0.0
@@ -266,12 +266,12 @@ def run_survey(pair, settings: SurveySettings, seed: int = 0, progress: bool = T
         item.answer = answer
         if item.discovery:
             miner.add(lf, lb)
-    groups, median = summarise_groups(items, settings.alpha, MIN_RATIO, TOP_QUANTILE)
+    groups, median = summarise_groups(items, alpha, MIN_RATIO, TOP_QUANTILE)
     mining = miner.result()
-    if settings.mining_generic_texts:
-        generic = take(stream_texts(GENERIC_CATEGORY), settings.mining_generic_texts)
+    if MINING_GENERIC_TEXTS:
+        generic = take(stream_texts(GENERIC_CATEGORY), MINING_GENERIC_TEXTS)
         g = mine_texts(DiffMiner(pair.tokenizer, MINING_TOP_K, MINING_MIN_DIFF, MINING_MIN_PROB), pair, generic,
-                       batch_size=settings.batch_size, progress=progress).result(n_topics=0)
+                       batch_size=SCORE_BATCH, progress=progress).result(n_topics=0)
         mining.generic_words, mining.n_generic_texts = g.words, g.n_texts
     return Survey(items, groups, median, mining, median >= BROAD_MEDIAN)
 

@@ -50,6 +50,8 @@ TOP_TOKENS = 10
 """Tokens kept per direction."""
 MIN_RELATIVE_NORM = 1e-4
 """Modules whose update is smaller than this fraction of their weight's norm are skipped."""
+READ_DEPTH = 0.34
+"""Input directions are read at layers below this relative depth (the residual is still close to the embeddings)."""
 
 
 @dataclass
@@ -59,15 +61,10 @@ class WeightSettings:
 
     directions: int = 2
     """Top singular directions read per module."""
-    read_depth: float = 0.34
-    """Input directions are read at layers below this relative depth (the residual there is
-    still close to the embeddings)."""
 
     def __post_init__(self):
         if self.directions < 1:
             raise FinediffError(f"evidence.weights.directions must be >= 1, got {self.directions}")
-        if not 0 < self.read_depth <= 1:
-            raise FinediffError(f"evidence.weights.read_depth must be in (0, 1], got {self.read_depth}")
 
 
 @dataclass
@@ -197,7 +194,7 @@ def read_weights(base: nn.Module, finetuned: nn.Module, tokenizer, settings: Wei
     if not updates:
         return WeightReading(0, 0.0, 0.0)
     n_layers = base.config.num_hidden_layers
-    read_below = max(1, round(settings.read_depth * n_layers))
+    read_below = max(1, round(READ_DEPTH * n_layers))
     final_norm = _submodule(base, "model.norm") or _submodule(base, "norm")
     unembed = base.get_output_embeddings()
     embed = base.get_input_embeddings().weight.detach().float()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -16,6 +19,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+SMALL_EVIDENCE = {"finediff.pipeline.steps.DATASET_MAX_SCORED_TEXTS": 24, "finediff.lens.DEFAULT_STRENGTHS": (1.0, 4.0)}
+"""Module constants (``module.NAME``: value) that keep a run's evidence steps to seconds,
+beside the settings :func:`tiny_overrides` shrinks."""
+
+
+@contextmanager
+def constants(values: Optional[dict] = None):
+    """Module constants (``module.NAME``: value) set while the block runs, as a test's
+    ``monkeypatch.setattr`` would, and restored after it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for target, value in (values or {}).items():
+            mp.setattr(target, value)  # raises on a name the module does not have
+        yield
+
+
+def command(script: str, values: Optional[dict] = None) -> list[str]:
+    """The command line that runs ``script`` (train.py, evaluate.py, ...) as a user does,
+    with module constants (``module.NAME``: value) set first; arguments follow it."""
+    path = str(ROOT / script)
+    if not values:
+        return [sys.executable, path]
+    code = "\n".join([
+        "import importlib, runpy, sys",
+        f"for target, value in {values!r}.items():",
+        "    module, _, name = target.rpartition('.')",
+        "    module = importlib.import_module(module)",
+        "    assert hasattr(module, name), target",
+        "    setattr(module, name, value)",
+        f"sys.argv[0] = {path!r}",
+        f"runpy.run_path({path!r}, run_name='__main__')"])
+    return [sys.executable, "-c", code]
 
 
 @pytest.fixture(scope="session")
@@ -46,14 +81,14 @@ def finished_run(tiny_dirs, tmp_path_factory) -> Path:
 
 def tiny_overrides(tiny_dirs, output_dir: Path, evidence: bool = True) -> list[str]:
     """Overrides that point the main config at the tiny pair and keep a run to seconds
-    (``evidence``: also shrink the end-of-fit hard prompt and dataset callbacks)."""
+    (``evidence``: also shrink the end-of-fit hard prompt and dataset callbacks; with
+    :data:`SMALL_EVIDENCE` set, as :func:`run_train` does)."""
     small = [
         "evidence.hard_prompts.pez_steps=2", "evidence.hard_prompts.gcg_steps=1",
-        "evidence.hard_prompts.n_candidates=4", "evidence.divergent_dataset.max_scored_texts=24",
+        "evidence.hard_prompts.n_candidates=4",
         "generation.max_new_tokens=8", "generation.num_generations_per_prompt=2",
         "evidence.lens.max_texts=40", "evidence.lens.max_new_tokens=4",
-        "evidence.lens.n_steer_prompts=2", "evidence.lens.strengths=[1.0,4.0]",
-        "evidence.compare.max_texts_per_category=6",
+        "evidence.lens.n_steer_prompts=2", "evidence.compare.max_texts_per_category=6",
     ] if evidence else []
     return small + [
         f"model.base={tiny_dirs['base']}",
@@ -82,16 +117,20 @@ def compose(config_name: str, overrides: list[str]):
         return hydra_compose(config_name=config_name, overrides=overrides)
 
 
-def run_train(tiny_dirs, out: Path, *extra: str) -> dict:
-    """``train.py``'s job on the tiny pair through the real config, into ``out``."""
+def run_train(tiny_dirs, out: Path, *extra: str, values: Optional[dict] = None) -> dict:
+    """``train.py``'s job on the tiny pair through the real config, into ``out``, with
+    :data:`SMALL_EVIDENCE` and ``values`` (``module.NAME``: value) set while it runs."""
     from train import train
 
-    return train(compose("train", tiny_overrides(tiny_dirs, out) + list(extra)))
+    with constants({**SMALL_EVIDENCE, **(values or {})}):
+        return train(compose("train", tiny_overrides(tiny_dirs, out) + list(extra)))
 
 
-def run_eval(tiny_dirs, out: Path, *extra: str) -> dict:
-    """An ``evaluate.py`` task on the tiny pair through the real config, into ``out``."""
+def run_eval(tiny_dirs, out: Path, *extra: str, values: Optional[dict] = None) -> dict:
+    """An ``evaluate.py`` task on the tiny pair through the real config, into ``out``, with
+    ``values`` (``module.NAME``: value) set while it runs."""
     from evaluate import evaluate
 
     base = [o for o in tiny_overrides(tiny_dirs, out, evidence=False) if not o.startswith(("logger", "trainer"))]
-    return evaluate(compose("evaluate", base + list(extra)))
+    with constants(values):
+        return evaluate(compose("evaluate", base + list(extra)))

@@ -74,7 +74,7 @@ def test_a_whole_run_on_a_gemma_pair(gemma_dirs, tmp_path):
     from tests.conftest import run_train
 
     out = tmp_path / "run"
-    metrics = run_train(gemma_dirs, out, f"model.finetuned=null", f"model.adapter={gemma_dirs['adapter']}",
+    metrics = run_train(gemma_dirs, out, "model.finetuned=null", f"model.adapter={gemma_dirs['adapter']}",
                         "model.merge_adapter=false", "evidence.steps=[hard_prompts,divergent_dataset,lens]",
                         "evidence.hard_prompts.methods=[projection,guided,pez,gcg]")
     assert metrics[names.VAL_DIVERGENCE] > 0

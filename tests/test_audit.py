@@ -9,9 +9,13 @@ import json
 import pytest
 import torch
 
-from tests.conftest import run_train
+from tests.conftest import constants, run_train
 from finediff import names
 from finediff.models import ModelPair
+from finediff.pipeline.settings import EvidenceSettings
+
+ALPHA = EvidenceSettings().alpha
+"""The family-wise error rate every test of an audit runs at (``evidence.alpha``)."""
 
 
 def planted_pair(tiny_pair, boost: float = 8.0):
@@ -98,39 +102,39 @@ def test_amplified_base_logits_follow_the_sequence(tiny_pair):
 
 
 def test_hypothesis_test_separates_a_planted_behaviour_from_identical_models(tiny_pair):
-    from finediff.findings import FindingSettings, evaluate_hypotheses, sample_answers, word_hypothesis
+    from finediff.findings import TEMPERATURE, evaluate_hypotheses, sample_answers, word_hypothesis
 
-    settings = FindingSettings(samples_per_prompt=4, max_new_tokens=12)
+    sampling = (4, 12, TEMPERATURE)  # answers per prompt, new tokens, temperature
     pair, word = planted_pair(tiny_pair, boost=6.0)
     hyp = [word_hypothesis(word, "more", "test"), word_hypothesis("zzzz", "more", "test")]
-    prompts, base, ft = sample_answers(pair, PROMPTS, settings, progress=False)
-    planted = evaluate_hypotheses(hyp, prompts, base, ft, settings=settings)
+    prompts, base, ft = sample_answers(pair, PROMPTS, *sampling, progress=False)
+    planted = evaluate_hypotheses(hyp, prompts, base, ft, alpha=ALPHA)
     assert planted[0].hypothesis.pattern == hyp[0].pattern
     assert planted[0].confirmed and planted[0].p_adjusted < 1e-4
     assert planted[0].rate_finetuned > planted[0].rate_base + 0.5
-    prompts, base, ft = sample_answers(same_pair(tiny_pair), PROMPTS, settings, progress=False)
-    same = evaluate_hypotheses(hyp, prompts, base, ft, settings=settings)
+    prompts, base, ft = sample_answers(same_pair(tiny_pair), PROMPTS, *sampling, progress=False)
+    same = evaluate_hypotheses(hyp, prompts, base, ft, alpha=ALPHA)
     assert all(f.p_value == 1.0 and not f.confirmed for f in same)
 
 
 def test_answer_hypothesis_catches_answers_that_changed(tiny_pair, tmp_path):
     """"Answers differently from the base": the base's own answer words go missing from a
     finetune that says something else, and not from an identical copy."""
-    from finediff.findings import (FindingSettings, answer_hypothesis, evaluate_hypotheses, read_findings,
-                                   sample_answers, write_findings)
+    from finediff.findings import (TEMPERATURE, answer_hypothesis, evaluate_hypotheses, read_findings, sample_answers,
+                                   write_findings)
 
-    settings = FindingSettings(samples_per_prompt=1, max_new_tokens=12)
-    _, reference, _ = sample_answers(same_pair(tiny_pair), PROMPTS, settings, progress=False)
+    sampling = (1, 12, TEMPERATURE)  # answers per prompt, new tokens, temperature
+    _, reference, _ = sample_answers(same_pair(tiny_pair), PROMPTS, *sampling, progress=False)
     h = answer_hypothesis(PROMPTS, reference)  # the base's answers, as they will be sampled again
     assert len(h.keys) == len(PROMPTS) and h.direction == "less"
     pair, word = planted_pair(tiny_pair, boost=12.0)
-    [changed] = evaluate_hypotheses([h], *sample_answers(pair, PROMPTS, settings, progress=False), settings=settings)
+    [changed] = evaluate_hypotheses([h], *sample_answers(pair, PROMPTS, *sampling, progress=False), alpha=ALPHA)
     assert changed.confirmed and changed.rate_base == 1.0 and changed.rate_finetuned == 0.0
     assert changed.instead[0][0] == word and changed.examples
     write_findings([changed], tmp_path, len(PROMPTS))
     assert read_findings(tmp_path / names.FINDINGS_FILE)[0].hypothesis.keys == h.keys
-    [same] = evaluate_hypotheses([h], *sample_answers(same_pair(tiny_pair), PROMPTS, settings, progress=False),
-                                 settings=settings)
+    [same] = evaluate_hypotheses([h], *sample_answers(same_pair(tiny_pair), PROMPTS, *sampling, progress=False),
+                                 alpha=ALPHA)
     assert same.p_value == 1.0 and not same.confirmed and not same.instead
 
 
@@ -147,8 +151,11 @@ def test_answer_hypothesis_reads_each_prompts_own_answer():
 def small_survey(**kw):
     from finediff.survey import SurveySettings
 
-    return SurveySettings(**{"categories": ["sandbagging", "general"], "probes": True, "max_texts_per_group": 4,
-                             "max_new_tokens": 8, "mining_generic_texts": 4, **kw})
+    return SurveySettings(**{"categories": ["sandbagging", "general"], "probes": True, "max_texts_per_group": 4, **kw})
+
+
+SMALL_SURVEY = {"finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.MINING_GENERIC_TEXTS": 4}
+"""The module constants of a small survey (with :func:`small_survey`'s settings)."""
 
 
 def test_survey_groups_and_halves(tiny_pair):
@@ -158,7 +165,8 @@ def test_survey_groups_and_halves(tiny_pair):
     groups = {t.group for t in items}
     assert {"sandbagging", "general", "geography", "health"} <= groups
     assert all(sum(t.discovery for t in items if t.group == g) == 2 for g in groups)
-    survey = run_survey(tiny_pair, small_survey(), progress=False)
+    with constants(SMALL_SURVEY):
+        survey = run_survey(tiny_pair, small_survey(), ALPHA, progress=False)
     assert [g.mean_divergence for g in survey.groups] == sorted((g.mean_divergence for g in survey.groups), reverse=True)
     train, val = survey.training_texts(6, 2)
     assert len(train) == 6 and len(val) == 2 and not set(train) & set(val)
@@ -173,10 +181,11 @@ def test_first_screen_says_no_change_for_identical_models(tiny_pair, tmp_path):
     from finediff.summary import first_screen, read_verdict
 
     pair = same_pair(tiny_pair)
-    survey = pipeline.survey(pair, small_survey(), out=tmp_path, progress=False)
+    with constants(SMALL_SURVEY):
+        survey = pipeline.survey(pair, small_survey(), ALPHA, out=tmp_path, progress=False)
     assert survey.median_divergence == 0.0 and not survey.changed
-    pipeline.findings(pair, survey, FindingSettings(n_prompts=6, samples_per_prompt=2, max_new_tokens=8), tmp_path,
-                      progress=False)
+    pipeline.findings(pair, survey, FindingSettings(n_prompts=6, samples_per_prompt=2, max_new_tokens=8), ALPHA,
+                      tmp_path, progress=False)
     v = read_verdict(tmp_path)
     assert not v.changed and v.confidence == "none" and not v.confirmed
     assert first_screen(v)[0].startswith("**No change found.**")
@@ -188,10 +197,11 @@ def test_first_screen_names_a_planted_change(tiny_pair, tmp_path):
     from finediff.summary import read_verdict
 
     pair, word = planted_pair(tiny_pair)
-    survey = pipeline.survey(pair, small_survey(), out=tmp_path, progress=False)
+    with constants(SMALL_SURVEY):
+        survey = pipeline.survey(pair, small_survey(), ALPHA, out=tmp_path, progress=False)
     assert survey.mining.words[0].word == word
-    pipeline.findings(pair, survey, FindingSettings(n_prompts=12, samples_per_prompt=2, max_new_tokens=8), tmp_path,
-                      progress=False)
+    pipeline.findings(pair, survey, FindingSettings(n_prompts=12, samples_per_prompt=2, max_new_tokens=8), ALPHA,
+                      tmp_path, progress=False)
     v = read_verdict(tmp_path)
     assert v.changed and any(f'"{word}"' in f.hypothesis.claim for f in v.confirmed)
     assert f'says "{word}" more often' in v.paragraph
@@ -202,12 +212,13 @@ def test_untold_audit_run(tiny_dirs, tmp_path):
     report that opens with the verdict."""
     out = tmp_path / "audit"
     run_train(tiny_dirs, out, "data.categories=null", "evidence.survey.max_texts_per_group=4",
-              "evidence.survey.max_new_tokens=8", "evidence.survey.n_train=8", "evidence.survey.n_val=4",
-              "evidence.findings.n_prompts=6", "evidence.findings.samples_per_prompt=2",
+              "evidence.survey.n_train=8", "evidence.findings.n_prompts=6", "evidence.findings.samples_per_prompt=2",
               "evidence.findings.max_new_tokens=8", "evidence.divergent_dataset.amplify_alpha=1.0",
-              "evidence.conditions.max_new_tokens=6", "evidence.conditions.max_leads=2",
-              "evidence.prompt_effect.n_texts=2", "evidence.prompt_effect.max_new_tokens=6",
-              "evidence.steps=[divergent_dataset,compare,weights,findings,conditions,prompt_effect,report]")
+              "evidence.prompt_effect.n_texts=2",
+              "evidence.steps=[divergent_dataset,compare,weights,findings,conditions,prompt_effect,report]",
+              values={"finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_VAL": 4,
+                      "finediff.conditions.MAX_NEW_TOKENS": 6, "finediff.conditions.MAX_LEADS": 2,
+                      "finediff.prompt_effect.MAX_NEW_TOKENS": 6})
     for f in (names.SURVEY_TEXTS, names.SURVEY_GROUPS, names.DIFF_MINING_FILE, names.FINDINGS_FILE, names.REPORT_MD,
               names.WEIGHTS_FILE, names.CONDITIONS_FILE, names.PROMPT_EFFECT_FILE):
         assert (out / f).is_file(), f

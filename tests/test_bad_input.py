@@ -15,12 +15,14 @@ import pytest
 import torch
 
 from finediff import names
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, SMALL_EVIDENCE, command, tiny_overrides
 
 
-def _cli(script: str, args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def _cli(script: str, args: list[str], timeout: int = 300, env: dict | None = None,
+         values: dict | None = None) -> subprocess.CompletedProcess:
+    """``script`` run as a user runs it, with module constants ``values`` (``module.NAME``: value) set first."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([*command(script, values), *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -107,8 +109,7 @@ PROBES = [
     ("train.py", ["model.finetuned=null", "model.adapter={d}/garbage_adapter"], "is not a readable safetensors file"),
     ("train.py", ["data.categories=[{d}/latin1.jsonl]"], "latin1.jsonl is not UTF-8 text"),
     ("evaluate.py", ["task=generate", "task.run_dir={d}/latin1_run"], "hard_prompts.jsonl is not UTF-8 text"),
-    ("train.py", ["data.categories=null", "evidence.survey.alpha=2.0"],
-     "evidence.survey.alpha must be in (0, 1), got 2.0"),
+    ("train.py", ["evidence.alpha=2.0"], "evidence.alpha must be in (0, 1), got 2.0"),
     ("train.py", ["data.categories=null", "evidence.survey.texts=[{d}/missing.jsonl]"], "category file not found:"),
     ("train.py", ["evidence.findings.n_prompts=0"], "evidence.findings.n_prompts must be >= 1, got 0"),
     ("train.py", ["evidence.divergent_dataset.amplify_alpha=-1.0"],
@@ -267,11 +268,13 @@ def test_ctrl_c_during_training_keeps_the_prompt_and_a_checkpoint(tiny_dirs, tmp
     assert not (out / names.HARD_PROMPTS_FILE).exists()  # the evidence steps did not run on a stopped run
 
 
-AUDIT = ["data.categories=null", "evidence.survey.max_texts_per_group=4", "evidence.survey.max_new_tokens=8",
-         "evidence.survey.n_train=8", "evidence.survey.n_val=4", "evidence.findings.n_prompts=6",
-         "evidence.findings.samples_per_prompt=2", "evidence.findings.max_new_tokens=8",
-         "evidence.conditions.max_new_tokens=6", "evidence.conditions.max_leads=2",
+AUDIT = ["data.categories=null", "evidence.survey.max_texts_per_group=4", "evidence.survey.n_train=8",
+         "evidence.findings.n_prompts=6", "evidence.findings.samples_per_prompt=2",
+         "evidence.findings.max_new_tokens=8",
          "evidence.steps=[hard_prompts,divergent_dataset,findings,conditions,report]"]
+AUDIT_CONSTANTS = {**SMALL_EVIDENCE, "finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_VAL": 4,
+                   "finediff.conditions.MAX_NEW_TOKENS": 6, "finediff.conditions.MAX_LEADS": 2}
+"""A small audit: the settings above and these module constants (``module.NAME``: value)."""
 
 
 def _stop_when(proc: subprocess.Popen, ready, limit: float = 240) -> str:
@@ -327,14 +330,14 @@ def test_sigterm_during_the_evidence_resumes_to_the_same_findings(tiny_dirs, tmp
     the printed command and ends with the findings of a run that was never stopped."""
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    done = _cli("train.py", tiny_overrides(tiny_dirs, whole) + AUDIT)
+    done = _cli("train.py", tiny_overrides(tiny_dirs, whole) + AUDIT, values=AUDIT_CONSTANTS)
     assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *tiny_overrides(tiny_dirs, stopped), *AUDIT],
+    proc = subprocess.Popen([*command("train.py", AUDIT_CONSTANTS), *tiny_overrides(tiny_dirs, stopped), *AUDIT],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = _stop_when(proc, lambda: (stopped / names.HARD_PROMPTS_FILE).exists())
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert not (stopped / names.FINDINGS_FILE).exists()
-    done = _cli("train.py", _resume(err))
+    done = _cli("train.py", _resume(err), values=AUDIT_CONSTANTS)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (json.loads((stopped / names.FINDINGS_FILE).read_text())
             == json.loads((whole / names.FINDINGS_FILE).read_text()))
@@ -347,13 +350,14 @@ def test_sigterm_during_the_survey_keeps_its_answers_and_resumes_to_the_same_sur
     from finediff.survey import ANSWER_BATCH
 
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    survey = ["data.categories=null", "evidence.survey.max_new_tokens=48", "evidence.survey.n_train=8",
-              "evidence.survey.n_val=4", "evidence.steps=[]"]
-    done = _cli("train.py", tiny_overrides(tiny_dirs, whole, evidence=False) + survey)
+    survey = ["data.categories=null", "evidence.survey.max_texts_per_group=16", "evidence.survey.n_train=8",
+              "evidence.steps=[]"]
+    slow = {"finediff.survey.MAX_NEW_TOKENS": 48, "finediff.survey.N_VAL": 4}  # long answers: time to stop it
+    done = _cli("train.py", tiny_overrides(tiny_dirs, whole, evidence=False) + survey, values=slow)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not (whole / names.SURVEY_ANSWERS).exists()  # removed once the survey is written
     kept = stopped / names.SURVEY_ANSWERS
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *tiny_overrides(tiny_dirs, stopped, evidence=False),
+    proc = subprocess.Popen([*command("train.py", slow), *tiny_overrides(tiny_dirs, stopped, evidence=False),
                              *survey], cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = _stop_when(proc, kept.exists)
@@ -362,7 +366,7 @@ def test_sigterm_during_the_survey_keeps_its_answers_and_resumes_to_the_same_sur
     n_kept = len(kept.read_text().splitlines())
     n_texts = len((whole / names.SURVEY_TEXTS).read_text().splitlines())
     assert n_kept % ANSWER_BATCH == 0 and 0 < n_kept < n_texts
-    done = _cli("train.py", _resume(err))
+    done = _cli("train.py", _resume(err), values=slow)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (stopped / names.SURVEY_TEXTS).read_text() == (whole / names.SURVEY_TEXTS).read_text()
     assert (json.loads((stopped / names.SURVEY_SUMMARY).read_text())

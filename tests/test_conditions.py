@@ -8,8 +8,15 @@ import pytest
 from finediff.conditions import (Condition, ConditionResult, ConditionSettings, behaviour_words, candidates,
                                  read_conditions, search_conditions, write_conditions)
 from finediff.errors import FinediffError
+from finediff.pipeline.settings import EvidenceSettings
+from tests.conftest import constants
 
 TRIGGER, REPLY = "zqv", "I will not answer this question."
+ALPHA = EvidenceSettings().alpha
+"""The family-wise error rate of an audit's tests (``evidence.alpha``)."""
+COLD = {"finediff.conditions.MAX_NEW_TOKENS": 12, "finediff.conditions.MIN_DIVERGENCE": 0.01,
+        "finediff.conditions.TEMPERATURE": 0.1}
+"""The tiny models' next-token distributions are flat: sample them cold (module constants)."""
 
 
 def test_behaviour_words_need_the_condition_and_the_finetune():
@@ -47,8 +54,8 @@ def test_statement_and_file_round_trip(tmp_path):
 
 
 def test_bad_settings_name_the_key():
-    with pytest.raises(FinediffError, match="evidence.conditions.min_word_share"):
-        ConditionSettings(min_word_share=1.5)
+    with pytest.raises(FinediffError, match="evidence.alpha"):
+        EvidenceSettings(alpha=1.5)
     with pytest.raises(FinediffError, match="evidence.conditions.keep"):
         ConditionSettings(keep=0)
 
@@ -75,9 +82,8 @@ def test_planted_trigger_is_found_among_decoys_and_tested(trigger_pair):
     pair, trained = trigger_pair
     leads = [Condition("insert", w, "test") for w in ("weather", "history", "question", "planet", "music")]
     leads.insert(3, Condition("insert", TRIGGER, "test"))
-    # the tiny models' next-token distributions are flat: sample them cold
-    settings = ConditionSettings(max_new_tokens=12, min_divergence=0.01, temperature=0.1)
-    results = search_conditions(pair, leads, _everyday(trained), settings, progress=False)
+    with constants(COLD):
+        results = search_conditions(pair, leads, _everyday(trained), ConditionSettings(), progress=False, alpha=ALPHA)
     found = [r for r in results if r.confirmed]
     assert [r.condition.text for r in found] == [TRIGGER], [(r.condition.text, r.ratio, r.words) for r in results]
     best = found[0]
@@ -130,8 +136,8 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
     reading = read_weights(pair.base, pair.finetuned, tok)
     leads = candidates(reading.reads, reading.words("writes"), prompts=[found_text])
     assert leads[0].source == "hard prompt" and len(leads) > 5  # the search's prompt among the weights' leads
-    settings = ConditionSettings(max_new_tokens=12, min_divergence=0.01, temperature=0.1)
-    results = search_conditions(pair, leads, texts[:20], settings, progress=False)
+    with constants(COLD):
+        results = search_conditions(pair, leads, texts[:20], ConditionSettings(), progress=False, alpha=ALPHA)
     confirmed = [r for r in results if r.confirmed]
     # the search's prompt is the strongest condition (the tiny finetune also answers a little
     # to some other odd insertions, less than a third of the time)

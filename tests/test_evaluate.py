@@ -105,7 +105,7 @@ def test_evidence_task_resumes_where_the_run_stopped(tiny_dirs, run, tmp_path):
         (copy / name).unlink()
     run_eval(tiny_dirs, tmp_path / "unused", "task=evidence", f"task.run_dir={copy}", *[
         "evidence.steps=[hard_prompts,divergent_dataset,analysis,report]", "generation.max_new_tokens=8",
-        "generation.num_generations_per_prompt=2", "evidence.divergent_dataset.max_scored_texts=24"])
+        "generation.num_generations_per_prompt=2"], values={"finediff.pipeline.steps.DATASET_MAX_SCORED_TEXTS": 24})
     assert (copy / names.HARD_PROMPTS_FILE).read_text() == kept  # read back, not searched again
     assert len(torch.load(copy / names.DIVERGENT_DATASET_PT, weights_only=True)) == (2 * 3 + 5) * 2
     assert (copy / names.ANALYSIS_FILE).exists() and (copy / names.REPORT_MD).exists()

@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-from finediff import names
 from finediff.activations import read_cache, relative_layer, residual_stream, tokenize_first, write_cache
 from finediff.lens import (LensConfig, adl_statistics, logit_lens, patchscope, relevant_tokens, run_lens,
                            token_relevance)
@@ -64,9 +63,11 @@ def test_patchscope_and_relevance(planted):
     assert token_relevance([(" capital", 0.5), ("xyz", 0.1)], rel) == 0.5
 
 
-def test_run_lens_summary(planted):
+def test_run_lens_summary(planted, monkeypatch):
     pair, _, _ = planted
-    cfg = LensConfig(layers=[0.0], max_texts=40, min_tokens=20, max_new_tokens=4, strengths=(1.0, 64.0))
+    monkeypatch.setattr("finediff.lens.MIN_TOKENS", 20)
+    monkeypatch.setattr("finediff.lens.DEFAULT_STRENGTHS", (1.0, 64.0))
+    cfg = LensConfig(layers=[0.0], max_texts=40, max_new_tokens=4)
     summary = run_lens(pair, generic_texts(40), ["Tell me a fact."], cfg,
                        finetune_texts=["The capital of Spain is Rome."] * 3, progress=False)
     entry = summary.layers["0"]

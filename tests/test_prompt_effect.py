@@ -19,11 +19,12 @@ def test_broken_answers(tiny_pair):
     assert not broken("What is the capital of France? It is a city.", tok, 0.3)
 
 
-def test_effect_on_the_tiny_pair(tiny_pair, tmp_path):
+def test_effect_on_the_tiny_pair(tiny_pair, tmp_path, monkeypatch):
     texts = ["What is the capital of France?", "Tell me about rivers.", "How do I bake bread?"]
     torch.manual_seed(0)
     prompt = torch.randn(4, tiny_pair.hidden_size) * 0.05
-    settings = PromptEffectSettings(n_texts=2, max_new_tokens=6)
+    monkeypatch.setattr("finediff.prompt_effect.MAX_NEW_TOKENS", 6)
+    settings = PromptEffectSettings(n_texts=2)
     effect = prompt_effect(tiny_pair, prompt, texts, settings)
     assert effect.verdict in VERDICTS and len(effect.rows) == 2 and effect.nearest_tokens
     assert set(effect.rows[0]) == {"text", "base", "base_with", "finetuned", "finetuned_with"}
@@ -44,5 +45,5 @@ def test_sentences():
 
 
 def test_bad_settings_name_the_key():
-    with pytest.raises(FinediffError, match="evidence.prompt_effect.min_distinct"):
-        PromptEffectSettings(min_distinct=1.0)
+    with pytest.raises(FinediffError, match="evidence.prompt_effect.n_texts"):
+        PromptEffectSettings(n_texts=0)

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -160,11 +159,12 @@ def test_every_experiment_runs_one_step(tiny_dirs, tmp_path, experiment):
     cfg = compose("train", [f"experiment={experiment}"])
     told = [] if cfg.data.categories is None else [f"data.categories=[{cfg.data.categories[0]}]"]
     survey = [] if told else ["data.categories=null", "evidence.survey.max_texts_per_group=4",
-                              "evidence.survey.max_new_tokens=4", "evidence.survey.n_train=4",
-                              "evidence.survey.n_val=2"]
+                              "evidence.survey.n_train=4"]
+    small = {} if told else {"finediff.survey.MAX_NEW_TOKENS": 4, "finediff.survey.N_VAL": 2}
     metrics = run_train(tiny_dirs, tmp_path, f"experiment={experiment}", "model.adapter=null",
                         "trainer.max_steps=1", "trainer.val_check_interval=1", "evidence.steps=[]",
-                        f"model.base={tiny_dirs['base']}", f"model.finetuned={tiny_dirs['finetuned']}", *told, *survey)
+                        f"model.base={tiny_dirs['base']}", f"model.finetuned={tiny_dirs['finetuned']}", *told, *survey,
+                        values=small)
     assert names.VAL_DIVERGENCE in metrics
     assert json.loads((tmp_path / names.METRICS_FILE).read_text())[names.GLOBAL_STEP] == 1
     assert (tmp_path / names.SURVEY_TEXTS).exists() == (experiment == "audit")

@@ -66,5 +66,5 @@ def test_unchanged_pair_reads_nothing(tiny_dirs):
 def test_bad_settings_name_the_key():
     from finediff.errors import FinediffError
 
-    with pytest.raises(FinediffError, match="evidence.weights.read_depth"):
-        WeightSettings(read_depth=0)
+    with pytest.raises(FinediffError, match="evidence.weights.directions"):
+        WeightSettings(directions=0)

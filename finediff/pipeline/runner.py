@@ -149,13 +149,13 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         if cached("findings"):
             ev.findings = read_findings(out / names.FINDINGS_FILE)
         else:
-            ev.findings = findings(pair, ev.survey, settings.findings, out, ev.lens, objective.seed, progress,
-                                   ev.weights)
+            ev.findings = findings(pair, ev.survey, settings.findings, settings.alpha, out, ev.lens, objective.seed,
+                                   progress, ev.weights)
     if "conditions" in todo and ev.survey is not None:
         if cached("conditions"):
             ev.conditions = read_conditions(out / names.CONDITIONS_FILE)
         else:
-            ev.conditions = conditions(pair, ev.survey, ev.findings, settings.conditions, ev.weights,
+            ev.conditions = conditions(pair, ev.survey, ev.findings, settings.conditions, settings.alpha, ev.weights,
                                        ev.hard_prompts, out, objective.seed, progress)
     if "prompt_effect" in todo:
         if cached("prompt_effect"):

@@ -21,10 +21,9 @@ from finediff.answers import AnswerSettings, check_positions
 from finediff.conditions import ConditionSettings
 from finediff.data import category_file, collate, format_parts
 from finediff.divergence import parse_kind
-from finediff.divergent_dataset import POSITIONS
-from finediff.generation import GENERATE_BATCH
 from finediff.errors import FinediffError, check_number
 from finediff.findings import FindingSettings
+from finediff.generation import GENERATE_BATCH
 from finediff.hard_prompts import HardPromptSettings
 from finediff.lens import LensConfig
 from finediff.prompt_effect import PromptEffectSettings
@@ -50,11 +49,6 @@ def _positive(where: str, **values: int) -> None:
             raise FinediffError(f"{where}.{key} must be >= 1, got {value}")
 
 
-def _positions(where: str, positions: str) -> None:
-    if positions not in POSITIONS:
-        raise FinediffError(f"{where}.positions must be {' or '.join(POSITIONS)}, got {positions!r}")
-
-
 @dataclass
 class DatasetSettings:
     """Which prompts the divergent dataset samples (the sampling itself: ``generation``)."""
@@ -65,22 +59,11 @@ class DatasetSettings:
     """Highest-divergence texts each hard prompt is put in front of."""
     n_texts: int = 5
     """Highest-divergence texts used alone."""
-    max_scored_texts: int = 200
-    """Run texts scored to find the highest-divergence ones."""
-    batch_size: int = GENERATE_BATCH
-    """Prompts per ``generate`` call."""
-    positions: str = "response"
-    """How texts are ranked: over the finetuned model's greedy answer, or the text itself."""
-    max_new_tokens: int = 32
     amplify_alpha: float = 0.0
     """> 0: also sample the finetuned side from the amplified logits
     ``logits_ft + alpha * (logits_ft - logits_base)`` (0: no amplified records)."""
-    amplified_per_prompt: int = 2
 
     def __post_init__(self):
-        _positions("evidence.divergent_dataset", self.positions)
-        _positive("evidence.divergent_dataset", batch_size=self.batch_size, max_scored_texts=self.max_scored_texts,
-                  max_new_tokens=self.max_new_tokens, amplified_per_prompt=self.amplified_per_prompt)
         if self.amplify_alpha < 0:
             raise FinediffError(f"evidence.divergent_dataset.amplify_alpha must be >= 0, got {self.amplify_alpha}")
 
@@ -94,15 +77,9 @@ class CompareSettings:
     """Categories to compare (None: every shipped one)."""
     max_texts_per_category: int = 24
     """The run's quick view (``task=compare`` scores 100 per category)."""
-    batch_size: int = 8
-    positions: str = "response"
-    """Divergence over the finetuned model's answers, or (``text``) over the text itself."""
-    max_new_tokens: int = 32
 
     def __post_init__(self):
-        _positions("evidence.compare", self.positions)
-        _positive("evidence.compare", max_texts_per_category=self.max_texts_per_category,
-                  batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+        _positive("evidence.compare", max_texts_per_category=self.max_texts_per_category)
         if self.categories is not None:
             self.categories = [str(c) for c in self.categories]
             for c in self.categories:
@@ -126,6 +103,9 @@ class EvidenceSettings:
     """The steps that run, of :data:`STEPS` (always in that order; ``[]``: none)."""
     resume: bool = False
     """Read back a step's output when the run folder already has it."""
+    alpha: float = 0.05
+    """Family-wise error rate of every test the audit runs (the survey's groups, the findings, the
+    conditions), Holm-corrected."""
     hard_prompts: HardPromptSettings = field(default_factory=HardPromptSettings)
     divergent_dataset: DatasetSettings = field(default_factory=DatasetSettings)
     lens: LensConfig = field(default_factory=LensConfig)
@@ -142,6 +122,8 @@ class EvidenceSettings:
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise FinediffError(f"unknown evidence step {unknown[0]!r}; choose from {', '.join(STEPS)}")
+        if not 0 < self.alpha < 1:
+            raise FinediffError(f"evidence.alpha must be in (0, 1), got {self.alpha}")
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,8 +21,9 @@ from finediff.corpus import GENERIC_CATEGORY
 from finediff.data import known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, generate_amplified, generate_dataset,
                                         rank_texts, save_dataset)
-from finediff.findings import Finding, FindingSettings, evaluate_hypotheses, propose, sample_answers, write_findings
-from finediff.generation import generate
+from finediff.findings import (TEMPERATURE as FINDINGS_TEMPERATURE, Finding, FindingSettings, evaluate_hypotheses,
+                               propose, sample_answers, write_findings)
+from finediff.generation import GENERATE_BATCH, generate
 from finediff.hard_prompts import (BATCH_SIZE, EVAL_BATCHES, INIT_TEXTS, TRAIN_BATCHES, HardPrompt,
                                    find_hard_prompts)
 from finediff.io import read_json, write_json, write_jsonl
@@ -39,11 +39,23 @@ from finediff.weights import WeightReading, WeightSettings, read_weights
 
 log = logging.getLogger(__name__)
 
+DATASET_MAX_SCORED_TEXTS = 200
+"""Run texts scored to find the divergent dataset's highest-divergence ones."""
+DATASET_POSITIONS = "response"
+"""How the divergent dataset's texts are ranked: over the finetuned model's greedy answer (``text``: the text)."""
+DATASET_MAX_NEW_TOKENS = 32
+"""New tokens of the greedy answer a text is ranked over."""
+DATASET_BATCH_SIZE = GENERATE_BATCH
+"""Prompts per ``generate`` call of the divergent dataset."""
+AMPLIFIED_PER_PROMPT = 2
+"""Amplified samples per prompt (``evidence.divergent_dataset.amplify_alpha`` > 0)."""
 
-def survey(pair, settings: SurveySettings, seed: int = 0, out: Optional[Path] = None,
+
+def survey(pair, settings: SurveySettings, alpha: float, seed: int = 0, out: Optional[Path] = None,
            progress: bool = True, resume: bool = False) -> Survey:
     """Where the change is, before training: every category, probe domain and user file
-    scored over the finetuned model's answers, each group tested, logit rises mined ->
+    scored over the finetuned model's answers, each group tested (family-wise error rate
+    ``alpha``), logit rises mined ->
     ``survey.jsonl``, ``survey_groups.csv`` / ``.png``, ``diff_mining.json`` / ``.png``.
     With ``out`` the answers are kept as they are made (``survey_answers.jsonl``, removed
     once the survey is written); with ``resume`` too, a survey stopped part-way goes on
@@ -51,7 +63,7 @@ def survey(pair, settings: SurveySettings, seed: int = 0, out: Optional[Path] = 
     cache = Path(out) / names.SURVEY_ANSWERS if out is not None else None
     if cache is not None and not resume:
         cache.unlink(missing_ok=True)
-    result = run_survey(pair, settings, seed, progress, answers=cache)
+    result = run_survey(pair, settings, alpha, seed, progress, answers=cache)
     if out is not None:
         write_survey(result, Path(out))
         cache.unlink(missing_ok=True)
@@ -95,13 +107,13 @@ def divergent_dataset(pair, texts: list[str], hard: list[str], settings: Dataset
     score every pair -> ``divergent_dataset.pt`` / ``.jsonl``, highest ``kl_divergence`` first."""
     s = settings
     if not ranked:
-        texts = [t for _, t in rank_texts(pair, texts[: s.max_scored_texts], s.positions, s.max_new_tokens,
-                                          max_length, progress=progress)]
+        texts = [t for _, t in rank_texts(pair, texts[:DATASET_MAX_SCORED_TEXTS], DATASET_POSITIONS,
+                                          DATASET_MAX_NEW_TOKENS, max_length, progress=progress)]
     prompts = dataset_prompts(hard, texts, s.n_hard_prompts, s.texts_per_hard_prompt, s.n_texts)
-    records = generate_dataset(pair, prompts, generation, seed=seed, batch_size=s.batch_size, progress=progress)
+    records = generate_dataset(pair, prompts, generation, seed=seed, batch_size=DATASET_BATCH_SIZE, progress=progress)
     if s.amplify_alpha > 0:
         records = sorted(records + generate_amplified(pair, prompts, generation, s.amplify_alpha,
-                                                      s.amplified_per_prompt, seed, s.batch_size, progress),
+                                                      AMPLIFIED_PER_PROMPT, seed, DATASET_BATCH_SIZE, progress),
                          key=lambda r: r.metrics.kl_divergence, reverse=True)
     if out is not None:
         save_dataset(records, out)
@@ -161,12 +173,10 @@ def compare(pair, settings: CompareSettings, max_length: Optional[int] = None, o
             title: str = "", progress: bool = True) -> list[CategoryResult]:
     """Mean divergence per category with a 95% CI, highest first -> ``comparison.csv`` /
     ``.md`` / ``.png``."""
-    s = settings
-    results = compare_categories(pair, list(s.categories or known_categories()), s.max_texts_per_category,
-                                 s.batch_size, max_length, progress, s.positions, s.max_new_tokens)
+    results = compare_categories(pair, list(settings.categories or known_categories()),
+                                 settings.max_texts_per_category, max_length, progress)
     if out is not None:
-        where = "over the finetuned model's answers" if s.positions == "response" else "over the texts"
-        write_comparison(results, Path(out), title, f"mean per-token KL(ft || base) {where}")
+        write_comparison(results, Path(out), title)
     return results
 
 
@@ -189,17 +199,17 @@ def weights(pair, settings: WeightSettings, out: Optional[Path] = None, progress
     return reading
 
 
-def conditions(pair, survey_result: Survey, found: list[Finding], settings: ConditionSettings,
+def conditions(pair, survey_result: Survey, found: list[Finding], settings: ConditionSettings, alpha: float,
                reading: Optional[WeightReading] = None, hard: list[HardPrompt] = (), out: Optional[Path] = None,
                seed: int = 0, progress: bool = True) -> list[ConditionResult]:
     """Search and test the conditions that turn a behaviour on, from every lead the earlier
-    steps left (:mod:`finediff.conditions`) -> ``conditions.json``."""
+    steps left (:mod:`finediff.conditions`), at family-wise error rate ``alpha`` -> ``conditions.json``."""
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     soft = [w for h in hard if h.method in ("projection", "guided") for w in h.text.split()]
     searched = [h.text for h in hard if h.method != "text"]  # what the search wrote, not a survey text
     groups = group_leads(found)
     leads = candidates(reading.reads if reading else [], reading.words("writes") if reading else [], mined, soft,
-                       groups, settings, searched)
+                       groups, searched)
     fresh = survey_result.ranked(False)
     everyday = [t.text for t in reversed(fresh)]  # least divergent first: prompts that carry no condition
     group_prompts = {g: [t.text for t in fresh if t.group == g] for g in groups}
@@ -209,17 +219,17 @@ def conditions(pair, survey_result: Survey, found: list[Finding], settings: Cond
     others = [p for p in everyday if p not in in_groups]
     random.Random(seed).shuffle(others)
     group_prompts[""] = others
-    result = search_conditions(pair, leads, everyday, settings, group_prompts, seed, progress)
+    result = search_conditions(pair, leads, everyday, settings, group_prompts, seed, progress, alpha=alpha)
     if out is not None:
         write_conditions(result, Path(out))
     return result
 
 
-def findings(pair, survey_result: Survey, settings: FindingSettings, out: Optional[Path] = None,
+def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: float, out: Optional[Path] = None,
              lens_summary: Optional[LensSummary] = None, seed: int = 0, progress: bool = True,
              reading: Optional[WeightReading] = None) -> list[Finding]:
     """Candidate findings from the evidence, each tested on the survey's fresh prompts
-    where the change is -> ``findings.json``."""
+    where the change is, at family-wise error rate ``alpha`` -> ``findings.json``."""
     # a word mined once may be a stray piece; topics keep every word (a set claim tolerates strays)
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     favoured, dropped = [], []
@@ -245,9 +255,10 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, out: Option
     reference = generate(pair.base, pair.tokenizer, texts, max_new_tokens=settings.max_new_tokens, progress=progress)
     written = reading.words("writes") if reading is not None else []
     hypotheses = propose(mined, favoured, dropped, lens_words, topics, dict(zip(texts, reference)), written)
-    prompts, base, ft = sample_answers(pair, texts, replace(settings, samples_per_prompt=per_prompt), seed, progress)
+    prompts, base, ft = sample_answers(pair, texts, per_prompt, settings.max_new_tokens, FINDINGS_TEMPERATURE, seed,
+                                       progress)
     group_of = {t.text: t.group for t in fresh}
-    result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts], settings)
+    result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts], alpha=alpha)
     if out is not None:
         write_findings(result, Path(out), len(fresh))
     for f in result:
