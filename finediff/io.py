@@ -149,7 +149,9 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
     if not path.is_file():
         raise FinediffError(f"file not found: {path}")
     rows = []
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+    # JSON lines end at "\n" only: str.splitlines() would also split inside a string at the
+    # U+0085 / U+2028 that json.dumps(ensure_ascii=False) writes as they are
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 from finediff import names
 from finediff.errors import FinediffError
-from finediff.io import atomic_path, markdown_table, write_json
+from finediff.io import atomic_path, markdown_table, read_jsonl, write_json
 from finediff.organisms.checkers import checker_for
 from finediff.records import OrganismCard, read_dataset
 
@@ -92,7 +92,7 @@ def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
     metrics = json.loads((run / names.METRICS_FILE).read_text()) if (run / names.METRICS_FILE).is_file() else {}
     hard = []
     if (run / names.HARD_PROMPTS_FILE).is_file():
-        hard = [json.loads(line) for line in (run / names.HARD_PROMPTS_FILE).read_text().splitlines() if line.strip()]
+        hard = [row for _, row in read_jsonl(run / names.HARD_PROMPTS_FILE)]
     best = max(hard, key=lambda r: r.get("divergence", float("-inf")), default=None)
     verdict = read_verdict(run)
     agents = json.loads((run / names.AGENT_EVAL_FILE).read_text()).get("agents", {}) \

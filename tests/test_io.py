@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finediff.io import markdown_table
+from finediff.io import markdown_table, read_jsonl, write_jsonl
 
 
 def test_a_table_is_a_header_a_rule_and_one_line_per_row():
@@ -26,3 +26,11 @@ def test_bars_are_escaped_once_and_line_breaks_joined():
 def test_a_row_of_the_wrong_width_is_an_error(row):
     with pytest.raises(ValueError, match=f"row 1 has {len(row)} cells, the header 2"):
         markdown_table(["a", "b"], [["fine", "row"], row])
+
+
+def test_json_lines_keep_line_separators_inside_their_strings(tmp_path):
+    """A generation may hold U+0085 or U+2028, which ``json.dumps(ensure_ascii=False)``
+    writes as they are: the file still reads back one row per line."""
+    rows = [{"text": "a\u0085b"}, {"text": "c\u2028d\u2029e"}, {"text": "plain"}]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    assert [row for _, row in read_jsonl(tmp_path / "rows.jsonl")] == rows

@@ -8,7 +8,6 @@ models and is counted against the model-interaction budget.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,6 +18,7 @@ from finediff import names
 from finediff.diff_mining import DiffMining
 from finediff.errors import FinediffError
 from finediff.generation import generate_one
+from finediff.io import read_jsonl
 from finediff.lens import steer
 from finediff.records import CategoryResult, LensSummary, read_dataset
 from finediff.soft_prompt import load_prompt_record
@@ -111,7 +111,7 @@ class Tools:
             self._soft = load_prompt_record(soft)["prompt"]
         hard = self.run / names.HARD_PROMPTS_FILE
         if hard.is_file():
-            rows = [json.loads(x) for x in hard.read_text().splitlines() if x.strip()]
+            rows = [row for _, row in read_jsonl(hard)]
             if rows:
                 self._hard = max(rows, key=lambda r: r.get("divergence", float("-inf"))).get("text")
         lens = self.run / names.LENS_DIR / names.LENS_SUMMARY
