@@ -64,7 +64,7 @@ def _texts(cfg: DictConfig, pair, run_dir: Path) -> pipeline.RunTexts:
         if not has_survey(run_dir):
             raise FinediffError(f"data.categories is null (an audit) but {run_dir} has no survey "
                                 f"({names.SURVEY_SUMMARY}); give data.categories or experiment=NAME")
-        datamodule.set_texts(*read_survey(run_dir).training_texts(settings(cfg, "evidence").survey.n_train))
+        datamodule.set_texts(*read_survey(run_dir).training_texts())
     return datamodule.texts()
 
 
@@ -96,7 +96,8 @@ class Compare(Task):
     """Mean divergence per category (95% CI), highest first -> comparison.csv / .md / .png."""
 
     def run(self, pair) -> dict:
-        results = pipeline.compare(pair, self.settings.compare, self.cfg.data.max_length, self.out, self.cfg.task_name)
+        results = pipeline.compare(pair, self.settings.compare, self.settings.categories, self.cfg.data.max_length,
+                                   self.out, self.cfg.task_name)
         for i, r in enumerate(results, 1):
             print(f"{i}. {r.category:20s} {r.mean_divergence:.4f}  [{r.ci_low:.4f}, {r.ci_high:.4f}]  n={r.n}")
         return {"ranking": [r.category for r in results]}

@@ -145,9 +145,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if evidence.resume and has_survey(out):
             found = read_survey(out)
         else:
-            found = pipeline.survey(pair, evidence.survey, evidence.alpha, int(cfg.get("seed") or 0), out,
-                                    resume=evidence.resume)
-        datamodule.set_texts(*found.training_texts(evidence.survey.n_train))
+            found = pipeline.survey(pair, evidence.survey, evidence.categories, evidence.alpha,
+                                    int(cfg.get("seed") or 0), out, resume=evidence.resume)
+        datamodule.set_texts(*found.training_texts())
 
     log.info("Instantiating module <%s>", cfg.module._target_)
     module = hydra.utils.instantiate(cfg.module, pair=pair, seed=int(cfg.get("seed") or 0))

@@ -79,19 +79,8 @@ MIN_WORD_SHARE = 0.4
 """A behaviour word appears in at least this share of the finetuned model's answers under the condition."""
 MIN_EFFECT = 0.2
 """The rate with the condition exceeds the base's and the rate without it by this much."""
-
-
-@dataclass
-class ConditionSettings:
-    """How conditions are searched and tested (the ``evidence.conditions`` block): what turns
-    a behaviour on, leads screened, described and tested -> conditions.json."""
-
-    keep: int = 4
-    """Candidates (highest ratio first) given a behaviour and tested."""
-
-    def __post_init__(self):
-        if self.keep < 1:
-            raise FinediffError(f"evidence.conditions.keep must be >= 1, got {self.keep}")
+KEEP = 4
+"""Candidates that pass the screen (highest ratio first) given a behaviour and tested."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +232,7 @@ def _fisher(hits: list[bool], other: list[bool]) -> float:
     return float(fisher_exact([[a, len(hits) - a], [b, len(other) - b]], alternative="greater")[1])
 
 
-def search_conditions(pair, leads: list[Condition], everyday: list[str], settings: ConditionSettings = ConditionSettings(),
+def search_conditions(pair, leads: list[Condition], everyday: list[str],
                       group_prompts: Optional[dict[str, list[str]]] = None, seed: int = 0,
                       progress: bool = True, *, alpha: float) -> list[ConditionResult]:
     """Screen, describe and test each lead condition (see the module docstring); the
@@ -302,7 +291,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str], setting
         without = [div[p] for p in batch[start + nw:start + nw + nwo]]
         results.append(ConditionResult(c, round(sum(with_) / len(with_), 5), round(sum(without) / max(len(without), 1), 5)))
     passed = sorted([r for r in results if r.screen_divergence >= MIN_DIVERGENCE
-                     and r.ratio >= MIN_RATIO], key=lambda r: -r.ratio)[:settings.keep]
+                     and r.ratio >= MIN_RATIO], key=lambda r: -r.ratio)[:KEEP]
     log.info("conditions: %d of %d candidates passed the screen: %s", len(passed), len(results),
              [(r.condition.kind, r.condition.text, round(r.ratio, 1)) for r in passed])
     # 2. behaviour words, from sampled answers on the screen prompts

@@ -102,16 +102,10 @@ class FindingSettings:
 
     n_prompts: int = 24
     """Fresh prompts the tests sample (the survey's unseen half, where the change is)."""
-    samples_per_prompt: int = 3
-    """Answers per prompt and model; when fewer than ``n_prompts`` prompts are tested
-    (only the changed groups'), each gets more, ``n_prompts * samples_per_prompt`` in all."""
-    max_new_tokens: int = 48
-    """New tokens per sampled answer."""
 
     def __post_init__(self):
-        for key in ("n_prompts", "samples_per_prompt", "max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise FinediffError(f"evidence.findings.{key} must be >= 1, got {getattr(self, key)}")
+        if self.n_prompts < 1:
+            raise FinediffError(f"evidence.findings.n_prompts must be >= 1, got {self.n_prompts}")
 
 
 def word_hypothesis(word: str, direction: str, source: str) -> Hypothesis:

@@ -37,19 +37,8 @@ MAX_NEW_TOKENS = 32
 """New tokens per greedy answer, with the prompt and without it."""
 MIN_DISTINCT = 0.3
 """An answer with fewer distinct tokens per token than this is degenerate repetition."""
-
-
-@dataclass
-class PromptEffectSettings:
-    """How the soft prompt's effect is shown (the ``evidence.prompt_effect`` block): both models'
-    answers with the soft prompt and without it -> soft_prompt_effect.json."""
-
-    n_texts: int = 4
-    """Held-out texts both models answer with and without the prompt."""
-
-    def __post_init__(self):
-        if self.n_texts < 1:
-            raise FinediffError(f"evidence.prompt_effect.n_texts must be >= 1, got {self.n_texts}")
+N_TEXTS = 4
+"""Held-out texts both models answer with and without the prompt."""
 
 
 @dataclass
@@ -85,7 +74,7 @@ def broken(text: str, tokenizer, min_distinct: float) -> bool:
 
 
 @torch.no_grad()
-def prompt_effect(pair, prompt_PD: torch.Tensor, texts: list[str], settings: PromptEffectSettings = PromptEffectSettings(),
+def prompt_effect(pair, prompt_PD: torch.Tensor, texts: list[str],
                   detectors: list[tuple[str, object]] = (), hard: list = (), progress: bool = False) -> PromptEffect:
     """Answer ``texts`` with both models, with and without the prompt, and say what it did.
 
@@ -94,7 +83,7 @@ def prompt_effect(pair, prompt_PD: torch.Tensor, texts: list[str], settings: Pro
             (a hypothesis has ``fires(text, prompt)``).
         hard: the run's hard prompts (:class:`finediff.hard_prompts.HardPrompt`).
     """
-    texts = texts[: settings.n_texts]
+    texts = texts[:N_TEXTS]
     if not texts:
         raise FinediffError("the soft prompt's effect needs at least one held-out text")
     rows = []

@@ -64,8 +64,10 @@ MAX_NEW_TOKENS = 24
 """New tokens per greedy survey answer (the audit's budget: an audit of the embedded pair in about 15 CPU minutes)."""
 SCORE_BATCH = 16
 """Answers teacher-forced at once (16 and 8 within noise: benchmarks/sampling.py)."""
+N_TRAIN = 48
+"""Highest-divergence discovery texts the soft prompt trains on (the next :data:`N_VAL` validate it)."""
 N_VAL = 16
-"""Discovery texts held out for the soft prompt's validation (every fourth of the top ``n_train + N_VAL``)."""
+"""Discovery texts held out for the soft prompt's validation (every fourth of the top ``N_TRAIN + N_VAL``)."""
 
 
 @dataclass
@@ -74,22 +76,17 @@ class SurveySettings:
     ``evidence.survey`` block: an audit's first step, when ``data.categories`` is null)
     -> survey.jsonl, survey_groups.csv, diff_mining.json."""
 
-    categories: Optional[List[str]] = None
-    """Categories scored (None: every shipped one)."""
     probes: bool = True
     """Score the shipped everyday probe set (``data/probes/everyday.jsonl``), one group per domain."""
     texts: Optional[List[str]] = None
     """The user's own texts: category specs (a ``.jsonl`` path or ``hub:`` spec), one group each."""
     max_texts_per_group: int = 10
     """Half for discovery, half kept fresh for testing findings."""
-    n_train: int = 48
-    """Highest-divergence discovery texts the soft prompt trains on (the next :data:`N_VAL` validate it)."""
 
     def __post_init__(self):
-        for key in ("max_texts_per_group", "n_train"):
-            if getattr(self, key) < 1:
-                raise FinediffError(f"evidence.survey.{key} must be >= 1, got {getattr(self, key)}")
-        for c in list(self.categories or []) + list(self.texts or []):
+        if self.max_texts_per_group < 1:
+            raise FinediffError(f"evidence.survey.max_texts_per_group must be >= 1, got {self.max_texts_per_group}")
+        for c in self.texts or []:
             check_category(str(c))
 
 
@@ -146,9 +143,10 @@ class Survey:
         pool = [t for t in self.texts if discovery is None or t.discovery == discovery]
         return sorted(pool, key=lambda t: -t.divergence)
 
-    def training_texts(self, n_train: int, n_val: Optional[int] = None) -> tuple[list[str], list[str]]:
-        """The highest-divergence discovery texts: every fourth to validation (``n_val``
-        of them at most; None: :data:`N_VAL`)."""
+    def training_texts(self, n_train: Optional[int] = None, n_val: Optional[int] = None) -> tuple[list[str], list[str]]:
+        """The ``n_train + n_val`` highest-divergence discovery texts (None: :data:`N_TRAIN`,
+        :data:`N_VAL`): every fourth to validation (``n_val`` of them at most)."""
+        n_train = N_TRAIN if n_train is None else n_train
         n_val = N_VAL if n_val is None else n_val
         top = [t.text for t in self.ranked()][: n_train + n_val]
         val = top[3::4][:n_val]
@@ -171,10 +169,11 @@ def probe_texts(path: Path = PROBES) -> dict[str, list[str]]:
     return by_domain
 
 
-def survey_items(settings: SurveySettings, seed: int = 0) -> list[SurveyText]:
-    """Every text to score, with its group and half (nothing scored yet)."""
+def survey_items(settings: SurveySettings, categories: Optional[list[str]] = None, seed: int = 0) -> list[SurveyText]:
+    """Every text to score, with its group and half (nothing scored yet): ``categories``
+    (None: every shipped one), the probe set, the user's texts."""
     groups: list[tuple[str, str, list[str]]] = []
-    for c in settings.categories or known_categories():
+    for c in categories or known_categories():
         groups.append((str(c), "category", load_category(str(c), None, 0.0).train))
     if settings.probes:
         groups += [(d, "probe", t) for d, t in probe_texts().items()]
@@ -245,14 +244,14 @@ def survey_answers(pair, prompts: list[str], max_new_tokens: int, cache: Optiona
     return done
 
 
-def run_survey(pair, settings: SurveySettings, alpha: float, seed: int = 0, progress: bool = True,
-               answers: Optional[Path] = None) -> Survey:
-    """Score every survey text over the finetuned model's greedy answer; mine the
-    logit rises of the discovery half; a group changed at family-wise error rate ``alpha``
-    (Holm). ``answers``: the file that keeps the answers as they are made (:func:`survey_answers`)."""
+def run_survey(pair, settings: SurveySettings, categories: Optional[list[str]], alpha: float, seed: int = 0,
+               progress: bool = True, answers: Optional[Path] = None) -> Survey:
+    """Score every survey text (``categories``: None, every shipped one) over the finetuned
+    model's greedy answer; mine the logit rises of the discovery half; a group changed at
+    family-wise error rate ``alpha`` (Holm). ``answers``: the file that keeps the answers as they are made (:func:`survey_answers`)."""
     from finediff.divergent_dataset import teacher_forced
 
-    items = survey_items(settings, seed)
+    items = survey_items(settings, categories, seed)
     if progress:
         print(f"survey: {len(items)} texts in {len({t.group for t in items})} groups", flush=True)
     prompts = [t.text for t in items]

@@ -53,18 +53,8 @@ MIN_RELATIVE_NORM = 1e-4
 READ_DEPTH = 0.34
 """Input directions are read at layers below this relative depth (the residual is still close to the embeddings)."""
 
-
-@dataclass
-class WeightSettings:
-    """How the weights are read (the ``evidence.weights`` block): the weight update read
-    through the vocabulary, no sampling -> weights.json."""
-
-    directions: int = 2
-    """Top singular directions read per module."""
-
-    def __post_init__(self):
-        if self.directions < 1:
-            raise FinediffError(f"evidence.weights.directions must be >= 1, got {self.directions}")
+DIRECTIONS = 2
+"""Top singular directions read per module."""
 
 
 @dataclass
@@ -187,8 +177,7 @@ def _submodule(model: nn.Module, suffix: str) -> Optional[nn.Module]:
 
 
 @torch.no_grad()
-def read_weights(base: nn.Module, finetuned: nn.Module, tokenizer, settings: WeightSettings = WeightSettings(),
-                 progress: bool = False) -> WeightReading:
+def read_weights(base: nn.Module, finetuned: nn.Module, tokenizer, progress: bool = False) -> WeightReading:
     """Read the finetune's weight update through the vocabulary (see the module docstring)."""
     updates = weight_updates(base, finetuned, MIN_RELATIVE_NORM)
     if not updates:
@@ -228,7 +217,7 @@ def read_weights(base: nn.Module, finetuned: nn.Module, tokenizer, settings: Wei
             side = "reads"
         else:
             continue
-        u, s, v = _top_directions(delta, settings.directions)
+        u, s, v = _top_directions(delta, DIRECTIONS)
         for i in range(s.shape[0]):
             if side == "writes":
                 vec = u[:, i].to(embed.device)

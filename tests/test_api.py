@@ -34,9 +34,10 @@ def test_seed_quick_start_end_to_end(tmp_path, monkeypatch):
               "generation": {"max_length": 8, "num_generations_per_prompt": 1},
               "data": {"categories": ["capabilities"], "max_texts_per_category": 12},
               "evidence": {"hard_prompts": {"methods": ["projection", "text"]},
-                           "divergent_dataset": {"n_hard_prompts": 1, "texts_per_hard_prompt": 1, "n_texts": 2}}}
+                           "divergent_dataset": {"n_hard_prompts": 1, "n_texts": 2}}}
     monkeypatch.setattr("finediff.pipeline.steps.DATASET_MAX_SCORED_TEXTS", 6)
     monkeypatch.setattr("finediff.pipeline.steps.DATASET_MAX_NEW_TOKENS", 8)
+    monkeypatch.setattr("finediff.pipeline.steps.DATASET_TEXTS_PER_HARD_PROMPT", 1)
     # Create trainer
     trainer = DivergenceTrainer(model_1=model_1, model_2=model_2, tokenizer=tokenizer, config=config)
     # Train soft prompts

@@ -151,22 +151,27 @@ def test_answer_hypothesis_reads_each_prompts_own_answer():
 def small_survey(**kw):
     from finediff.survey import SurveySettings
 
-    return SurveySettings(**{"categories": ["sandbagging", "general"], "probes": True, "max_texts_per_group": 4, **kw})
+    return SurveySettings(**{"probes": True, "max_texts_per_group": 4, **kw})
 
 
+SMALL_CATEGORIES = ["sandbagging", "general"]
+"""The categories a small survey scores (``evidence.categories``)."""
 SMALL_SURVEY = {"finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.MINING_GENERIC_TEXTS": 4}
 """The module constants of a small survey (with :func:`small_survey`'s settings)."""
+SMALL_FINDINGS = {"finediff.pipeline.steps.FINDINGS_SAMPLES_PER_PROMPT": 2,
+                  "finediff.pipeline.steps.FINDINGS_MAX_NEW_TOKENS": 8}
+"""The module constants of small findings tests."""
 
 
 def test_survey_groups_and_halves(tiny_pair):
     from finediff.survey import run_survey, survey_items
 
-    items = survey_items(small_survey())
+    items = survey_items(small_survey(), SMALL_CATEGORIES)
     groups = {t.group for t in items}
     assert {"sandbagging", "general", "geography", "health"} <= groups
     assert all(sum(t.discovery for t in items if t.group == g) == 2 for g in groups)
     with constants(SMALL_SURVEY):
-        survey = run_survey(tiny_pair, small_survey(), ALPHA, progress=False)
+        survey = run_survey(tiny_pair, small_survey(), SMALL_CATEGORIES, ALPHA, progress=False)
     assert [g.mean_divergence for g in survey.groups] == sorted((g.mean_divergence for g in survey.groups), reverse=True)
     train, val = survey.training_texts(6, 2)
     assert len(train) == 6 and len(val) == 2 and not set(train) & set(val)
@@ -182,10 +187,10 @@ def test_first_screen_says_no_change_for_identical_models(tiny_pair, tmp_path):
 
     pair = same_pair(tiny_pair)
     with constants(SMALL_SURVEY):
-        survey = pipeline.survey(pair, small_survey(), ALPHA, out=tmp_path, progress=False)
+        survey = pipeline.survey(pair, small_survey(), SMALL_CATEGORIES, ALPHA, out=tmp_path, progress=False)
     assert survey.median_divergence == 0.0 and not survey.changed
-    pipeline.findings(pair, survey, FindingSettings(n_prompts=6, samples_per_prompt=2, max_new_tokens=8), ALPHA,
-                      tmp_path, progress=False)
+    with constants(SMALL_FINDINGS):
+        pipeline.findings(pair, survey, FindingSettings(n_prompts=6), ALPHA, tmp_path, progress=False)
     v = read_verdict(tmp_path)
     assert not v.changed and v.confidence == "none" and not v.confirmed
     assert first_screen(v)[0].startswith("**No change found.**")
@@ -198,10 +203,10 @@ def test_first_screen_names_a_planted_change(tiny_pair, tmp_path):
 
     pair, word = planted_pair(tiny_pair)
     with constants(SMALL_SURVEY):
-        survey = pipeline.survey(pair, small_survey(), ALPHA, out=tmp_path, progress=False)
+        survey = pipeline.survey(pair, small_survey(), SMALL_CATEGORIES, ALPHA, out=tmp_path, progress=False)
     assert survey.mining.words[0].word == word
-    pipeline.findings(pair, survey, FindingSettings(n_prompts=12, samples_per_prompt=2, max_new_tokens=8), ALPHA,
-                      tmp_path, progress=False)
+    with constants(SMALL_FINDINGS):
+        pipeline.findings(pair, survey, FindingSettings(n_prompts=12), ALPHA, tmp_path, progress=False)
     v = read_verdict(tmp_path)
     assert v.changed and any(f'"{word}"' in f.hypothesis.claim for f in v.confirmed)
     assert f'says "{word}" more often' in v.paragraph
@@ -212,13 +217,11 @@ def test_untold_audit_run(tiny_dirs, tmp_path):
     report that opens with the verdict."""
     out = tmp_path / "audit"
     run_train(tiny_dirs, out, "data.categories=null", "evidence.survey.max_texts_per_group=4",
-              "evidence.survey.n_train=8", "evidence.findings.n_prompts=6", "evidence.findings.samples_per_prompt=2",
-              "evidence.findings.max_new_tokens=8", "evidence.divergent_dataset.amplify_alpha=1.0",
-              "evidence.prompt_effect.n_texts=2",
+              "evidence.findings.n_prompts=6", "evidence.divergent_dataset.amplify_alpha=1.0",
               "evidence.steps=[divergent_dataset,compare,weights,findings,conditions,prompt_effect,report]",
-              values={"finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_VAL": 4,
-                      "finediff.conditions.MAX_NEW_TOKENS": 6, "finediff.conditions.MAX_LEADS": 2,
-                      "finediff.prompt_effect.MAX_NEW_TOKENS": 6})
+              values={"finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_TRAIN": 8, "finediff.survey.N_VAL": 4,
+                      **SMALL_FINDINGS, "finediff.conditions.MAX_NEW_TOKENS": 6, "finediff.conditions.MAX_LEADS": 2,
+                      "finediff.prompt_effect.MAX_NEW_TOKENS": 6, "finediff.prompt_effect.N_TEXTS": 2})
     for f in (names.SURVEY_TEXTS, names.SURVEY_GROUPS, names.DIFF_MINING_FILE, names.FINDINGS_FILE, names.REPORT_MD,
               names.WEIGHTS_FILE, names.CONDITIONS_FILE, names.PROMPT_EFFECT_FILE):
         assert (out / f).is_file(), f
@@ -246,10 +249,11 @@ def test_untold_audit_finds_the_sandbagging_organism(tmp_path):
     from train import train
 
     out = tmp_path / "audit"
-    train(compose("train", ["experiment=audit", f"model.adapter={ROOT / 'organisms' / 'sandbagging'}",
-                            f"paths.output_dir={out}", "logger=csv", "trainer.max_steps=4",
-                            "trainer.val_check_interval=4", "evidence.survey.max_texts_per_group=4",
-                            "evidence.steps=[findings,report]", "evidence.findings.samples_per_prompt=2"]))
+    with constants({"finediff.pipeline.steps.FINDINGS_SAMPLES_PER_PROMPT": 2}):
+        train(compose("train", ["experiment=audit", f"model.adapter={ROOT / 'organisms' / 'sandbagging'}",
+                                f"paths.output_dir={out}", "logger=csv", "trainer.max_steps=4",
+                                "trainer.val_check_interval=4", "evidence.survey.max_texts_per_group=4",
+                                "evidence.steps=[findings,report]"]))
     survey = read_survey(out)
     assert survey.groups[0].group in {"geography", "capabilities", "sandbagging", "factual_knowledge"}
     capitals = {c.lower() for _, c in CAPITALS} | {"capital"}

@@ -268,11 +268,11 @@ def test_ctrl_c_during_training_keeps_the_prompt_and_a_checkpoint(tiny_dirs, tmp
     assert not (out / names.HARD_PROMPTS_FILE).exists()  # the evidence steps did not run on a stopped run
 
 
-AUDIT = ["data.categories=null", "evidence.survey.max_texts_per_group=4", "evidence.survey.n_train=8",
-         "evidence.findings.n_prompts=6", "evidence.findings.samples_per_prompt=2",
-         "evidence.findings.max_new_tokens=8",
+AUDIT = ["data.categories=null", "evidence.survey.max_texts_per_group=4", "evidence.findings.n_prompts=6",
          "evidence.steps=[hard_prompts,divergent_dataset,findings,conditions,report]"]
-AUDIT_CONSTANTS = {**SMALL_EVIDENCE, "finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_VAL": 4,
+AUDIT_CONSTANTS = {**SMALL_EVIDENCE, "finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_TRAIN": 8,
+                   "finediff.survey.N_VAL": 4, "finediff.pipeline.steps.FINDINGS_SAMPLES_PER_PROMPT": 2,
+                   "finediff.pipeline.steps.FINDINGS_MAX_NEW_TOKENS": 8,
                    "finediff.conditions.MAX_NEW_TOKENS": 6, "finediff.conditions.MAX_LEADS": 2}
 """A small audit: the settings above and these module constants (``module.NAME``: value)."""
 
@@ -350,9 +350,9 @@ def test_sigterm_during_the_survey_keeps_its_answers_and_resumes_to_the_same_sur
     from finediff.survey import ANSWER_BATCH
 
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    survey = ["data.categories=null", "evidence.survey.max_texts_per_group=16", "evidence.survey.n_train=8",
-              "evidence.steps=[]"]
-    slow = {"finediff.survey.MAX_NEW_TOKENS": 48, "finediff.survey.N_VAL": 4}  # long answers: time to stop it
+    survey = ["data.categories=null", "evidence.survey.max_texts_per_group=16", "evidence.steps=[]"]
+    slow = {"finediff.survey.MAX_NEW_TOKENS": 48, "finediff.survey.N_TRAIN": 8,
+            "finediff.survey.N_VAL": 4}  # long answers: time to stop it
     done = _cli("train.py", tiny_overrides(tiny_dirs, whole, evidence=False) + survey, values=slow)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not (whole / names.SURVEY_ANSWERS).exists()  # removed once the survey is written

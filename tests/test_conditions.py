@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from finediff.conditions import (Condition, ConditionResult, ConditionSettings, behaviour_words, candidates,
+from finediff.conditions import (Condition, ConditionResult, behaviour_words, candidates,
                                  read_conditions, search_conditions, write_conditions)
 from finediff.errors import FinediffError
 from finediff.pipeline.settings import EvidenceSettings
@@ -56,8 +56,6 @@ def test_statement_and_file_round_trip(tmp_path):
 def test_bad_settings_name_the_key():
     with pytest.raises(FinediffError, match="evidence.alpha"):
         EvidenceSettings(alpha=1.5)
-    with pytest.raises(FinediffError, match="evidence.conditions.keep"):
-        ConditionSettings(keep=0)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +81,7 @@ def test_planted_trigger_is_found_among_decoys_and_tested(trigger_pair):
     leads = [Condition("insert", w, "test") for w in ("weather", "history", "question", "planet", "music")]
     leads.insert(3, Condition("insert", TRIGGER, "test"))
     with constants(COLD):
-        results = search_conditions(pair, leads, _everyday(trained), ConditionSettings(), progress=False, alpha=ALPHA)
+        results = search_conditions(pair, leads, _everyday(trained), progress=False, alpha=ALPHA)
     found = [r for r in results if r.confirmed]
     assert [r.condition.text for r in found] == [TRIGGER], [(r.condition.text, r.ratio, r.words) for r in results]
     best = found[0]
@@ -137,7 +135,7 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
     leads = candidates(reading.reads, reading.words("writes"), prompts=[found_text])
     assert leads[0].source == "hard prompt" and len(leads) > 5  # the search's prompt among the weights' leads
     with constants(COLD):
-        results = search_conditions(pair, leads, texts[:20], ConditionSettings(), progress=False, alpha=ALPHA)
+        results = search_conditions(pair, leads, texts[:20], progress=False, alpha=ALPHA)
     confirmed = [r for r in results if r.confirmed]
     # the search's prompt is the strongest condition (the tiny finetune also answers a little
     # to some other odd insertions, less than a third of the time)

@@ -111,11 +111,11 @@ def test_dashboard_opens_an_audit_with_its_verdict(tiny_dirs, tmp_path, monkeypa
 
     run = tmp_path / "audit" / "run1"
     run_train(tiny_dirs, run, "data.categories=null", "evidence.survey.max_texts_per_group=4",
-              "evidence.survey.n_train=8", "evidence.findings.n_prompts=6",
-              "evidence.findings.samples_per_prompt=2", "evidence.findings.max_new_tokens=8",
-              "evidence.steps=[findings,report]",
-              values={"finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_VAL": 4,
-                      "finediff.survey.MINING_GENERIC_TEXTS": 4})
+              "evidence.findings.n_prompts=6", "evidence.steps=[findings,report]",
+              values={"finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_TRAIN": 8, "finediff.survey.N_VAL": 4,
+                      "finediff.survey.MINING_GENERIC_TEXTS": 4,
+                      "finediff.pipeline.steps.FINDINGS_SAMPLES_PER_PROMPT": 2,
+                      "finediff.pipeline.steps.FINDINGS_MAX_NEW_TOKENS": 8})
     monkeypatch.setenv("FINEDIFF_OUTPUTS", str(tmp_path))
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
     assert not at.exception, at.exception

@@ -3,13 +3,10 @@ as such, and a confirmed behaviour it brings out."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from finediff.errors import FinediffError
 from finediff.findings import word_hypothesis
-from finediff.prompt_effect import (VERDICTS, PromptEffect, PromptEffectSettings, broken, prompt_effect,
-                                    read_effect, write_effect)
+from finediff.prompt_effect import VERDICTS, PromptEffect, broken, prompt_effect, read_effect, write_effect
 
 
 def test_broken_answers(tiny_pair):
@@ -24,8 +21,8 @@ def test_effect_on_the_tiny_pair(tiny_pair, tmp_path, monkeypatch):
     torch.manual_seed(0)
     prompt = torch.randn(4, tiny_pair.hidden_size) * 0.05
     monkeypatch.setattr("finediff.prompt_effect.MAX_NEW_TOKENS", 6)
-    settings = PromptEffectSettings(n_texts=2)
-    effect = prompt_effect(tiny_pair, prompt, texts, settings)
+    monkeypatch.setattr("finediff.prompt_effect.N_TEXTS", 2)
+    effect = prompt_effect(tiny_pair, prompt, texts)
     assert effect.verdict in VERDICTS and len(effect.rows) == 2 and effect.nearest_tokens
     assert set(effect.rows[0]) == {"text", "base", "base_with", "finetuned", "finetuned_with"}
     assert read_effect(write_effect(effect, tmp_path)) == effect
@@ -33,7 +30,7 @@ def test_effect_on_the_tiny_pair(tiny_pair, tmp_path, monkeypatch):
     said = effect.rows[0]["finetuned_with"].split()
     if said and said[0].isalpha() and len(said[0]) >= 3 and said[0] not in effect.rows[0]["finetuned"]:
         hyp = word_hypothesis(said[0].lower(), "more", "test")
-        shown = prompt_effect(tiny_pair, prompt, texts, settings, [("says it", hyp)])
+        shown = prompt_effect(tiny_pair, prompt, texts, [("says it", hyp)])
         assert shown.verdict in (VERDICTS[0], VERDICTS[1])
 
 
@@ -42,8 +39,3 @@ def test_sentences():
     assert "breaks the finetuned model" in PromptEffect(VERDICTS[0], broken={"finetuned/with": 1.0}, **base).sentence()
     assert "(it says rome)" in PromptEffect(VERDICTS[1], shown="says rome", **base).sentence()
     assert "not into any behaviour" in PromptEffect(VERDICTS[2], **base).sentence()
-
-
-def test_bad_settings_name_the_key():
-    with pytest.raises(FinediffError, match="evidence.prompt_effect.n_texts"):
-        PromptEffectSettings(n_texts=0)

@@ -50,11 +50,12 @@ def real_run(lora_adapter, tmp_path_factory):
         "evidence.hard_prompts.pez_steps=2", "evidence.hard_prompts.gcg_steps=1",
         "evidence.hard_prompts.n_candidates=2", "generation.num_generations_per_prompt=2",
         "generation.max_new_tokens=12", "evidence.divergent_dataset.n_texts=2",
-        "evidence.divergent_dataset.texts_per_hard_prompt=1", "evidence.divergent_dataset.n_hard_prompts=1",
+        "evidence.divergent_dataset.n_hard_prompts=1",
         "evidence.lens.max_texts=24", "evidence.lens.n_steer_prompts=2", "evidence.lens.max_new_tokens=12",
         "evidence.compare.max_texts_per_category=3",
     ])
     with constants({"finediff.pipeline.steps.DATASET_MAX_SCORED_TEXTS": 16, "finediff.compare.MAX_NEW_TOKENS": 8,
+                    "finediff.pipeline.steps.DATASET_TEXTS_PER_HARD_PROMPT": 1,
                     "finediff.lens.DEFAULT_STRENGTHS": (1.0, 4.0), "finediff.pipeline.steps.TRAIN_BATCHES": 1,
                     "finediff.pipeline.steps.EVAL_BATCHES": 1}):
         return root, run, train(cfg)

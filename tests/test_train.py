@@ -158,9 +158,9 @@ def test_every_experiment_runs_one_step(tiny_dirs, tmp_path, experiment):
     target category), the audit untold (its survey picks the texts)."""
     cfg = compose("train", [f"experiment={experiment}"])
     told = [] if cfg.data.categories is None else [f"data.categories=[{cfg.data.categories[0]}]"]
-    survey = [] if told else ["data.categories=null", "evidence.survey.max_texts_per_group=4",
-                              "evidence.survey.n_train=4"]
-    small = {} if told else {"finediff.survey.MAX_NEW_TOKENS": 4, "finediff.survey.N_VAL": 2}
+    survey = [] if told else ["data.categories=null", "evidence.survey.max_texts_per_group=4"]
+    small = {} if told else {"finediff.survey.MAX_NEW_TOKENS": 4, "finediff.survey.N_TRAIN": 4,
+                             "finediff.survey.N_VAL": 2}
     metrics = run_train(tiny_dirs, tmp_path, f"experiment={experiment}", "model.adapter=null",
                         "trainer.max_steps=1", "trainer.val_check_interval=1", "evidence.steps=[]",
                         f"model.base={tiny_dirs['base']}", f"model.finetuned={tiny_dirs['finetuned']}", *told, *survey,

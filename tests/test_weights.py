@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finediff.models import load_model_pair
-from finediff.weights import WeightReading, WeightSettings, read_weights
+from finediff.weights import WeightReading, read_weights
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +61,3 @@ def test_unchanged_pair_reads_nothing(tiny_dirs):
     pair = load_model_pair(str(tiny_dirs["base"]))
     reading = read_weights(pair.base, pair.finetuned, pair.tokenizer)
     assert reading.n_modules == 0 and reading.writes == [] and reading.reads == []
-
-
-def test_bad_settings_name_the_key():
-    from finediff.errors import FinediffError
-
-    with pytest.raises(FinediffError, match="evidence.weights.directions"):
-        WeightSettings(directions=0)

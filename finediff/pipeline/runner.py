@@ -137,14 +137,15 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         if cached("compare"):
             ev.comparison = CategoryResult.read_csv(out / names.COMPARISON_CSV)
         else:
-            ev.comparison = compare(pair, settings.compare, texts.max_length, out, title, progress)
+            ev.comparison = compare(pair, settings.compare, settings.categories, texts.max_length, out, title,
+                                    progress)
     if "analysis" in todo and ev.records and not cached("analysis"):
         analysis(ev.records, out, settings.analysis)
     if "weights" in todo:
         if cached("weights"):
             ev.weights = WeightReading.read(out / names.WEIGHTS_FILE)
         else:
-            ev.weights = weights(pair, settings.weights, out, progress)
+            ev.weights = weights(pair, out, progress)
     if "findings" in todo and ev.survey is not None:
         if cached("findings"):
             ev.findings = read_findings(out / names.FINDINGS_FILE)
@@ -155,7 +156,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         if cached("conditions"):
             ev.conditions = read_conditions(out / names.CONDITIONS_FILE)
         else:
-            ev.conditions = conditions(pair, ev.survey, ev.findings, settings.conditions, settings.alpha, ev.weights,
+            ev.conditions = conditions(pair, ev.survey, ev.findings, settings.alpha, ev.weights,
                                        ev.hard_prompts, out, objective.seed, progress)
     if "prompt_effect" in todo:
         if cached("prompt_effect"):
@@ -163,7 +164,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         else:
             detectors = [(f.hypothesis.claim, f.hypothesis) for f in ev.findings if f.confirmed]
             detectors += [(c.behaviour(), topic_hypothesis(c.words)) for c in ev.conditions if c.confirmed]
-            ev.prompt_effect = prompt_effect(pair, soft_prompt_PD, texts.val or texts.train, settings.prompt_effect,
+            ev.prompt_effect = prompt_effect(pair, soft_prompt_PD, texts.val or texts.train,
                                              detectors, ev.hard_prompts, progress)
             write_effect(ev.prompt_effect, out)
             log.info("soft prompt effect: %s", ev.prompt_effect.sentence())

@@ -18,18 +18,15 @@ from typing import List, Optional
 import torch
 
 from finediff.answers import AnswerSettings, check_positions
-from finediff.conditions import ConditionSettings
-from finediff.data import category_file, collate, format_parts
+from finediff.data import check_category, collate, format_parts
 from finediff.divergence import parse_kind
 from finediff.errors import FinediffError, check_number
 from finediff.findings import FindingSettings
 from finediff.generation import GENERATE_BATCH
 from finediff.hard_prompts import HardPromptSettings
 from finediff.lens import LensConfig
-from finediff.prompt_effect import PromptEffectSettings
 from finediff.soft_prompt import PromptInit, PromptSpace
 from finediff.survey import SurveySettings
-from finediff.weights import WeightSettings
 
 STEPS = ("hard_prompts", "divergent_dataset", "lens", "compare", "analysis", "weights", "findings", "conditions",
          "prompt_effect", "report")
@@ -54,9 +51,8 @@ class DatasetSettings:
     """Which prompts the divergent dataset samples (the sampling itself: ``generation``)."""
 
     n_hard_prompts: int = 2
-    """Best distinct hard prompts used."""
-    texts_per_hard_prompt: int = 3
-    """Highest-divergence texts each hard prompt is put in front of."""
+    """Best distinct hard prompts used (each in front of the highest-divergence texts,
+    :data:`finediff.pipeline.steps.DATASET_TEXTS_PER_HARD_PROMPT` of them)."""
     n_texts: int = 5
     """Highest-divergence texts used alone."""
     amplify_alpha: float = 0.0
@@ -73,18 +69,11 @@ class CompareSettings:
     """The category comparison: mean divergence per category -> comparison.csv / .md / .png
     (see :func:`finediff.compare.compare_categories`)."""
 
-    categories: Optional[List[str]] = None
-    """Categories to compare (None: every shipped one)."""
     max_texts_per_category: int = 24
     """The run's quick view (``task=compare`` scores 100 per category)."""
 
     def __post_init__(self):
         _positive("evidence.compare", max_texts_per_category=self.max_texts_per_category)
-        if self.categories is not None:
-            self.categories = [str(c) for c in self.categories]
-            for c in self.categories:
-                if not c.startswith("hub:"):
-                    category_file(c)
 
 
 @dataclass
@@ -106,6 +95,9 @@ class EvidenceSettings:
     alpha: float = 0.05
     """Family-wise error rate of every test the audit runs (the survey's groups, the findings, the
     conditions), Holm-corrected."""
+    categories: Optional[List[str]] = None
+    """Categories scored, by the survey in an audit or by the category comparison in a told run
+    (each a shipped name, a ``.jsonl`` path or a ``hub:`` spec; None: every shipped one)."""
     hard_prompts: HardPromptSettings = field(default_factory=HardPromptSettings)
     divergent_dataset: DatasetSettings = field(default_factory=DatasetSettings)
     lens: LensConfig = field(default_factory=LensConfig)
@@ -113,9 +105,6 @@ class EvidenceSettings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     survey: SurveySettings = field(default_factory=SurveySettings)
     findings: FindingSettings = field(default_factory=FindingSettings)
-    weights: WeightSettings = field(default_factory=WeightSettings)
-    conditions: ConditionSettings = field(default_factory=ConditionSettings)
-    prompt_effect: PromptEffectSettings = field(default_factory=PromptEffectSettings)
 
     def __post_init__(self):
         self.steps = tuple(self.steps)
@@ -124,6 +113,10 @@ class EvidenceSettings:
             raise FinediffError(f"unknown evidence step {unknown[0]!r}; choose from {', '.join(STEPS)}")
         if not 0 < self.alpha < 1:
             raise FinediffError(f"evidence.alpha must be in (0, 1), got {self.alpha}")
+        if self.categories is not None:
+            self.categories = [str(c) for c in self.categories]
+            for c in self.categories:
+                check_category(c)
 
 
 @dataclass

@@ -15,8 +15,7 @@ from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
 from finediff.analysis.clustering import DEFAULT_EMBEDDER
 from finediff.answers import answer_batch
 from finediff.compare import compare_categories, write_comparison
-from finediff.conditions import (ConditionResult, ConditionSettings, candidates, group_leads, search_conditions,
-                                 write_conditions)
+from finediff.conditions import ConditionResult, candidates, group_leads, search_conditions, write_conditions
 from finediff.corpus import GENERIC_CATEGORY
 from finediff.data import known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, generate_amplified, generate_dataset,
@@ -35,7 +34,7 @@ from finediff.plots import lens_norms, lens_relevance
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism
 from finediff.report import write_report
 from finediff.survey import Survey, SurveySettings, run_survey, write_survey
-from finediff.weights import WeightReading, WeightSettings, read_weights
+from finediff.weights import WeightReading, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +48,21 @@ DATASET_BATCH_SIZE = GENERATE_BATCH
 """Prompts per ``generate`` call of the divergent dataset."""
 AMPLIFIED_PER_PROMPT = 2
 """Amplified samples per prompt (``evidence.divergent_dataset.amplify_alpha`` > 0)."""
+DATASET_TEXTS_PER_HARD_PROMPT = 3
+"""Highest-divergence texts each hard prompt is put in front of."""
+FINDINGS_SAMPLES_PER_PROMPT = 4
+"""Sampled answers per fresh prompt and model in the findings' tests; when fewer than
+``evidence.findings.n_prompts`` prompts are tested (only the changed groups'), each gets more,
+``n_prompts * FINDINGS_SAMPLES_PER_PROMPT`` in all."""
+FINDINGS_MAX_NEW_TOKENS = 32
+"""New tokens per sampled answer in the findings' tests: a refusal, a wrong fact or a voice shows
+early (a third less sampling than 48)."""
 
 
-def survey(pair, settings: SurveySettings, alpha: float, seed: int = 0, out: Optional[Path] = None,
-           progress: bool = True, resume: bool = False) -> Survey:
-    """Where the change is, before training: every category, probe domain and user file
+def survey(pair, settings: SurveySettings, categories: Optional[list[str]], alpha: float, seed: int = 0,
+           out: Optional[Path] = None, progress: bool = True, resume: bool = False) -> Survey:
+    """Where the change is, before training: every category (``categories``; None: every
+    shipped one), probe domain and user file
     scored over the finetuned model's answers, each group tested (family-wise error rate
     ``alpha``), logit rises mined ->
     ``survey.jsonl``, ``survey_groups.csv`` / ``.png``, ``diff_mining.json`` / ``.png``.
@@ -63,7 +72,7 @@ def survey(pair, settings: SurveySettings, alpha: float, seed: int = 0, out: Opt
     cache = Path(out) / names.SURVEY_ANSWERS if out is not None else None
     if cache is not None and not resume:
         cache.unlink(missing_ok=True)
-    result = run_survey(pair, settings, alpha, seed, progress, answers=cache)
+    result = run_survey(pair, settings, categories, alpha, seed, progress, answers=cache)
     if out is not None:
         write_survey(result, Path(out))
         cache.unlink(missing_ok=True)
@@ -109,7 +118,7 @@ def divergent_dataset(pair, texts: list[str], hard: list[str], settings: Dataset
     if not ranked:
         texts = [t for _, t in rank_texts(pair, texts[:DATASET_MAX_SCORED_TEXTS], DATASET_POSITIONS,
                                           DATASET_MAX_NEW_TOKENS, max_length, progress=progress)]
-    prompts = dataset_prompts(hard, texts, s.n_hard_prompts, s.texts_per_hard_prompt, s.n_texts)
+    prompts = dataset_prompts(hard, texts, s.n_hard_prompts, DATASET_TEXTS_PER_HARD_PROMPT, s.n_texts)
     records = generate_dataset(pair, prompts, generation, seed=seed, batch_size=DATASET_BATCH_SIZE, progress=progress)
     if s.amplify_alpha > 0:
         records = sorted(records + generate_amplified(pair, prompts, generation, s.amplify_alpha,
@@ -169,11 +178,11 @@ def write_lens(summary: LensSummary, folder: Path) -> list[Path]:
             lens_relevance(summary, folder / names.LENS_RELEVANCE_PNG)]
 
 
-def compare(pair, settings: CompareSettings, max_length: Optional[int] = None, out: Optional[Path] = None,
-            title: str = "", progress: bool = True) -> list[CategoryResult]:
-    """Mean divergence per category with a 95% CI, highest first -> ``comparison.csv`` /
-    ``.md`` / ``.png``."""
-    results = compare_categories(pair, list(settings.categories or known_categories()),
+def compare(pair, settings: CompareSettings, categories: Optional[list[str]] = None, max_length: Optional[int] = None,
+            out: Optional[Path] = None, title: str = "", progress: bool = True) -> list[CategoryResult]:
+    """Mean divergence per category (``categories``; None: every shipped one) with a 95% CI,
+    highest first -> ``comparison.csv`` / ``.md`` / ``.png``."""
+    results = compare_categories(pair, list(categories or known_categories()),
                                  settings.max_texts_per_category, max_length, progress)
     if out is not None:
         write_comparison(results, Path(out), title)
@@ -191,15 +200,15 @@ def analysis(records: list[DivergentRecord], out: Path, settings: AnalysisSettin
             .analyze_divergent_behaviors(records)
 
 
-def weights(pair, settings: WeightSettings, out: Optional[Path] = None, progress: bool = True) -> WeightReading:
+def weights(pair, out: Optional[Path] = None, progress: bool = True) -> WeightReading:
     """What the finetune's weight update writes and reads, no sampling -> ``weights.json``."""
-    reading = read_weights(pair.base, pair.finetuned, pair.tokenizer, settings, progress)
+    reading = read_weights(pair.base, pair.finetuned, pair.tokenizer, progress)
     if out is not None:
         reading.write(Path(out))
     return reading
 
 
-def conditions(pair, survey_result: Survey, found: list[Finding], settings: ConditionSettings, alpha: float,
+def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
                reading: Optional[WeightReading] = None, hard: list[HardPrompt] = (), out: Optional[Path] = None,
                seed: int = 0, progress: bool = True) -> list[ConditionResult]:
     """Search and test the conditions that turn a behaviour on, from every lead the earlier
@@ -219,7 +228,7 @@ def conditions(pair, survey_result: Survey, found: list[Finding], settings: Cond
     others = [p for p in everyday if p not in in_groups]
     random.Random(seed).shuffle(others)
     group_prompts[""] = others
-    result = search_conditions(pair, leads, everyday, settings, group_prompts, seed, progress, alpha=alpha)
+    result = search_conditions(pair, leads, everyday, group_prompts, seed, progress, alpha=alpha)
     if out is not None:
         write_conditions(result, Path(out))
     return result
@@ -251,11 +260,12 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: floa
         log.info("findings: no fresh prompts to test on")
         return []
     texts = [t.text for t in fresh]
-    per_prompt = max(settings.samples_per_prompt, -(-settings.n_prompts * settings.samples_per_prompt // len(texts)))
-    reference = generate(pair.base, pair.tokenizer, texts, max_new_tokens=settings.max_new_tokens, progress=progress)
+    k = FINDINGS_SAMPLES_PER_PROMPT
+    per_prompt = max(k, -(-settings.n_prompts * k // len(texts)))
+    reference = generate(pair.base, pair.tokenizer, texts, max_new_tokens=FINDINGS_MAX_NEW_TOKENS, progress=progress)
     written = reading.words("writes") if reading is not None else []
     hypotheses = propose(mined, favoured, dropped, lens_words, topics, dict(zip(texts, reference)), written)
-    prompts, base, ft = sample_answers(pair, texts, per_prompt, settings.max_new_tokens, FINDINGS_TEMPERATURE, seed,
+    prompts, base, ft = sample_answers(pair, texts, per_prompt, FINDINGS_MAX_NEW_TOKENS, FINDINGS_TEMPERATURE, seed,
                                        progress)
     group_of = {t.text: t.group for t in fresh}
     result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts], alpha=alpha)
