@@ -270,3 +270,31 @@ def test_the_default_guard_sees_a_copy():
                      "evidence.lens.max_texts"]
     assert _restated_defaults({"resume": 0, "lens": {"generic": "${paths.data_dir}/g.jsonl"}}, EvidenceSettings,
                               "evidence") == ([], [])
+
+
+MAX_SETTINGS = 56
+"""The settings a user can set in the schema groups today; the guard below keeps it from creeping up."""
+
+
+def _setting_keys(schema, where: str) -> list[str]:
+    from dataclasses import MISSING, fields, is_dataclass
+
+    keys = []
+    for f in fields(schema):
+        if f.name.startswith("_"):
+            continue
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+        keys += _setting_keys(type(default), f"{where}.{f.name}") if is_dataclass(default) else [f"{where}.{f.name}"]
+    return keys
+
+
+def test_the_schema_stays_small():
+    """Every setting is one more thing a user reads and a combination nobody measured. A research
+    option is a preset over the settings there are (configs/experiment/, configs/evidence/,
+    configs/module/) or a named constant in the module that uses it, not one more setting."""
+    keys = [k for group, schema in _schema_groups().items() for k in _setting_keys(schema, group)]
+    assert len(keys) == len(set(keys))
+    assert len(keys) <= MAX_SETTINGS, (f"{len(keys)} settings in the schema (at most {MAX_SETTINGS}): make the new "
+                                       "one a preset or a constant")
+    assert "evidence.hard_prompts.methods" in keys and "module.positions" in keys  # it reads nested groups
