@@ -42,3 +42,21 @@ def test_divergence_analyzer(tmp_path):
     assert out["per_category"]["quiz"]["n"] == 12
     for f in (names.ANALYSIS_FILE, names.ANALYSIS_KL_PNG, names.ANALYSIS_FIRST_PNG):
         assert (tmp_path / f).exists()
+
+
+def test_favoured_words_are_the_same_in_every_process():
+    """Words tied on their ratio come in one order whatever the process's string hashing
+    (the findings test the first ones, so a seeded audit is the same audit every time)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from finediff.analysis.divergence import favoured_words; from finediff.records import "
+            "as_records; from tests.test_analysis import PIRATE, CAPITAL; "
+            "print(json.dumps(favoured_words(as_records(PIRATE + CAPITAL), top=8)))")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(runs) == 1
+    words = json.loads(runs.pop())["finetuned_favours"]
+    ties = [(a[0], b[0]) for a, b in zip(words, words[1:]) if a[1] == b[1]]
+    assert ties and all(x < y for x, y in ties)  # ties alphabetical

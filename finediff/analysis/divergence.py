@@ -29,10 +29,11 @@ def favoured_words(records: list[DivergentRecord], top: int = 20, min_count: int
     def ratio(w):
         return math.log((ft[w] + 1) / n_ft) - math.log((base[w] + 1) / n_base)
 
-    words = [w for w in set(ft) | set(base) if ft[w] + base[w] >= min_count]
-    ranked = sorted(words, key=ratio)
-    return {"finetuned_favours": [(w, round(ratio(w), 3), ft[w], base[w]) for w in ranked[::-1][:top]],
-            "base_favours": [(w, round(ratio(w), 3), ft[w], base[w]) for w in ranked[:top]]}
+    words = sorted(w for w in set(ft) | set(base) if ft[w] + base[w] >= min_count)  # ties: alphabetical, every run
+    favours = sorted(words, key=lambda w: -ratio(w))[:top]
+    against = sorted(words, key=ratio)[:top]
+    return {"finetuned_favours": [(w, round(ratio(w), 3), ft[w], base[w]) for w in favours],
+            "base_favours": [(w, round(ratio(w), 3), ft[w], base[w]) for w in against]}
 
 
 class DivergenceAnalyzer:
