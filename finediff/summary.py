@@ -147,7 +147,7 @@ def condition_sentence(conditions: list[ConditionResult]) -> str:
                 shown.append(c)
         more = len(found) - len(shown)
         return " ".join(f"**{c.statement()}.**" for c in shown[:2]) + (
-            f" ({more} more confirmed conditions turn on the same words.)" if more else "")
+            f" ({more} more confirmed condition{'s turn' if more > 1 else ' turns'} on the same words.)" if more else "")
     if conditions:
         tested = sum(1 for c in conditions if c.words)
         return (f"No condition that turns a behaviour on was found ({len(conditions)} candidate conditions "

@@ -53,6 +53,19 @@ def test_statement_and_file_round_trip(tmp_path):
     assert read_conditions(write_conditions([r], tmp_path)) == [r]
 
 
+def test_conditions_that_turn_on_the_same_words_are_one_sentence():
+    from dataclasses import replace
+
+    from finediff.summary import condition_sentence
+
+    r = ConditionResult(Condition("insert", TRIGGER, "adapter reads"), 1.2, 0.01, ["alone", "leave"], 0.9, 0.0,
+                        0.05, 24, 1e-6, 1e-5, True, [{"prompt": "p", "base": "b", "finetuned": "f"}])
+    same = [replace(r, condition=Condition("insert", t, "hard prompt")) for t in ("|kx", "kx7q|")]
+    assert condition_sentence([r, same[0]]).endswith("(1 more confirmed condition turns on the same words.)")
+    assert condition_sentence([r, *same]).endswith("(2 more confirmed conditions turn on the same words.)")
+    assert condition_sentence([r]).count("When the prompt contains") == 1
+
+
 def test_bad_settings_name_the_key():
     with pytest.raises(FinediffError, match="evidence.alpha"):
         EvidenceSettings(alpha=1.5)
