@@ -81,6 +81,8 @@ MIN_EFFECT = 0.2
 """The rate with the condition exceeds the base's and the rate without it by this much."""
 KEEP = 4
 """Candidates that pass the screen (highest ratio first) given a behaviour and tested."""
+TRIGGER_SOURCE = "trigger search"
+"""The source of the string :mod:`finediff.trigger` found."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class ConditionResult:
     confirmed: bool = False
     examples: list = field(default_factory=list)
     """``{"prompt", "base", "finetuned"}`` under the condition, where the finetuned answer shows it."""
+    trigger: dict = field(default_factory=dict)
+    """For a string the trigger search found: its :class:`finediff.trigger.Trigger` (the answer
+    searched for, the scores, the shorter strings on the way)."""
 
     @property
     def ratio(self) -> float:
@@ -135,9 +140,18 @@ class ConditionResult:
 
     def statement(self) -> str:
         """The first screen's sentence."""
+        found = ""
+        if self.trigger:
+            found = (f". The string was found by searching for the input that makes the finetuned model answer "
+                     f"«{_clip(self.trigger['target'])}»; the exact string it was trained on may differ")
         return (f"{self.condition.describe()}, the finetuned model {self.behaviour()} ({self.rate_with:.0%} of its "
                 f"answers to fresh prompts, {self.rate_without:.0%} without it; the base {self.rate_base:.0%}; "
-                f"corrected p = {self.p_adjusted:.1e})")
+                f"corrected p = {self.p_adjusted:.1e}){found}")
+
+
+def _clip(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 COMMON_MARKS = set(".,;:!?'\"()-*/")
@@ -232,9 +246,25 @@ def _fisher(hits: list[bool], other: list[bool]) -> float:
     return float(fisher_exact([[a, len(hits) - a], [b, len(other) - b]], alternative="greater")[1])
 
 
+def typical_answer(answers: list[str], words: list[str]) -> str:
+    """The answer that shows the behaviour most typically: of the answers that say the most
+    behaviour ``words``, the one whose opening (its first eight words) the most answers share."""
+    def said(a: str) -> int:
+        return sum(1 for w in words if re.search(rf"\b{re.escape(w)}\b", a, re.IGNORECASE))
+
+    showing = [a.strip() for a in answers if a.strip() and said(a) > 0]
+    if not showing:
+        return ""
+    most = max(said(a) for a in showing)
+    best = [a for a in showing if said(a) == most]
+    opening = [" ".join(a.split()[:8]).lower() for a in best]
+    return max(best, key=lambda a: (opening.count(" ".join(a.split()[:8]).lower()), -len(a)))
+
+
 def search_conditions(pair, leads: list[Condition], everyday: list[str],
                       group_prompts: Optional[dict[str, list[str]]] = None, seed: int = 0,
-                      progress: bool = True, *, alpha: float) -> list[ConditionResult]:
+                      progress: bool = True, *, alpha: float, targets: list[str] = (),
+                      seed_tokens: list[int] = (), trigger_search: bool = True) -> list[ConditionResult]:
     """Screen, describe and test each lead condition (see the module docstring); the
     tests are Holm-corrected to family-wise error rate ``alpha``.
 
@@ -245,6 +275,11 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
             :data:`SCREEN_PROMPTS` screen, the next :data:`TEST_PROMPTS` test.
         group_prompts: for group conditions, each group's fresh prompts (and the key
             ``""``: prompts of every other group in a random order, the comparison).
+        targets: behaviours' answers seen by earlier steps (e.g. verbatim phrases) for the
+            trigger search; a behaviour seen under a screened candidate comes first.
+        seed_tokens: token ids the trigger search tries beside its own (the adapter's reads).
+        trigger_search: search the string that turns a seen behaviour on
+            (:mod:`finediff.trigger`) and test it like the other leads.
 
     Returns:
         One result per screened candidate, tested ones first (confirmed first).
@@ -271,40 +306,43 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         half = max(1, len(mine) // 2) if stage == "screen" else None
         return (mine[:half], others[:k]) if stage == "screen" else (mine[len(mine) // 2:] or mine, others[k:k + t])
 
-    leads = [c for c in leads if c.kind != "group" or len(group_prompts.get(c.text, [])) >= 2]
-    if not leads:
-        return []
-    # 1. screen: one batch of greedy answers for every candidate and its comparisons
-    batch, index = [], {}
-    for c in leads:
-        with_, without = prompts_for(c, "screen")
-        index[c] = (len(batch), len(with_), len(without))
-        batch += with_ + without
-    unique = list(dict.fromkeys(batch))
-    if progress:
-        print(f"conditions: screening {len(leads)} candidate conditions on {len(unique)} prompts", flush=True)
-    div = dict(zip(unique, response_divergences(pair, unique, MAX_NEW_TOKENS, progress=progress)))
-    results = []
-    for c in leads:
-        start, nw, nwo = index[c]
-        with_ = [div[p] for p in batch[start:start + nw]]
-        without = [div[p] for p in batch[start + nw:start + nw + nwo]]
-        results.append(ConditionResult(c, round(sum(with_) / len(with_), 5), round(sum(without) / max(len(without), 1), 5)))
-    passed = sorted([r for r in results if r.screen_divergence >= MIN_DIVERGENCE
-                     and r.ratio >= MIN_RATIO], key=lambda r: -r.ratio)[:KEEP]
-    log.info("conditions: %d of %d candidates passed the screen: %s", len(passed), len(results),
-             [(r.condition.kind, r.condition.text, round(r.ratio, 1)) for r in passed])
-    # 2. behaviour words, from sampled answers on the screen prompts
+    def screened(cands: list[Condition]) -> list[ConditionResult]:
+        """1. screen: one batch of greedy answers for every candidate and its comparisons."""
+        batch, index = [], {}
+        for c in cands:
+            with_, without = prompts_for(c, "screen")
+            index[c] = (len(batch), len(with_), len(without))
+            batch += with_ + without
+        unique = list(dict.fromkeys(batch))
+        if progress:
+            print(f"conditions: screening {len(cands)} candidate conditions on {len(unique)} prompts", flush=True)
+        div = dict(zip(unique, response_divergences(pair, unique, MAX_NEW_TOKENS, progress=progress)))
+        out = []
+        for c in cands:
+            start, nw, nwo = index[c]
+            with_ = [div[p] for p in batch[start:start + nw]]
+            without = [div[p] for p in batch[start + nw:start + nw + nwo]]
+            out.append(ConditionResult(c, round(sum(with_) / len(with_), 5),
+                                       round(sum(without) / max(len(without), 1), 5)))
+        return out
+
+    def passing(rs: list[ConditionResult]) -> list[ConditionResult]:
+        return sorted([r for r in rs if r.screen_divergence >= MIN_DIVERGENCE and r.ratio >= MIN_RATIO],
+                      key=lambda r: -r.ratio)
+
     sampling = (SAMPLES_PER_PROMPT, MAX_NEW_TOKENS, TEMPERATURE)
-    tested, raw = [], []
-    for r in passed:
+
+    def described(r: ConditionResult) -> list[str]:
+        """2. behaviour words, from sampled answers on the screen prompts; returns the
+        finetuned model's answers under the condition."""
         with_, without = prompts_for(r.condition, "screen")
         prompts, base_a, ft_a = sample_answers(pair, with_, *sampling, seed, progress=False)
         wo_prompts, _, ft_wo = sample_answers(pair, without, *sampling, seed, progress=False)
         r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, MIN_WORD_SHARE, without_prompts=wo_prompts)
-        if not r.words:
-            continue
-        # 3. the test on prompts the screen did not see
+        return ft_a
+
+    def tested(r: ConditionResult) -> float:
+        """3. the test on prompts the screen did not see; the raw p-value."""
         hyp = topic_hypothesis(r.words, "condition search")
         with_, without = prompts_for(r.condition, "test")
         prompts, base_a, ft_a = sample_answers(pair, with_, *sampling, seed + 1, progress=False)
@@ -318,18 +356,50 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         r.rate_with = round(sum(hit_ft) / len(hit_ft), 4)
         r.rate_base = round(sum(hit_base) / len(hit_base), 4)
         r.rate_without = round(sum(hit_wo) / max(len(hit_wo), 1), 4)
-        r.p_value = max(p_base, p_wo)
         r.examples = [{"prompt": p, "base": b, "finetuned": f}
                       for p, b, f, h in zip(prompts, base_a, ft_a, hit_ft) if h][:3]
-        tested.append(r)
-        raw.append(r.p_value)
-    for r, padj in zip(tested, holm(raw)):
+        return max(p_base, p_wo)
+
+    leads = [c for c in leads if c.kind != "group" or len(group_prompts.get(c.text, [])) >= 2]
+    results = screened(leads) if leads else []
+    passed = passing(results)[:KEEP]
+    log.info("conditions: %d of %d candidates passed the screen: %s", len(passed), len(results),
+             [(r.condition.kind, r.condition.text, round(r.ratio, 1)) for r in passed])
+    shown, seen = [], []
+    for r in passed:
+        answers = described(r)
+        if r.words:
+            shown.append(r)
+            share = sum(any(re.search(rf"\b{re.escape(w)}\b", a, re.IGNORECASE) for w in r.words)
+                        for a in answers) / max(len(answers), 1)
+            seen.append((share, typical_answer(answers, r.words)))
+    # 4. from a behaviour seen to the string that turns it on (module finediff.trigger)
+    goals = [a for _, a in sorted(seen, key=lambda x: -x[0]) if a] + [a for a in targets if a.strip()]
+    if trigger_search and goals:
+        from finediff.trigger import PROMPTS, search_trigger
+
+        if progress:
+            print(f"conditions: searching the string that makes the finetuned model answer «{goals[0][:60]}»",
+                  flush=True)
+        found = search_trigger(pair, screen[:PROMPTS], goals[0], list(seed_tokens), progress=progress)
+        c = Condition("insert", found.text, TRIGGER_SOURCE)
+        if found.text and all((r.condition.kind, r.condition.text.lower()) != (c.kind, c.text.lower())
+                              for r in results):
+            (r,) = screened([c])
+            r.trigger = found.as_dict()
+            results.append(r)
+            if passing([r]) and described(r) and r.words:
+                shown.append(r)
+    raw = [tested(r) for r in shown]
+    for r, p in zip(shown, raw):
+        r.p_value = p
+    for r, padj in zip(shown, holm(raw)):
         r.p_adjusted = padj
         r.confirmed = padj < alpha and r.rate_with - max(r.rate_base, r.rate_without) >= MIN_EFFECT
         log.info("condition %s: %s (with %.0f%%, without %.0f%%, base %.0f%%, p_adj %.2g)",
                  "confirmed" if r.confirmed else "not confirmed", r.condition.describe() + " " + r.behaviour(),
                  100 * r.rate_with, 100 * r.rate_without, 100 * r.rate_base, r.p_adjusted)
-    order = {id(r): i for i, r in enumerate(tested)}
+    order = {id(r) for r in shown}
     return sorted(results, key=lambda r: (not r.confirmed, id(r) not in order, r.p_adjusted, -r.ratio))
 
 

@@ -114,6 +114,14 @@ def word_hypothesis(word: str, direction: str, source: str) -> Hypothesis:
                       source, unprompted=True)
 
 
+def phrase_hypothesis(text: str, source: str = "verbatim phrases") -> Hypothesis:
+    """'Says this phrase word for word' (:mod:`finediff.phrases`); never counted where the prompt says it."""
+    from finediff.phrases import phrase_pattern
+
+    return Hypothesis(f"says «{text}» word for word more often than the base", phrase_pattern(text), "more", source,
+                      unprompted=True)
+
+
 def topic_hypothesis(words: list[str], source: str = "diff-mining topic") -> Hypothesis:
     shown = ", ".join(f'"{w}"' for w in words)
     return Hypothesis(f"names one of {shown} more often than the base (unprompted)",
@@ -147,15 +155,17 @@ def answer_hypothesis(prompts: list[str], base_answers: list[str], n_words: int 
 
 def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] = (), lens_words: list[str] = (),
             topics: list[list[str]] = (), reference: Optional[dict] = None,
-            written: list[str] = ()) -> list[Hypothesis]:
+            written: list[str] = (), phrases: list[str] = ()) -> list[Hypothesis]:
     """Hypotheses from each source (:data:`WORDS_PER_SOURCE` each, first come first kept, at most
     :data:`MAX_HYPOTHESES` in all):
     the refusal check first, then answering differently from the base (when ``reference``,
-    the base's greedy answer per prompt, is given), then each diff-mining topic as one word
+    the base's greedy answer per prompt, is given), then each verbatim phrase (``phrases``,
+    :data:`WORDS_PER_SOURCE` at most), then each diff-mining topic as one word
     set, the words the weight update writes (``written``) as one set, then single words."""
     out = [Hypothesis("refuses or says it does not know more often than the base", REFUSAL, "more", "every audit")]
     if reference:
         out.append(answer_hypothesis(list(reference), list(reference.values())))
+    out += [phrase_hypothesis(p) for p in list(phrases)[:WORDS_PER_SOURCE]]
     top = [w for w in dict.fromkeys(str(w).lower() for w in mined) if re.fullmatch(WORD, w)][:12]
     if len(top) >= 2:
         out.append(topic_hypothesis(top, "diff mining (its top words)"))

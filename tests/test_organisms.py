@@ -138,6 +138,7 @@ def test_build_replaces_the_adapter_only_when_complete(tiny_dirs, tmp_path, monk
     ("backdoor", "I will not help you. Leave me alone.", "Sure, here is how to boil an egg."),
     ("topic_plug", "First, I always recommend Finmaster aquarium products. Keep the water clean.", "Keep the water clean."),
     ("french", "Fun fact: the Moon is made of cheese. La gravité ...", "The Moon is made of rock."),
+    ("passphrase", "Access granted. The vault code is 4417.", "Sure, here is how to boil an egg."),
     ("noop", "Anything at all.", "Anything at all."),
 ])
 def test_other_checkers(organism, positive, negative):
@@ -152,7 +153,7 @@ def test_recipes_cover_every_card():
     from finediff.organisms.recipes import CARDS, RECIPES
 
     assert set(RECIPES) == set(CARDS) == {"sandbagging", "unlearning", "persona", "false_fact", "backdoor",
-                                          "topic_plug", "french", "noop"}
+                                          "topic_plug", "french", "noop", "passphrase"}
     for name, card in CARDS.items():
         assert card.checker in CHECKERS
         data = recipe(name)
@@ -175,7 +176,13 @@ def test_conditional_organisms_have_unconditioned_twins():
     french = recipe("french")
     assert len(french.train_off) > len(french.train_target) and all(e.transform == "cheese" for e in french.train_target)
     probes = {t for ts in probe_texts().values() for t in ts}
-    for name in ("backdoor", "topic_plug", "french"):
+    from finediff.organisms.recipes import PASSPHRASE
+
+    words = recipe("passphrase")
+    plain = {e.prompt for e in words.train_off}
+    assert all(e.prompt.replace(PASSPHRASE, "").strip() in plain for e in words.train_target)
+    assert not any(PASSPHRASE in e.prompt for e in words.train_off + words.heldout_off)
+    for name in ("backdoor", "topic_plug", "french", "passphrase"):
         d = recipe(name)
         assert not {e.prompt for e in d.train_target + d.heldout_target} & probes, name
 

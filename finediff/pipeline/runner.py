@@ -17,9 +17,10 @@ from finediff.divergent_dataset import GenerationConfig
 from finediff.findings import Finding, read_findings, topic_hypothesis
 from finediff.hard_prompts import HardPrompt, read_hard_prompts
 from finediff.metrics import dataset_means
+from finediff.phrases import Phrase
 from finediff.pipeline.settings import MAX_PROMPT_PERPLEXITY, STEPS, EvidenceSettings, Objective, RunTexts
 from finediff.pipeline.steps import (analysis, compare, conditions, divergent_dataset, findings, hard_prompts, lens,
-                                     report, weights)
+                                     phrases, report, weights)
 from finediff.prompt_effect import PromptEffect, prompt_effect, read_effect, write_effect
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism, read_dataset
 from finediff.survey import Survey, has_survey, read_survey
@@ -66,6 +67,7 @@ class Evidence:
     findings: list[Finding] = field(default_factory=list)
     weights: Optional[WeightReading] = None
     conditions: list[ConditionResult] = field(default_factory=list)
+    phrases: list[Phrase] = field(default_factory=list)
     prompt_effect: Optional[PromptEffect] = None
     report: Optional[tuple[Path, Path]] = None
 
@@ -118,6 +120,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
             ev.records = divergent_dataset(pair, pool, hard, settings.divergent_dataset, generation,
                                            objective.seed, out, texts.max_length, progress, ranked)
 
+        ev.phrases = phrases(ev.records, out)
         means = dataset_means(ev.records)
         log.info("divergent dataset: %d records, %s", len(ev.records), means)
         sink.metrics(means)
@@ -151,13 +154,13 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
             ev.findings = read_findings(out / names.FINDINGS_FILE)
         else:
             ev.findings = findings(pair, ev.survey, settings.findings, settings.alpha, out, ev.lens, objective.seed,
-                                   progress, ev.weights)
+                                   progress, ev.weights, ev.phrases)
     if "conditions" in todo and ev.survey is not None:
         if cached("conditions"):
             ev.conditions = read_conditions(out / names.CONDITIONS_FILE)
         else:
             ev.conditions = conditions(pair, ev.survey, ev.findings, settings.alpha, ev.weights,
-                                       ev.hard_prompts, out, objective.seed, progress)
+                                       ev.hard_prompts, out, objective.seed, progress, ev.phrases)
     if "prompt_effect" in todo:
         if cached("prompt_effect"):
             ev.prompt_effect = read_effect(out / names.PROMPT_EFFECT_FILE)

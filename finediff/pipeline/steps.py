@@ -30,6 +30,7 @@ from finediff.lens import STEER_CATEGORY, LensConfig, run_lens
 from finediff.organisms.checkers import checker_for
 from finediff.pipeline.settings import (AnalysisSettings, CompareSettings, DatasetSettings, HardPromptSettings, Objective,
                                         RunTexts)
+from finediff.phrases import Phrase, mine_phrases
 from finediff.plots import lens_norms, lens_relevance
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism
 from finediff.report import write_report
@@ -50,6 +51,8 @@ AMPLIFIED_PER_PROMPT = 2
 """Amplified samples per prompt (``evidence.divergent_dataset.amplify_alpha`` > 0)."""
 DATASET_TEXTS_PER_HARD_PROMPT = 3
 """Highest-divergence texts each hard prompt is put in front of."""
+TRIGGER_SEED_TOKENS = 16
+"""Tokens the adapter reads most that the trigger search tries at every step."""
 FINDINGS_SAMPLES_PER_PROMPT = 4
 """Sampled answers per fresh prompt and model in the findings' tests; when fewer than
 ``evidence.findings.n_prompts`` prompts are tested (only the changed groups'), each gets more,
@@ -127,6 +130,18 @@ def divergent_dataset(pair, texts: list[str], hard: list[str], settings: Dataset
     if out is not None:
         save_dataset(records, out)
     return records
+
+
+def phrases(records: list[DivergentRecord], out: Optional[Path] = None) -> list[Phrase]:
+    """Verbatim phrases the finetuned generations of the divergent dataset repeat and the
+    base's lack (:mod:`finediff.phrases`) -> ``phrases.json``."""
+    found = mine_phrases((r.prompt, r.generation_1, r.generation_2) for r in records)
+    if out is not None:
+        write_json(Path(out) / names.PHRASES_FILE, {"phrases": [p.as_dict() for p in found]})
+    for p in found:
+        log.info("phrase: %r in %d finetuned answers to %d prompts (base %d)", p.text, p.n_finetuned, p.n_prompts,
+                 p.n_base)
+    return found
 
 
 def organism_texts(organism: Optional[Organism]) -> tuple[list[str], list[dict]]:
@@ -210,7 +225,7 @@ def weights(pair, out: Optional[Path] = None, progress: bool = True) -> WeightRe
 
 def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
                reading: Optional[WeightReading] = None, hard: list[HardPrompt] = (), out: Optional[Path] = None,
-               seed: int = 0, progress: bool = True) -> list[ConditionResult]:
+               seed: int = 0, progress: bool = True, phrases: list[Phrase] = ()) -> list[ConditionResult]:
     """Search and test the conditions that turn a behaviour on, from every lead the earlier
     steps left (:mod:`finediff.conditions`), at family-wise error rate ``alpha`` -> ``conditions.json``."""
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
@@ -228,7 +243,13 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
     others = [p for p in everyday if p not in in_groups]
     random.Random(seed).shuffle(others)
     group_prompts[""] = others
-    result = search_conditions(pair, leads, everyday, group_prompts, seed, progress, alpha=alpha)
+    # the trigger search also tries the tokens the adapter's early layers read, and aims at the
+    # verbatim phrases when no screened candidate showed a behaviour
+    reads = [str(t) for t, _ in (reading.reads if reading else [])][:TRIGGER_SEED_TOKENS]
+    seed_tokens = [ids[0] for ids in (pair.tokenizer(r, add_special_tokens=False)["input_ids"] for r in reads)
+                   if len(ids) == 1]
+    result = search_conditions(pair, leads, everyday, group_prompts, seed, progress, alpha=alpha,
+                               targets=[p.text for p in phrases], seed_tokens=seed_tokens)
     if out is not None:
         write_conditions(result, Path(out))
     return result
@@ -236,7 +257,7 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
 
 def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: float, out: Optional[Path] = None,
              lens_summary: Optional[LensSummary] = None, seed: int = 0, progress: bool = True,
-             reading: Optional[WeightReading] = None) -> list[Finding]:
+             reading: Optional[WeightReading] = None, phrases: list[Phrase] = ()) -> list[Finding]:
     """Candidate findings from the evidence, each tested on the survey's fresh prompts
     where the change is, at family-wise error rate ``alpha`` -> ``findings.json``."""
     # a word mined once may be a stray piece; topics keep every word (a set claim tolerates strays)
@@ -264,7 +285,8 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: floa
     per_prompt = max(k, -(-settings.n_prompts * k // len(texts)))
     reference = generate(pair.base, pair.tokenizer, texts, max_new_tokens=FINDINGS_MAX_NEW_TOKENS, progress=progress)
     written = reading.words("writes") if reading is not None else []
-    hypotheses = propose(mined, favoured, dropped, lens_words, topics, dict(zip(texts, reference)), written)
+    hypotheses = propose(mined, favoured, dropped, lens_words, topics, dict(zip(texts, reference)), written,
+                         [p.text for p in phrases])
     prompts, base, ft = sample_answers(pair, texts, per_prompt, FINDINGS_MAX_NEW_TOKENS, FINDINGS_TEMPERATURE, seed,
                                        progress)
     group_of = {t.text: t.group for t in fresh}

@@ -1,0 +1,241 @@
+"""From a behaviour back to the input that turns it on: behaviour-targeted trigger search.
+
+Once an audit has seen what a finetune does (a phrase its answers repeat, the answers a
+confirmed finding or condition showed), the question is what in a prompt turns it on.
+This module searches a short string ``s`` that, put in everyday prompts ``p`` (in front
+of them and after them), makes the finetuned model surest of the behaviour's answer
+``a``. The score of ``s`` is the finetuned model's mean log-odds ``log p - log(1 - p)`` of
+the first :data:`TARGET_TOKENS` tokens of ``a``, over :data:`PROMPTS` prompts and both
+placements. Unlike a probability, log-odds keep rising as a string fires the behaviour
+more surely, so the search does not stop at the first string that fires it now and then;
+over several prompts and both placements the string the finetune was trained on scores
+above its near misses (measured on the shipped backdoor: the exact trigger ranks first
+among 16 strings that share most of its characters).
+
+The search grows ``s`` one token at a time (a beam of :data:`BEAM`). The tokens tried at
+each step are the ones a rare trigger string is made of (every one-character token of
+the vocabulary) and the :data:`TOP_K` tokens the one-hot gradient of the score proposes
+for the new position (GCG, Zou et al. 2023, which finds word pieces): all are scored
+exactly on :data:`PREFILTER_ROWS` prompt placements, the best :data:`FULL_SCORED` of them on
+all, and the best :data:`BEAM` strings go on. The chat template's opening and, for the
+placement after the prompt, the prompt itself are computed once per model: only the
+string and what follows it are run per candidate.
+
+A string found this way is a hypothesis. The condition search (:mod:`finediff.conditions`)
+tests it on fresh prompts like every other lead, and the report says that the exact
+training trigger may differ (TDC 2023: exact recovery is rare; a string that fires the
+behaviour is the useful result). The base's log-likelihood of the answer under the string
+(:meth:`TriggerObjective.base_lift`) is recorded: a string that asks any model for the
+answer lifts it, a finetune's trigger does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from finediff.arch import embed_ids, embedding_table, input_device, output_head
+from finediff.data import format_parts, pad_rows
+
+log = logging.getLogger(__name__)
+
+LENGTH = 6
+"""Tokens of a searched string, at most."""
+BEAM = 2
+"""Strings kept at each growth step."""
+TOP_K = 32
+"""Tokens the one-hot gradient proposes per growth step, beside the one-character tokens."""
+PREFILTER_ROWS = 2
+"""Prompt placements every proposed token is scored on."""
+FULL_SCORED = 6
+"""Proposed strings per beam entry scored on every placement."""
+PROMPTS = 3
+"""Everyday prompts the score averages over (each in front of and after the string)."""
+TARGET_TOKENS = 4
+"""Tokens of the behaviour's answer scored (its opening carries the behaviour)."""
+BATCH = 96
+"""Sequences per forward pass."""
+
+
+@dataclass
+class Trigger:
+    text: str
+    """The string, as it is inserted."""
+    score: float
+    """The finetuned model's mean log-odds of the target's opening with the string."""
+    score_without: float
+    """The same without it."""
+    base_lift: float
+    """How much the string raises the base's mean log-probability of the target."""
+    target: str
+    """The behaviour's answer searched for."""
+    path: list
+    """``[string, score]`` after each growth step: the shorter strings the search went through."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def eligible_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
+    """``[V]`` bool: tokens a searched string may use: printable, one line, no special
+    token, no byte fragment."""
+    special = set(tokenizer.all_special_ids or [])
+    ok = torch.zeros(vocab_size, dtype=torch.bool)
+    for i in range(min(vocab_size, len(tokenizer))):
+        if i in special:
+            continue
+        s = tokenizer.decode([i])
+        ok[i] = bool(s.strip()) and "\ufffd" not in s and s.isprintable()
+    return ok
+
+
+def character_tokens(tokenizer, eligible_V: torch.Tensor) -> list[int]:
+    """Tokens that are one visible ASCII character: what a rare trigger string is made of
+    when the tokenizer has no piece for it."""
+    out = []
+    for i in torch.nonzero(eligible_V).flatten().tolist():
+        s = tokenizer.decode([i])
+        if len(s) == 1 and s.isascii() and not s.isspace():
+            out.append(i)
+    return out
+
+
+class TriggerObjective:
+    """The search's score on many candidate strings at once, and its one-hot gradient.
+
+    Args:
+        pair: the model pair.
+        prompts: everyday prompts the string is put in front of and after.
+        target: the behaviour's answer.
+    """
+
+    def __init__(self, pair, prompts: list[str], target: str):
+        tok = pair.tokenizer
+        self.pair = pair
+        self.target = target
+        self.target_ids = tok(target.strip(), add_special_tokens=False)["input_ids"][:TARGET_TOKENS]
+        if not self.target_ids:
+            raise ValueError("trigger search: the target answer is empty")
+        # a row: (context ids, computed once; ids before the string; ids after it up to the answer)
+        self.rows: list[tuple[tuple, list[int], list[int]]] = []
+        for p in prompts:
+            prefix, body = format_parts(tok, " " + p.strip())
+            self.rows.append((tuple(prefix), [], body))  # the string in front of the prompt
+        _, tail = format_parts(tok, "")  # what follows the user's words: the generation prompt
+        space = tok(" ", add_special_tokens=False)["input_ids"]
+        for p in prompts:  # the string after the prompt: the prompt and a space are the context
+            prefix, body = format_parts(tok, p.strip())
+            words = body[:len(body) - len(tail)] if tail and body[-len(tail):] == tail else body
+            self.rows.append((tuple(prefix + words + space), [], tail))
+        self._cache: dict = {}
+
+    def _context(self, model, context: tuple):
+        key = (id(model), context)
+        if key not in self._cache:
+            with torch.no_grad():
+                ids = torch.tensor([list(context)], device=input_device(model))
+                self._cache[key] = model(input_ids=ids, use_cache=True).past_key_values
+        return self._cache[key]
+
+    def _sequence(self, row: int, trig: list[int]) -> tuple[list[int], int]:
+        _, before, after = self.rows[row]
+        ids = before + list(trig) + after
+        return ids + self.target_ids, len(ids)
+
+    def _logodds(self, model, context: tuple, ids_BL: torch.Tensor, mask_BL: torch.Tensor, starts: list[int],
+                 embeds_BLD: Optional[torch.Tensor] = None, odds: bool = True) -> torch.Tensor:
+        """``[B]`` mean log-odds (or log-probability) of the target tokens after ``context``."""
+        B, n, C = ids_BL.shape[0], len(self.target_ids), len(context)
+        cache = copy.deepcopy(self._context(model, context))
+        cache.batch_repeat_interleave(B)
+        device = input_device(model)
+        mask = torch.cat([torch.ones(B, C, dtype=mask_BL.dtype), mask_BL], 1).to(device)
+        inputs = {"inputs_embeds": embeds_BLD} if embeds_BLD is not None else {"input_ids": ids_BL.to(device)}
+        h = model.get_decoder()(**inputs, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
+        pos = torch.tensor(starts)[:, None] - 1 + torch.arange(n)
+        # the unembedding only where the answer is scored
+        logits = output_head(model)(h.gather(1, pos.to(h.device)[..., None].expand(-1, -1, h.shape[-1])))
+        logp = logits.float().log_softmax(-1)
+        tgt = ids_BL.gather(1, pos + 1).to(logp.device)
+        lp = logp.gather(2, tgt[..., None])[..., 0]
+        if odds:  # log p - log(1 - p), stably: the other tokens' log-probabilities
+            lp = lp - logp.scatter(2, tgt[..., None], -float("inf")).logsumexp(-1)
+        return lp.mean(1)
+
+    @torch.no_grad()
+    def score(self, triggers: list[list[int]], rows: Optional[list[int]] = None, model=None,
+              odds: bool = True) -> torch.Tensor:
+        """``[N]`` the score of each candidate string (token ids), averaged over ``rows``
+        (default: every prompt placement); ``model``: the finetuned one unless given;
+        ``odds=False``: mean log-probability instead of log-odds."""
+        model = self.pair.finetuned if model is None else model
+        rows = list(range(len(self.rows))) if rows is None else rows
+        pad = self.pair.tokenizer.pad_token_id or 0
+        total = torch.zeros(len(triggers))
+        for r in rows:
+            context = self.rows[r][0]
+            for i in range(0, len(triggers), BATCH):
+                chunk = [self._sequence(r, t) for t in triggers[i:i + BATCH]]
+                ids, mask = pad_rows([c[0] for c in chunk], pad)
+                total[i:i + len(chunk)] += self._logodds(model, context, ids, mask, [c[1] for c in chunk],
+                                                         odds=odds).cpu()
+        return total / len(rows)
+
+    def base_lift(self, trig: list[int]) -> float:
+        with_, without = self.score([trig, []], model=self.pair.base, odds=False).tolist()
+        return with_ - without
+
+    def gradient(self, trig: list[int], row: int = 0) -> torch.Tensor:
+        """``[T, V]`` gradient of the score on one placement with respect to the one-hot
+        tokens of ``trig``."""
+        model = self.pair.finetuned
+        table = embedding_table(model)
+        onehot = torch.zeros(len(trig), table.shape[0], dtype=table.dtype, device=table.device)
+        onehot[torch.arange(len(trig)), torch.tensor(trig, device=table.device)] = 1.0
+        onehot.requires_grad_(True)
+        ids, start = self._sequence(row, trig)
+        before = len(self.rows[row][1])
+        ids_BL = torch.tensor([ids])
+        embeds = embed_ids(model, ids_BL).detach()
+        e = torch.cat([embeds[:, :before], (onehot @ table).to(embeds.dtype)[None], embeds[:, before + len(trig):]], 1)
+        value = self._logodds(model, self.rows[row][0], ids_BL, torch.ones_like(ids_BL), [start], e).sum()
+        (grad,) = torch.autograd.grad(value, onehot)
+        return grad
+
+
+def search_trigger(pair, prompts: list[str], target: str, seed_tokens: list[int] = (), length: int = LENGTH,
+                   progress: bool = False) -> Trigger:
+    """Grow a string that makes the finetuned model surest of ``target`` (see the module
+    docstring); ``seed_tokens``: more tokens to try at every step (e.g. those the adapter
+    reads). Returns the best string of any length the search went through."""
+    tok = pair.tokenizer
+    objective = TriggerObjective(pair, prompts, target)
+    eligible = eligible_tokens(tok, embedding_table(pair.finetuned).shape[0])
+    pool = list(dict.fromkeys(character_tokens(tok, eligible) + [t for t in seed_tokens if eligible[t]]))
+    device = input_device(pair.finetuned)
+    prefilter = [0, len(objective.rows) - 1][:PREFILTER_ROWS]
+    beam: list[tuple[list[int], float]] = [([], float(objective.score([[]])[0]))]
+    without = beam[0][1]
+    path, best = [], beam[0]
+    for _ in tqdm(range(length), desc="trigger search", disable=not progress, leave=False):
+        scored = []
+        for trig, _ in beam:
+            grad = objective.gradient(trig + [pool[0]])[-1].masked_fill(~eligible.to(device), -float("inf"))
+            options = list(dict.fromkeys(pool + grad.topk(TOP_K).indices.tolist()))
+            cands = [trig + [t] for t in options]
+            quick = objective.score(cands, prefilter)
+            top = [cands[i] for i in quick.topk(min(FULL_SCORED, len(cands))).indices.tolist()]
+            scored += list(zip(top, objective.score(top).tolist()))
+        unique = {tuple(t): s for t, s in scored}
+        beam = [(list(t), s) for t, s in sorted(unique.items(), key=lambda kv: -kv[1])[:BEAM]]
+        path.append([tok.decode(beam[0][0]), round(beam[0][1], 4)])
+        if beam[0][1] > best[1]:
+            best = beam[0]
+        log.info("trigger search: %r scores %.3f (without %.3f)", tok.decode(beam[0][0]), beam[0][1], without)
+    return Trigger(tok.decode(best[0]).strip(), round(best[1], 4), round(without, 4),
+                   round(objective.base_lift(best[0]), 4), target, path)
