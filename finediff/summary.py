@@ -198,12 +198,10 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     broad = survey is not None and survey.broad and any(f.rate_finetuned >= BROAD_SHARE for f in confirmed)
     if found:  # a behaviour behind a condition is the finding: it leads
         parts.append("**What changed.** " + condition_sentence(conditions))
-        if survey is not None and survey.broad and not broad:
-            parts.append(f"Without it, the answers' wording differs from the base's by {survey.median_divergence:.3f} "
-                         "nats per token for the median prompt, as a finetune that changed no behaviour shows too.")
-    elif broad:
+    lead = "" if found else "**What changed.** "
+    if broad:
         lowest = survey.groups[-1] if survey.groups else None
-        parts.append(f"**What changed.** The change is broad: the finetuned model's answers diverge from the base's "
+        parts.append(f"{lead}The change is broad: the finetuned model's answers diverge from the base's "
                      f"by {survey.median_divergence:.3f} nats per token for the median prompt"
                      + (f", and by {lowest.mean_divergence:.3f} even in the least changed group ({lowest.group})"
                         if lowest else "") + ", and a confirmed behaviour shows in most of its answers.")
@@ -213,14 +211,14 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     elif changed_groups:
         where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt, corrected p = "
                           f"{_p(g.p_value)})" for g in changed_groups[:4])
-        parts.append(f"**What changed.** The finetune changed the model's answers most on {where}.")
+        parts.append(f"{lead}The finetune changed the model's answers most on {where}.")
     elif survey is not None and survey.broad:
-        parts.append(f"**What changed.** The answers' wording differs from the base's everywhere "
+        parts.append(f"{lead}The answers' wording differs from the base's everywhere "
                      f"({survey.median_divergence:.3f} nats per token for the median prompt), as a finetune that "
-                     "changed no behaviour shows too; no group stands out.")
+                     "changed no behaviour shows too" + ("." if found else "; no group stands out."))
     elif survey is not None and survey.groups:
         where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt)" for g in survey.groups[:3])
-        parts.append(f"**What changed.** The finetuned model's answers diverge most on {where}, but few prompts in "
+        parts.append(f"{lead}The finetuned model's answers diverge most on {where}, but few prompts in "
                      "each, so no group stands out significantly on its own.")
     elif comparison:
         top = comparison[0]
