@@ -141,7 +141,8 @@ def test_dashboard_in_headless_chromium(real_run, tmp_path):
     assert SCREENSHOT.read_bytes()[:4] == b"\x89PNG"
 
 
-ORGANISMS = ["sandbagging", "unlearning", "persona", "false_fact", "persona_gemma3", "backdoor", "topic_plug", "french"]
+ORGANISMS = ["sandbagging", "unlearning", "persona", "false_fact", "persona_gemma3", "backdoor", "topic_plug", "french",
+             "passphrase"]
 
 
 @pytest.mark.parametrize("organism", ORGANISMS)
