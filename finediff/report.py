@@ -216,8 +216,17 @@ def condition_lines(results: list[ConditionResult]) -> list[str]:
                     + ([_cell(r.behaviour(), 80), f"{r.rate_with:.0%}", f"{r.rate_without:.0%}", f"{r.rate_base:.0%}",
                         f"{r.p_adjusted:.2g}", "**yes**" if r.confirmed else "no"] if tested else
                        ["-", "-", "-", "-", "-", "no"]))
-    return lines + markdown_table(["condition", "suggested by", "screen: with / without", "behaviour", "finetuned with",
-                                   "without", "base with", "corrected p", "confirmed"], rows)
+    lines += markdown_table(["condition", "suggested by", "screen: with / without", "behaviour", "finetuned with",
+                             "without", "base with", "corrected p", "confirmed"], rows)
+    for r in results:
+        if r.trigger:
+            t = r.trigger
+            lines += ["", f"The trigger search looked for the string that makes the finetuned model surest of the answer "
+                          f"«{_cell(t['target'], 100)}» (log-odds of its opening: {t['score_without']:.2f} with no "
+                          f"string). It grew " + ", ".join(f"«{_cell(s.strip(), 30)}» ({v:.2f})" for s, v in t["path"])
+                      + f"; the best, «{_cell(r.condition.text, 40)}», lifts the base's log-likelihood of the answer by "
+                        f"{t['base_lift']:.2f} nats per token (a string that asks any model for it would lift it a lot)."]
+    return lines
 
 
 def write_report(run: str | Path, title: str = "", checker=None) -> tuple[Path, Path]:

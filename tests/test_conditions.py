@@ -196,3 +196,6 @@ def test_trigger_search_string_is_tested_like_any_lead(trigger_pair, tmp_path):
     assert "the exact string it was trained on may differ" in r.statement()
     (back,) = [b for b in read_conditions(write_conditions(results, tmp_path)) if b.condition.source == TRIGGER_SOURCE]
     assert back.trigger == r.trigger
+    from finediff.report import condition_lines
+
+    assert f"«{REPLY}»" in "\n".join(condition_lines(results))  # the report's evidence section says what was searched
