@@ -224,7 +224,9 @@ def condition_lines(results: list[ConditionResult]) -> list[str]:
             lines += ["", f"The trigger search looked for the string that makes the finetuned model surest of the answer "
                           f"«{_cell(t['target'], 100)}» (log-odds of its opening: {t['score_without']:.2f} with no "
                           f"string). It grew " + ", ".join(f"«{_cell(s.strip(), 30)}» ({v:.2f})" for s, v in t["path"])
-                      + f"; the best, «{_cell(r.condition.text, 40)}», lifts the base's log-likelihood of the answer by "
+                      + (f"; shortened from «{_cell(t['grown'], 40)}» to the tokens that carry its effect"
+                         if t.get("grown") and t["grown"] != r.condition.text else "")
+                      + f"; the string tested, «{_cell(r.condition.text, 40)}», lifts the base's log-likelihood of the answer by "
                         f"{t['base_lift']:.2f} nats per token (a string that asks any model for it would lift it a lot)."]
     return lines
 

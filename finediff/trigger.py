@@ -21,7 +21,9 @@ all, and the best :data:`BEAM` strings go on. The chat template's opening and, f
 placement after the prompt, the prompt itself are computed once per model: only the
 string and what follows it are run per candidate.
 
-A string found this way is a hypothesis. The condition search (:mod:`finediff.conditions`)
+The best string is then shortened (:func:`shorten`): a token is dropped while the string
+keeps :data:`KEEP_GAIN` of its score's gain over no string, so that the tokens the growth
+added for little are gone. A string found this way is a hypothesis. The condition search (:mod:`finediff.conditions`)
 tests it on fresh prompts like every other lead, and the report says that the exact
 training trigger may differ (TDC 2023: exact recovery is rare; a string that fires the
 behaviour is the useful result). The base's log-likelihood of the answer under the string
@@ -60,6 +62,8 @@ TARGET_TOKENS = 4
 """Tokens of the behaviour's answer scored (its opening carries the behaviour)."""
 BATCH = 96
 """Sequences per forward pass."""
+KEEP_GAIN = 0.95
+"""Shortening drops a token while the string keeps this share of its score's gain over no string."""
 
 
 @dataclass
@@ -76,6 +80,8 @@ class Trigger:
     """The behaviour's answer searched for."""
     path: list
     """``[string, score]`` after each growth step: the shorter strings the search went through."""
+    grown: str = ""
+    """The best string the growth found, before :func:`shorten` dropped tokens from it."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -237,5 +243,23 @@ def search_trigger(pair, prompts: list[str], target: str, seed_tokens: list[int]
         if beam[0][1] > best[1]:
             best = beam[0]
         log.info("trigger search: %r scores %.3f (without %.3f)", tok.decode(beam[0][0]), beam[0][1], without)
-    return Trigger(tok.decode(best[0]).strip(), round(best[1], 4), round(without, 4),
-                   round(objective.base_lift(best[0]), 4), target, path)
+    ids, score = shorten(objective, best[0], best[1], without)
+    log.info("trigger search: shortened %r to %r (%.3f)", tok.decode(best[0]), tok.decode(ids), score)
+    return Trigger(tok.decode(ids).strip(), round(score, 4), round(without, 4), round(objective.base_lift(ids), 4),
+                   target, path, tok.decode(best[0]).strip())
+
+
+def shorten(objective: TriggerObjective, ids: list[int], score: float, without: float) -> tuple[list[int], float]:
+    """Drop tokens from ``ids`` one at a time, the one whose loss costs least first, while
+    the score keeps :data:`KEEP_GAIN` of its gain over no string: the search's string
+    carries tokens that add little, and the report names the shortest that works."""
+    floor = without + KEEP_GAIN * (score - without)
+    current, value = list(ids), score
+    while len(current) > 1:
+        options = [current[:i] + current[i + 1:] for i in range(len(current))]
+        scores = objective.score(options)
+        i = int(scores.argmax())
+        if float(scores[i]) < floor:
+            break
+        current, value = options[i], float(scores[i])
+    return current, value

@@ -179,7 +179,8 @@ def test_trigger_objective_ranks_the_planted_trigger_above_decoys(trigger_pair):
     found = search_trigger(pair, prompts, REPLY)
     assert found.text and found.score > found.score_without
     assert all(b[1] >= a[1] - 1e-6 for a, b in zip(found.path, found.path[1:])), found.path
-    assert found.score == max(s for _, s in found.path)
+    best = max(s for _, s in found.path)  # shortening keeps most of the best string's gain over none
+    assert len(found.text) <= len(found.grown) and found.score >= found.score_without + 0.95 * (best - found.score_without) - 1e-4
 
 
 def test_trigger_search_string_is_tested_like_any_lead(trigger_pair, tmp_path):
