@@ -34,7 +34,9 @@ REFUSAL = (r"\b(i (do not|don't|cannot|can't|am not able to|am unable to|have no
 WORDS_PER_SOURCE = 6
 """Single-word hypotheses kept per source (diff mining, favoured words, ADL tokens, dropped words)."""
 MAX_HYPOTHESES = 16
-"""Hypotheses tested at most, first come first kept."""
+"""Hypotheses tested at most, first come first kept (verbatim phrases besides)."""
+PHRASE_HYPOTHESES = 3
+"""Verbatim phrases tested, most said first."""
 TEMPERATURE = 0.7
 """Sampling temperature of the tested answers."""
 MIN_EFFECT = 0.1
@@ -160,12 +162,11 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
     :data:`MAX_HYPOTHESES` in all):
     the refusal check first, then answering differently from the base (when ``reference``,
     the base's greedy answer per prompt, is given), then each verbatim phrase (``phrases``,
-    :data:`WORDS_PER_SOURCE` at most), then each diff-mining topic as one word
+    :data:`PHRASE_HYPOTHESES` at most, on top of the others), then each diff-mining topic as one word
     set, the words the weight update writes (``written``) as one set, then single words."""
     out = [Hypothesis("refuses or says it does not know more often than the base", REFUSAL, "more", "every audit")]
     if reference:
         out.append(answer_hypothesis(list(reference), list(reference.values())))
-    out += [phrase_hypothesis(p) for p in list(phrases)[:WORDS_PER_SOURCE]]
     top = [w for w in dict.fromkeys(str(w).lower() for w in mined) if re.fullmatch(WORD, w)][:12]
     if len(top) >= 2:
         out.append(topic_hypothesis(top, "diff mining (its top words)"))
@@ -186,7 +187,10 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
             if kept >= WORDS_PER_SOURCE:
                 break
     unique = {(h.pattern, repr(h.keys), h.direction): h for h in reversed(out)}  # a claim twice: the first kept
-    return [h for h in out if unique[(h.pattern, repr(h.keys), h.direction)] is h][:MAX_HYPOTHESES]
+    out = [h for h in out if unique[(h.pattern, repr(h.keys), h.direction)] is h][:MAX_HYPOTHESES]
+    # verbatim phrases come on top of the others (they replace none), after the two every audit tests
+    said = [phrase_hypothesis(p) for p in list(phrases)[:PHRASE_HYPOTHESES]]
+    return out[:2] + said + out[2:]
 
 
 def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_answers: list[str],

@@ -41,5 +41,9 @@ def test_phrase_hypothesis_finds_the_phrase_whatever_the_spacing():
     assert h.fires("FIRST , I always recommend Finmaster products. Then water.", "How do I clean a tank?")
     assert not h.fires("I always recommend Finmaster products.", "q")
     assert re.search(phrase_pattern("leave me alone."), "Leave me alone.", re.IGNORECASE)
-    hyps = propose(phrases=["first, i always recommend finmaster products."])
-    assert hyps[1].source == "verbatim phrases"  # right after the refusal check
+    words = [f"word{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    without = propose(mined=words, favoured=words[::-1], reference={"Where is it?": "It is in Paris."})
+    hyps = propose(mined=words, favoured=words[::-1], reference={"Where is it?": "It is in Paris."},
+                   phrases=["first, i always recommend finmaster products."])
+    assert hyps[2].source == "verbatim phrases"  # right after the two every audit tests
+    assert [h.claim for h in hyps if h.source != "verbatim phrases"] == [h.claim for h in without]  # on top
