@@ -190,7 +190,8 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
     out = [h for h in out if unique[(h.pattern, repr(h.keys), h.direction)] is h][:MAX_HYPOTHESES]
     # verbatim phrases come on top of the others (they replace none), after the two every audit tests
     said = [phrase_hypothesis(p) for p in list(phrases)[:PHRASE_HYPOTHESES]]
-    return out[:2] + said + out[2:]
+    first = 2 if reference else 1
+    return out[:first] + said + out[first:]
 
 
 def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_answers: list[str],
