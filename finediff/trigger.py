@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from finediff.arch import embed_ids, embedding_table, input_device, output_head
 from finediff.data import format_parts, pad_rows
+from finediff.errors import FinediffError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class TriggerObjective:
         self.target = target
         self.target_ids = tok(target.strip(), add_special_tokens=False)["input_ids"][:TARGET_TOKENS]
         if not self.target_ids:
-            raise ValueError("trigger search: the target answer is empty")
+            raise FinediffError("trigger search: the answer to search for is empty")
         # a row: (context ids, computed once; ids before the string; ids after it up to the answer)
         self.rows: list[tuple[tuple, list[int], list[int]]] = []
         for p in prompts:
