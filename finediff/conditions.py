@@ -24,6 +24,12 @@ also without it; the words the finetuned model says under the condition in at le
 the behaviour. No such word: the candidate is dropped (a condition that only moves the
 numbers is not reported as a behaviour).
 
+**Trigger search**: once a behaviour is seen (the typical answer under the screened candidate
+that shows its words most often, else a verbatim phrase the earlier steps mined), the string
+that makes the finetuned model surest of that answer is searched (:mod:`finediff.trigger`) on
+the screen's prompts, and joins the candidates as one more insertion, screened, described and
+tested like them.
+
 **Test**, on prompts neither step saw: paired answers of both models with the condition
 (exact McNemar test on the discordant pairs) and of the finetuned model without it (McNemar
 for insertions, where the same prompt is asked both ways; Fisher's exact test for topics
