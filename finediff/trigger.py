@@ -128,17 +128,17 @@ class TriggerObjective:
         self.target_ids = tok(target.strip(), add_special_tokens=False)["input_ids"][:TARGET_TOKENS]
         if not self.target_ids:
             raise FinediffError("trigger search: the answer to search for is empty")
-        # a row: (context ids, computed once; ids before the string; ids after it up to the answer)
-        self.rows: list[tuple[tuple, list[int], list[int]]] = []
+        # a row: (context ids, computed once per model; the ids between the string and the answer)
+        self.rows: list[tuple[tuple, list[int]]] = []
         for p in prompts:
             prefix, body = format_parts(tok, " " + p.strip())
-            self.rows.append((tuple(prefix), [], body))  # the string in front of the prompt
+            self.rows.append((tuple(prefix), body))  # the string in front of the prompt
         _, tail = format_parts(tok, "")  # what follows the user's words: the generation prompt
         space = tok(" ", add_special_tokens=False)["input_ids"]
         for p in prompts:  # the string after the prompt: the prompt and a space are the context
             prefix, body = format_parts(tok, p.strip())
             words = body[:len(body) - len(tail)] if tail and body[-len(tail):] == tail else body
-            self.rows.append((tuple(prefix + words + space), [], tail))
+            self.rows.append((tuple(prefix + words + space), tail))
         self._cache: dict = {}
 
     def _context(self, model, context: tuple):
@@ -150,8 +150,7 @@ class TriggerObjective:
         return self._cache[key]
 
     def _sequence(self, row: int, trig: list[int]) -> tuple[list[int], int]:
-        _, before, after = self.rows[row]
-        ids = before + list(trig) + after
+        ids = list(trig) + self.rows[row][1]
         return ids + self.target_ids, len(ids)
 
     def _logodds(self, model, context: tuple, ids_BL: torch.Tensor, mask_BL: torch.Tensor, starts: list[int],
@@ -206,10 +205,9 @@ class TriggerObjective:
         onehot[torch.arange(len(trig)), torch.tensor(trig, device=table.device)] = 1.0
         onehot.requires_grad_(True)
         ids, start = self._sequence(row, trig)
-        before = len(self.rows[row][1])
         ids_BL = torch.tensor([ids])
-        embeds = embed_ids(model, ids_BL).detach()
-        e = torch.cat([embeds[:, :before], (onehot @ table).to(embeds.dtype)[None], embeds[:, before + len(trig):]], 1)
+        embeds = embed_ids(model, ids_BL).detach()  # the string's rows come from the one-hot instead
+        e = torch.cat([(onehot @ table).to(embeds.dtype)[None], embeds[:, len(trig):]], 1)
         value = self._logodds(model, self.rows[row][0], ids_BL, torch.ones_like(ids_BL), [start], e).sum()
         (grad,) = torch.autograd.grad(value, onehot)
         return grad
