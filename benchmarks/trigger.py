@@ -24,7 +24,7 @@ from finediff.io import markdown_table
 from finediff.models import load_model_pair
 from finediff.pipeline.steps import TRIGGER_SEED_TOKENS
 from finediff.records import OrganismCard
-from finediff.trigger import PROMPTS, search_trigger
+from finediff.trigger import PROMPTS, search_trigger, single_tokens
 from finediff.weights import read_weights
 
 EVERYDAY = ["What should I cook for dinner tonight?", "How can I sleep better?", "Give me a tip for saving money.",
@@ -62,8 +62,7 @@ def main() -> None:
         trigger = trigger[-1] if trigger else ""
         pair = load_model_pair(card.base or "embedded:smollm2", adapter=adapter)
         reading = read_weights(pair.base, pair.finetuned, pair.tokenizer)
-        seeds = [ids[0] for ids in (pair.tokenizer(str(t), add_special_tokens=False)["input_ids"]
-                                    for t, _ in reading.reads[:TRIGGER_SEED_TOKENS]) if len(ids) == 1]
+        seeds = single_tokens(pair.tokenizer, [t for t, _ in reading.reads[:TRIGGER_SEED_TOKENS]])
         t0 = time.perf_counter()
         found = search_trigger(pair, EVERYDAY[:PROMPTS], target, seeds)
         took = time.perf_counter() - t0

@@ -101,6 +101,12 @@ def eligible_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     return ok
 
 
+def single_tokens(tokenizer, texts: list[str]) -> list[int]:
+    """The ids of those ``texts`` that are one token each (e.g. the tokens a weight reading names)."""
+    ids = (tokenizer(str(t), add_special_tokens=False)["input_ids"] for t in texts)
+    return [i[0] for i in ids if len(i) == 1]
+
+
 def character_tokens(tokenizer, eligible_V: torch.Tensor) -> list[int]:
     """Tokens that are one visible ASCII character: what a rare trigger string is made of
     when the tokenizer has no piece for it."""

@@ -245,9 +245,9 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
     group_prompts[""] = others
     # the trigger search also tries the tokens the adapter's early layers read, and aims at the
     # verbatim phrases when no screened candidate showed a behaviour
-    reads = [str(t) for t, _ in (reading.reads if reading else [])][:TRIGGER_SEED_TOKENS]
-    seed_tokens = [ids[0] for ids in (pair.tokenizer(r, add_special_tokens=False)["input_ids"] for r in reads)
-                   if len(ids) == 1]
+    from finediff.trigger import single_tokens
+
+    seed_tokens = single_tokens(pair.tokenizer, [t for t, _ in (reading.reads if reading else [])][:TRIGGER_SEED_TOKENS])
     result = search_conditions(pair, leads, everyday, group_prompts, seed, progress, alpha=alpha,
                                targets=[p.text for p in phrases], seed_tokens=seed_tokens)
     if out is not None:
