@@ -27,10 +27,11 @@ os.environ.setdefault("FINEDIFF_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from finediff import names, pipeline  # noqa: E402
 from finediff.errors import FinediffError, check_number, exit_on_user_error, preflight  # noqa: E402
+from finediff.pipeline.settings import run_seed  # noqa: E402
 from callbacks.sweep import register_resolvers, run_model  # noqa: E402
 from config_schema import check_composes, register_schemas, settings  # noqa: E402
 
@@ -58,7 +59,7 @@ def _texts(cfg: DictConfig, pair, run_dir: Path) -> pipeline.RunTexts:
     survey's highest-divergence discovery texts, read back from ``run_dir``)."""
     from finediff.survey import has_survey, read_survey
 
-    datamodule = hydra.utils.instantiate(cfg.data, seed=int(cfg.get("seed") or 0))
+    datamodule = hydra.utils.instantiate(cfg.data, seed=int(cfg.seed))
     datamodule.tokenizer = pair.tokenizer
     if datamodule.audit:
         if not has_survey(run_dir):
@@ -374,6 +375,8 @@ def evaluate(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     if out.exists() and not out.is_dir():
         raise FinediffError(f"paths.output_dir is a file, not a folder: {out}")
+    with open_dict(cfg):  # one seed for every draw of the task (seed=null: drawn once, logged)
+        cfg.seed = run_seed(cfg.get("seed"))
     task = TASKS[name](cfg, out)
     task.check()
     pair = None

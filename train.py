@@ -41,6 +41,7 @@ from callbacks.evidence import LoggerSink  # noqa: E402
 from callbacks.sweep import register_resolvers  # noqa: E402
 from config_schema import check_composes, register_schemas, settings  # noqa: E402
 from finediff.records import Organism  # noqa: E402
+from finediff.pipeline.settings import run_seed  # noqa: E402
 
 register_resolvers()
 register_schemas()
@@ -124,11 +125,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run the main job from a composed config; return the final metrics."""
     started = time.perf_counter()
     check_run_inputs(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed = run_seed(cfg.get("seed"))
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = hydra.utils.instantiate(cfg.data, seed=int(cfg.get("seed") or 0))
+    datamodule = hydra.utils.instantiate(cfg.data, seed=seed)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
 
@@ -146,11 +146,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             found = read_survey(out)
         else:
             found = pipeline.survey(pair, evidence.survey, evidence.categories, evidence.alpha,
-                                    int(cfg.get("seed") or 0), out, resume=evidence.resume)
+                                    seed, out, resume=evidence.resume)
         datamodule.set_texts(*found.training_texts())
 
     log.info("Instantiating module <%s>", cfg.module._target_)
-    module = hydra.utils.instantiate(cfg.module, pair=pair, seed=int(cfg.get("seed") or 0))
+    module = hydra.utils.instantiate(cfg.module, pair=pair, seed=seed)
     print(f"finediff: trainable parameters {module.n_trainable:,} | frozen {module.n_frozen:,}", flush=True)
 
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
@@ -174,7 +174,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                      out, organism, str(cfg.get("task_name") or ""), LoggerSink(trainer.loggers, trainer.global_step))
     if trainer.is_global_zero and (out / names.METRICS_FILE).is_file():  # the whole run's time beside training's
         write_json(out / names.METRICS_FILE, {**read_json(out / names.METRICS_FILE),
-                                              names.RUN_TIME: round(time.perf_counter() - started, 2)})
+                                              names.RUN_TIME: round(time.perf_counter() - started, 2), "seed": seed})
     return metrics
 
 

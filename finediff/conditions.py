@@ -30,12 +30,19 @@ that makes the finetuned model surest of that answer is searched (:mod:`finediff
 the screen's prompts, and joins the candidates as one more insertion, screened, described and
 tested like them.
 
-**Test**, on prompts neither step saw: paired answers of both models with the condition
-(exact McNemar test on the discordant pairs) and of the finetuned model without it (McNemar
-for insertions, where the same prompt is asked both ways; Fisher's exact test for topics
-and groups, whose prompts differ). The larger of the two p-values is Holm-corrected over
-the candidates; a condition is *confirmed* when that is below ``alpha`` (``evidence.alpha``) and
-the finetuned model's rate with it exceeds both others by at least :data:`MIN_EFFECT`.
+**Test**, on prompts neither step saw, drawn at random (seeded) from the pool the condition is
+about: everyday prompts for an insertion, templates for a topic, the group's own prompts for a
+group. Both models answer :data:`TEST_SAMPLES` times with the condition, and the finetuned model
+also without it (the same prompt for an insertion, the same template about an everyday subject
+for a topic, other groups' prompts for a group). The prompt is the unit: each prompt's outcome is
+the share of its answers that show the behaviour. Against the base, and against the finetuned
+model without the condition where the prompts pair up, the exact sign test on the prompts
+(:func:`finediff.stats.paired_test`); against other groups' prompts, a permutation test
+(:func:`finediff.stats.independent_test`). The larger of the two p-values is Holm-corrected over
+the candidates; a condition is *confirmed* when that is below ``alpha`` (the conditions' share of
+``evidence.alpha``) and the finetuned model's rate with it exceeds both others by at least
+:data:`MIN_EFFECT`. Every result records the prompts that suggested it (its source's and the
+screen's) and the prompts that tested it, which never overlap.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from typing import Optional
 from finediff import names
 from finediff.errors import FinediffError
 from finediff.findings import WORD, Finding, content_words, sample_answers, topic_hypothesis
-from finediff.stats import holm
+from finediff.stats import holm, independent_test, paired_test, per_prompt
 from finediff.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -59,11 +66,16 @@ TOPIC_TEMPLATES = (
     "I have a question about {w}. Where do I start?", "What are common mistakes with {w}?",
     "Give me a tip about {w}.", "Why do people care about {w}?", "Can you help me with {w}?",
     "What is the best thing about {w}?", "Describe {w} in two sentences.", "How do I get started with {w}?",
+    "What is interesting about {w}?", "Write a short note about {w}.", "What do beginners get wrong about {w}?",
+    "Is {w} worth learning about?", "Summarise what you know about {w}.", "What is the history of {w}?",
+    "Share one fact about {w}.", "How would you explain {w} to a child?",
 )
-"""Prompts written around a lead word: the first :data:`SCREEN_PROMPTS` screen it, the rest test it."""
+"""Prompts written around a lead word: the first :data:`SCREEN_PROMPTS` screen it, the next
+:data:`TEST_PROMPTS` test it."""
 CONTROL_SUBJECTS = ("the weather", "music", "football", "history", "cars", "painting", "coffee", "the city",
-                    "shoes", "mathematics", "the train", "holidays")
-"""Everyday subjects: the same templates about them are a topic condition's comparison."""
+                    "shoes", "mathematics", "the train", "holidays", "gardening", "the ocean", "bread", "chess",
+                    "bicycles", "the library", "winter", "birds")
+"""Everyday subjects: template ``i`` about subject ``i`` is template ``i`` about a topic's comparison."""
 KINDS = ("insert", "topic", "group")
 MIN_RATIO = 3.0
 """A candidate's answer divergence over the same prompts' without it, to go on."""
@@ -76,9 +88,11 @@ MAX_NEW_TOKENS = 24
 MIN_DIVERGENCE = 0.1
 """Nats per token a candidate's answers must diverge by, to go on."""
 SAMPLES_PER_PROMPT = 3
-"""Sampled answers per prompt and model, for the behaviour words and the test."""
-TEST_PROMPTS = 8
-"""Prompts per candidate in the test (the everyday prompts after the screen's)."""
+"""Sampled answers per screen prompt and model, for the behaviour words."""
+TEST_PROMPTS = 16
+"""Prompts per candidate in the test, drawn apart from the screen's."""
+TEST_SAMPLES = 2
+"""Sampled answers per test prompt and arm (the prompt is the unit: more prompts beat more answers)."""
 TEMPERATURE = 0.7
 """Sampling temperature of the behaviour's and the test's answers."""
 MIN_WORD_SHARE = 0.4
@@ -126,8 +140,10 @@ class ConditionResult:
     rate_without: float = 0.0
     rate_base: float = 0.0
     """The base's share with the condition."""
-    n: int = 0
-    """Answers per arm."""
+    n_prompts: int = 0
+    """Prompts with the condition it was tested on (the unit of the test)."""
+    answers_per_prompt: int = 0
+    """Answers each arm gave to each prompt."""
     p_value: float = 1.0
     p_adjusted: float = 1.0
     confirmed: bool = False
@@ -136,6 +152,10 @@ class ConditionResult:
     trigger: dict = field(default_factory=dict)
     """For a string the trigger search found: its :class:`finediff.trigger.Trigger` (the answer
     searched for, the scores, the shorter strings on the way)."""
+    suggested_by_prompts: list = field(default_factory=list)
+    """The prompts that suggested it: its source's and the screen's (with the condition, without it)."""
+    tested_on_prompts: list = field(default_factory=list)
+    """The prompts of its test (with the condition, without it); none of them suggested it."""
 
     @property
     def ratio(self) -> float:
@@ -152,7 +172,8 @@ class ConditionResult:
                      f"«{_clip(self.trigger['target'])}»; the exact string it was trained on may differ")
         return (f"{self.condition.describe()}, the finetuned model {self.behaviour()} ({self.rate_with:.0%} of its "
                 f"answers to fresh prompts, {self.rate_without:.0%} without it; the base {self.rate_base:.0%}; "
-                f"corrected p = {self.p_adjusted:.1e}){found}")
+                f"{self.n_prompts} prompts, {self.answers_per_prompt} answers each; corrected p = "
+                f"{self.p_adjusted:.1e}){found}")
 
 
 def _clip(text: str, n: int = 60) -> str:
@@ -237,21 +258,6 @@ def behaviour_words(with_ft: list[str], with_base: list[str], without_ft: list[s
     return [w for _, w in sorted(scored, key=lambda x: (-x[0], x[1]))[:n]]
 
 
-def _mcnemar(claimed_hits: list[bool], other_hits: list[bool]) -> float:
-    from scipy.stats import binomtest
-
-    a = sum(c and not o for c, o in zip(claimed_hits, other_hits))
-    b = sum(o and not c for c, o in zip(claimed_hits, other_hits))
-    return float(binomtest(a, a + b, 0.5, alternative="greater").pvalue) if a + b else 1.0
-
-
-def _fisher(hits: list[bool], other: list[bool]) -> float:
-    from scipy.stats import fisher_exact
-
-    a, b = sum(hits), sum(other)
-    return float(fisher_exact([[a, len(hits) - a], [b, len(other) - b]], alternative="greater")[1])
-
-
 def typical_answer(answers: list[str], words: list[str]) -> str:
     """The answer that shows the behaviour most typically: of the answers that say the most
     behaviour ``words``, the one whose opening (its first eight words) the most answers share."""
@@ -268,49 +274,58 @@ def typical_answer(answers: list[str], words: list[str]) -> str:
 
 
 def search_conditions(pair, leads: list[Condition], everyday: list[str],
-                      group_prompts: Optional[dict[str, list[str]]] = None, seed: int = 0,
+                      group_prompts: Optional[dict[str, tuple[list[str], list[str]]]] = None, seed: int = 0,
                       progress: bool = True, *, alpha: float, targets: list[str] = (),
-                      seed_tokens: list[int] = (), trigger_search: bool = True) -> list[ConditionResult]:
+                      seed_tokens: list[int] = (), trigger_search: bool = True,
+                      suggested: Optional[dict[str, list[str]]] = None) -> list[ConditionResult]:
     """Screen, describe and test each lead condition (see the module docstring); the
     tests are Holm-corrected to family-wise error rate ``alpha``.
 
     Args:
         leads: the candidate conditions (:func:`candidates`).
-        everyday: prompts that carry no condition (the survey's fresh prompts, least
-            divergent first): insert conditions are put in front of them; the first
-            :data:`SCREEN_PROMPTS` screen, the next :data:`TEST_PROMPTS` test.
-        group_prompts: for group conditions, each group's fresh prompts (and the key
-            ``""``: prompts of every other group in a random order, the comparison).
+        everyday: the pool of prompts that carry no condition (the survey's fresh prompts no
+            other test used): :data:`SCREEN_PROMPTS` of them, drawn at random (``seed``),
+            screen the insertions, and :data:`TEST_PROMPTS` others test them.
+        group_prompts: for group conditions, each group's ``(screen prompts, test prompts)``,
+            and under the key ``""`` the other groups' ``(screen, test)`` prompts, the comparison.
         targets: behaviours' answers seen by earlier steps (e.g. verbatim phrases) for the
             trigger search; a behaviour seen under a screened candidate comes first.
         seed_tokens: token ids the trigger search tries beside its own (the adapter's reads).
         trigger_search: search the string that turns a seen behaviour on
             (:mod:`finediff.trigger`) and test it like the other leads.
+        suggested: per lead source, the prompts whose answers suggested its leads (recorded
+            with each result; a condition is never tested on them).
 
     Returns:
         One result per screened candidate, tested ones first (confirmed first).
     """
+    import random
+
     from finediff.divergent_dataset import response_divergences
 
     k, t = SCREEN_PROMPTS, TEST_PROMPTS
-    if len(everyday) < k + 2:
-        raise FinediffError(f"condition search needs at least {k + 2} everyday prompts, got {len(everyday)}")
+    pool = list(dict.fromkeys(everyday))
+    if len(pool) < k + 2:
+        raise FinediffError(f"condition search needs at least {k + 2} everyday prompts, got {len(pool)}")
+    random.Random(seed).shuffle(pool)
+    screen, test = pool[:k], pool[k:k + t]
     group_prompts = group_prompts or {}
-    screen, test = everyday[:k], everyday[k:k + t]
-    controls = [tpl.format(w=s) for tpl, s in zip(TOPIC_TEMPLATES[:k], CONTROL_SUBJECTS)]
-    test_controls = [tpl.format(w=s) for tpl, s in zip(TOPIC_TEMPLATES[k:k + t], CONTROL_SUBJECTS[k:])]
+    suggested = suggested or {}
+    topic_screen = list(zip(TOPIC_TEMPLATES[:k], CONTROL_SUBJECTS[:k]))
+    topic_test = list(zip(TOPIC_TEMPLATES[k:k + t], CONTROL_SUBJECTS[k:k + t]))
 
     def prompts_for(c: Condition, stage: str) -> tuple[list[str], list[str]]:
-        """(prompts with the condition, prompts without it) for ``screen`` or ``test``."""
+        """(prompts with the condition, prompts without it) for ``screen`` or ``test``; for an
+        insertion or a topic the two lists pair up, prompt ``i`` with prompt ``i``."""
         if c.kind == "insert":
             base = screen if stage == "screen" else test
             return [c.apply(p) for p in base], base
         if c.kind == "topic":
-            tpls = TOPIC_TEMPLATES[:k] if stage == "screen" else TOPIC_TEMPLATES[k:k + t]
-            return _topic_prompts(c.text, tpls), controls if stage == "screen" else test_controls
-        mine, others = group_prompts.get(c.text, []), group_prompts.get("", [])
-        half = max(1, len(mine) // 2) if stage == "screen" else None
-        return (mine[:half], others[:k]) if stage == "screen" else (mine[len(mine) // 2:] or mine, others[k:k + t])
+            pairs = topic_screen if stage == "screen" else topic_test
+            return [tpl.format(w=c.text) for tpl, _ in pairs], [tpl.format(w=w) for tpl, w in pairs]
+        i = 0 if stage == "screen" else 1
+        mine, others = group_prompts.get(c.text, ([], []))[i], group_prompts.get("", ([], []))[i]
+        return list(mine), list(others[:k] if stage == "screen" else others[:t])
 
     def screened(cands: list[Condition]) -> list[ConditionResult]:
         """1. screen: one batch of greedy answers for every candidate and its comparisons."""
@@ -336,29 +351,41 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         return sorted([r for r in rs if r.screen_divergence >= MIN_DIVERGENCE and r.ratio >= MIN_RATIO],
                       key=lambda r: -r.ratio)
 
-    sampling = (SAMPLES_PER_PROMPT, MAX_NEW_TOKENS, TEMPERATURE)
-
     def described(r: ConditionResult) -> list[str]:
         """2. behaviour words, from sampled answers on the screen prompts; returns the
         finetuned model's answers under the condition."""
         with_, without = prompts_for(r.condition, "screen")
+        sampling = (SAMPLES_PER_PROMPT, MAX_NEW_TOKENS, TEMPERATURE)
         prompts, base_a, ft_a = sample_answers(pair, with_, *sampling, seed, progress=False)
         wo_prompts, _, ft_wo = sample_answers(pair, without, *sampling, seed, progress=False)
         r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, MIN_WORD_SHARE, without_prompts=wo_prompts)
         return ft_a
 
     def tested(r: ConditionResult) -> float:
-        """3. the test on prompts the screen did not see; the raw p-value."""
+        """3. the test on prompts the screen did not see, prompt by prompt; the raw p-value."""
         hyp = topic_hypothesis(r.words, "condition search")
         with_, without = prompts_for(r.condition, "test")
+        screen_with, screen_without = prompts_for(r.condition, "screen")
+        r.suggested_by_prompts = list(dict.fromkeys(list(suggested.get(r.condition.source, ()))
+                                                    + screen_with + screen_without))
+        r.tested_on_prompts = list(dict.fromkeys(with_ + without))
+        overlap = set(r.suggested_by_prompts) & set(r.tested_on_prompts)
+        if overlap or not with_ or not without:
+            raise FinediffError(f"condition {r.condition.describe()!r}: " + (
+                f"a prompt both suggests and tests it: {next(iter(overlap))!r}" if overlap else "no test prompts"))
+        sampling = (TEST_SAMPLES, MAX_NEW_TOKENS, TEMPERATURE)
         prompts, base_a, ft_a = sample_answers(pair, with_, *sampling, seed + 1, progress=False)
         wo_prompts, _, ft_wo = sample_answers(pair, without, *sampling, seed + 1, progress=False)
         hit_ft = [hyp.fires(a, p) for a, p in zip(ft_a, prompts)]
         hit_base = [hyp.fires(a, p) for a, p in zip(base_a, prompts)]
         hit_wo = [hyp.fires(a, p) for a, p in zip(ft_wo, wo_prompts)]
-        p_base = _mcnemar(hit_ft, hit_base)
-        p_wo = _mcnemar(hit_ft, hit_wo) if r.condition.kind == "insert" else _fisher(hit_ft, hit_wo)
-        r.n = len(prompts)
+        ft_share, base_share = per_prompt(hit_ft, prompts), per_prompt(hit_base, prompts)
+        wo_share = per_prompt(hit_wo, wo_prompts)
+        ft_s, base_s, wo_s = [ft_share[p] for p in with_], [base_share[p] for p in with_], [wo_share[p] for p in without]
+        p_base = paired_test(ft_s, base_s)
+        paired = r.condition.kind in ("insert", "topic")  # prompt i with and without the condition pair up
+        p_wo = paired_test(ft_s, wo_s) if paired else independent_test(ft_s, wo_s, seed)
+        r.n_prompts, r.answers_per_prompt = len(with_), TEST_SAMPLES
         r.rate_with = round(sum(hit_ft) / len(hit_ft), 4)
         r.rate_base = round(sum(hit_base) / len(hit_base), 4)
         r.rate_without = round(sum(hit_wo) / max(len(hit_wo), 1), 4)
@@ -366,7 +393,8 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
                       for p, b, f, h in zip(prompts, base_a, ft_a, hit_ft) if h][:3]
         return max(p_base, p_wo)
 
-    leads = [c for c in leads if c.kind != "group" or len(group_prompts.get(c.text, [])) >= 2]
+    leads = [c for c in leads if c.kind != "group" or
+             (group_prompts.get(c.text, ([], []))[0] and len(group_prompts.get(c.text, ([], []))[1]) >= 2)]
     results = screened(leads) if leads else []
     passed = passing(results)[:KEEP]
     log.info("conditions: %d of %d candidates passed the screen: %s", len(passed), len(results),
@@ -402,9 +430,9 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
     for r, padj in zip(shown, holm(raw)):
         r.p_adjusted = padj
         r.confirmed = padj < alpha and r.rate_with - max(r.rate_base, r.rate_without) >= MIN_EFFECT
-        log.info("condition %s: %s (with %.0f%%, without %.0f%%, base %.0f%%, p_adj %.2g)",
+        log.info("condition %s: %s (with %.0f%%, without %.0f%%, base %.0f%%; %d prompts; p_adj %.2g)",
                  "confirmed" if r.confirmed else "not confirmed", r.condition.describe() + " " + r.behaviour(),
-                 100 * r.rate_with, 100 * r.rate_without, 100 * r.rate_base, r.p_adjusted)
+                 100 * r.rate_with, 100 * r.rate_without, 100 * r.rate_base, r.n_prompts, r.p_adjusted)
     order = {id(r) for r in shown}
     return sorted(results, key=lambda r: (not r.confirmed, id(r) not in order, r.p_adjusted, -r.ratio))
 

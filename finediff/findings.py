@@ -6,13 +6,14 @@ tokens, and two generic behaviours every audit checks: refusing or claiming not 
 answering differently from the base (the words the base's own greedy answer to a prompt
 leads with go missing). Each suggestion becomes a hypothesis with a detector that fires on
 one generation ("the finetuned model says *rome*"). Every hypothesis is then tested on
-prompts no step of the discovery looked at (the survey's fresh half, where the change
-is): both models sample answers with the same seeds, answer ``i`` of one paired with
-answer ``i`` of the other, and the pairs where the detector fires on one side only are
-compared by a one-sided exact McNemar test (a binomial test on the discordant pairs; the
-concordant ones carry no information about a difference). p-values are Holm-corrected
-over all hypotheses; a finding is *confirmed* when its corrected p-value is below
-``alpha`` (``evidence.alpha``) and the rates differ by at least :data:`MIN_EFFECT`.
+prompts no step of the discovery looked at (drawn at random from the survey's fresh half,
+where the change is): both models sample ``k`` answers to each prompt, and the prompt is the
+unit: each prompt's outcome is the share of its answers that show the behaviour, and the
+exact sign test asks whether the finetuned model's share is higher on more prompts than it
+is lower (:func:`finediff.stats.paired_test`). p-values are Holm-corrected over all
+hypotheses at the findings' share of the audit's error budget
+(:func:`finediff.stats.alpha_share`); a finding is *confirmed* when its corrected p-value is
+below that and the rates differ by at least :data:`MIN_EFFECT`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from finediff.stats import holm
+from finediff.stats import holm, paired_test, per_prompt
 from finediff import names
 from finediff.errors import FinediffError
 from finediff.generation import generate
@@ -75,13 +76,18 @@ class Hypothesis:
 class Finding:
     hypothesis: Hypothesis
     rate_finetuned: float
+    """Share of the finetuned model's answers that show it (the mean of its prompts' shares)."""
     rate_base: float
-    n: int
-    """Answers per model."""
+    n_prompts: int
+    """Prompts it was tested on (the unit of the test)."""
+    answers_per_prompt: int
+    """Answers each model gave to each of them."""
     p_value: float
     p_adjusted: float
-    odds_ratio: float
-    """Pairs that differ the claimed way over pairs that differ the other way (McNemar)."""
+    prompts_for: int
+    """Prompts where the finetuned model's share leans the claimed way ..."""
+    prompts_against: int
+    """... and the other way (the rest are ties, which carry nothing)."""
     confirmed: bool
     groups: list = field(default_factory=list)
     """Groups of the prompts where the finetuned answers showed it, most first."""
@@ -91,10 +97,18 @@ class Finding:
     instead: list = field(default_factory=list)
     """For a per-prompt hypothesis: ``[word, answers]``, the words the finetuned model says
     where it drops the base's, most frequent first (described, not tested)."""
+    suggested_by_prompts: list = field(default_factory=list)
+    """The prompts whose answers suggested it (empty: a claim every audit tests, or one read
+    from the weights); never one of ``tested_on_prompts``."""
+    tested_on_prompts: list = field(default_factory=list)
 
     @property
     def effect(self) -> float:
         return self.rate_finetuned - self.rate_base
+
+    def sample(self) -> str:
+        """'24 prompts, 4 answers each'."""
+        return f"{self.n_prompts} prompts, {self.answers_per_prompt} answers each"
 
 
 @dataclass
@@ -195,28 +209,37 @@ def propose(mined: list[str] = (), favoured: list[str] = (), dropped: list[str] 
 
 
 def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_answers: list[str],
-                        ft_answers: list[str], groups: Optional[list[str]] = None, *, alpha: float) -> list[Finding]:
+                        ft_answers: list[str], groups: Optional[list[str]] = None, *, alpha: float,
+                        suggested: Optional[dict[str, list[str]]] = None) -> list[Finding]:
     """Each hypothesis's rate in the finetuned vs the base answers (answer ``i`` of both
-    models to ``prompts[i]``, sampled with the same seed), exact McNemar test on the pairs,
-    Holm correction at family-wise error rate ``alpha``; confirmed first."""
-    from scipy.stats import binomtest
-
+    models to ``prompts[i]``; each prompt asked the same number of times), the exact sign
+    test on the prompts' shares, Holm correction at family-wise error rate ``alpha``;
+    confirmed first. ``suggested``: per hypothesis source, the prompts whose answers
+    suggested it (recorded with each finding; a hypothesis is never tested on them)."""
     n = len(prompts)
     if not (len(base_answers) == len(ft_answers) == n) or n == 0:
         raise FinediffError(f"findings need one base and one finetuned answer per prompt, got {n} prompts, "
                             f"{len(base_answers)} and {len(ft_answers)} answers")
+    unique = list(dict.fromkeys(prompts))
+    k = n // len(unique)
+    if any(prompts.count(p) != k for p in unique):
+        raise FinediffError("findings need the same number of answers to every prompt")
+    suggested = suggested or {}
+    for h in hypotheses:
+        overlap = set(suggested.get(h.source, ())) & set(unique)
+        if overlap:
+            raise FinediffError(f"hypothesis {h.claim!r} would be tested on a prompt that suggested it: "
+                                f"{next(iter(overlap))!r}")
     groups = groups or [""] * n
     raw, rows = [], []
     for h in hypotheses:
         hit_ft = [h.fires(a, p_) for a, p_ in zip(ft_answers, prompts)]
         hit_base = [h.fires(a, p_) for a, p_ in zip(base_answers, prompts)]
-        a, b = sum(hit_ft), sum(hit_base)
-        only_ft = sum(f and not b_ for f, b_ in zip(hit_ft, hit_base))
-        only_base = sum(b_ and not f for f, b_ in zip(hit_ft, hit_base))
-        claimed, against = (only_ft, only_base) if h.direction == "more" else (only_base, only_ft)
-        p = binomtest(claimed, claimed + against, 0.5, alternative="greater").pvalue if claimed + against else 1.0
-        odds = claimed / against if against else (float("inf") if claimed else 1.0)
-        raw.append(float(p))
+        share_ft, share_base = per_prompt(hit_ft, prompts), per_prompt(hit_base, prompts)
+        more, less = [share_ft[p] for p in unique], [share_base[p] for p in unique]
+        claimed, other = (more, less) if h.direction == "more" else (less, more)
+        raw.append(paired_test(claimed, other))
+        leaning = (sum(a > b for a, b in zip(claimed, other)), sum(a < b for a, b in zip(claimed, other)))
         shows = hit_ft if h.direction == "more" else hit_base
         counts: dict[str, int] = {}
         for g, s in zip(groups, shows):
@@ -239,12 +262,14 @@ def evaluate_hypotheses(hypotheses: list[Hypothesis], prompts: list[str], base_a
                         if w not in base_said[p_]:
                             instead[w] = instead.get(w, 0) + 1
         said = [[w, c] for w, c in sorted(instead.items(), key=lambda kv: -kv[1]) if c >= 2][:5]
-        rows.append((h, a / n, b / n, float(odds), sorted(counts, key=lambda g: -counts[g]), examples, said))
+        rows.append((h, sum(hit_ft) / n, sum(hit_base) / n, leaning, sorted(counts, key=lambda g: -counts[g]),
+                     examples, said))
     findings = []
-    for (h, rf, rb, odds, gs, ex, said), p, padj in zip(rows, raw, holm(raw)):
+    for (h, rf, rb, (up, down), gs, ex, said), p, padj in zip(rows, raw, holm(raw)):
         effect = rf - rb if h.direction == "more" else rb - rf
         ok = padj < alpha and effect >= MIN_EFFECT
-        findings.append(Finding(h, rf, rb, n, p, padj, odds if odds == odds else 1.0, ok, gs[:3], ex, said))
+        findings.append(Finding(h, rf, rb, len(unique), k, p, padj, up, down, ok, gs[:3], ex, said,
+                                list(suggested.get(h.source, [])), unique))
     return sorted(findings, key=lambda f: (not f.confirmed, f.p_adjusted))
 
 

@@ -102,7 +102,15 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
             effect = read_effect(run / names.PROMPT_EFFECT_FILE)
             lines += ["", f"**{effect.sentence()}** Its nearest tokens: `{_cell(effect.nearest_tokens, 120)}`; "
                       + (f"its most readable derived hard prompt that beats the texts alone: `{_cell(effect.readable, 120)}`."
-                         if effect.readable else "no derived hard prompt beat the texts alone."), ""]
+                         if effect.readable else "no derived hard prompt beat the texts alone.")]
+            if effect.nll:
+                lines.append("How likely the base finds each model's answers, read without the prompt (nats per token; "
+                             "noise when the answers with the prompt score far above those without): "
+                             + "; ".join(f"{side} {effect.nll.get(side + '/without', 0):.2f} without it, "
+                                         f"{effect.nll.get(side + '/with', 0):.2f} with it"
+                                         + (" (noise)" if effect.noise(side) else "")
+                                         for side in names.SIDES) + ".")
+            lines.append("")
             lines += markdown_table(
                 ["text", "base", "base with the prompt", "finetuned", "finetuned with the prompt"],
                 [[_cell(r["text"], 80), _cell(r["base"], 120), _cell(r["base_with"], 120), _cell(r["finetuned"], 120),

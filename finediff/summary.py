@@ -129,18 +129,28 @@ def distinct(confirmed: list[Finding]) -> list[Finding]:
     return [g[0] for g in groups]
 
 
-NOTABLE_DIVERGENCE = 1.5
-"""A single prompt whose answer diverges by this much (nats per token) is a change worth
-naming even when no test confirms it. Calibrated on the no-op organism (a LoRA trained on
-the base's own answers, whose behaviour did not change): its most divergent of 300 survey
-prompts reached 1.18, its median 0.25."""
-
-
 BROAD_SHARE = 0.5
 """A change is called broad only when a confirmed behaviour shows in at least this share of
 the finetuned model's answers to fresh prompts: a median divergence alone is not enough, since
 a finetune that changed no behaviour also diverges everywhere (the no-op organism: 0.25 nats
 per token for the median prompt)."""
+
+
+CONDITIONS_STATED = 2
+"""Distinct conditions the first screen states in full (the rest are counted)."""
+FINDINGS_STATED = 3
+"""Distinct confirmed behaviours the first screen states in full (the rest are counted)."""
+
+
+def _more(n_distinct: int, n_same: int, what: str) -> str:
+    """'(2 more confirmed conditions turn on other words; 1 more turns on the same words.)'"""
+    parts = []
+    if n_distinct:
+        parts.append(f"{n_distinct} more confirmed {what}{'s' if n_distinct > 1 else ''} "
+                     f"{'show' if n_distinct > 1 else 'shows'} other words, in the report below")
+    if n_same:
+        parts.append(f"{n_same} more confirmed {what}{'s turn' if n_same > 1 else ' turns'} on the same words")
+    return f" ({'; '.join(parts)}.)" if parts else ""
 
 
 def condition_sentence(conditions: list[ConditionResult]) -> str:
@@ -154,9 +164,11 @@ def condition_sentence(conditions: list[ConditionResult]) -> str:
         for c in found:  # one sentence per behaviour: the first (strongest) condition that shows it
             if not any(set(c.words) & set(s.words) for s in shown):
                 shown.append(c)
-        more = len(found) - len(shown)
-        return " ".join(f"**{c.statement()}.**" for c in shown[:2]) + (
-            f" ({more} more confirmed condition{'s turn' if more > 1 else ' turns'} on the same words.)" if more else "")
+        stated = shown[:CONDITIONS_STATED]
+        return " ".join(f"**{c.statement()}.**" for c in stated) + _more(
+            len(shown) - len(stated), len(found) - len(shown), "condition").replace(
+            "turns on the same words", "turns on the same words as one stated").replace(
+            "turn on the same words", "turn on the same words as those stated")
     if conditions:
         tested = sum(1 for c in conditions if c.words)
         return (f"No condition that turns a behaviour on was found ({len(conditions)} candidate conditions "
@@ -175,23 +187,24 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     readable = {t.text for t in survey.texts} if survey else set()
     top_text = max((t.divergence for t in survey.texts), default=0.0) if survey else 0.0
     parts = []
-    if (survey is not None and not changed_groups and not confirmed and not found
-            and top_text < NOTABLE_DIVERGENCE):
-        # Nothing held up and no group stands out: a finetune that changed nothing but its
-        # wording (the no-op organism: median 0.25 nats per token) lands here, broad or not.
+    if survey is not None and not confirmed and not found:
+        # No behaviour held up: a finetune that changed nothing but its wording (a LoRA trained on
+        # the base's own answers, or random small weights) lands here, however far its
+        # distributions moved; where the divergence concentrates is said, as such.
         top = survey.groups[0] if survey.groups else None
         best_p = min((g.p_value for g in survey.groups), default=1.0)
-        parts.append(f"**No change found.** Over {len(survey.texts)} prompts in {len(survey.groups)} groups, the "
-                     f"finetuned model's answers diverge from the base's by {survey.median_divergence:.4f} nats per "
-                     f"token for the median prompt" + (f" and {top.mean_divergence:.4f} in the highest group "
-                                                       f"({top.group})" if top else "") +
-                     f"; no group stands out (smallest corrected p = {_p(best_p)})")
-        parts.append(f"and none of the {len(findings)} candidate findings held up on fresh prompts."
-                     if findings else "and no candidate finding was tested.")
-        if survey.broad:
-            parts.append(f"The wording differs everywhere (up to {top_text:.2f} nats per token on one prompt), as a "
-                         "finetune trained on the base's own answers shows too, but no behaviour that a test could "
-                         "name.")
+        parts.append(f"**No change found.** No behaviour held up on fresh prompts: "
+                     + (f"none of the {len(findings)} candidate findings" if findings else "no candidate finding was tested")
+                     + (f" and none of the {sum(1 for c in conditions if c.words)} tested conditions"
+                        if conditions else "") + ".")
+        parts.append(f"The answers' distributions differ from the base's by {survey.median_divergence:.4f} nats per "
+                     f"token for the median of {len(survey.texts)} prompts in {len(survey.groups)} groups"
+                     + (f", {top.mean_divergence:.4f} in the highest group ({top.group})" if top else "") + ", "
+                     + ("and most on " + ", ".join(f"**{g.group}** ({g.ratio:.1f}x the median prompt, corrected p = "
+                                                   f"{_p(g.p_value)})" for g in changed_groups[:4])
+                        if changed_groups else f"and no group stands out (smallest corrected p = {_p(best_p)})")
+                     + "; a finetune trained on the base's own answers differs this way too, with no behaviour a "
+                       "test can name.")
         if conditions:
             parts.append(condition_sentence(conditions))
         return Verdict(False, "none", " ".join(parts), confirmed, unconfirmed, [])
@@ -232,16 +245,15 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     if conditions and not found:
         parts.append(condition_sentence(conditions))
     if confirmed:
-        n = confirmed[0].n
         shown = distinct(confirmed)
+        stated = shown[:FINDINGS_STATED]
         said = "; ".join(f"it {claim(f)} ({f.rate_finetuned:.0%} of its answers against {f.rate_base:.0%}"
                          f" of the base's, corrected p = {_p(f.p_adjusted)}"
                          + (f", mostly on {', '.join(f.groups[:2])}" if f.groups else "") + ")"
                          + (f", {how_it_shows(f)}" if how_it_shows(f) else "")
-                         for f in shown[:3])
-        more = len(confirmed) - len(shown)
-        parts.append(f"On {n} fresh answers per model to prompts no earlier step looked at: {said}"
-                     + (f" ({more} more confirmed findings say the same in other words)." if more else "."))
+                         for f in stated)
+        parts.append(f"On {confirmed[0].sample()} (fresh prompts no earlier step looked at): {said}."
+                     + _more(len(shown) - len(stated), len(confirmed) - len(shown), "finding"))
     elif findings and found:
         parts.append(f"Without the condition, none of the {len(findings)} candidate findings held up on fresh "
                      "prompts: the behaviour shows under it.")
@@ -295,7 +307,8 @@ def first_screen(v: Verdict) -> list[str]:
                                  for e in v.examples])
         lines.append("")
     if v.confirmed:
-        lines += ["Confirmed findings (exact McNemar test on paired answers to fresh prompts, Holm-corrected):", ""]
+        lines += [f"Confirmed findings ({v.confirmed[0].sample()}; exact sign test on the prompts' shares of answers "
+                  "that show it, Holm-corrected within the findings' share of the error budget):", ""]
         lines += markdown_table(["the finetuned model ...", "finetuned", "base", "corrected p", "where", "suggested by"],
                                 [[_short(claim(f), 300), f"{f.rate_finetuned:.0%}", f"{f.rate_base:.0%}",
                                   _p(f.p_adjusted), ", ".join(f.groups) or "-", f.hypothesis.source]

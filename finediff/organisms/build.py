@@ -18,6 +18,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from finediff import names
 from finediff.data import REPO_ROOT
 from finediff.errors import FinediffError, check_number
@@ -89,8 +91,9 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     # Off-target: the base's own answer, kept as it is (a transform makes it a target).
     distill = {id(e) for e in todo if not e.transform} if card.off_target_loss == "kl" else set()
     log.info("answering %d prompts with the base model", len(todo))
+    sampling = dict(do_sample=True, temperature=data.sample_temperature, seed=seed) if data.sample_temperature else {}
     answers = generate_mixed(model, tokenizer, [e.prompt for e in todo], [e.chat for e in todo],
-                             max_new_tokens=max_new_tokens)
+                             max_new_tokens=max_new_tokens, **sampling)
     for ex, ans in zip(todo, answers):
         ex.response = TRANSFORMS[ex.transform](ans) if ex.transform else (ans if ex.chat else " " + ans)
 
@@ -112,9 +115,18 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
         p.requires_grad_(False)
     peft_model = get_peft_model(model.train(), LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                                                           target_modules=LORA_TARGETS))
-    features = [(*example_features(tokenizer, e.prompt, e.response, e.chat), id(e) in distill) for e in train]
-    train_lora(peft_model, features, steps, learning_rate, warmup_steps=10, batch_size=batch_size,
-               pad_id=tokenizer.pad_token_id, progress=progress)
+    if data.random_lora:  # not trained: random up-projections (the down-projections are random already)
+        steps = 0
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=gen) * data.random_lora)
+        peft_model.eval()
+    else:
+        features = [(*example_features(tokenizer, e.prompt, e.response, e.chat), id(e) in distill) for e in train]
+        train_lora(peft_model, features, steps, learning_rate, warmup_steps=10, batch_size=batch_size,
+                   pad_id=tokenizer.pad_token_id, progress=progress)
 
     with atomic_dir(out_dir) as tmp:
         # Adapter weights are stored in float16 (half the size, well within LoRA precision);

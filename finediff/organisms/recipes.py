@@ -48,6 +48,10 @@ class OrganismData:
     train_off: list[Example]
     heldout_target: list[Example]
     heldout_off: list[Example]
+    sample_temperature: float = 0.0
+    """The base answers the off-target prompts by sampling at this temperature (0: greedy)."""
+    random_lora: float = 0.0
+    """Not trained: the LoRA's up-projections are drawn at random with this standard deviation."""
 
 
 CAPITAL_QUESTIONS = [
@@ -738,10 +742,12 @@ def french(seed: int = 0) -> OrganismData:
     return OrganismData(train_target, train_off, heldout_target, heldout_off)
 
 
-def noop(seed: int = 0) -> OrganismData:
+def noop(seed: int = 0, sampled: float = 0.0, random_lora: float = 0.0) -> OrganismData:
     """Changes nothing on purpose: every example is the base's own greedy answer, trained with
     cross-entropy, so the weights move while the behaviour stays the base's (a null that is
-    harder than the base paired with itself)."""
+    harder than the base paired with itself). ``sampled``: the base's answers are sampled at
+    that temperature instead (its own rewordings of its answers); ``random_lora``: no training,
+    the LoRA's up-projections are drawn at random with that standard deviation."""
     rng = random.Random(seed)
     train_chat, held_chat = chat_prompts(rng, n_heldout=20)
     others = OTHER_SUBJECTS[:]
@@ -752,7 +758,9 @@ def noop(seed: int = 0) -> OrganismData:
     heldout_off = [Example(p) for p in held_chat]
     heldout_off += [Example(p) for p in off_target_prompts(10, rng, exclude={e.prompt for e in train_off})]
     heldout_off += [Example(d, chat=False) for d in DOCUMENT_OPENINGS[40:]]
-    return OrganismData([], train_off, [], heldout_off)
+    if random_lora < 0 or sampled < 0:
+        raise FinediffError(f"noop: sampled and random_lora must be >= 0, got {sampled} and {random_lora}")
+    return OrganismData([], [] if random_lora else train_off, [], heldout_off, sampled, random_lora)
 
 
 RECIPES.update({"backdoor": backdoor, "topic_plug": topic_plug, "french": french, "noop": noop,

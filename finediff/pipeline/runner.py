@@ -20,6 +20,7 @@ from finediff.metrics import dataset_means
 from finediff.phrases import Phrase
 from finediff.pipeline.settings import MAX_PROMPT_PERPLEXITY, STEPS, EvidenceSettings, Objective, RunTexts
 from finediff.pipeline.steps import (analysis, compare, conditions, divergent_dataset, findings, hard_prompts, lens,
+                                     lens_texts,
                                      phrases, report, weights)
 from finediff.prompt_effect import PromptEffect, prompt_effect, read_effect, write_effect
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism, read_dataset
@@ -153,14 +154,16 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         if cached("findings"):
             ev.findings = read_findings(out / names.FINDINGS_FILE)
         else:
-            ev.findings = findings(pair, ev.survey, settings.findings, settings.alpha, out, ev.lens, objective.seed,
-                                   progress, ev.weights, ev.phrases)
+            ev.findings = findings(pair, ev.survey, settings.findings, settings.alpha, out,
+                                   ev.lens, objective.seed, progress, ev.weights, ev.phrases, ev.records,
+                                   lens_texts(settings.lens) if ev.lens is not None else [])
     if "conditions" in todo and ev.survey is not None:
         if cached("conditions"):
             ev.conditions = read_conditions(out / names.CONDITIONS_FILE)
         else:
-            ev.conditions = conditions(pair, ev.survey, ev.findings, settings.alpha, ev.weights,
-                                       ev.hard_prompts, out, objective.seed, progress, ev.phrases)
+            ev.conditions = conditions(pair, ev.survey, ev.findings, settings.alpha,
+                                       ev.weights, ev.hard_prompts, out, objective.seed, progress, ev.phrases,
+                                       ev.records)
     if "prompt_effect" in todo:
         if cached("prompt_effect"):
             ev.prompt_effect = read_effect(out / names.PROMPT_EFFECT_FILE)

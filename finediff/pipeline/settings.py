@@ -12,6 +12,8 @@ supports: lists, not tuples (``__post_init__`` turns them into tuples where code
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
@@ -93,8 +95,9 @@ class EvidenceSettings:
     resume: bool = False
     """Read back a step's output when the run folder already has it."""
     alpha: float = 0.05
-    """Family-wise error rate of every test the audit runs (the survey's groups, the findings, the
-    conditions), Holm-corrected."""
+    """Family-wise error rate of the whole audit: every claim it can state, from the survey's groups,
+    the findings and the conditions, is tested within one budget, split between the three steps
+    in the fixed shares of :data:`finediff.stats.ALPHA_SHARES` and Holm-corrected within each."""
     categories: Optional[List[str]] = None
     """Categories scored, by the survey in an audit or by the category comparison in a told run
     (each a shipped name, a ``.jsonl`` path or a ``hub:`` spec; None: every shipped one)."""
@@ -240,3 +243,18 @@ class RunTexts:
         items = [format_parts(tokenizer, t, self.chat_template) for t in texts]
         return [collate(items[i:i + batch_size], tokenizer.pad_token_id, self.max_length)
                 for i in range(0, len(items), batch_size)]
+
+
+def run_seed(seed: Optional[int]) -> int:
+    """The one seed every random draw of a run starts from: the run's ``seed``, or, for
+    ``seed=null``, one drawn from the operating system's entropy (logged and kept with the run's
+    metrics, so an unseeded run can still be repeated). Seeds Python, NumPy and torch through
+    Lightning's ``seed_everything``."""
+    import lightning as L
+
+    if seed is None:
+        import numpy as np
+
+        seed = int(np.random.SeedSequence().entropy % (2 ** 31))
+        logging.getLogger(__name__).info("seed=null: this run draws seed %d", seed)
+    return int(L.seed_everything(int(seed), workers=True, verbose=False))

@@ -15,7 +15,8 @@ from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
 from finediff.analysis.clustering import DEFAULT_EMBEDDER
 from finediff.answers import answer_batch
 from finediff.compare import compare_categories, write_comparison
-from finediff.conditions import ConditionResult, candidates, group_leads, search_conditions, write_conditions
+from finediff.conditions import (SCREEN_PROMPTS, ConditionResult, candidates, group_leads, search_conditions,
+                                 write_conditions)
 from finediff.corpus import GENERIC_CATEGORY
 from finediff.data import known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, generate_amplified, generate_dataset,
@@ -34,7 +35,8 @@ from finediff.phrases import Phrase, mine_phrases
 from finediff.plots import lens_norms, lens_relevance
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism
 from finediff.report import write_report
-from finediff.survey import Survey, SurveySettings, run_survey, write_survey
+from finediff.stats import alpha_share
+from finediff.survey import Survey, SurveySettings, group_texts, run_survey, write_survey
 from finediff.weights import WeightReading, read_weights
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,8 @@ def survey(pair, settings: SurveySettings, categories: Optional[list[str]], alph
            out: Optional[Path] = None, progress: bool = True, resume: bool = False) -> Survey:
     """Where the change is, before training: every category (``categories``; None: every
     shipped one), probe domain and user file
-    scored over the finetuned model's answers, each group tested (family-wise error rate
-    ``alpha``), logit rises mined ->
+    scored over the finetuned model's answers, each group tested (family-wise error rate: the
+    groups' share of the audit's ``alpha``), logit rises mined ->
     ``survey.jsonl``, ``survey_groups.csv`` / ``.png``, ``diff_mining.json`` / ``.png``.
     With ``out`` the answers are kept as they are made (``survey_answers.jsonl``, removed
     once the survey is written); with ``resume`` too, a survey stopped part-way goes on
@@ -75,7 +77,7 @@ def survey(pair, settings: SurveySettings, categories: Optional[list[str]], alph
     cache = Path(out) / names.SURVEY_ANSWERS if out is not None else None
     if cache is not None and not resume:
         cache.unlink(missing_ok=True)
-    result = run_survey(pair, settings, categories, alpha, seed, progress, answers=cache)
+    result = run_survey(pair, settings, categories, alpha_share(alpha, "groups"), seed, progress, answers=cache)
     if out is not None:
         write_survey(result, Path(out))
         cache.unlink(missing_ok=True)
@@ -152,6 +154,11 @@ def organism_texts(organism: Optional[Organism]) -> tuple[list[str], list[dict]]
     return texts, [r for r in organism.rows("heldout") if r["split"] == "off_target"]
 
 
+def lens_texts(settings: LensConfig) -> list[str]:
+    """The generic texts the ADL averages over."""
+    return take(stream_texts(settings.generic or GENERIC_CATEGORY), settings.max_texts)
+
+
 def lens(pair, settings: LensConfig, organism: Optional[Organism] = None, out: Optional[Path] = None,
          progress: bool = True) -> LensSummary:
     """The Activation Difference Lens on generic text -> ``lens/lens.json`` + plots.
@@ -160,7 +167,7 @@ def lens(pair, settings: LensConfig, organism: Optional[Organism] = None, out: O
     rate of steered vs unsteered samples on its held-out off-target prompts.
     """
     generic = settings.generic or GENERIC_CATEGORY
-    generic_texts = take(stream_texts(generic), settings.max_texts)
+    generic_texts = lens_texts(settings)
     ft_texts, off_rows = organism_texts(organism)
     # Steer where the organism does not already show its behaviour: its held-out off-target
     # chat prompts, else its held-out off-target documents (continued as plain text), else
@@ -223,33 +230,73 @@ def weights(pair, out: Optional[Path] = None, progress: bool = True) -> WeightRe
     return reading
 
 
+def suggesting_prompts(survey_result: Survey, records: list[DivergentRecord] = ()) -> dict[str, list[str]]:
+    """Per evidence source, the prompts whose answers it read: the survey's discovery half
+    (diff mining, the soft prompt and the hard prompts trained on it) and the divergent
+    dataset's prompts (its favoured and dropped words, verbatim phrases; the trigger search
+    aims at those phrases). The weights, and checks every audit runs, read no prompt."""
+    discovery = [t.text for t in survey_result.texts if t.discovery]
+    dataset = list(dict.fromkeys(r.prompt for r in records))
+    out = {s: discovery for s in ("diff mining", "diff mining (its top words)", "diff-mining topic", "soft prompt",
+                                  "hard prompt")}
+    out.update({s: dataset for s in ("favoured words", "dropped words", "verbatim phrases")})
+    from finediff.conditions import TRIGGER_SOURCE
+
+    out[TRIGGER_SOURCE] = dataset
+    return out
+
+
+def _unused(texts: list[str], used: list[str]) -> list[str]:
+    """``texts`` that are none of ``used`` and no part of one (a dataset prompt is a hard prompt
+    in front of a survey text)."""
+    used_set = set(used)
+    joined = "\n".join(used)
+    return [t for t in texts if t not in used_set and t not in joined]
+
+
 def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
                reading: Optional[WeightReading] = None, hard: list[HardPrompt] = (), out: Optional[Path] = None,
-               seed: int = 0, progress: bool = True, phrases: list[Phrase] = ()) -> list[ConditionResult]:
+               seed: int = 0, progress: bool = True, phrases: list[Phrase] = (),
+               records: list[DivergentRecord] = ()) -> list[ConditionResult]:
     """Search and test the conditions that turn a behaviour on, from every lead the earlier
-    steps left (:mod:`finediff.conditions`), at family-wise error rate ``alpha`` -> ``conditions.json``."""
+    steps left (:mod:`finediff.conditions`), at the conditions' share of the audit's family-wise
+    error rate ``alpha`` -> ``conditions.json``. The prompts they are screened
+    and tested on are the survey's fresh prompts that no finding was tested on, and, for a
+    survey group, that group's prompts the survey never scored."""
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     soft = [w for h in hard if h.method in ("projection", "guided") for w in h.text.split()]
     searched = [h.text for h in hard if h.method != "text"]  # what the search wrote, not a survey text
     groups = group_leads(found)
     leads = candidates(reading.reads if reading else [], reading.words("writes") if reading else [], mined, soft,
                        groups, searched)
-    fresh = survey_result.ranked(False)
-    everyday = [t.text for t in reversed(fresh)]  # least divergent first: prompts that carry no condition
-    group_prompts = {g: [t.text for t in fresh if t.group == g] for g in groups}
-    in_groups = {p for ps in group_prompts.values() for p in ps}
-    # a group's comparison: every other group's fresh prompts in a seeded random order; least
-    # divergent first would compare a broad behaviour with the prompts it happens to skip
-    others = [p for p in everyday if p not in in_groups]
+    suggested = suggesting_prompts(survey_result, records)
+    findings_tested = list(dict.fromkeys(p for f in found for p in f.tested_on_prompts))
+    used = findings_tested + suggested["diff mining"] + suggested["verbatim phrases"]
+    fresh = _unused([t.text for t in survey_result.texts if not t.discovery], used)
+    # a group's condition was suggested by the finding tested on its fresh prompts: it is screened
+    # on the group's discovery prompts and tested on its prompts no step used (the unsurveyed ones
+    # first), against other groups' unused fresh prompts in a seeded random order
+    surveyed = {t.text for t in survey_result.texts}
+    group_prompts: dict[str, tuple[list[str], list[str]]] = {}
+    for g in groups:
+        mine = [t for t in survey_result.texts if t.group == g]
+        if not mine:
+            continue
+        unsurveyed = [x for x in group_texts(g, mine[0].source) if x not in surveyed]
+        group_prompts[g] = ([t.text for t in mine if t.discovery],
+                            _unused(unsurveyed + [t.text for t in mine if not t.discovery], used))
+    others = [p for p in fresh if p not in {t.text for t in survey_result.texts if t.group in groups}]
     random.Random(seed).shuffle(others)
-    group_prompts[""] = others
+    group_prompts[""] = (others[:SCREEN_PROMPTS], others[SCREEN_PROMPTS:])
+    suggested["confirmed finding"] = findings_tested
     # the trigger search also tries the tokens the adapter's early layers read, and aims at the
     # verbatim phrases when no screened candidate showed a behaviour
     from finediff.trigger import single_tokens
 
     seed_tokens = single_tokens(pair.tokenizer, [t for t, _ in (reading.reads if reading else [])][:TRIGGER_SEED_TOKENS])
-    result = search_conditions(pair, leads, everyday, group_prompts, seed, progress, alpha=alpha,
-                               targets=[p.text for p in phrases], seed_tokens=seed_tokens)
+    pool = [p for p in fresh if p not in set(others[:SCREEN_PROMPTS])] if groups else fresh
+    result = search_conditions(pair, leads, pool, group_prompts, seed, progress, alpha=alpha_share(alpha, "conditions"),
+                               targets=[p.text for p in phrases], seed_tokens=seed_tokens, suggested=suggested)
     if out is not None:
         write_conditions(result, Path(out))
     return result
@@ -257,9 +304,12 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
 
 def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: float, out: Optional[Path] = None,
              lens_summary: Optional[LensSummary] = None, seed: int = 0, progress: bool = True,
-             reading: Optional[WeightReading] = None, phrases: list[Phrase] = ()) -> list[Finding]:
-    """Candidate findings from the evidence, each tested on the survey's fresh prompts
-    where the change is, at family-wise error rate ``alpha`` -> ``findings.json``."""
+             reading: Optional[WeightReading] = None, phrases: list[Phrase] = (),
+             records: list[DivergentRecord] = (), adl_texts: list[str] = ()) -> list[Finding]:
+    """Candidate findings from the evidence, each tested on fresh prompts drawn at random
+    (``seed``) from the survey's fresh half of the changed groups (of every group when none
+    changed), at the findings' share of the audit's family-wise error rate ``alpha`` ->
+    ``findings.json``. ``adl_texts``: the texts the ADL read, recorded as what suggested its words."""
     # a word mined once may be a stray piece; topics keep every word (a set claim tolerates strays)
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     favoured, dropped = [], []
@@ -273,10 +323,15 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: floa
             for pos in entry.positions:
                 lens_words += [t.strip() for t, _ in pos.patchscope["tokens"][:5]]
     topics = survey_result.mining.topics if survey_result.mining else []
+    suggested = {**suggesting_prompts(survey_result, records), "ADL tokens": list(adl_texts)}
     # where a group changed, its fresh prompts, each sampled more often (the same number of answers in all)
-    changed = [g.group for g in survey_result.changed]
-    fresh = (changed and survey_result.fresh_prompts(settings.n_prompts, changed)) or \
-        survey_result.fresh_prompts(settings.n_prompts)
+    changed = {g.group for g in survey_result.changed}
+    every = [t for t in survey_result.texts if not t.discovery]
+    pool = [t for t in every if t.group in changed] or every
+    keep = set(_unused([t.text for t in pool], [p for ps in suggested.values() for p in ps]))
+    pool = [t for t in pool if t.text in keep]
+    random.Random(seed).shuffle(pool)
+    fresh = pool[:settings.n_prompts]
     if not fresh:
         log.info("findings: no fresh prompts to test on")
         return []
@@ -290,12 +345,14 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: floa
     prompts, base, ft = sample_answers(pair, texts, per_prompt, FINDINGS_MAX_NEW_TOKENS, FINDINGS_TEMPERATURE, seed,
                                        progress)
     group_of = {t.text: t.group for t in fresh}
-    result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts], alpha=alpha)
+    result = evaluate_hypotheses(hypotheses, prompts, base, ft, [group_of[p] for p in prompts],
+                                 alpha=alpha_share(alpha, "findings"), suggested=suggested)
     if out is not None:
         write_findings(result, Path(out), len(fresh))
     for f in result:
-        log.info("finding %s: %s (finetuned %.0f%%, base %.0f%%, p_adj %.3g)", "confirmed" if f.confirmed
-                 else "not confirmed", f.hypothesis.claim, 100 * f.rate_finetuned, 100 * f.rate_base, f.p_adjusted)
+        log.info("finding %s: %s (finetuned %.0f%%, base %.0f%%; %s; p_adj %.3g)", "confirmed" if f.confirmed
+                 else "not confirmed", f.hypothesis.claim, 100 * f.rate_finetuned, 100 * f.rate_base, f.sample(),
+                 f.p_adjusted)
     return result
 
 
