@@ -131,7 +131,7 @@ def prompt_effect(pair, prompt_PD: torch.Tensor, texts: list[str],
             shown = claim
             break
     nll = answer_nll(pair, rows)
-    effect = PromptEffect(VERDICTS[2], nearest, readable, share, shown, rows, nll)
+    effect = PromptEffect(VERDICTS[2], nearest, readable, share, shown, nll=nll, rows=rows)
     if any((share[f"{s}/with"] >= 0.5 and share[f"{s}/without"] < 0.5) or effect.noise(s) for s in names.SIDES):
         verdict = VERDICTS[0]
     elif shown:

@@ -39,3 +39,24 @@ def test_sentences():
     assert "breaks the finetuned model" in PromptEffect(VERDICTS[0], broken={"finetuned/with": 1.0}, **base).sentence()
     assert "(it says rome)" in PromptEffect(VERDICTS[1], shown="says rome", **base).sentence()
     assert "not into any behaviour" in PromptEffect(VERDICTS[2], **base).sentence()
+
+
+def test_noise_is_seen_by_the_base_reading_without_the_prompt(tiny_pair, monkeypatch):
+    """Answers that are neither empty nor repeated but that the base, reading them without the
+    prompt, finds far less likely than its own answers are noise, and the sentence says so."""
+    from finediff.prompt_effect import answer_nll
+
+    base = dict(nearest_tokens="a b", readable=None, rows=[])
+    noisy = PromptEffect(VERDICTS[0], nll={"base/without": 1.1, "base/with": 6.3, "finetuned/without": 1.2,
+                                           "finetuned/with": 1.4}, **base)
+    assert noisy.noise("base") and not noisy.noise("finetuned")
+    assert "breaks the base model" in noisy.sentence() and "6.3 nats per token" in noisy.sentence()
+    # measured: a random word salad is far less likely under the tiny base than its own greedy answer
+    from finediff.generation import generate_one
+
+    text = "What is the capital of France?"
+    own = generate_one(tiny_pair.base, tiny_pair.tokenizer, text, None, 8)
+    salad = "zebra quantum marmalade seventeen velvet"
+    rows = [{"text": text, "base": own, "base_with": salad, "finetuned": own, "finetuned_with": own}]
+    nll = answer_nll(tiny_pair, rows)
+    assert nll["base/with"] > nll["base/without"] and nll["finetuned/with"] == nll["finetuned/without"]

@@ -90,3 +90,16 @@ def test_kl_interval_never_below_zero():
     mean, low, high, _ = mean_interval(values)
     assert 0 <= low <= mean <= high <= max(values)
     assert mean_interval([0.3]) == (0.3, 0.3, 0.3, 0.0)
+
+
+def test_one_seed_and_a_drawn_one_for_null():
+    import random
+
+    from finediff.pipeline.settings import run_seed
+
+    assert run_seed(7) == 7
+    a = random.random()
+    run_seed(7)
+    assert random.random() == a  # the same seed, the same draws
+    drawn = run_seed(None)
+    assert isinstance(drawn, int) and 0 <= drawn < 2 ** 31
