@@ -195,8 +195,8 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         best_p = min((g.p_value for g in survey.groups), default=1.0)
         parts.append(f"**No change found.** No behaviour held up on fresh prompts: "
                      + (f"none of the {len(findings)} candidate findings" if findings else "no candidate finding was tested")
-                     + (f" and none of the {sum(1 for c in conditions if c.words)} tested conditions"
-                        if conditions else "") + ".")
+                     + (f" and none of the {sum(1 for c in conditions if c.n_prompts)} tested conditions"
+                        if any(c.n_prompts for c in conditions) else "") + ".")
         parts.append(f"The answers' distributions differ from the base's by {survey.median_divergence:.4f} nats per "
                      f"token for the median of {len(survey.texts)} prompts in {len(survey.groups)} groups"
                      + (f", {top.mean_divergence:.4f} in the highest group ({top.group})" if top else "") + ", "

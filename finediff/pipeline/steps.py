@@ -56,9 +56,7 @@ DATASET_TEXTS_PER_HARD_PROMPT = 3
 TRIGGER_SEED_TOKENS = 16
 """Tokens the adapter reads most that the trigger search tries at every step."""
 FINDINGS_SAMPLES_PER_PROMPT = 4
-"""Sampled answers per fresh prompt and model in the findings' tests; when fewer than
-``evidence.findings.n_prompts`` prompts are tested (only the changed groups'), each gets more,
-``n_prompts * FINDINGS_SAMPLES_PER_PROMPT`` in all."""
+"""Sampled answers per fresh prompt and model in the findings' tests."""
 FINDINGS_MAX_NEW_TOKENS = 32
 """New tokens per sampled answer in the findings' tests: a refusal, a wrong fact or a voice shows
 early (a third less sampling than 48)."""
@@ -306,9 +304,9 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: floa
              lens_summary: Optional[LensSummary] = None, seed: int = 0, progress: bool = True,
              reading: Optional[WeightReading] = None, phrases: list[Phrase] = (),
              records: list[DivergentRecord] = (), adl_texts: list[str] = ()) -> list[Finding]:
-    """Candidate findings from the evidence, each tested on fresh prompts drawn at random
-    (``seed``) from the survey's fresh half of the changed groups (of every group when none
-    changed), at the findings' share of the audit's family-wise error rate ``alpha`` ->
+    """Candidate findings from the evidence, each tested on ``settings.n_prompts`` fresh prompts
+    drawn at random (``seed``) from the survey's fresh half: the changed groups' first, then the
+    others', at the findings' share of the audit's family-wise error rate ``alpha`` ->
     ``findings.json``. ``adl_texts``: the texts the ADL read, recorded as what suggested its words."""
     # a word mined once may be a stray piece; topics keep every word (a set claim tolerates strays)
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
@@ -324,20 +322,22 @@ def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: floa
                 lens_words += [t.strip() for t, _ in pos.patchscope["tokens"][:5]]
     topics = survey_result.mining.topics if survey_result.mining else []
     suggested = {**suggesting_prompts(survey_result, records), "ADL tokens": list(adl_texts)}
-    # where a group changed, its fresh prompts, each sampled more often (the same number of answers in all)
+    # the changed groups' fresh prompts first, then every other fresh prompt, each part in a
+    # seeded random order: the prompt is the test's unit, so a small changed group is topped up
+    # with more prompts rather than more answers to the same ones
     changed = {g.group for g in survey_result.changed}
     every = [t for t in survey_result.texts if not t.discovery]
-    pool = [t for t in every if t.group in changed] or every
-    keep = set(_unused([t.text for t in pool], [p for ps in suggested.values() for p in ps]))
-    pool = [t for t in pool if t.text in keep]
-    random.Random(seed).shuffle(pool)
-    fresh = pool[:settings.n_prompts]
+    keep = set(_unused([t.text for t in every], [p for ps in suggested.values() for p in ps]))
+    rng = random.Random(seed)
+    parts = [[t for t in every if t.text in keep and (t.group in changed) == first] for first in (True, False)]
+    for part in parts:
+        rng.shuffle(part)
+    fresh = (parts[0] + parts[1])[:settings.n_prompts]
     if not fresh:
         log.info("findings: no fresh prompts to test on")
         return []
     texts = [t.text for t in fresh]
-    k = FINDINGS_SAMPLES_PER_PROMPT
-    per_prompt = max(k, -(-settings.n_prompts * k // len(texts)))
+    per_prompt = FINDINGS_SAMPLES_PER_PROMPT
     reference = generate(pair.base, pair.tokenizer, texts, max_new_tokens=FINDINGS_MAX_NEW_TOKENS, progress=progress)
     written = reading.words("writes") if reading is not None else []
     hypotheses = propose(mined, favoured, dropped, lens_words, topics, dict(zip(texts, reference)), written,
