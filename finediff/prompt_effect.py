@@ -7,11 +7,12 @@ without it, then says which of three things happened:
 
 * **breaks a model**: at least half of one model's answers with the prompt are broken
   (empty, or fewer than :data:`MIN_DISTINCT` distinct tokens per token) while without it they
-  are not, or its answers with the prompt are noise: the base, reading them *without* the
-  prompt, finds them at least :data:`NOISE_GAP` nats per token less likely than that model's
+  are not, or its answers with the prompt are noise: the same model, reading them *without*
+  the prompt, finds them at least :data:`NOISE_GAP` nats per token less likely than its own
   answers without it (a prompt that turns the base into «Fólunda (Torsotta) Nórflókja…» is
-  caught here, though its answers are neither empty nor repeated); not evidence of anything
-  the finetune learned;
+  caught here, though its answers are neither empty nor repeated; each model is its own judge,
+  so a finetuned behaviour the base finds unlikely is not taken for noise); not evidence of
+  anything the finetune learned;
 * **shows a confirmed behaviour**: a confirmed finding's or condition's detector fires on
   more of the finetuned model's answers with the prompt than without it, and on more of
   them than of the base's with it;
@@ -44,8 +45,8 @@ MIN_DISTINCT = 0.3
 N_TEXTS = 4
 """Held-out texts both models answer with and without the prompt."""
 NOISE_GAP = 2.0
-"""Nats per token by which the base finds a model's answers with the prompt less likely than
-its answers without it (both read without the prompt), for them to count as noise."""
+"""Nats per token by which a model finds its answers with the prompt less likely than its
+answers without it (both read without the prompt), for them to count as noise."""
 
 
 @dataclass
@@ -61,20 +62,21 @@ class PromptEffect:
     shown: Optional[str] = None
     """The confirmed claim the prompt brings out, when it does."""
     nll: dict = field(default_factory=dict)
-    """Per ``{side}/{with|without}``: the base's mean negative log-likelihood per token of that
-    side's answers, read without the prompt (how far from language the prompt moved them)."""
+    """Per ``{side}/{with|without}``: that side's model's mean negative log-likelihood per token
+    of its answers, read without the prompt (how far from its own language the prompt moved them)."""
     rows: list = field(default_factory=list)
     """``{"text", "base", "base_with", "finetuned", "finetuned_with"}`` per text."""
 
     def noise(self, side: str) -> bool:
-        """The base finds ``side``'s answers with the prompt far less likely than without it."""
+        """``side``'s model finds its answers with the prompt far less likely than without it."""
         return self.nll.get(f"{side}/with", 0.0) - self.nll.get(f"{side}/without", 0.0) >= NOISE_GAP
 
     def sentence(self) -> str:
         if self.verdict == VERDICTS[0]:
             sides = [s for s in ("finetuned", "base") if self.broken.get(f"{s}/with", 0) >= 0.5 or self.noise(s)]
             how = "; ".join(f"the {s} model's answers with it are {self.nll.get(s + '/with', 0):.1f} nats per token "
-                            f"under the base read without it, against {self.nll.get(s + '/without', 0):.1f} without it"
+                            f"to itself read without it, against {self.nll.get(s + '/without', 0):.1f} for its answers "
+                            "without it"
                             for s in sides if self.noise(s))
             return (f"The learned soft prompt breaks the {' and the '.join(sides)} model (empty, repeated or noise "
                     f"answers with it{': ' + how if how else ''}), so its divergence is not evidence of what the "
@@ -143,7 +145,7 @@ def prompt_effect(pair, prompt_PD: torch.Tensor, texts: list[str],
 
 
 def answer_nll(pair, rows: list[dict]) -> dict[str, float]:
-    """Per ``{side}/{with|without}``: the base model's mean negative log-likelihood per token of
+    """Per ``{side}/{with|without}``: that side's model's mean negative log-likelihood per token of
     those answers, teacher-forced after the plain text (no soft prompt)."""
     from finediff.divergent_dataset import teacher_forced
 
@@ -153,8 +155,8 @@ def answer_nll(pair, rows: list[dict]) -> dict[str, float]:
             ids = [pair.tokenizer(r[side + suffix], add_special_tokens=False)["input_ids"] for r in rows]
             keep = [(r["text"], i) for r, i in zip(rows, ids) if i]
             total, count = 0.0, 0
-            for (_, lb), (_, i) in zip(teacher_forced(pair, [t for t, _ in keep], [i for _, i in keep]), keep):
-                logp = torch.log_softmax(lb.float(), -1)
+            for logits, (_, i) in zip(teacher_forced(pair, [t for t, _ in keep], [i for _, i in keep]), keep):
+                logp = torch.log_softmax(logits[0 if side == "finetuned" else 1].float(), -1)
                 total -= float(logp[torch.arange(len(i)), torch.tensor(i, device=logp.device)].sum())
                 count += len(i)
             out[f"{side}/{key}"] = round(total / count, 4) if count else 0.0

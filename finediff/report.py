@@ -104,8 +104,8 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
                       + (f"its most readable derived hard prompt that beats the texts alone: `{_cell(effect.readable, 120)}`."
                          if effect.readable else "no derived hard prompt beat the texts alone.")]
             if effect.nll:
-                lines.append("How likely the base finds each model's answers, read without the prompt (nats per token; "
-                             "noise when the answers with the prompt score far above those without): "
+                lines.append("How likely each model finds its own answers, read without the prompt (negative log-"
+                             "likelihood, nats per token; noise when those with the prompt score far above those without): "
                              + "; ".join(f"{side} {effect.nll.get(side + '/without', 0):.2f} without it, "
                                          f"{effect.nll.get(side + '/with', 0):.2f} with it"
                                          + (" (noise)" if effect.noise(side) else "")

@@ -42,8 +42,8 @@ def test_sentences():
 
 
 def test_noise_is_seen_by_the_base_reading_without_the_prompt(tiny_pair, monkeypatch):
-    """Answers that are neither empty nor repeated but that the base, reading them without the
-    prompt, finds far less likely than its own answers are noise, and the sentence says so."""
+    """Answers that are neither empty nor repeated but that their own model, reading them without
+    the prompt, finds far less likely than its answers without it are noise, and the sentence says so."""
     from finediff.prompt_effect import answer_nll
 
     base = dict(nearest_tokens="a b", readable=None, rows=[])
