@@ -62,6 +62,7 @@ def row(name: str, run: Path) -> str:
     from finediff.claims import audit_claims
     from finediff.io import read_json
     from finediff.summary import read_verdict
+    from finediff.survey import read_survey
 
     claims = audit_claims(run)
     behaviours = [c for c in claims if c.behaviour]
@@ -73,7 +74,8 @@ def row(name: str, run: Path) -> str:
     secs = metrics.get(names.RUN_TIME)
     took = f"{secs // 60:.0f} min {secs % 60:.0f} s" if secs else "-"
     shown = "; ".join(c.text for c in confirmed) or "none"
-    return (f"| {name} | {NULLS[name][0]} | {len(confirmed)} of {len(behaviours)} ({shown}) | "
+    median = read_survey(run).median_divergence
+    return (f"| {name} | {NULLS[name][0]} | {median:.3f} | {len(confirmed)} of {len(behaviours)} ({shown}) | "
             f"{', '.join(groups) or 'none'} | {first} | {took} |")
 
 
@@ -91,9 +93,9 @@ def main() -> None:
             print(f"{name}: built in {build(name, args.folder):.0f} s", flush=True)
         if not args.build_only and not (args.folder / "runs" / name / names.REPORT_MD).is_file():
             audit(name, args.folder)
-    print("| no-op finetune | what it is | confirmed behaviour claims (of those tested) | groups where the divergence "
-          "concentrates | first sentence of the first screen | audit time |")
-    print("|---|---|---|---|---|---|")
+    print("| no-op finetune | what it is | median divergence (nats per token) | confirmed behaviour claims (of those "
+          "tested) | groups where the divergence concentrates | first sentence of the first screen | audit time |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.only:
         run = args.folder / "runs" / name
         if (run / names.REPORT_MD).is_file():
