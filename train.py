@@ -126,6 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     check_run_inputs(cfg)
     seed = run_seed(cfg.get("seed"))
+    L.seed_everything(seed, workers=True, verbose=False)  # the same seed, for the dataloader workers too
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = hydra.utils.instantiate(cfg.data, seed=seed)

@@ -248,13 +248,14 @@ class RunTexts:
 def run_seed(seed: Optional[int]) -> int:
     """The one seed every random draw of a run starts from: the run's ``seed``, or, for
     ``seed=null``, one drawn from the operating system's entropy (logged and kept with the run's
-    metrics, so an unseeded run can still be repeated). Seeds Python, NumPy and torch through
-    Lightning's ``seed_everything``."""
-    import lightning as L
+    metrics, so an unseeded run can still be repeated). Seeds Python, NumPy and torch
+    (``transformers.set_seed``); ``train.py`` also hands it to Lightning for its workers."""
+    from transformers import set_seed
 
     if seed is None:
         import numpy as np
 
         seed = int(np.random.SeedSequence().entropy % (2 ** 31))
         logging.getLogger(__name__).info("seed=null: this run draws seed %d", seed)
-    return int(L.seed_everything(int(seed), workers=True, verbose=False))
+    set_seed(int(seed))
+    return int(seed)
