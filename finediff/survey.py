@@ -156,11 +156,6 @@ class Survey:
             val = [train.pop()]
         return train, val
 
-    def fresh_prompts(self, n: int, groups: Optional[list[str]] = None) -> list[SurveyText]:
-        """The ``n`` most divergent fresh texts (never looked at by discovery: no hypothesis
-        came from them), of ``groups`` if given, highest divergence first."""
-        return [t for t in self.ranked(False) if groups is None or t.group in groups][:n]
-
 
 def probe_texts(path: Path = PROBES) -> dict[str, list[str]]:
     """The probe set's texts by domain, in file order."""
