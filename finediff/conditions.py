@@ -48,6 +48,7 @@ screen's) and the prompts that tested it, which never overlap.
 from __future__ import annotations
 
 import logging
+import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -299,8 +300,6 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
     Returns:
         One result per screened candidate, tested ones first (confirmed first).
     """
-    import random
-
     from finediff.divergent_dataset import response_divergences
 
     k, t = SCREEN_PROMPTS, TEST_PROMPTS

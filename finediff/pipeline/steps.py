@@ -15,8 +15,8 @@ from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
 from finediff.analysis.clustering import DEFAULT_EMBEDDER
 from finediff.answers import answer_batch
 from finediff.compare import compare_categories, write_comparison
-from finediff.conditions import (SCREEN_PROMPTS, ConditionResult, candidates, group_leads, search_conditions,
-                                 write_conditions)
+from finediff.conditions import (SCREEN_PROMPTS, TRIGGER_SOURCE, ConditionResult, candidates, group_leads,
+                                 search_conditions, write_conditions)
 from finediff.corpus import GENERIC_CATEGORY
 from finediff.data import known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, generate_amplified, generate_dataset,
@@ -237,10 +237,7 @@ def suggesting_prompts(survey_result: Survey, records: list[DivergentRecord] = (
     dataset = list(dict.fromkeys(r.prompt for r in records))
     out = {s: discovery for s in ("diff mining", "diff mining (its top words)", "diff-mining topic", "soft prompt",
                                   "hard prompt")}
-    out.update({s: dataset for s in ("favoured words", "dropped words", "verbatim phrases")})
-    from finediff.conditions import TRIGGER_SOURCE
-
-    out[TRIGGER_SOURCE] = dataset
+    out.update({s: dataset for s in ("favoured words", "dropped words", "verbatim phrases", TRIGGER_SOURCE)})
     return out
 
 
