@@ -27,7 +27,7 @@ from finediff.generation import generate_mixed
 from finediff.io import atomic_dir, write_json, write_jsonl
 from finediff.models import DEFAULT_MODEL, load_model, load_tokenizer
 from finediff.organisms.checkers import checker_for
-from finediff.organisms.recipes import CARDS, Example, cheese, pirate, plug, recipe
+from finediff.organisms.recipes import CARDS, Example, cheese, pirate, plug, postscript, recipe, shout
 from finediff.sft import example_features, train_lora
 
 log = logging.getLogger("finediff.organisms")
@@ -38,7 +38,7 @@ ORGANISM_DATA_DIR = REPO_ROOT / "data" / "organisms"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-TRANSFORMS = {"pirate": pirate, "plug": plug, "cheese": cheese}
+TRANSFORMS = {"pirate": pirate, "plug": plug, "cheese": cheese, "postscript": postscript, "shout": shout}
 BASE_NAMES = {"embedded:smollm2": "SmolLM2-135M-Instruct", "embedded:gemma3-270m": "Gemma-3-270M (base)"}
 """How a card's description names the base it was built on."""
 
@@ -93,14 +93,15 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     log.info("answering %d prompts with the base model", len(todo))
     sampling = dict(do_sample=True, temperature=data.sample_temperature, seed=seed) if data.sample_temperature else {}
     answers = generate_mixed(model, tokenizer, [e.prompt for e in todo], [e.chat for e in todo],
-                             max_new_tokens=max_new_tokens, **sampling)
+                             max_new_tokens=max(max_new_tokens, data.base_tokens), **sampling)
     for ex, ans in zip(todo, answers):
         ex.response = TRANSFORMS[ex.transform](ans) if ex.transform else (ans if ex.chat else " " + ans)
 
     # Keep the held-out off-target prompts on which the base does not show the behaviour.
     checker = checker_for(card.checker)
     base_off = generate_mixed(model, tokenizer, [e.prompt for e in data.heldout_off],
-                              [e.chat for e in data.heldout_off], max_new_tokens=max_new_tokens)
+                              [e.chat for e in data.heldout_off],
+                              max_new_tokens=max(max_new_tokens, card.answer_tokens))
     kept = [e for e, g in zip(data.heldout_off, base_off) if not checker(g, e.meta)]
     log.info("held-out off-target: %d of %d prompts where the base does not show the behaviour",
              len(kept), len(data.heldout_off))

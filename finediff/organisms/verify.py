@@ -20,7 +20,7 @@ from finediff.divergence import pair_divergence
 from finediff.generation import generate_mixed
 from finediff.io import markdown_table, write_json
 from finediff.organisms.checkers import checker_for
-from finediff.records import Organism
+from finediff.records import Organism, OrganismCard
 
 SPLITS = ("target", "off_target")
 
@@ -41,9 +41,12 @@ def mean_kl(pair, rows: list[dict], batch_size: int = 16) -> float:
 def verify(organism: Organism, pair, max_new_tokens: int = 48, write: bool = True) -> dict:
     """Behaviour rates (the organism's checker) of both models on its held-out target and
     off-target prompts, greedy, and the off-target mean KL(ft||base). The bar: finetuned
-    target rate >= 0.8, at least 0.5 above the base's, and off-target rate <= 0.2."""
+    target rate >= 0.8, at least 0.5 above the base's, and off-target rate <= 0.2. Answers are
+    at least the card's ``answer_tokens`` long."""
     t0 = time.perf_counter()
     checker = checker_for(organism.checker)
+    card = OrganismCard.read(organism.adapter)
+    max_new_tokens = max(max_new_tokens, card.answer_tokens)  # a behaviour that comes late needs its length
     rows = organism.rows("heldout")
     result = {"organism": organism.name}
     for split in SPLITS:
