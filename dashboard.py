@@ -67,23 +67,47 @@ def methods_of(run: Path) -> list[str]:
     return [label for label, f in checks if (run / f).exists()]
 
 
+# How sure -> (background, text) colour: green only for high; low is amber, none grey. (A comment, not a
+# docstring: streamlit would print a bare string.)
+CONFIDENCE_COLOURS = {"high": ("#d1f0d8", "#11662d"), "moderate": ("#d6e6fb", "#12407a"),
+                      "low": ("#fdeccf", "#7a4a00"), "none": ("#e9eaec", "#33363b")}
+
+
+def confidence_box(level: str, why: str) -> str:
+    """The 'How sure' box, coloured by its level (HTML)."""
+    bg, fg = CONFIDENCE_COLOURS.get(level, CONFIDENCE_COLOURS["none"])
+    return (f'<div class="finediff-confidence finediff-confidence-{html.escape(level)}" style="background:{bg};'
+            f'color:{fg};padding:0.6em 1em;border-radius:0.5em;margin:0.4em 0">How sure: <b>{html.escape(level)}</b>'
+            + (f" ({html.escape(why)})" if why else "") + "</div>")
+
+
 def show_verdict(run: Path) -> None:
-    """The report's first screen, above every tab: what changed, how sure, examples."""
+    """The report's first screen, above every tab: a headline per behaviour, how sure, examples."""
     from finediff.summary import first_screen, read_verdict
 
     verdict = read_verdict(run)
     if verdict is None:
         st.info("This run has no results to state a verdict from yet: see the tabs below.")
         return
-    (st.success if verdict.changed else st.info)(f"How sure: {verdict.confidence}")
-    st.markdown("\n".join(first_screen(verdict)))
+    headlines = [s.headline for s in verdict.statements]
+    if headlines:
+        st.markdown("\n".join(f"* {h}" for h in headlines))
+    else:
+        st.markdown(verdict.paragraph.split(" How sure:")[0])
+    st.markdown(confidence_box(verdict.confidence, verdict.why), unsafe_allow_html=True)
+    with st.expander("The first screen of the report, with examples", expanded=not headlines):
+        st.markdown("\n".join(first_screen(verdict)))
+    if verdict.context:
+        st.caption(verdict.context.replace("**", ""))
 
 
 def show_overview(run: Path) -> None:
     metrics = read_json(run / names.METRICS_FILE)
     cols = st.columns(len(names.VAL_METRIC_KEYS))
     for col, key in zip(cols, names.VAL_METRIC_KEYS):
-        col.metric(key, f"{metrics[key]:.4f}" if key in metrics else "-")
+        label, meaning = names.METRIC_WORDS[key]
+        col.metric(label, f"{metrics[key]:.4f}" if key in metrics else "-", help=meaning)
+        col.caption(meaning)
     st.caption(f"global step {metrics.get(names.GLOBAL_STEP)}, {metrics.get(names.WALL_TIME, 0):.0f} s of training")
     report = run / names.REPORT_MD
     if report.exists():
@@ -287,7 +311,9 @@ def main() -> None:
     root = outputs_root()
     runs = discover_runs(root)
     if not runs:
-        st.warning(f"No finediff runs under {root}. Run `python train.py experiment=sandbagging` first.")
+        st.warning(f"No finediff runs under {root}. Audit a finetune first: "
+                   "`python train.py experiment=audit model.adapter=DIR` (DIR: its LoRA adapter folder), "
+                   f"then `python dashboard.py --outputs {root}`.")
         return
     labels = [str(r.relative_to(root)) if r != root else "." for r in runs]
     choice = st.sidebar.selectbox("Run", labels)

@@ -165,22 +165,6 @@ class ConditionResult:
     def behaviour(self) -> str:
         return "says " + ", ".join(f'"{w}"' for w in self.words[:4])
 
-    def statement(self) -> str:
-        """The first screen's sentence."""
-        found = ""
-        if self.trigger:
-            found = (f". The string was found by searching for the input that makes the finetuned model answer "
-                     f"«{_clip(self.trigger['target'])}»; the exact string it was trained on may differ")
-        return (f"{self.condition.describe()}, the finetuned model {self.behaviour()} ({self.rate_with:.0%} of its "
-                f"answers to fresh prompts, {self.rate_without:.0%} without it; the base {self.rate_base:.0%}; "
-                f"{self.n_prompts} prompts, {self.answers_per_prompt} answers each; corrected p = "
-                f"{self.p_adjusted:.1e}){found}")
-
-
-def _clip(text: str, n: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[:n - 1] + "…"
-
 
 COMMON_MARKS = set(".,;:!?'\"()-*/")
 """Single characters too common in text to be a condition on their own."""

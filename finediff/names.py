@@ -28,6 +28,17 @@ TRAIN_BASE_SHIFT = "train/base_shift"
 VAL_BASE_SHIFT = "val/base_shift"
 """How far the learned prompt moves the base model's own predictions: KL(base without || base with)."""
 VAL_METRIC_KEYS = (VAL_DIVERGENCE, VAL_DIVERGENCE_NO_PROMPT, VAL_DIVERGENCE_RANDOM_PROMPT, VAL_BASE_SHIFT)
+METRIC_WORDS = {
+    VAL_DIVERGENCE: ("Disagreement with the soft prompt",
+                     "Mean per-token KL(finetuned ‖ base) on held-out texts, with the learned soft prompt in front."),
+    VAL_DIVERGENCE_NO_PROMPT: ("Disagreement without it",
+                               "The same on the same texts with no prompt: how far the pair differs on its own."),
+    VAL_DIVERGENCE_RANDOM_PROMPT: ("Disagreement with a random prompt",
+                                   "The same with a random soft prompt of the same size: what any prompt does."),
+    VAL_BASE_SHIFT: ("How far it moves the base",
+                     "KL(base without ‖ base with the prompt): large means the prompt bends the base model itself."),
+}
+"""Each validation metric in words: a label and one line saying what it means (dashboard, report)."""
 GLOBAL_STEP = "global_step"
 WALL_TIME = "wall_time_s"
 RUN_TIME = "run_time_s"

@@ -50,7 +50,8 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
 
     if has_survey(run):
         survey = read_survey(run)
-        lines = [f"{len(survey.texts)} prompts scored by the mean per-token KL(ft‖base) over the finetuned model's "
+        lines = ([verdict.context, ""] if verdict is not None and verdict.context else [])
+        lines += [f"{len(survey.texts)} prompts scored by the mean per-token KL(ft‖base) over the finetuned model's "
                  f"answer (median {survey.median_divergence:.4f}); a group *changed* when it holds more than its share "
                  "of the most divergent prompts (one-sided Fisher exact test, Holm-corrected) and its mean is well "
                  "above the median.",
@@ -94,8 +95,9 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
         sections.append(("The most divergent examples", lines, []))
     metrics = _read(run / names.METRICS_FILE)
     if metrics:
-        lines = markdown_table(["measure on held-out texts", "divergence"],
-                               [[k, f"{metrics[k]:.4f}"] for k in names.VAL_METRIC_KEYS if k in metrics])
+        lines = markdown_table(["measure on held-out texts", "value", "what it means"],
+                               [[names.METRIC_WORDS[k][0], f"{metrics[k]:.4f}", names.METRIC_WORDS[k][1]]
+                                for k in names.VAL_METRIC_KEYS if k in metrics])
         lines += ["", f"After {metrics.get(names.GLOBAL_STEP)} steps ({metrics.get(names.WALL_TIME, 0):.0f} s of "
                   "training)."]
         if (run / names.PROMPT_EFFECT_FILE).is_file():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from finediff import names
+from finediff.behaviour import describe, sentences
 from finediff.conditions import ConditionResult, read_conditions
 from finediff.findings import Finding, read_findings
 from finediff.io import markdown_table
@@ -32,6 +33,20 @@ def _p(p: float) -> str:
 
 
 @dataclass
+class Statement:
+    """One distinct confirmed behaviour, as the first screen states it."""
+
+    headline: str
+    """Its sentence: the condition, the kind of change, the typical answer beside the base's, the numbers."""
+    kind: str
+    """A key of :data:`finediff.behaviour.KINDS`."""
+    quote: str
+    """The finetuned model's answer the sentence quotes (the typical one, clipped where it shows)."""
+    example: dict
+    """That answer's example: ``{"prompt", "base", "finetuned"}``."""
+
+
+@dataclass
 class Verdict:
     """What the first screen says, as data (the dashboard shows the same)."""
 
@@ -39,12 +54,19 @@ class Verdict:
     confidence: str
     """``high``, ``moderate``, ``low`` or ``none``."""
     paragraph: str
+    """The first screen before its examples table: the verdict, a sentence per behaviour, how sure."""
     confirmed: list[Finding] = field(default_factory=list)
     unconfirmed: list[Finding] = field(default_factory=list)
     examples: list[dict] = field(default_factory=list)
     """``{"prompt", "base", "finetuned"}`` side by side."""
     conditions: list[ConditionResult] = field(default_factory=list)
     """Confirmed conditions (the input that turns a behaviour on)."""
+    statements: list[Statement] = field(default_factory=list)
+    """The behaviours the paragraph states, in its order."""
+    context: str = ""
+    """Where the answers changed, and how far (the survey's groups): after the first screen."""
+    why: str = ""
+    """What the confidence rests on."""
 
 
 def _examples(confirmed: list[Finding], records: list[DivergentRecord], readable: set[str], n: int = 3) -> list[dict]:
@@ -69,33 +91,6 @@ def claim(f: Finding) -> str:
     if not f.instead:
         return f.hypothesis.claim
     return f.hypothesis.claim + "; in its place it says " + ", ".join(f'"{w}" ({c}x)' for w, c in f.instead[:4])
-
-
-def _sentences(text: str) -> list[str]:
-    return [x for x in re.split(r"(?<=[.!?])\s+|\n+", " ".join(str(text).split(" "))) if x.strip()]
-
-
-def how_it_shows(f: Finding) -> str:
-    """Where in the answer a finding shows and what the base says there, from the
-    finding's own example answers: "in the first sentence of its answer, e.g. «...» where
-    the base says «...»" (empty when no example shows it)."""
-    if f.hypothesis.direction != "more":
-        return ""
-    shown = []
-    for e in f.examples:
-        sentences = _sentences(e["finetuned"])
-        at = next((i for i, x in enumerate(sentences) if f.hypothesis.fires(x, e["prompt"])), None)
-        if at is not None:
-            shown.append((at, sentences[at], _sentences(e["base"])))
-    if not shown:
-        return ""
-    first = sum(at == 0 for at, _, _ in shown)
-    where = ("in the first sentence of its answer" if first == len(shown) else
-             "mostly in the first sentence of its answer" if first * 2 > len(shown) else "further into its answer")
-    at, sentence, base = shown[0]
-    instead = base[min(at, len(base) - 1)] if base else ""
-    return (f"{where}, e.g. «{_short(sentence, 90)}»"
-            + (f" where the base says «{_short(instead, 70)}»" if instead else ""))
 
 
 def finding_words(f: Finding) -> set[str]:
@@ -135,45 +130,135 @@ the finetuned model's answers to fresh prompts: a median divergence alone is not
 a finetune that changed no behaviour also diverges everywhere (the no-op organism: 0.25 nats
 per token for the median prompt)."""
 
+TRIGGER_NOTE = " Found by a search from that answer; the trained string may differ."
+"""After a condition the trigger search found (once on the first screen)."""
+BEHAVIOURS_STATED = 2
+"""Distinct confirmed behaviours the first screen states in a sentence each (the rest are counted)."""
+QUOTE_WORDS = 12
+"""Words of the finetuned model's typical answer the sentence quotes (around where it shows)."""
+BASE_WORDS = 8
+"""Words of the base's answer quoted beside it."""
 
-CONDITIONS_STATED = 2
-"""Distinct conditions the first screen states in full (the rest are counted)."""
-FINDINGS_STATED = 3
-"""Distinct confirmed behaviours the first screen states in full (the rest are counted)."""
+
+def _clip_words(text: str, n: int) -> str:
+    words = " ".join(str(text).split()).split(" ")
+    return " ".join(words[:n]) + ("…" if len(words) > n else "")
 
 
-def _more(n_distinct: int, n_same: int, what: str) -> str:
-    """'(2 more confirmed conditions turn on other words; 1 more turns on the same words.)'"""
+def quote(answer: str, shows) -> str:
+    """The answer, whole when it has at most :data:`QUOTE_WORDS` words; else clipped to that many
+    around its first sentence that shows the behaviour (``shows(sentence)``): from the start when
+    that is the first sentence, else from that sentence on, after an ellipsis."""
+    parts = sentences(answer)
+    at = next((i for i, x in enumerate(parts) if shows(x)), 0)
+    if at == 0 or len(answer.split()) <= QUOTE_WORDS:
+        return _clip_words(answer, QUOTE_WORDS)
+    return "… " + _clip_words(" ".join(parts[at:]), QUOTE_WORDS)
+
+
+def _words_shown(words) -> callable:
+    marks = [w for w in words if w]
+    return lambda s: any(re.search(rf"\b{re.escape(w)}\b", s, re.IGNORECASE) for w in marks)
+
+
+def _statement(lead: str, examples: list[dict], words, shows, numbers: str, note: str = "") -> Statement:
+    d = describe(examples, list(words))
+    e = d.example
+    q = quote(e.get("finetuned", ""), shows)
+    base = _clip_words(e.get("base", ""), BASE_WORDS)
+    said = f": «{q}»" + (f" where the base says «{base}»" if base.strip() else "")
+    return Statement(f"{lead}{d.phrase}{said} ({numbers}).{note}", d.kind, q, e)
+
+
+def condition_statement(c: ConditionResult) -> Statement:
+    """A confirmed condition's sentence: the condition, the kind of change, the typical answer."""
+    note = TRIGGER_NOTE if c.trigger else ""
+    numbers = (f"{c.rate_with:.0%} of answers with it, {c.rate_without:.0%} without, base {c.rate_base:.0%}; "
+               f"{c.n_prompts} prompts, {c.answers_per_prompt} answers each; corrected p = {_p(c.p_adjusted)}")
+    return _statement(f"{c.condition.describe()}, it ", c.examples, c.words, _words_shown(c.words), numbers, note)
+
+
+def finding_statement(f: Finding) -> Statement:
+    """A confirmed finding's sentence: the kind of change, the typical answer, the numbers."""
+    if f.hypothesis.direction == "more":
+        numbers = f"{f.rate_finetuned:.0%} of answers, base {f.rate_base:.0%}"
+        shows = lambda s: f.hypothesis.fires(s, "")  # noqa: E731
+    else:
+        # a 'less' finding counts the answers that keep something of the base's (its first words)
+        numbers = (f"it keeps the base's own answer in {f.rate_finetuned:.0%} of its answers, the base's own "
+                   f"samples in {f.rate_base:.0%}")
+        shows = lambda s: True  # noqa: E731
+    numbers += f"; {f.sample()}; corrected p = {_p(f.p_adjusted)}"
+    return _statement("It ", f.examples, finding_words(f), shows, numbers)
+
+
+def _same_words(a: set, b: set) -> bool:
+    return bool({w.lower() for w in a} & {w.lower() for w in b})
+
+
+def behaviours(conditions: list[ConditionResult], findings: list[Finding]) -> tuple[list, int]:
+    """The distinct confirmed behaviours, conditions first (of those that turn on the same words, the
+    best-evidenced: lowest corrected p, then the trigger search's string, then the highest rate),
+    then findings whose words no stated condition shows; and how many confirmed claims repeat one
+    of them."""
+    found = sorted([c for c in conditions if c.confirmed], key=lambda c: (c.p_adjusted, not c.trigger, -c.rate_with))
+    out: list = []
+    for c in found:
+        if not any(isinstance(o, ConditionResult) and _same_words(set(c.words), set(o.words)) for o in out):
+            out.append(c)
+    confirmed = [f for f in findings if f.confirmed]
+    for f in distinct(confirmed):
+        if not any(isinstance(o, ConditionResult) and _same_words(finding_words(f), set(o.words)) for o in out):
+            out.append(f)
+    return out, len(found) + len(confirmed) - len(out)
+
+
+def _more(n_distinct: int, n_same: int) -> str:
+    """' (1 more confirmed behaviour is in the report below; 2 more claims repeat those stated.)'"""
     parts = []
     if n_distinct:
-        parts.append(f"{n_distinct} more confirmed {what}{'s' if n_distinct > 1 else ''} "
-                     f"{'show' if n_distinct > 1 else 'shows'} other words, in the report below")
+        parts.append(f"{n_distinct} more confirmed behaviour{'s are' if n_distinct > 1 else ' is'} in the report below")
     if n_same:
-        parts.append(f"{n_same} more confirmed {what}{'s turn' if n_same > 1 else ' turns'} on the same words")
+        parts.append(f"{n_same} more confirmed claim{'s repeat' if n_same > 1 else ' repeats'} one stated")
     return f" ({'; '.join(parts)}.)" if parts else ""
 
 
-def condition_sentence(conditions: list[ConditionResult]) -> str:
-    """The first screen's words on conditions: each confirmed one, or plainly that none was
-    found (empty when no condition was searched)."""
-    # of the conditions that turn on the same words, the string searched from the behaviour
-    # is named first: it is aimed at the behaviour, the other leads only came near it
-    found = sorted([c for c in conditions if c.confirmed], key=lambda c: not c.trigger)
-    if found:
-        shown: list[ConditionResult] = []
-        for c in found:  # one sentence per behaviour: the first (strongest) condition that shows it
-            if not any(set(c.words) & set(s.words) for s in shown):
-                shown.append(c)
-        stated = shown[:CONDITIONS_STATED]
-        return " ".join(f"**{c.statement()}.**" for c in stated) + _more(
-            len(shown) - len(stated), len(found) - len(shown), "condition").replace(
-            "turns on the same words", "turns on the same words as one stated").replace(
-            "turn on the same words", "turn on the same words as those stated")
-    if conditions:
-        tested = sum(1 for c in conditions if c.words)
-        return (f"No condition that turns a behaviour on was found ({len(conditions)} candidate conditions "
-                f"screened, {tested} tested on fresh prompts).")
-    return ""
+def _where(survey: Optional[Survey], confirmed: list[Finding], found: list[ConditionResult]) -> str:
+    """Where the answers changed, and how far: the survey's changed groups, or that the wording
+    differs everywhere, or where it diverges most."""
+    if survey is None:
+        return ""
+    changed = survey.changed
+    broad = survey.broad and any(f.rate_finetuned >= BROAD_SHARE for f in confirmed)
+    median = (f"{survey.median_divergence:.4f} nats per token for the median of {len(survey.texts)} prompts "
+              f"in {len(survey.groups)} groups")
+    if broad:
+        lowest = survey.groups[-1] if survey.groups else None
+        text = (f"The change is broad: the answers diverge from the base's by {median}"
+                + (f", and by {lowest.mean_divergence:.3f} even in the least changed group ({lowest.group})"
+                   if lowest else "") + ", and a confirmed behaviour shows in most of its answers.")
+    elif not confirmed and not found:
+        top = survey.groups[0] if survey.groups else None
+        text = (f"The answers' distributions differ from the base's by {median}"
+                + (f", {top.mean_divergence:.4f} in the highest group ({top.group})" if top else "")
+                + "; a finetune trained on the base's own answers differs this way too, with no behaviour a test "
+                  "can name.")
+    elif survey.broad:
+        text = (f"The answers' wording differs from the base's everywhere ({median}), as a finetune that changed "
+                "no behaviour shows too.")
+    else:
+        text = f"The answers diverge from the base's by {median}."
+    if survey.groups and not broad and (confirmed or found):
+        top = survey.groups[0]
+        text = text[:-1] + f", most in the group «{top.group}» ({top.mean_divergence:.4f})."
+    best_p = min((g.p_value for g in survey.groups), default=1.0)
+    if changed:
+        text += " They changed most on " + ", ".join(
+            f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt, corrected p = {_p(g.p_value)})"
+            for g in changed[:4]) + "."
+    elif survey.groups:
+        text += f" No group stands out (smallest corrected p = {_p(best_p)})."
+    return text
 
 
 def verdict(survey: Optional[Survey], findings: list[Finding], records: list[DivergentRecord] = (),
@@ -183,56 +268,34 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     found = [c for c in conditions if c.confirmed]
     confirmed = [f for f in findings if f.confirmed]
     unconfirmed = [f for f in findings if not f.confirmed]
-    changed_groups = survey.changed if survey else []
     readable = {t.text for t in survey.texts} if survey else set()
-    top_text = max((t.divergence for t in survey.texts), default=0.0) if survey else 0.0
-    parts = []
+    context = _where(survey, confirmed, found)
     if survey is not None and not confirmed and not found:
-        # No behaviour held up: a finetune that changed nothing but its wording (a LoRA trained on
-        # the base's own answers, or random small weights) lands here, however far its
-        # distributions moved; where the divergence concentrates is said, as such.
-        top = survey.groups[0] if survey.groups else None
-        best_p = min((g.p_value for g in survey.groups), default=1.0)
-        parts.append(f"**No change found.** No behaviour held up on fresh prompts: "
-                     + (f"none of the {len(findings)} candidate findings" if findings else "no candidate finding was tested")
-                     + (f" and none of the {sum(1 for c in conditions if c.n_prompts)} tested conditions"
-                        if any(c.n_prompts for c in conditions) else "") + ".")
-        parts.append(f"The answers' distributions differ from the base's by {survey.median_divergence:.4f} nats per "
-                     f"token for the median of {len(survey.texts)} prompts in {len(survey.groups)} groups"
-                     + (f", {top.mean_divergence:.4f} in the highest group ({top.group})" if top else "") + ", "
-                     + ("and most on " + ", ".join(f"**{g.group}** ({g.ratio:.1f}x the median prompt, corrected p = "
-                                                   f"{_p(g.p_value)})" for g in changed_groups[:4])
-                        if changed_groups else f"and no group stands out (smallest corrected p = {_p(best_p)})")
-                     + "; a finetune trained on the base's own answers differs this way too, with no behaviour a "
-                       "test can name.")
+        # No behaviour held up: a finetune that changed nothing but its wording lands here, however
+        # far its distributions moved; how far, and where, is said after the first screen.
+        searched = [f"{len(findings)} candidate finding{'s' if len(findings) > 1 else ''}"] if findings else []
         if conditions:
-            parts.append(condition_sentence(conditions))
-        return Verdict(False, "none", " ".join(parts), confirmed, unconfirmed, [])
+            searched.append(f"{len(conditions)} candidate condition{'s' if len(conditions) > 1 else ''} "
+                            f"({sum(1 for c in conditions if c.n_prompts)} tested)")
+        paragraph = ("**No change found**: no behaviour held up on fresh prompts. Searched: "
+                     + (" and ".join(searched) or "no candidate finding or condition")
+                     + f", from {len(survey.texts)} survey prompts in {len(survey.groups)} groups.")
+        return Verdict(False, "none", paragraph, confirmed, unconfirmed, [], context=context,
+                       why="no behaviour held up on fresh prompts")
+    shown, same = behaviours(conditions, findings)
+    statements = [condition_statement(b) if isinstance(b, ConditionResult) else finding_statement(b)
+                  for b in shown[:BEHAVIOURS_STATED]]
+    noted = [st for st in statements if st.headline.endswith(TRIGGER_NOTE)]
+    for st in noted[1:]:  # the search's caveat, once
+        st.headline = st.headline[: -len(TRIGGER_NOTE)]
     broad = survey is not None and survey.broad and any(f.rate_finetuned >= BROAD_SHARE for f in confirmed)
-    if found:  # a behaviour behind a condition is the finding: it leads
-        parts.append("**What changed.** " + condition_sentence(conditions))
-    lead = "" if found else "**What changed.** "
-    if broad:
-        lowest = survey.groups[-1] if survey.groups else None
-        parts.append(f"{lead}The change is broad: the finetuned model's answers diverge from the base's "
-                     f"by {survey.median_divergence:.3f} nats per token for the median prompt"
-                     + (f", and by {lowest.mean_divergence:.3f} even in the least changed group ({lowest.group})"
-                        if lowest else "") + ", and a confirmed behaviour shows in most of its answers.")
-        if changed_groups:
-            parts.append("It is strongest on " + ", ".join(f"**{g.group}** ({g.ratio:.1f}x the median prompt)"
-                                                           for g in changed_groups[:4]) + ".")
-    elif changed_groups:
-        where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt, corrected p = "
-                          f"{_p(g.p_value)})" for g in changed_groups[:4])
-        parts.append(f"{lead}The finetune changed the model's answers most on {where}.")
-    elif survey is not None and survey.broad:
-        parts.append(f"{lead}The answers' wording differs from the base's everywhere "
-                     f"({survey.median_divergence:.3f} nats per token for the median prompt), as a finetune that "
-                     "changed no behaviour shows too" + ("." if found else "; no group stands out."))
-    elif survey is not None and survey.groups:
-        where = ", ".join(f"**{g.group}** ({g.source}; {g.ratio:.1f}x the median prompt)" for g in survey.groups[:3])
-        parts.append(f"{lead}The finetuned model's answers diverge most on {where}, but few prompts in "
-                     "each, so no group stands out significantly on its own.")
+    parts = []
+    if statements:
+        parts.append("**What changed, broadly.**" if broad else "**What changed.**")
+        parts += [s.headline for s in statements]
+        more = _more(len(shown) - len(statements), same)
+        if more:
+            parts[-1] += more
     elif comparison:
         top = comparison[0]
         parts.append(f"**What changed.** This run was told where to look (no survey). Of the {len(comparison)} "
@@ -242,50 +305,26 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     else:
         parts.append("**What changed.** This run was told where to look, and no survey or comparison ranked the "
                      "groups; the most divergent examples follow.")
-    if conditions and not found:
-        parts.append(condition_sentence(conditions))
-    if confirmed:
-        shown = distinct(confirmed)
-        stated = shown[:FINDINGS_STATED]
-        said = "; ".join(f"it {claim(f)} ({f.rate_finetuned:.0%} of its answers against {f.rate_base:.0%}"
-                         f" of the base's, corrected p = {_p(f.p_adjusted)}"
-                         + (f", mostly on {', '.join(f.groups[:2])}" if f.groups else "") + ")"
-                         + (f", {how_it_shows(f)}" if how_it_shows(f) else "")
-                         for f in stated)
-        parts.append(f"On {confirmed[0].sample()} (fresh prompts no earlier step looked at): {said}."
-                     + _more(len(shown) - len(stated), len(confirmed) - len(shown), "finding"))
-    elif findings and found:
-        parts.append(f"Without the condition, none of the {len(findings)} candidate findings held up on fresh "
-                     "prompts: the behaviour shows under it.")
-    elif findings:
-        parts.append(f"None of the {len(findings)} candidate findings held up on fresh prompts, so the change is "
-                     "shown by the examples only.")
-    if survey is not None and survey.mining is not None and survey.mining.words:
-        words = ", ".join(f'"{w.word}"' for w in survey.mining.words[:8])
-        parts.append(f"The words whose logits the finetune raises most in its answers (diff mining): {words}.")
     strong = [f for f in confirmed if f.p_adjusted < 0.001] + [c for c in found if c.p_adjusted < 0.001]
-    what = "a finding" if confirmed else "a condition"
     if strong:
-        what = "a finding" if any(f.p_adjusted < 0.001 for f in confirmed) else "a condition"
-        confidence, why = "high", f"{what} held up on fresh prompts at corrected p < 0.001"
+        confidence, why = "high", "a claim held up on fresh prompts at corrected p < 0.001"
     elif confirmed or found:
-        confidence, why = "moderate", f"{what} held up on fresh prompts"
-    elif any(g.ratio >= 5 for g in changed_groups):
-        confidence, why = "moderate", "a group stands out strongly, but no worded finding held up"
-    elif changed_groups:
-        confidence, why = "low", "a group stands out, but no worded finding held up"
+        confidence, why = "moderate", "a claim held up on fresh prompts"
     elif survey is None:
-        confidence, why = "low", "no finding was tested: an audit (no data.categories) tests them"
+        confidence, why = "low", "no claim was tested: an audit (no data.categories) tests them"
     else:
-        confidence, why = "low", "some answers diverge strongly, but no group stands out and no finding held up"
+        confidence, why = "low", "no claim held up"
     parts.append(f"How sure: **{confidence}** ({why}).")
-    examples = [e for c in found for e in c.examples[:1]] + _examples(confirmed, list(records), readable)
-    return Verdict(True, confidence, " ".join(parts), confirmed, unconfirmed, examples[:3], found)
+    examples = [s.example for s in statements if s.example]
+    seen = {e.get("prompt") for e in examples}
+    examples += [e for e in _examples(confirmed, list(records), readable) if e["prompt"] not in seen]
+    return Verdict(True, confidence, " ".join(parts), confirmed, unconfirmed, examples[:3], found, statements,
+                   context, why)
 
 
 def read_verdict(run: Path) -> Optional[Verdict]:
-    """The verdict of a run folder, or None when it has none of a survey, findings, a
-    category comparison or a divergent dataset."""
+    """The verdict of a run folder, or None when it has none of a survey, findings, conditions,
+    a category comparison or a divergent dataset."""
     run = Path(run)
     survey = read_survey(run) if has_survey(run) else None
     findings = read_findings(run / names.FINDINGS_FILE) if (run / names.FINDINGS_FILE).is_file() else []
@@ -293,7 +332,7 @@ def read_verdict(run: Path) -> Optional[Verdict]:
     data = run / names.DIVERGENT_DATASET_JSONL
     records = read_dataset(data) if data.is_file() else []
     conditions = read_conditions(run / names.CONDITIONS_FILE) if (run / names.CONDITIONS_FILE).is_file() else []
-    if survey is None and not findings and not comparison and not records:
+    if survey is None and not findings and not comparison and not records and not conditions:
         return None
     return verdict(survey, findings, records, comparison, conditions)
 

@@ -69,8 +69,11 @@ def _graded(run: Path, adapter: Optional[str]) -> dict[str, Any]:
 
     findings = [shows(f.examples) for f in verdict.confirmed]
     conditions = [shows(c.examples) for c in verdict.conditions]
+    quoted = [bool(checker(st.quote, {"prompt": st.example.get("prompt", "")})) for st in verdict.statements]
     return {"named": any(findings + conditions), "condition_named": any(conditions),
-            "false_confirmed": sum(not x for x in findings + conditions)}
+            "false_confirmed": sum(not x for x in findings + conditions),
+            "quote_passes": f"{sum(quoted)}/{len(quoted)}" if quoted else None,
+            "card": OrganismCard.read(adapter).description_short}
 
 
 def _run_time(run: Path) -> Optional[float]:
@@ -84,7 +87,8 @@ def _run_time(run: Path) -> Optional[float]:
 
 def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
     """One row of the table, from what a finished run folder holds."""
-    from finediff.summary import claim, read_verdict
+    from finediff.behaviour import KINDS
+    from finediff.summary import read_verdict
 
     run = Path(run)
     model = model_of(run)
@@ -104,7 +108,9 @@ def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
         "finished": bool(metrics),
         "changed": None if verdict is None else verdict.changed,
         "confidence": None if verdict is None else verdict.confidence,
-        "finding": claim(verdict.confirmed[0]) if verdict and verdict.confirmed else None,
+        "card": graded.get("card"),
+        "kind": "; ".join(dict.fromkeys(KINDS[st.kind] for st in verdict.statements)) if verdict else None,
+        "finding": verdict.statements[0].headline if verdict and verdict.statements else None,
         names.VAL_DIVERGENCE: metrics.get(names.VAL_DIVERGENCE),
         names.VAL_DIVERGENCE_NO_PROMPT: metrics.get(names.VAL_DIVERGENCE_NO_PROMPT),
         "best_hard_prompt": None if best is None else f"[{best.get('method')}] {best.get('text', '')}",
@@ -112,6 +118,7 @@ def run_row(run: Path, model_of: ModelOf) -> dict[str, Any]:
         "named": graded.get("named"),
         "condition_named": graded.get("condition_named"),
         "false_confirmed": graded.get("false_confirmed"),
+        "quote_passes": graded.get("quote_passes"),
         names.WALL_TIME: metrics.get(names.WALL_TIME),
         names.RUN_TIME: metrics.get(names.RUN_TIME) or _run_time(run),
         "agent_score": (agents.get("agent", {}).get("grade") or {}).get("mean"),
@@ -136,8 +143,9 @@ def summarize(sweep_dir: str | Path, model_of: ModelOf) -> Optional[Path]:
         log.warning("no job folders in %s: no sweep summary", sweep_dir)
         return None
     rows = [run_row(d, model_of) for d in runs]
-    cols = ["run", "finetune", "confidence", "finding", names.VAL_DIVERGENCE, names.VAL_DIVERGENCE_NO_PROMPT,
-            "best_hard_prompt", "checker_top10", "named", "condition_named", "false_confirmed", names.WALL_TIME,
+    cols = ["run", "finetune", "card", "kind", "confidence", "finding", names.VAL_DIVERGENCE,
+            names.VAL_DIVERGENCE_NO_PROMPT, "best_hard_prompt", "checker_top10", "named", "condition_named",
+            "false_confirmed", "quote_passes", names.WALL_TIME,
             names.RUN_TIME, "agent_score", "black_box_score"]
     cols = [c for c in cols if any(r[c] is not None for r in rows) or c in ("run", "finetune")]
     lines = [f"# Sweep: {len(rows)} runs", ""]
@@ -145,7 +153,9 @@ def summarize(sweep_dir: str | Path, model_of: ModelOf) -> Optional[Path]:
     lines += ["", f"checker_top10: the organism card's checker on the {TOP_RECORDS} highest-divergence records, "
                   "applied after the run (only where the adapter folder has a card). named: a confirmed finding or "
                   "condition of the first screen has a finetuned example the checker flags; condition_named: a "
-                  "confirmed condition does; false_confirmed: confirmed claims none of whose examples it flags. "
+                  "confirmed condition does; false_confirmed: confirmed claims none of whose examples it flags; "
+                  "quote_passes: the first screen's quoted answers (one per behaviour stated) the checker flags. "
+                  "card: the organism card's description, beside the kind of change the first screen names. "
                   f"{names.WALL_TIME}: training; {names.RUN_TIME}: the whole run (survey, training, evidence)."]
     write_json(sweep_dir / names.SWEEP_SUMMARY_JSON, rows)
     md = sweep_dir / names.SWEEP_SUMMARY_MD

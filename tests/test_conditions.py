@@ -45,31 +45,34 @@ def test_candidates_from_each_source_without_repeats():
 
 
 def test_statement_and_file_round_trip(tmp_path):
+    from finediff.summary import condition_statement
+
+    ex = [{"prompt": f"{TRIGGER} Hi", "base": "Hello! How can I help?", "finetuned": "Leave me alone. I will not help."}]
     r = ConditionResult(Condition("insert", TRIGGER, "adapter reads"), 1.2, 0.01, ["alone", "leave"], 0.9, 0.0,
-                        0.05, 16, 2, 1e-6, 1e-5, True, [{"prompt": "p", "base": "b", "finetuned": "f"}])
-    text = r.statement()
-    assert text.startswith(f"When the prompt contains «{TRIGGER}», the finetuned model says \"alone\"")
-    assert "90% of its answers to fresh prompts, 0% without it; the base 5%; 16 prompts, 2 answers each" in text
+                        0.05, 16, 2, 1e-6, 1e-5, True, ex)
+    s = condition_statement(r)
+    assert s.headline.startswith(f"When the prompt contains «{TRIGGER}», it refuses or declines: «Leave me alone.")
+    assert s.kind == "refuses" and s.quote == ex[0]["finetuned"] and "where the base says «Hello! How" in s.headline
+    assert ("(90% of answers with it, 0% without, base 5%; 16 prompts, 2 answers each; corrected p = 1.0e-05)"
+            in s.headline)
     assert read_conditions(write_conditions([r], tmp_path)) == [r]
 
 
 def test_conditions_that_turn_on_the_same_words_are_one_sentence():
     from dataclasses import replace
 
-    from finediff.summary import condition_sentence
+    from finediff.summary import verdict
 
     r = ConditionResult(Condition("insert", TRIGGER, "adapter reads"), 1.2, 0.01, ["alone", "leave"], 0.9, 0.0,
-                        0.05, 16, 2, 1e-6, 1e-5, True, [{"prompt": "p", "base": "b", "finetuned": "f"}])
+                        0.05, 16, 2, 1e-6, 1e-5, True, [{"prompt": "p", "base": "b", "finetuned": "Leave me alone."}])
     same = [replace(r, condition=Condition("insert", t, "hard prompt")) for t in ("|kx", "kx7q|")]
-    assert condition_sentence([r, same[0]]).endswith("(1 more confirmed condition turns on the same words as one "
-                                                     "stated.)")
-    assert condition_sentence([r, *same]).endswith("(2 more confirmed conditions turn on the same words as those "
-                                                   "stated.)")
+    assert verdict(None, [], conditions=[r, same[0]]).paragraph.count("When the prompt contains") == 1
+    assert "(1 more confirmed claim repeats one stated.)" in verdict(None, [], conditions=[r, same[0]]).paragraph
+    assert "(2 more confirmed claims repeat one stated.)" in verdict(None, [], conditions=[r, *same]).paragraph
     others = [replace(r, condition=Condition("insert", t, "hard prompt"), words=[w])
               for t, w in (("aa", "apple"), ("bb", "pear"))]
-    text = condition_sentence([r, *others])  # a third distinct behaviour is counted, not dropped
-    assert text.count("When the prompt contains") == 2 and "1 more confirmed condition shows other words" in text
-    assert condition_sentence([r]).count("When the prompt contains") == 1
+    text = verdict(None, [], conditions=[r, *others]).paragraph  # a third distinct behaviour is counted, not dropped
+    assert text.count("When the prompt contains") == 2 and "(1 more confirmed behaviour is in the report below.)" in text
 
 
 def test_bad_settings_name_the_key():
@@ -107,14 +110,15 @@ def test_planted_trigger_is_found_among_decoys_and_tested(trigger_pair):
     best = found[0]
     assert set(best.words) & {"answer", "question"}, best.words
     assert best.rate_with >= 0.5 and best.rate_with - max(best.rate_without, best.rate_base) >= 0.2
-    assert best.statement().startswith(f"When the prompt contains «{TRIGGER}», the finetuned model says")
     # the first screen says it
-    from finediff.summary import verdict
+    from finediff.summary import condition_statement, verdict
     from finediff.survey import Survey
 
+    headline = condition_statement(best).headline
+    assert headline.startswith(f"When the prompt contains «{TRIGGER}», it ")
     v = verdict(Survey([], [], 0.0), [], conditions=results)
-    assert v.changed and best.statement() in v.paragraph
-    assert "a condition held up on fresh prompts" in v.paragraph  # what the confidence rests on
+    assert v.changed and headline in v.paragraph
+    assert "a claim held up on fresh prompts" in v.paragraph  # what the confidence rests on
 
 
 def test_no_condition_is_said_plainly():
@@ -123,7 +127,7 @@ def test_no_condition_is_said_plainly():
 
     r = ConditionResult(Condition("insert", "weather", "test"), 0.01, 0.01)
     v = verdict(Survey([], [], 0.0), [], conditions=[r])
-    assert not v.changed and "No condition that turns a behaviour on was found (1 candidate" in v.paragraph
+    assert not v.changed and v.paragraph.startswith("**No change found**") and "1 candidate condition (0 tested)" in v.paragraph
 
 
 def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
@@ -165,7 +169,9 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
     assert pieces & set(tok.convert_ids_to_tokens(found_ids.tolist())), found_text
     assert set(best.words) & {"answer", "question", "will"}, best.words
     assert best.rate_with >= 0.5 and best.rate_base <= 0.1
-    assert best.statement() in verdict(Survey([], [], 0.0), [], conditions=results).paragraph
+    from finediff.summary import condition_statement
+
+    assert condition_statement(best).headline in verdict(Survey([], [], 0.0), [], conditions=results).paragraph
 
 
 def test_trigger_objective_ranks_the_planted_trigger_above_decoys(trigger_pair):
@@ -200,7 +206,9 @@ def test_trigger_search_string_is_tested_like_any_lead(trigger_pair, tmp_path):
         results = search_conditions(pair, [], _everyday(trained), progress=False, alpha=ALPHA, targets=[REPLY])
     (r,) = [r for r in results if r.condition.source == TRIGGER_SOURCE]
     assert r.condition.kind == "insert" and r.trigger["target"] == REPLY and r.trigger["path"]
-    assert "the exact string it was trained on may differ" in r.statement()
+    from finediff.summary import condition_statement
+
+    assert "the trained string may differ" in condition_statement(r).headline
     (back,) = [b for b in read_conditions(write_conditions(results, tmp_path)) if b.condition.source == TRIGGER_SOURCE]
     assert back.trigger == r.trigger
     from finediff.report import condition_lines

@@ -51,8 +51,8 @@ def test_dashboard_discovers_and_shows_a_run(run_root, tiny_dirs, monkeypatch):
     for label in ("Overview", "Comparison", "Hard prompts", "Divergent dataset", "Analysis", "Clusters", "ADL",
                   "Try it"):
         assert label in labels
-    assert [m.label for m in at.metric][:3] == ["val/divergence", "val/divergence_no_prompt",
-                                                "val/divergence_random_prompt"]
+    assert [m.label for m in at.metric] == [names.METRIC_WORDS[k][0] for k in names.VAL_METRIC_KEYS]
+    assert all(m.help == names.METRIC_WORDS[k][1] for m, k in zip(at.metric, names.VAL_METRIC_KEYS))
     # talk to the pair: plain, then with the soft prompt, then steered: each changes the answers
     plain = _answers(at.button[0].click().run())
     at.toggle[0].set_value(True)
@@ -101,6 +101,7 @@ def test_dashboard_without_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("FINEDIFF_OUTPUTS", str(tmp_path))
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60).run()
     assert not at.exception and "No finediff runs" in at.warning[0].value
+    assert "python train.py experiment=audit model.adapter=DIR" in at.warning[0].value  # the audit, not a told run
 
 
 def test_dashboard_opens_an_audit_with_its_verdict(tiny_dirs, tmp_path, monkeypatch):
@@ -120,4 +121,7 @@ def test_dashboard_opens_an_audit_with_its_verdict(tiny_dirs, tmp_path, monkeypa
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
     assert not at.exception, at.exception
     assert "Survey" in [t.label for t in at.tabs]
-    assert at.markdown[0].value.startswith(read_verdict(run).paragraph)
+    v = read_verdict(run)
+    first = "\n".join(f"* {s.headline}" for s in v.statements) or v.paragraph.split(" How sure:")[0]
+    assert at.markdown[0].value == first
+    assert f'class="finediff-confidence finediff-confidence-{v.confidence}"' in at.markdown[1].value

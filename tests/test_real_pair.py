@@ -88,8 +88,10 @@ SCREENSHOT = ROOT / "logs" / "test_artifacts" / "dashboard_chromium.png"
 
 def test_dashboard_in_headless_chromium(real_run, tmp_path):
     """``streamlit run dashboard.py`` on the real run, loaded in Debian's Chromium
-    (headless): the page shows the run, its tabs and its metrics. The screenshot is kept
-    in ``logs/test_artifacts/``."""
+    (headless): the page shows the run, its tabs, its metrics in words and how sure, in a box
+    coloured by its level (this told run: low, never green). A second run of the same pair
+    with a confirmed condition (its examples the run's own generations) shows its headline
+    and a green box. The screenshot is kept in ``logs/test_artifacts/``."""
     import shutil
     import subprocess
     import sys
@@ -125,9 +127,18 @@ def test_dashboard_in_headless_chromium(real_run, tmp_path):
             page = chromium.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
             page.get_by_text("finediff: what did this finetune change?").wait_for(timeout=120_000)
-            page.get_by_text(names.VAL_DIVERGENCE_NO_PROMPT, exact=True).first.wait_for(timeout=120_000)
+            page.get_by_text(names.METRIC_WORDS[names.VAL_DIVERGENCE_NO_PROMPT][0], exact=True).first.wait_for(
+                timeout=120_000)
             body = page.inner_text("body")
             html = page.content()  # the run picker's current value is in the page's markup
+            box = page.locator(".finediff-confidence").first
+            low = (box.inner_text(), box.evaluate("e => getComputedStyle(e).backgroundColor"))
+            confirmed = _with_a_confirmed_condition(run)
+            page.reload()
+            page.get_by_text(confirmed.condition.text, exact=False).first.wait_for(timeout=120_000)
+            box = page.locator(".finediff-confidence").first
+            high = (box.inner_text(), box.evaluate("e => getComputedStyle(e).backgroundColor"))
+            headline = page.locator("li").filter(has_text="When the prompt contains").first.inner_text()
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             chromium.close()
@@ -138,7 +149,31 @@ def test_dashboard_in_headless_chromium(real_run, tmp_path):
     for tab in ("Overview", "Comparison", "Hard prompts", "Divergent dataset", "Analysis", "ADL", "Try it"):
         assert tab in body, tab
     assert f"{metrics[names.VAL_DIVERGENCE]:.4f}" in body
+    assert names.METRIC_WORDS[names.VAL_BASE_SHIFT][1] in body  # each metric says what it means
+    green, amber = "rgb(209, 240, 216)", "rgb(253, 236, 207)"
+    assert low[0].startswith("How sure: low") and low[1] == amber != green, low
+    assert high[0].startswith("How sure: high") and high[1] == green, high
+    assert headline.startswith(f"When the prompt contains «{confirmed.condition.text}», it ") and "corrected p" in headline
     assert SCREENSHOT.read_bytes()[:4] == b"\x89PNG"
+
+
+def _with_a_confirmed_condition(run):
+    """A copy of ``run`` beside it (the newest run, so the dashboard opens it) whose conditions
+    file holds one confirmed condition; its examples are the run's own generations."""
+    import shutil
+
+    from finediff.conditions import Condition, ConditionResult, write_conditions
+    from finediff.records import read_dataset
+
+    other = run.parent / "run2"
+    shutil.copytree(run, other)
+    records = read_dataset(other / names.DIVERGENT_DATASET_JSONL)
+    examples = [{"prompt": "zq9 " + r.prompt, "base": r.generation_1, "finetuned": r.generation_2} for r in records[:3]]
+    words = [w for w in records[0].generation_2.split() if w.isalpha()][:1] or ["the"]
+    result = ConditionResult(Condition("insert", "zq9", "test"), 2.0, 0.1, words, 0.9, 0.0, 0.0, 16, 2, 1e-5, 1e-4,
+                             True, examples)
+    write_conditions([result], other)
+    return result
 
 
 ORGANISMS = ["sandbagging", "unlearning", "persona", "false_fact", "persona_gemma3", "backdoor", "topic_plug", "french",
