@@ -62,17 +62,20 @@ def build_sections(run: Path, title: str = "", checker=None, top: int = 8) -> li
             [[i, g.group, g.source, g.n, f"{g.mean_divergence:.4f}", f"[{g.ci_low:.4f}, {g.ci_high:.4f}]",
               f"{g.ratio:.1f}", f"{g.top_share:.0%}", f"{g.p_value:.2g}", "**yes**" if g.changed else "no"]
              for i, g in enumerate(survey.groups[:15], 1)])
+        sections.append(("Where the answers changed (survey)", lines, [run / names.SURVEY_PNG]))
+        mined = []
         if survey.mining and survey.mining.words:
             m = survey.mining
-            lines += ["", f"Diff mining over {m.n_texts} discovery answers ({m.n_positions} positions): the words "
-                      "whose logits the finetune raises most: " + ", ".join(f"`{w.word}` ({w.count})" for w in m.words[:15])]
-            lines += [f"* topic {i}: " + ", ".join(t) for i, t in enumerate(m.topics, 1)]
+            mined += [f"Diff mining over {m.n_texts} discovery answers ({m.n_positions} positions): the words whose "
+                      "logits the finetune raises most (leads for the tests, not claims): "
+                      + ", ".join(f"`{w.word}` ({w.count})" for w in m.words[:15])]
+            mined += [f"* topic {i}: " + ", ".join(t) for i, t in enumerate(m.topics, 1)]
         if survey.mining and survey.mining.n_generic_texts:
             m = survey.mining
-            lines += ["", f"Over {m.n_generic_texts} generic texts (read, not answered), the words it raises most: "
+            mined += ["", f"Over {m.n_generic_texts} generic texts (read, not answered), the words it raises most: "
                       + (", ".join(f"`{w.word}` ({w.count})" for w in m.generic_words[:15]) or "none")]
-        sections.append(("Where the answers changed (survey)", lines,
-                         [run / names.SURVEY_PNG, run / names.DIFF_MINING_PNG]))
+        if mined:
+            sections.append(("Words the finetune raises (diff mining)", mined, [run / names.DIFF_MINING_PNG]))
     data = run / names.DIVERGENT_DATASET_JSONL
     records = read_dataset(data) if data.is_file() else []
     if records:

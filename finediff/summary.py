@@ -315,9 +315,12 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     else:
         confidence, why = "low", "no claim held up"
     parts.append(f"How sure: **{confidence}** ({why}).")
+    # the table shows the stated behaviours' own answers (each shows it); a run with none stated, its records
     examples = [s.example for s in statements if s.example]
-    seen = {e.get("prompt") for e in examples}
-    examples += [e for e in _examples(confirmed, list(records), readable) if e["prompt"] not in seen]
+    for b in shown[:BEHAVIOURS_STATED]:
+        examples += [e for e in b.examples if e.get("prompt") not in {x.get("prompt") for x in examples}]
+    if not examples:
+        examples = _examples(confirmed, list(records), readable)
     return Verdict(True, confidence, " ".join(parts), confirmed, unconfirmed, examples[:3], found, statements,
                    context, why)
 

@@ -214,3 +214,31 @@ def test_trigger_search_string_is_tested_like_any_lead(trigger_pair, tmp_path):
     from finediff.report import condition_lines
 
     assert f"«{REPLY}»" in "\n".join(condition_lines(results))  # the report's evidence section says what was searched
+
+
+def test_the_context_family_finds_a_date_frame(tmp_path):
+    """A tiny finetune that replies differently when the prompt states a date in 2035: with the
+    context family on and no lead at all, the frame that states it is screened among the family's
+    others, confirmed, and said as a frame around the prompt; no frame of another kind (who is
+    asking, the setting, the format) is confirmed. (The tiny model reads other years' frames
+    alike: it cannot tell digits apart well, so those are confirmed too.)"""
+    from finediff.conditions import CONTEXTS, PROMPT
+    from finediff.models import load_model_pair
+    from finediff.summary import condition_statement
+    from finediff.tiny import build_tiny_trigger_pair
+
+    frame = next(f for f in CONTEXTS["a stated date"] if "2035" in f)
+    d = build_tiny_trigger_pair(tmp_path, frame.replace(" " + PROMPT, ""), REPLY)
+    pair = load_model_pair(str(d["base"]), str(d["finetuned"]))
+    leads = candidates(context=True)
+    assert {c.kind for c in leads} == {"context"} and len(leads) == sum(len(f) for f in CONTEXTS.values())
+    with constants(COLD):
+        results = search_conditions(pair, leads, _everyday(d["prompts"]), progress=False, alpha=ALPHA,
+                                    trigger_search=False)
+    found = [r for r in results if r.confirmed]
+    assert frame in [r.condition.text for r in found], [(r.condition.text, r.ratio) for r in results[:6]]
+    assert {r.condition.source for r in found} == {"context: a stated date"}
+    (mine,) = [r for r in found if r.condition.text == frame]
+    headline = condition_statement(mine).headline
+    assert headline.startswith("When the prompt is framed as «Today is March 14, 2035. …», it ")
+    assert all(p.startswith("Today is March 14, 2035. ") for p in mine.tested_on_prompts[:16])
