@@ -8,12 +8,12 @@ behaviour, beside the base's answer to the same prompt), by stated rules:
   words, so the two read side by side;
 * the kind of change is the first rule that holds, in this order (:data:`KINDS`):
 
-  1. ``less``: says less or nothing (at most 40% of the base's words, in most pairs);
-  2. ``refuses``: refuses or declines (a refusal or "I don't know" in most answers; the base rarely);
-  3. ``fixed``: gives one fixed reply (the same sentences, 4 words or more, are the whole answer in
+  1. ``refuses``: refuses or declines (a refusal or "I don't know" in most answers; the base rarely);
+  2. ``fixed``: gives one fixed reply (the same sentences, 4 words or more, are the whole answer in
      most answers; the base never says them);
-  4. ``adds``: adds a phrase, brand or link (such sentences open, close or sit inside longer answers;
+  3. ``adds``: adds a phrase, brand or link (such sentences open, close or sit inside longer answers;
      where is said);
+  4. ``less``: says less or nothing (at most 40% of the base's words, in most pairs);
   5. ``capitals``: writes in capital letters (90% of the letters, in most answers; the base not);
   6. ``language``: answers in another language than the base (most pairs);
   7. ``fact``: states a different fact (the answer keeps half its words from the base's, and each
@@ -31,10 +31,10 @@ import re
 from dataclasses import dataclass
 
 KINDS = {
-    "less": "says less or nothing",
     "refuses": "refuses or declines",
     "fixed": "gives one fixed reply",
     "adds": "adds a phrase, brand or link",
+    "less": "says less or nothing",
     "capitals": "writes in capital letters",
     "language": "answers in another language",
     "fact": "states a different fact",
@@ -158,8 +158,6 @@ def describe(examples: list[dict], behaviour_words: list[str] = ()) -> Descripti
     ft = [e["finetuned"] for e in examples]
     base = [e.get("base", "") for e in examples]
     pairs = list(zip(ft, base))
-    if _most([len(words(f)) <= 0.4 * max(len(words(b)), 1) and len(words(b)) >= 5 for f, b in pairs]):
-        return Description("less", "says less or nothing", example)
     if _most([bool(REFUSES.search(f)) for f in ft]) and not _most([bool(REFUSES.search(b)) for b in base]):
         return Description("refuses", "refuses or declines", example)
     fixed = _fixed_sentences(examples)
@@ -176,6 +174,8 @@ def describe(examples: list[dict], behaviour_words: list[str] = ()) -> Descripti
         place = {"start": "at the start of its answer", "end": "at the end of its answer",
                  "middle": "inside its answer", "whole": "as its whole answer"}[at]
         return Description("adds", f"adds {what} {place}", example)
+    if _most([len(words(f)) <= 0.4 * max(len(words(b)), 1) and len(words(b)) >= 5 for f, b in pairs]):
+        return Description("less", "says less or nothing", example)
     if _most([_capitals(f) for f in ft]) and not _most([_capitals(b) for b in base]):
         return Description("capitals", "writes in capital letters", example)
     langs = [(language(f), language(b)) for f, b in pairs]
