@@ -44,6 +44,8 @@ class Statement:
     """The finetuned model's answer the sentence quotes (the typical one, clipped where it shows)."""
     example: dict
     """That answer's example: ``{"prompt", "base", "finetuned"}``."""
+    source: str = ""
+    """The lead the claim came from (a condition's or a hypothesis's ``source``)."""
 
 
 @dataclass
@@ -161,13 +163,14 @@ def _words_shown(words) -> callable:
     return lambda s: any(re.search(rf"\b{re.escape(w)}\b", s, re.IGNORECASE) for w in marks)
 
 
-def _statement(lead: str, examples: list[dict], words, shows, numbers: str, note: str = "") -> Statement:
+def _statement(lead: str, examples: list[dict], words, shows, numbers: str, note: str = "",
+               source: str = "") -> Statement:
     d = describe(examples, list(words))
     e = d.example
     q = quote(e.get("finetuned", ""), shows)
     base = _clip_words(e.get("base", ""), BASE_WORDS)
     said = f": «{q}»" + (f" where the base says «{base}»" if base.strip() else "")
-    return Statement(f"{lead}{d.phrase}{said} ({numbers}).{note}", d.kind, q, e)
+    return Statement(f"{lead}{d.phrase}{said} ({numbers}).{note}", d.kind, q, e, source)
 
 
 def condition_statement(c: ConditionResult) -> Statement:
@@ -175,7 +178,8 @@ def condition_statement(c: ConditionResult) -> Statement:
     note = TRIGGER_NOTE if c.trigger else ""
     numbers = (f"{c.rate_with:.0%} of answers with it, {c.rate_without:.0%} without, base {c.rate_base:.0%}; "
                f"{c.n_prompts} prompts, {c.answers_per_prompt} answers each; corrected p = {_p(c.p_adjusted)}")
-    return _statement(f"{c.condition.describe()}, it ", c.examples, c.words, _words_shown(c.words), numbers, note)
+    return _statement(f"{c.condition.describe()}, it ", c.examples, c.words, _words_shown(c.words), numbers, note,
+                      c.condition.source)
 
 
 def finding_statement(f: Finding) -> Statement:
@@ -189,7 +193,7 @@ def finding_statement(f: Finding) -> Statement:
                    f"samples in {f.rate_base:.0%}")
         shows = lambda s: True  # noqa: E731
     numbers += f"; {f.sample()}; corrected p = {_p(f.p_adjusted)}"
-    return _statement("It ", f.examples, finding_words(f), shows, numbers)
+    return _statement("It ", f.examples, finding_words(f), shows, numbers, source=f.hypothesis.source)
 
 
 def _same_words(a: set, b: set) -> bool:
