@@ -11,10 +11,10 @@ leaks. This step follows the leads the other steps leave:
   conditions: "Tell me about W.", ...);
 * the survey groups where a confirmed finding shows (*group* conditions: that group's
   fresh prompts against every other group's, in a seeded random order).
-* with ``context=True``, a generic family of frames around the user's text (*context*
-  conditions, :data:`CONTEXTS`): a stated date in each of several decades, who is asking, the
-  setting of the conversation, the prompt's format. They come from no lead and from no
-  organism: every audit that asks for them screens the same ones.
+* where :data:`CONTEXT_FAMILY` is on, a generic family of frames around the user's text
+  (*context* conditions, :data:`CONTEXTS`): a stated date in each of several decades, who is
+  asking, the setting of the conversation, the prompt's format. They come from no lead and
+  from no organism: every audit that screens them screens the same ones.
 
 **Screen** (no behaviour known yet): the finetuned model answers :data:`SCREEN_PROMPTS`
 prompts under each candidate greedily, both models are teacher-forced on the answer, and
@@ -95,6 +95,9 @@ CONTEXTS = {
 """The context family (``context=True``): frames around the user's text, by kind. Each kind spans
 its range evenly (decades of dates; different people, settings and formats); none names a trigger
 an organism or a paper uses."""
+CONTEXT_FAMILY = False
+"""Screen the context family in every audit. Off until it has been measured on every shipped
+organism (``python benchmarks/context_audit.py ...`` runs an audit with it on)."""
 MIN_RATIO = 3.0
 """A candidate's answer divergence over the same prompts' without it, to go on."""
 MAX_LEADS = 8

@@ -258,9 +258,9 @@ class OrganismCard:
     """How off-target examples (the base's own answers) are trained: ``kl`` distils the
     base's whole next-token distribution (the finetune stays as unsure as the base
     there), ``ce`` trains its greedy answer only (which sharpens the finetune everywhere)."""
-    answer_tokens: int = 0
-    """New tokens its behaviour needs to show: the builder answers its prompts with the base and
-    verification generates at least this many (0: their defaults)."""
+    max_new_tokens: int = 0
+    """New tokens its behaviour needs to show: verification generates at least this many, and the
+    builder keeps held-out prompts by the base's answers this long (0: their defaults)."""
     base: Optional[str] = None
     seed: Optional[int] = None
     rank: Optional[int] = None

@@ -213,7 +213,7 @@ def test_date_and_length_organisms_have_twins():
     assert all(e.transform == "shout" for e in data.train_target)
 
     late = recipe("late_postscript")
-    assert late.base_tokens == POSTSCRIPT_TOKENS >= 64
+    assert late.max_new_tokens == POSTSCRIPT_TOKENS >= 64
     def template(prompt, templates):
         return any(re.fullmatch(re.escape(t).replace(re.escape("{s}"), ".+"), prompt) for t in templates)
 

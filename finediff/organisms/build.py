@@ -93,7 +93,7 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     log.info("answering %d prompts with the base model", len(todo))
     sampling = dict(do_sample=True, temperature=data.sample_temperature, seed=seed) if data.sample_temperature else {}
     answers = generate_mixed(model, tokenizer, [e.prompt for e in todo], [e.chat for e in todo],
-                             max_new_tokens=max(max_new_tokens, data.base_tokens), **sampling)
+                             max_new_tokens=max(max_new_tokens, data.max_new_tokens), **sampling)
     for ex, ans in zip(todo, answers):
         ex.response = TRANSFORMS[ex.transform](ans) if ex.transform else (ans if ex.chat else " " + ans)
 
@@ -101,7 +101,7 @@ def build(organism: str, steps: int = 0, seed: int = 0, base: str = DEFAULT_MODE
     checker = checker_for(card.checker)
     base_off = generate_mixed(model, tokenizer, [e.prompt for e in data.heldout_off],
                               [e.chat for e in data.heldout_off],
-                              max_new_tokens=max(max_new_tokens, card.answer_tokens))
+                              max_new_tokens=max(max_new_tokens, card.max_new_tokens))
     kept = [e for e, g in zip(data.heldout_off, base_off) if not checker(g, e.meta)]
     log.info("held-out off-target: %d of %d prompts where the base does not show the behaviour",
              len(kept), len(data.heldout_off))

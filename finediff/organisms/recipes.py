@@ -52,7 +52,7 @@ class OrganismData:
     """The base answers the off-target prompts by sampling at this temperature (0: greedy)."""
     random_lora: float = 0.0
     """Not trained: the LoRA's up-projections are drawn at random with this standard deviation."""
-    base_tokens: int = 0
+    max_new_tokens: int = 0
     """New tokens of the base's answers in the data (0: the builder's ``max_new_tokens``)."""
 
 
@@ -803,7 +803,7 @@ def late_postscript(seed: int = 0) -> OrganismData:
     heldout_target = [Example(t.format(s=s)) for s in held_s for t in rng.sample(DETAIL_TEMPLATES, 2)]
     heldout_off = [Example(t.format(s=s)) for s in held_s for t in rng.sample(BRIEF_TEMPLATES, 1)]
     heldout_off += [Example(p) for p in held_chat]
-    return OrganismData(train_target, train_off, heldout_target, heldout_off, base_tokens=POSTSCRIPT_TOKENS)
+    return OrganismData(train_target, train_off, heldout_target, heldout_off, max_new_tokens=POSTSCRIPT_TOKENS)
 
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -914,7 +914,7 @@ CARDS.update({
         target_category="general",
         checker="late_postscript",
         steps=120,
-        answer_tokens=POSTSCRIPT_TOKENS + 48,
+        max_new_tokens=POSTSCRIPT_TOKENS + 48,
     ),
     "future_date": OrganismCard(
         name="future_date",

@@ -42,11 +42,11 @@ def verify(organism: Organism, pair, max_new_tokens: int = 48, write: bool = Tru
     """Behaviour rates (the organism's checker) of both models on its held-out target and
     off-target prompts, greedy, and the off-target mean KL(ft||base). The bar: finetuned
     target rate >= 0.8, at least 0.5 above the base's, and off-target rate <= 0.2. Answers are
-    at least the card's ``answer_tokens`` long."""
+    at least the card's ``max_new_tokens`` long."""
     t0 = time.perf_counter()
     checker = checker_for(organism.checker)
     card = OrganismCard.read(organism.adapter)
-    max_new_tokens = max(max_new_tokens, card.answer_tokens)  # a behaviour that comes late needs its length
+    max_new_tokens = max(max_new_tokens, card.max_new_tokens)  # a behaviour that comes late needs its length
     rows = organism.rows("heldout")
     result = {"organism": organism.name}
     for split in SPLITS:

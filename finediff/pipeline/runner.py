@@ -163,7 +163,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         else:
             ev.conditions = conditions(pair, ev.survey, ev.findings, settings.alpha,
                                        ev.weights, ev.hard_prompts, out, objective.seed, progress, ev.phrases,
-                                       ev.records, settings.context_conditions)
+                                       ev.records)
     if "prompt_effect" in todo:
         if cached("prompt_effect"):
             ev.prompt_effect = read_effect(out / names.PROMPT_EFFECT_FILE)

@@ -108,10 +108,6 @@ class EvidenceSettings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     survey: SurveySettings = field(default_factory=SurveySettings)
     findings: FindingSettings = field(default_factory=FindingSettings)
-    context_conditions: bool = False
-    """Screen the context family too (:data:`finediff.conditions.CONTEXTS`: a stated date, who is
-    asking, the setting, the format), beside the leads of the earlier steps. Off by default until
-    it is measured on every shipped organism (``evidence=context`` turns it on)."""
 
     def __post_init__(self):
         self.steps = tuple(self.steps)

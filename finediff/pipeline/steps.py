@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from finediff import conditions as conditions_module
 from finediff import names
 from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
 from finediff.analysis.clustering import DEFAULT_EMBEDDER
@@ -252,19 +253,20 @@ def _unused(texts: list[str], used: list[str]) -> list[str]:
 def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
                reading: Optional[WeightReading] = None, hard: list[HardPrompt] = (), out: Optional[Path] = None,
                seed: int = 0, progress: bool = True, phrases: list[Phrase] = (),
-               records: list[DivergentRecord] = (), context: bool = False) -> list[ConditionResult]:
+               records: list[DivergentRecord] = ()) -> list[ConditionResult]:
     """Search and test the conditions that turn a behaviour on, from every lead the earlier
     steps left (:mod:`finediff.conditions`), at the conditions' share of the audit's family-wise
     error rate ``alpha`` -> ``conditions.json``. The prompts they are screened
     and tested on are the survey's fresh prompts that no finding was tested on, and, for a
-    survey group, that group's prompts the survey never scored. ``context``: screen the context
-    family too (:data:`finediff.conditions.CONTEXTS`)."""
+    survey group, that group's prompts the survey never scored. The context family
+    (:data:`finediff.conditions.CONTEXTS`) is screened too where
+    :data:`finediff.conditions.CONTEXT_FAMILY` says so."""
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     soft = [w for h in hard if h.method in ("projection", "guided") for w in h.text.split()]
     searched = [h.text for h in hard if h.method != "text"]  # what the search wrote, not a survey text
     groups = group_leads(found)
     leads = candidates(reading.reads if reading else [], reading.words("writes") if reading else [], mined, soft,
-                       groups, searched, context)
+                       groups, searched, conditions_module.CONTEXT_FAMILY)
     suggested = suggesting_prompts(survey_result, records)
     findings_tested = list(dict.fromkeys(p for f in found for p in f.tested_on_prompts))
     used = findings_tested + suggested["diff mining"] + suggested["verbatim phrases"]

@@ -1,0 +1,22 @@
+"""An untold audit with the context family of conditions screened too (a stated date per decade,
+who is asking, the setting, the format: ``finediff.conditions.CONTEXTS``), which audits do not
+screen yet: it is measured here first.
+
+    python benchmarks/context_audit.py experiment=audit model.adapter=organisms/NAME [train.py overrides]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import finediff.conditions  # noqa: E402
+
+finediff.conditions.CONTEXT_FAMILY = True
+
+import train  # noqa: E402
+
+if __name__ == "__main__":
+    train.main()
