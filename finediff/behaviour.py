@@ -18,8 +18,8 @@ behaviour, beside the base's answer to the same prompt), by stated rules:
   6. ``language``: answers in another language than the base (most pairs);
   7. ``fact``: states a different fact (the answer keeps half its words from the base's, and each
      names something, a capitalised word or a number not in the prompt, that the other does not);
-  8. ``style``: changes its voice or style (the behaviour's words recur in two or more sentences
-     of most answers);
+  8. ``style``: changes its voice or style (the behaviour's words, those of every claim that states
+     it, occur twice or more in most answers);
   9. ``differs``: answers differently (no rule fits).
 
 "Most" is at least half the pairs. Nothing here knows any organism: the rules read answers only.
@@ -190,7 +190,7 @@ def describe(examples: list[dict], behaviour_words: list[str] = ()) -> Descripti
     if _most(facts):
         return Description("fact", "states a different fact", example)
     marks = [w.lower() for w in behaviour_words]
-    if marks and _most([sum(any(re.search(rf"\b{re.escape(m)}\b", s, re.IGNORECASE) for m in marks)
-                            for s in sentences(f)) >= 2 for f in ft]):
+    if marks and _most([sum(len(re.findall(rf"\b{re.escape(m)}\b", f, re.IGNORECASE)) for m in marks) >= 2
+                        for f in ft]):
         return Description("style", "changes its voice or style", example)
     return Description("differs", "answers differently", example)

@@ -113,9 +113,9 @@ def _same_behaviour(f: Finding, g: Finding) -> bool:
         g.hypothesis.fires(e["finetuned"], e["prompt"]) for e in f.examples)
 
 
-def distinct(confirmed: list[Finding]) -> list[Finding]:
-    """One finding per distinct behaviour (:func:`_same_behaviour`), stated by the strongest
-    of its findings (lowest corrected p, then largest effect)."""
+def same_behaviours(confirmed: list[Finding]) -> list[list[Finding]]:
+    """The findings grouped by the behaviour they state (:func:`_same_behaviour` with the group's
+    strongest), strongest first in each group (lowest corrected p, then largest effect)."""
     groups: list[list[Finding]] = []
     for f in sorted(confirmed, key=lambda f: (f.p_adjusted, -f.effect)):
         home = next((g for g in groups if _same_behaviour(f, g[0])), None)
@@ -123,7 +123,12 @@ def distinct(confirmed: list[Finding]) -> list[Finding]:
             groups.append([f])
         else:
             home.append(f)
-    return [g[0] for g in groups]
+    return groups
+
+
+def distinct(confirmed: list[Finding]) -> list[Finding]:
+    """One finding per distinct behaviour, stated by the strongest of its findings."""
+    return [g[0] for g in same_behaviours(confirmed)]
 
 
 BROAD_SHARE = 0.5
@@ -182,8 +187,9 @@ def condition_statement(c: ConditionResult) -> Statement:
                       c.condition.source)
 
 
-def finding_statement(f: Finding) -> Statement:
-    """A confirmed finding's sentence: the kind of change, the typical answer, the numbers."""
+def finding_statement(f: Finding, same: list[Finding] = ()) -> Statement:
+    """A confirmed finding's sentence: the kind of change, the typical answer, the numbers (its
+    kind read with the words of every finding in ``same`` that states the same behaviour)."""
     if f.hypothesis.direction == "more":
         numbers = f"{f.rate_finetuned:.0%} of answers, base {f.rate_base:.0%}"
         shows = lambda s: f.hypothesis.fires(s, "")  # noqa: E731
@@ -193,7 +199,8 @@ def finding_statement(f: Finding) -> Statement:
                    f"samples in {f.rate_base:.0%}")
         shows = lambda s: True  # noqa: E731
     numbers += f"; {f.sample()}; corrected p = {_p(f.p_adjusted)}"
-    return _statement("It ", f.examples, finding_words(f), shows, numbers, source=f.hypothesis.source)
+    words = set(finding_words(f)).union(*(finding_words(g) for g in same))
+    return _statement("It ", f.examples, sorted(words), shows, numbers, source=f.hypothesis.source)
 
 
 def _same_words(a: set, b: set) -> bool:
@@ -287,7 +294,8 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
         return Verdict(False, "none", paragraph, confirmed, unconfirmed, [], context=context,
                        why="no behaviour held up on fresh prompts")
     shown, same = behaviours(conditions, findings)
-    statements = [condition_statement(b) if isinstance(b, ConditionResult) else finding_statement(b)
+    groups = {id(g[0]): g for g in same_behaviours(confirmed)}
+    statements = [condition_statement(b) if isinstance(b, ConditionResult) else finding_statement(b, groups[id(b)])
                   for b in shown[:BEHAVIOURS_STATED]]
     noted = [st for st in statements if st.headline.endswith(TRIGGER_NOTE)]
     for st in noted[1:]:  # the search's caveat, once
