@@ -7,16 +7,17 @@ screen yet: it is measured here first.
 
 from __future__ import annotations
 
+import runpy
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import finediff.conditions  # noqa: E402
 
 finediff.conditions.CONTEXT_FAMILY = True
 
-import train  # noqa: E402
-
 if __name__ == "__main__":
-    train.main()
+    sys.argv[0] = str(ROOT / "train.py")
+    runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
