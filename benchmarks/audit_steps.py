@@ -72,6 +72,20 @@ def _organism(run: Path) -> str:
     return m.group(1) if m else run.name
 
 
+def _aimed_by(run: Path, phrase_texts: list[str]) -> str:
+    """Where the trigger search's target answer came from: a screened candidate whose answers
+    showed it (that candidate's step), else a verbatim phrase of the divergent dataset."""
+    from finediff.conditions import read_conditions
+
+    results = read_conditions(run / names.CONDITIONS_FILE)
+    found = next((r for r in results if r.trigger), None)
+    target = " ".join(str(found.trigger.get("target", "")).split()) if found else ""
+    for r in results:
+        if r.words and not r.trigger and any(" ".join(e["finetuned"].split()) == target for e in r.examples):
+            return f"{STEP_OF_SOURCE.get(r.condition.source, '?')} (under «{r.condition.text}»)"
+    return "divergent dataset (a verbatim phrase)" if any(p and p.lower() in target.lower() for p in phrase_texts) else "?"
+
+
 def lead_steps(run: Path) -> list[tuple[str, str, str]]:
     """``(claim, its lead's source, the step that produced it)`` for each first-screen claim."""
     verdict = read_verdict(run)
@@ -83,11 +97,7 @@ def lead_steps(run: Path) -> list[tuple[str, str, str]]:
     for st in verdict.statements:
         step = STEP_OF_SOURCE.get(st.source, "conditions" if st.source.startswith(CONTEXT_SOURCE) else "?")
         if st.source == "trigger search":
-            cond = next((c for c in verdict.conditions if c.trigger and c.condition.source == st.source), None)
-            target = (cond.trigger.get("target", "") if cond else "").lower()
-            via = ("divergent dataset (phrase)" if any(p and p.lower() in target for p in phrase_texts)
-                   else "a screened candidate's answers")
-            step += f", aimed by {via}"
+            step += f", aimed by {_aimed_by(run, phrase_texts)}"
         out.append((st.headline.split(", it ")[0] if ", it " in st.headline else st.headline[:60], st.source, step))
     return out
 
