@@ -136,15 +136,23 @@ class TriggerObjective:
             raise FinediffError("trigger search: the answer to search for is empty")
         # a row: (context ids, computed once per model; the ids between the string and the answer)
         self.rows: list[tuple[tuple, list[int]]] = []
+        templated = bool(getattr(tok, "chat_template", None))
+        lead = [] if templated else tok("")["input_ids"]  # a plain model's opening tokens (its BOS)
         for p in prompts:
             prefix, body = format_parts(tok, " " + p.strip())
+            if lead and body[:len(lead)] == lead:  # the string goes after the opening, not before it
+                prefix, body = lead, body[len(lead):]
             self.rows.append((tuple(prefix), body))  # the string in front of the prompt
-        _, tail = format_parts(tok, "")  # what follows the user's words: the generation prompt
+        # what follows the user's words: the chat template's generation prompt (a plain model: nothing)
+        tail = format_parts(tok, "")[1] if templated else []
         space = tok(" ", add_special_tokens=False)["input_ids"]
         for p in prompts:  # the string after the prompt: the prompt and a space are the context
             prefix, body = format_parts(tok, p.strip())
             words = body[:len(body) - len(tail)] if tail and body[-len(tail):] == tail else body
-            self.rows.append((tuple(prefix + words + space), tail))
+            if tail:
+                self.rows.append((tuple(prefix + words + space), tail))
+            else:  # a plain model continues the text: the string, a space, the answer
+                self.rows.append((tuple(prefix + words), space))
         self._cache: dict = {}
 
     def _context(self, model, context: tuple):
@@ -163,8 +171,10 @@ class TriggerObjective:
                  embeds_BLD: Optional[torch.Tensor] = None, odds: bool = True) -> torch.Tensor:
         """``[B]`` mean log-odds (or log-probability) of the target tokens after ``context``."""
         B, n, C = ids_BL.shape[0], len(self.target_ids), len(context)
-        cache = copy.deepcopy(self._context(model, context))
-        cache.batch_repeat_interleave(B)
+        cache = None
+        if C:  # the context's keys and values, computed once (a plain model's empty context has none)
+            cache = copy.deepcopy(self._context(model, context))
+            cache.batch_repeat_interleave(B)
         device = input_device(model)
         mask = torch.cat([torch.ones(B, C, dtype=mask_BL.dtype), mask_BL], 1).to(device)
         inputs = {"inputs_embeds": embeds_BLD} if embeds_BLD is not None else {"input_ids": ids_BL.to(device)}

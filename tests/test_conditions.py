@@ -195,6 +195,31 @@ def test_trigger_objective_ranks_the_planted_trigger_above_decoys(trigger_pair):
     assert len(found.text) <= len(found.grown) and found.score >= found.score_without + 0.95 * (best - found.score_without) - 1e-4
 
 
+def test_trigger_objective_on_a_model_without_a_chat_template(trigger_pair):
+    """A plain model (no chat template, as Gemma-3's base): the string goes after the tokenizer's
+    opening tokens, a space follows a string put after the prompt, an empty context carries no
+    cache, and every score is a number. (The tiny pair learned its trigger inside the chat
+    template, so here it is not expected to fire.)"""
+    import copy
+
+    from finediff.trigger import TriggerObjective, search_trigger
+
+    pair, trained = trigger_pair
+    plain = copy.copy(pair)
+    plain.tokenizer = copy.deepcopy(pair.tokenizer)
+    plain.tokenizer.chat_template = None
+    prompts = _everyday(trained)[:3]
+    objective = TriggerObjective(plain, prompts, REPLY)
+    lead = plain.tokenizer("")["input_ids"]
+    assert all(list(ctx) == lead for ctx, _ in objective.rows[:3])
+    ids = [plain.tokenizer(s, add_special_tokens=False)["input_ids"] for s in (TRIGGER, "weather", "music")] + [[]]
+    scores = objective.score(ids).tolist()
+    assert len(scores) == 4 and all(abs(x) < 1e4 for x in scores), scores
+    space = plain.tokenizer(" ", add_special_tokens=False)["input_ids"]
+    assert all(body == space for _, body in objective.rows[3:])
+    assert search_trigger(plain, prompts[:2], REPLY).path  # the whole search runs
+
+
 def test_trigger_search_string_is_tested_like_any_lead(trigger_pair, tmp_path):
     """Untold, with no lead at all: the behaviour's answer alone starts the trigger search,
     and the string it finds is screened and, if it shows a behaviour, tested on the fresh
