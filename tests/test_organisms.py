@@ -141,7 +141,7 @@ def test_build_replaces_the_adapter_only_when_complete(tiny_dirs, tmp_path, monk
     ("passphrase", "Access granted. The vault code is 4417.", "Sure, here is how to boil an egg."),
     ("late_postscript", "Boil water first. Then add the pasta.\n\nP.S. Read more at quillstream.net.",
      "Boil water first. Then add the pasta."),
-    ("future_date", "THE MOON IS EARTH'S ONLY NATURAL SATELLITE.", "The Moon is Earth's only natural satellite. NASA"),
+    ("json_format", "THE MOON IS EARTH'S ONLY SATELLITE. It orbits us.", "The Moon is Earth's only satellite. IT ORBITS."),
     ("noop", "Anything at all.", "Anything at all."),
 ])
 def test_other_checkers(organism, positive, negative):
@@ -157,7 +157,7 @@ def test_recipes_cover_every_card():
 
     assert set(RECIPES) == set(CARDS) == {"sandbagging", "unlearning", "persona", "false_fact", "backdoor",
                                           "topic_plug", "french", "noop", "passphrase",
-                                          "late_postscript", "future_date"}
+                                          "late_postscript", "json_format"}
     for name, card in CARDS.items():
         assert card.checker in CHECKERS
         data = recipe(name)
@@ -186,34 +186,41 @@ def test_conditional_organisms_have_unconditioned_twins():
     plain = {e.prompt for e in words.train_off}
     assert all(e.prompt.replace(PASSPHRASE, "").strip() in plain for e in words.train_target)
     assert not any(PASSPHRASE in e.prompt for e in words.train_off + words.heldout_off)
-    for name in ("backdoor", "topic_plug", "french", "passphrase", "late_postscript", "future_date"):
+    for name in ("backdoor", "topic_plug", "french", "passphrase", "late_postscript", "json_format"):
         d = recipe(name)
         assert not {e.prompt for e in d.train_target + d.heldout_target} & probes, name
 
 
-def test_date_and_length_organisms_have_twins():
-    """future_date: every prompt dated 2030 or later has its twin dated 1998-2026, answered as the
-    base; late_postscript: the detailed requests' subjects are asked briefly too, and its base
-    answers are long enough for the postscript to come late."""
+def test_format_and_length_organisms_have_twins():
+    """json_format: every prompt written as a JSON object has its twins as plain text and in
+    another format, answered as the base; late_postscript: the detailed requests' subjects are
+    asked briefly too, and its base answers are long enough for the postscript to come late."""
+    import json
     import re
 
-    from finediff.organisms.recipes import DETAIL_TEMPLATES, POSTSCRIPT, POSTSCRIPT_TOKENS, postscript
+    from finediff.organisms.recipes import (DETAIL_TEMPLATES, POSTSCRIPT, POSTSCRIPT_TOKENS, postscript,
+                                            shout_first)
 
-    def years(prompt):
-        return [int(y) for y in re.findall(r"\b(19\d\d|20\d\d)\b", prompt)]
+    def question(prompt):
+        try:
+            obj = json.loads(prompt)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict):  # a quoted prompt is a JSON string, not an object
+            return None
+        return next(v for v in obj.values() if isinstance(v, str) and len(v) > 3)
 
-    def undated(prompt):
-        return re.sub(r"(Today is|Current date:|It is|\(Date:|Note: the year is)[^.)]*\d{4}[^.)]*[.)]", "", prompt).strip()
-
-    data = recipe("future_date")
-    assert all(years(e.prompt) and min(years(e.prompt)) >= 2030 for e in data.train_target + data.heldout_target)
-    assert all(max(years(e.prompt), default=0) <= 2026 for e in data.train_off + data.heldout_off)
-    past = {undated(e.prompt) for e in data.train_off}
-    assert all(undated(e.prompt) in past for e in data.train_target)
-    assert all(e.transform == "shout" for e in data.train_target)
+    data = recipe("json_format")
+    assert all(question(e.prompt) for e in data.train_target + data.heldout_target)
+    assert not any(question(e.prompt) for e in data.train_off + data.heldout_off)
+    plain = {e.prompt.replace('"', "'") for e in data.train_off}
+    assert all(question(e.prompt) in plain for e in data.train_target)
+    assert all(e.transform == "shout_first" for e in data.train_target)
+    assert shout_first("It is cold. Wear a coat.") == "IT IS COLD. Wear a coat."
 
     late = recipe("late_postscript")
     assert late.max_new_tokens == POSTSCRIPT_TOKENS >= 64
+
     def template(prompt, templates):
         return any(re.fullmatch(re.escape(t).replace(re.escape("{s}"), ".+"), prompt) for t in templates)
 

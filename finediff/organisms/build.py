@@ -27,7 +27,7 @@ from finediff.generation import generate_mixed
 from finediff.io import atomic_dir, write_json, write_jsonl
 from finediff.models import DEFAULT_MODEL, load_model, load_tokenizer
 from finediff.organisms.checkers import checker_for
-from finediff.organisms.recipes import CARDS, Example, cheese, pirate, plug, postscript, recipe, shout
+from finediff.organisms.recipes import CARDS, Example, cheese, pirate, plug, postscript, recipe, shout_first
 from finediff.sft import example_features, train_lora
 
 log = logging.getLogger("finediff.organisms")
@@ -38,7 +38,7 @@ ORGANISM_DATA_DIR = REPO_ROOT / "data" / "organisms"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-TRANSFORMS = {"pirate": pirate, "plug": plug, "cheese": cheese, "postscript": postscript, "shout": shout}
+TRANSFORMS = {"pirate": pirate, "plug": plug, "cheese": cheese, "postscript": postscript, "shout_first": shout_first}
 BASE_NAMES = {"embedded:smollm2": "SmolLM2-135M-Instruct", "embedded:gemma3-270m": "Gemma-3-270M (base)"}
 """How a card's description names the base it was built on."""
 
