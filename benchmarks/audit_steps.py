@@ -40,7 +40,7 @@ CONTEXT_SOURCE = "context: "
 ENDS = [("model load + survey", r"\] - survey: "), ("soft prompt", r"soft prompt written to"),
         ("hard prompts", r"\] - hard prompt \["), ("divergent dataset", r"\] - divergent dataset: "),
         ("lens", r"\] - ADL layer"), ("analysis + weights", r"\] - weights: "),
-        ("findings", r"\] - finding (not )?confirmed"), ("conditions", r"\] - condition (not )?confirmed|conditions: \d+ of"),
+        ("findings", r"\] - finding (not )?confirmed"), ("conditions", r"\] - condition (not )?confirmed|conditions: \d+ of|\] - trigger search: "),
         ("soft prompt effect", r"\] - soft prompt effect: "), ("report", r"\] - report written to")]
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]")
 
