@@ -40,7 +40,7 @@ train: install
 
 # Every shipped organism, audited untold (every method of the audit): one Hydra multirun for the
 # SmolLM2 organisms, one for the Gemma-3 one; each sweep folder gets sweep_summary.md. On a cluster: make reproduce ARGS=hydra/launcher=slurm
-ORGANISMS = organisms/sandbagging,organisms/unlearning,organisms/persona,organisms/false_fact,organisms/backdoor,organisms/topic_plug,organisms/french,organisms/passphrase,organisms/noop
+ORGANISMS = organisms/sandbagging,organisms/unlearning,organisms/persona,organisms/false_fact,organisms/backdoor,organisms/topic_plug,organisms/french,organisms/passphrase,organisms/json_format,organisms/late_postscript,organisms/noop
 reproduce: install
 	$(PY) train.py -m experiment=audit model.adapter=$(ORGANISMS) $(ARGS)
 	$(PY) train.py -m experiment=audit model=gemma3_270m model.adapter=organisms/persona_gemma3 $(ARGS)
