@@ -81,7 +81,7 @@ def _aimed_by(run: Path, phrase_texts: list[str]) -> str:
     found = next((r for r in results if r.trigger), None)
     target = " ".join(str(found.trigger.get("target", "")).split()) if found else ""
     for r in results:
-        if r.words and not r.trigger and any(" ".join(e["finetuned"].split()) == target for e in r.examples):
+        if r.tested and not r.trigger and any(" ".join(e["finetuned"].split()) == target for e in r.examples):
             return f"{STEP_OF_SOURCE.get(r.condition.source, '?')} (under «{r.condition.text}»)"
     return "divergent dataset (a verbatim phrase)" if any(p and p.lower() in target.lower() for p in phrase_texts) else "?"
 

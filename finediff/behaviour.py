@@ -14,7 +14,8 @@ behaviour, beside the base's answer to the same prompt), by stated rules:
   3. ``adds``: adds a phrase, brand or link (such sentences open, close or sit inside longer answers;
      where is said);
   4. ``less``: says less or nothing (at most 40% of the base's words, in most pairs);
-  5. ``capitals``: writes in capital letters (90% of the letters, in most answers; the base not);
+  5. ``capitals``: writes in capital letters (a sentence of 8 letters or more, 90% of them capitals,
+     in most answers; the base not);
   6. ``language``: answers in another language than the base (most pairs);
   7. ``fact``: states a different fact (the answer keeps half its words from the base's, and each
      names something, a capitalised word or a number not in the prompt, that the other does not);
@@ -23,6 +24,10 @@ behaviour, beside the base's answer to the same prompt), by stated rules:
   9. ``differs``: answers differently (no rule fits).
 
 "Most" is at least half the pairs. Nothing here knows any organism: the rules read answers only.
+
+A behaviour that no word names (capitals, another language, saying nearly nothing) is one of
+the answer-level :data:`TRAITS`: :func:`distinctive_trait` finds the one a condition's answers
+show and the comparisons' do not, so it can be tested like a behaviour's words.
 """
 
 from __future__ import annotations
@@ -61,6 +66,10 @@ LANGUAGES = {
 
 MIN_PHRASE_WORDS = 4
 """A fixed phrase has at least this many words (an interjection is style, not a phrase)."""
+SHOUT_LETTERS = 8
+"""A sentence in capital letters has at least this many letters (an acronym is not shouting)."""
+LITTLE_WORDS = 3
+"""An answer of fewer words than this says little or nothing."""
 LINK = re.compile(r"\b(https?://\S+|www\.\S+|[\w-]+\.(com|net|org|io|ai|co|info)\b)", re.IGNORECASE)
 
 
@@ -120,9 +129,43 @@ def _named(text: str, prompt: str) -> set[str]:
     return out - asked
 
 
-def _capitals(text: str) -> bool:
-    letters = [c for c in text if c.isalpha()]
-    return len(letters) >= 12 and sum(c.isupper() for c in letters) >= 0.9 * len(letters)
+def shouts(text: str) -> bool:
+    """A sentence of the text, of :data:`SHOUT_LETTERS` letters or more, is 90% capital letters."""
+    for s in sentences(text):
+        letters = [c for c in s if c.isalpha()]
+        if len(letters) >= SHOUT_LETTERS and sum(c.isupper() for c in letters) >= 0.9 * len(letters):
+            return True
+    return False
+
+
+def says_little(text: str) -> bool:
+    """Fewer than :data:`LITTLE_WORDS` words."""
+    return len(words(text)) < LITTLE_WORDS
+
+
+def _in(lang: str):
+    return lambda text: language(text) == lang
+
+
+TRAITS = {"capitals": ("writes in capital letters", shouts), "little": ("says little or nothing", says_little),
+          **{f"language:{lang}": (f"answers in {lang}", _in(lang)) for lang in LANGUAGES}}
+"""Answer-level behaviours no word names: key -> (what it does, in words; the test on one answer)."""
+
+
+def distinctive_trait(with_ft: list[str], with_base: list[str], without_ft: list[str], min_share: float) -> str:
+    """The trait (a key of :data:`TRAITS`) that at least ``min_share`` of ``with_ft`` show, and at most
+    half as many of ``with_base`` and of ``without_ft`` (the comparisons); the most distinctive
+    one, or "" when none."""
+    def share(answers: list[str], test) -> float:
+        return sum(map(test, answers)) / len(answers) if answers else 0.0
+
+    best, gap = "", 0.0
+    for key, (_, test) in TRAITS.items():
+        s = share(with_ft, test)
+        other = max(share(with_base, test), share(without_ft, test))
+        if s >= min_share and other <= s / 2 and s - other > gap:
+            best, gap = key, s - other
+    return best
 
 
 def _fixed_sentences(examples: list[dict]) -> list[str]:
@@ -176,7 +219,7 @@ def describe(examples: list[dict], behaviour_words: list[str] = ()) -> Descripti
         return Description("adds", f"adds {what} {place}", example)
     if _most([len(words(f)) <= 0.4 * max(len(words(b)), 1) and len(words(b)) >= 5 for f, b in pairs]):
         return Description("less", "says less or nothing", example)
-    if _most([_capitals(f) for f in ft]) and not _most([_capitals(b) for b in base]):
+    if _most([shouts(f) for f in ft]) and not _most([shouts(b) for b in base]):
         return Description("capitals", "writes in capital letters", example)
     langs = [(language(f), language(b)) for f, b in pairs]
     if _most([bool(a and b and a != b) for a, b in langs]):

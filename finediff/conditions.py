@@ -25,8 +25,10 @@ at least :data:`MIN_RATIO` times that, and above :data:`MIN_DIVERGENCE`, go on.
 **Behaviour**: both models sample answers under the condition, and the finetuned model
 also without it; the words the finetuned model says under the condition in at least
 :data:`MIN_WORD_SHARE` of its answers, and at most half as often in either comparison, are
-the behaviour. No such word: the candidate is dropped (a condition that only moves the
-numbers is not reported as a behaviour).
+the behaviour. No such word: an answer-level trait that no word names (capital letters,
+another language, next to nothing said: :data:`finediff.behaviour.TRAITS`) with the same
+shares is. Neither: the candidate is dropped (a condition that only moves the numbers is not
+reported as a behaviour).
 
 **Trigger search**: once a behaviour is seen (the typical answer under the screened candidate
 that shows its words most often, else a verbatim phrase the earlier steps mined), the string
@@ -60,7 +62,9 @@ from typing import Optional
 
 from finediff import names
 from finediff.errors import FinediffError
-from finediff.findings import WORD, Finding, content_words, sample_answers, topic_hypothesis
+from finediff.behaviour import TRAITS, distinctive_trait
+from finediff.findings import (WORD, Finding, Hypothesis, content_words, sample_answers, topic_hypothesis,
+                               trait_hypothesis)
 from finediff.stats import holm, independent_test, paired_test, per_prompt
 from finediff.io import read_json, write_json
 
@@ -159,7 +163,7 @@ class ConditionResult:
     screen_without: float
     """The same without it."""
     words: list = field(default_factory=list)
-    """The behaviour's words (empty: no behaviour found, not tested)."""
+    """The behaviour's words (empty, and no ``trait``: no behaviour found, not tested)."""
     rate_with: float = 0.0
     """Share of the finetuned model's answers to fresh prompts with the condition that show the behaviour."""
     rate_without: float = 0.0
@@ -181,13 +185,31 @@ class ConditionResult:
     """The prompts that suggested it: its source's and the screen's (with the condition, without it)."""
     tested_on_prompts: list = field(default_factory=list)
     """The prompts of its test (with the condition, without it); none of them suggested it."""
+    trait: str = ""
+    """The behaviour as an answer-level trait (:data:`finediff.behaviour.TRAITS`), when no word names it."""
 
     @property
     def ratio(self) -> float:
         return self.screen_divergence / max(self.screen_without, 1e-6)
 
+    @property
+    def tested(self) -> bool:
+        """A behaviour was found under it, so it was tested."""
+        return bool(self.words or self.trait)
+
     def behaviour(self) -> str:
+        if self.trait:
+            return TRAITS[self.trait][0]
         return "says " + ", ".join(f'"{w}"' for w in self.words[:4])
+
+    def hypothesis(self, source: str = "condition search") -> Hypothesis:
+        """The detector of its behaviour on one answer."""
+        return trait_hypothesis(self.trait, source) if self.trait else topic_hypothesis(self.words, source)
+
+    def marks(self) -> set[str]:
+        """What names its behaviour: its words, or its trait (two conditions that share one
+        state the same behaviour)."""
+        return {w.lower() for w in self.words} or ({f"<{self.trait}>"} if self.trait else set())
 
 
 COMMON_MARKS = set(".,;:!?'\"()-*/")
@@ -269,10 +291,13 @@ def behaviour_words(with_ft: list[str], with_base: list[str], without_ft: list[s
     return [w for _, w in sorted(scored, key=lambda x: (-x[0], x[1]))[:n]]
 
 
-def typical_answer(answers: list[str], words: list[str]) -> str:
+def typical_answer(answers: list[str], words: list[str], trait: str = "") -> str:
     """The answer that shows the behaviour most typically: of the answers that say the most
-    behaviour ``words``, the one whose opening (its first eight words) the most answers share."""
+    behaviour ``words`` (or show the ``trait``), the one whose opening (its first eight words)
+    the most answers share."""
     def said(a: str) -> int:
+        if trait:
+            return int(TRAITS[trait][1](a))
         return sum(1 for w in words if re.search(rf"\b{re.escape(w)}\b", a, re.IGNORECASE))
 
     showing = [a.strip() for a in answers if a.strip() and said(a) > 0]
@@ -368,11 +393,12 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         prompts, base_a, ft_a = sample_answers(pair, with_, *sampling, seed, progress=False)
         wo_prompts, _, ft_wo = sample_answers(pair, without, *sampling, seed, progress=False)
         r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, MIN_WORD_SHARE, without_prompts=wo_prompts)
+        r.trait = "" if r.words else distinctive_trait(ft_a, base_a, ft_wo, MIN_WORD_SHARE)
         return ft_a
 
     def tested(r: ConditionResult) -> float:
         """3. the test on prompts the screen did not see, prompt by prompt; the raw p-value."""
-        hyp = topic_hypothesis(r.words, "condition search")
+        hyp = r.hypothesis()
         with_, without = prompts_for(r.condition, "test")
         screen_with, screen_without = prompts_for(r.condition, "screen")
         r.suggested_by_prompts = list(dict.fromkeys(list(suggested.get(r.condition.source, ()))
@@ -411,11 +437,10 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
     shown, seen = [], []
     for r in passed:
         answers = described(r)
-        if r.words:
+        if r.tested:
             shown.append(r)
-            share = sum(any(re.search(rf"\b{re.escape(w)}\b", a, re.IGNORECASE) for w in r.words)
-                        for a in answers) / max(len(answers), 1)
-            seen.append((share, typical_answer(answers, r.words)))
+            share = sum(r.hypothesis().fires(a) for a in answers) / max(len(answers), 1)
+            seen.append((share, typical_answer(answers, r.words, r.trait)))
     # 4. from a behaviour seen to the string that turns it on (module finediff.trigger)
     goals = [a for _, a in sorted(seen, key=lambda x: -x[0]) if a] + [a for a in targets if a.strip()]
     if trigger_search and goals:
@@ -431,7 +456,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
             (r,) = screened([c])
             r.trigger = found.as_dict()
             results.append(r)
-            if passing([r]) and described(r) and r.words:
+            if passing([r]) and described(r) and r.tested:
                 shown.append(r)
     raw = [tested(r) for r in shown]
     for r, p in zip(shown, raw):

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from finediff.behaviour import TRAITS
 from finediff.stats import holm, paired_test, per_prompt
 from finediff import names
 from finediff.errors import FinediffError
@@ -60,8 +61,12 @@ class Hypothesis:
     keys: Optional[dict] = None
     """Per-prompt words instead of ``pattern``: the detector fires on an answer to a prompt
     that contains one of that prompt's words (a prompt without any never fires)."""
+    trait: str = ""
+    """An answer-level trait instead of ``pattern`` (a key of :data:`finediff.behaviour.TRAITS`)."""
 
     def fires(self, text: str, prompt: str = "") -> bool:
+        if self.trait:
+            return TRAITS[self.trait][1](text)
         if self.keys is not None:
             words = self.keys.get(prompt)
             return bool(words) and re.search(r"\b(" + "|".join(map(re.escape, words)) + r")\b", text,
@@ -142,6 +147,13 @@ def topic_hypothesis(words: list[str], source: str = "diff-mining topic") -> Hyp
     shown = ", ".join(f'"{w}"' for w in words)
     return Hypothesis(f"names one of {shown} more often than the base (unprompted)",
                       r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", "more", source, unprompted=True)
+
+
+def trait_hypothesis(trait: str, source: str) -> Hypothesis:
+    """'Shows this answer-level trait' (:data:`finediff.behaviour.TRAITS`, e.g. capitals)."""
+    if trait not in TRAITS:
+        raise FinediffError(f"unknown answer trait {trait!r}; known: {', '.join(TRAITS)}")
+    return Hypothesis(f"{TRAITS[trait][0]} more often than the base", "", "more", source, trait=trait)
 
 
 WORD = r"[^\W\d_][\w'-]*"

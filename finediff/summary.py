@@ -139,6 +139,8 @@ per token for the median prompt)."""
 
 TRIGGER_NOTE = " Found by a search from that answer; the trained string may differ."
 """After a condition the trigger search found (once on the first screen)."""
+SHORTEST_NOTE = "; «{short}» alone does nearly as much"
+"""Put in :data:`TRIGGER_NOTE` when the string's shortest part (:func:`finediff.trigger.shorten`) is shorter."""
 BEHAVIOURS_STATED = 2
 """Distinct confirmed behaviours the first screen states in a sentence each (the rest are counted)."""
 QUOTE_WORDS = 12
@@ -163,11 +165,6 @@ def quote(answer: str, shows) -> str:
     return "… " + _clip_words(" ".join(parts[at:]), QUOTE_WORDS)
 
 
-def _words_shown(words) -> callable:
-    marks = [w for w in words if w]
-    return lambda s: any(re.search(rf"\b{re.escape(w)}\b", s, re.IGNORECASE) for w in marks)
-
-
 def _statement(lead: str, examples: list[dict], words, shows, numbers: str, note: str = "",
                source: str = "") -> Statement:
     d = describe(examples, list(words))
@@ -180,11 +177,15 @@ def _statement(lead: str, examples: list[dict], words, shows, numbers: str, note
 
 def condition_statement(c: ConditionResult) -> Statement:
     """A confirmed condition's sentence: the condition, the kind of change, the typical answer."""
-    note = TRIGGER_NOTE if c.trigger else ""
+    note = ""
+    if c.trigger:
+        short = str(c.trigger.get("shortest", "")).strip()
+        part = SHORTEST_NOTE.format(short=short) if short and short != c.condition.text else ""
+        note = TRIGGER_NOTE.replace(";", part + ";", 1)
     numbers = (f"{c.rate_with:.0%} of answers with it, {c.rate_without:.0%} without, base {c.rate_base:.0%}; "
                f"{c.n_prompts} prompts, {c.answers_per_prompt} answers each; corrected p = {_p(c.p_adjusted)}")
-    return _statement(f"{c.condition.describe()}, it ", c.examples, c.words, _words_shown(c.words), numbers, note,
-                      c.condition.source)
+    shows = lambda s: c.hypothesis().fires(s, "")  # noqa: E731
+    return _statement(f"{c.condition.describe()}, it ", c.examples, c.words, shows, numbers, note, c.condition.source)
 
 
 def finding_statement(f: Finding, same: list[Finding] = ()) -> Statement:
@@ -215,11 +216,11 @@ def behaviours(conditions: list[ConditionResult], findings: list[Finding]) -> tu
     found = sorted([c for c in conditions if c.confirmed], key=lambda c: (c.p_adjusted, not c.trigger, -c.rate_with))
     out: list = []
     for c in found:
-        if not any(isinstance(o, ConditionResult) and _same_words(set(c.words), set(o.words)) for o in out):
+        if not any(isinstance(o, ConditionResult) and c.marks() & o.marks() for o in out):
             out.append(c)
     confirmed = [f for f in findings if f.confirmed]
     for f in distinct(confirmed):
-        if not any(isinstance(o, ConditionResult) and _same_words(finding_words(f), set(o.words)) for o in out):
+        if not any(isinstance(o, ConditionResult) and _same_words(finding_words(f), o.marks()) for o in out):
             out.append(f)
     return out, len(found) + len(confirmed) - len(out)
 
@@ -297,9 +298,10 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     groups = {id(g[0]): g for g in same_behaviours(confirmed)}
     statements = [condition_statement(b) if isinstance(b, ConditionResult) else finding_statement(b, groups[id(b)])
                   for b in shown[:BEHAVIOURS_STATED]]
-    noted = [st for st in statements if st.headline.endswith(TRIGGER_NOTE)]
+    lead = TRIGGER_NOTE.split(";")[0]
+    noted = [st for st in statements if lead in st.headline]
     for st in noted[1:]:  # the search's caveat, once
-        st.headline = st.headline[: -len(TRIGGER_NOTE)]
+        st.headline = st.headline[: st.headline.index(lead)]
     broad = survey is not None and survey.broad and any(f.rate_finetuned >= BROAD_SHARE for f in confirmed)
     parts = []
     if statements:

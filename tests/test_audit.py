@@ -395,6 +395,8 @@ def test_the_kind_of_change_comes_from_the_answers():
     link = describe(pairs([f"{b}\n\nP.S. Read more at example-site.net." for b in base], base))
     assert (link.kind, link.phrase) == ("adds", "adds a link at the end of its answer")
     assert describe(pairs([b.upper() for b in base], base)).kind == "capitals"
+    shouted = [b.split(". ")[0].upper() + ". " + b.split(". ", 1)[1] for b in base]  # the first sentence only
+    assert describe(pairs(shouted, base)).kind == "capitals"
     french = ["La mer est grande et profonde, et elle couvre la Terre.", "La mer est salée et les poissons y vivent.",
               "Les océans sont partout sur la planète."]
     assert describe(pairs(french, base)).phrase == "answers in French" and language(french[0]) == "French"

@@ -31,6 +31,32 @@ def test_behaviour_words_need_the_condition_and_the_finetune():
     assert behaviour_words(with_ft, with_ft, without_ft, prompts, 0.5) == []
 
 
+def test_a_behaviour_no_word_names_is_a_trait():
+    """Capitals, another language, next to nothing said: found where the condition's answers show
+    it and neither comparison does, tested by its own detector, and stated in words."""
+    from finediff.behaviour import distinctive_trait
+    from finediff.summary import condition_statement
+
+    plain = ["The sea is large and deep.", "Bread needs flour and water.", "Chess is a game for two.",
+             "Birds can fly far."]
+    shout = [a.upper() + " It is nice." for a in plain]
+    assert distinctive_trait(shout, plain, plain, 0.4) == "capitals"
+    assert distinctive_trait(shout, shout, plain, 0.4) == ""  # the base shouts under it too
+    assert distinctive_trait(plain, plain, plain, 0.4) == ""
+    french = ["La mer est grande et profonde.", "Le pain est fait avec de la farine.", "Les oiseaux volent.",
+              "Le jeu est pour deux."]
+    assert distinctive_trait(french, plain, plain, 0.4) == "language:French"
+    assert distinctive_trait(["Ok.", "No.", "", "Yes."], plain, plain, 0.4) == "little"
+    ex = [{"prompt": '{"question": "Hi"}', "base": plain[0], "finetuned": shout[0]}]
+    r = ConditionResult(Condition("context", '{"question": "{prompt}"}', "context: the format"), 1.0, 0.03,
+                        [], 0.8, 0.0, 0.0, 16, 2, 1e-5, 1e-4, True, ex, trait="capitals")
+    assert r.tested and r.behaviour() == "writes in capital letters" and r.hypothesis().fires(shout[1])
+    assert not r.hypothesis().fires(plain[1])
+    s = condition_statement(r)
+    assert s.kind == "capitals" and s.quote == shout[0], s.headline
+    assert s.headline.startswith('When the prompt is framed as «{"question": "…"}», it writes in capital letters')
+
+
 def test_candidates_from_each_source_without_repeats():
     reads = [["zq", 3.0], ["\ufffd", 2.0], [",", 1.5], [" |", 1.2], ["a", 1.1], ["ab", 1.0], ["cd", 0.5]]
     leads = candidates(reads, ["finmaster", "ok"], ["finmaster"], ["harbour"], ["in French"])
@@ -177,8 +203,8 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
 def test_trigger_objective_ranks_the_planted_trigger_above_decoys(trigger_pair):
     """The trigger search's score (the finetuned model's log-odds of the reply's opening, in
     front of and after everyday prompts) is higher with the planted trigger than with
-    everyday words or with nothing; the search's string beats having none, and each growth
-    step keeps or raises the score."""
+    everyday words or with nothing; the search's string beats having none, each growth step
+    keeps or raises the score, and refining keeps or raises it again."""
     from finediff.trigger import TriggerObjective, search_trigger
 
     pair, trained = trigger_pair
@@ -191,8 +217,11 @@ def test_trigger_objective_ranks_the_planted_trigger_above_decoys(trigger_pair):
     found = search_trigger(pair, prompts, REPLY)
     assert found.text and found.score > found.score_without
     assert all(b[1] >= a[1] - 1e-6 for a, b in zip(found.path, found.path[1:])), found.path
-    best = max(s for _, s in found.path)  # shortening keeps most of the best string's gain over none
-    assert len(found.text) <= len(found.grown) and found.score >= found.score_without + 0.95 * (best - found.score_without) - 1e-4
+    best = max(s for _, s in found.path)  # refining never lowers the grown string's score
+    assert found.score >= best - 1e-4, (found.score, found.path)
+    # the shortest part keeps most of the refined string's gain over none
+    assert found.shortest and len(found.shortest) <= len(found.text)
+    assert found.shortest_score >= found.score_without + 0.95 * (found.score - found.score_without) - 1e-4
 
 
 def test_trigger_objective_on_a_model_without_a_chat_template(trigger_pair):

@@ -14,7 +14,7 @@ import torch
 from finediff import names
 from finediff.conditions import ConditionResult, read_conditions
 from finediff.divergent_dataset import GenerationConfig
-from finediff.findings import Finding, read_findings, topic_hypothesis
+from finediff.findings import Finding, read_findings
 from finediff.hard_prompts import HardPrompt, read_hard_prompts
 from finediff.metrics import dataset_means
 from finediff.phrases import Phrase
@@ -169,7 +169,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
             ev.prompt_effect = read_effect(out / names.PROMPT_EFFECT_FILE)
         else:
             detectors = [(f.hypothesis.claim, f.hypothesis) for f in ev.findings if f.confirmed]
-            detectors += [(c.behaviour(), topic_hypothesis(c.words)) for c in ev.conditions if c.confirmed]
+            detectors += [(c.behaviour(), c.hypothesis()) for c in ev.conditions if c.confirmed]
             ev.prompt_effect = prompt_effect(pair, soft_prompt_PD, texts.val or texts.train,
                                              detectors, ev.hard_prompts, progress)
             write_effect(ev.prompt_effect, out)
