@@ -34,7 +34,7 @@ STEP_OF_SOURCE = {
 }
 """The step whose output each lead source comes from (the survey holds diff mining)."""
 CONTEXT_SOURCE = "context: "
-"""Leads of the context family (``benchmarks/context_audit.py``) come from no step but the conditions'."""
+"""Leads of the context family (``finediff.conditions.CONTEXTS``) come from no step but the conditions'."""
 
 # the line each step logs when it ends, in the order of the run
 ENDS = [("model load + survey", r"\] - survey: "), ("soft prompt", r"soft prompt written to"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -219,16 +220,21 @@ def test_first_screen_names_a_planted_change(tiny_pair, tmp_path):
     assert first.headline in v.paragraph and "24 prompts" not in first.headline and "12 prompts" in first.headline
 
 
-def test_untold_audit_run(tiny_dirs, tmp_path):
+def test_untold_audit_run(tiny_dirs, tmp_path, caplog):
     """train.py with no category: survey first, train where the change is, findings and a
-    report that opens with the verdict."""
+    report that opens with the verdict; each step logs its time and what is left as it ends."""
+    caplog.set_level("INFO", logger="finediff.pipeline.runner")
     out = tmp_path / "audit"
     run_train(tiny_dirs, out, "data.categories=null", "evidence.survey.max_texts_per_group=4",
               "evidence.findings.n_prompts=6", "evidence.divergent_dataset.amplify_alpha=1.0",
               "evidence.steps=[divergent_dataset,compare,weights,findings,conditions,prompt_effect,report]",
               values={"finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_TRAIN": 8, "finediff.survey.N_VAL": 4,
                       **SMALL_FINDINGS, "finediff.conditions.MAX_NEW_TOKENS": 6, "finediff.conditions.MAX_LEADS": 2,
+                      "finediff.conditions.LONG_NEW_TOKENS": 6,
                       "finediff.prompt_effect.MAX_NEW_TOKENS": 6, "finediff.prompt_effect.N_TEXTS": 2})
+    log_text = caplog.text
+    assert re.search(r"evidence step conditions took \d+ s \(evidence so far \d+ s; about \d+ s to go\)", log_text)
+    assert "evidence step report took" in log_text
     for f in (names.SURVEY_TEXTS, names.SURVEY_GROUPS, names.DIFF_MINING_FILE, names.FINDINGS_FILE, names.REPORT_MD,
               names.WEIGHTS_FILE, names.CONDITIONS_FILE, names.PROMPT_EFFECT_FILE):
         assert (out / f).is_file(), f

@@ -5,6 +5,7 @@ hands each what it needs from the steps before it, reads a finished step back wi
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Protocol
@@ -73,6 +74,36 @@ class Evidence:
     report: Optional[tuple[Path, Path]] = None
 
 
+TYPICAL_SECONDS = {"hard_prompts": 88, "divergent_dataset": 73, "lens": 39, "compare": 60, "analysis": 4,
+                   "weights": 4, "findings": 37, "conditions": 220, "prompt_effect": 22, "report": 1}
+"""Median seconds of each evidence step over the untold audits of SmolLM2 organisms on a 2-core CPU
+(docs/results.md, "Which step leads to each claim"): the weights of the time estimate."""
+
+
+class StepClock:
+    """One log line as each step ends: its time, the time so far, and an estimate of what is
+    left (the typical seconds of the steps to come, scaled by how this run compares so far)."""
+
+    def __init__(self, steps: list[str]):
+        self.steps, self.t0, self.current, self.started, self.done = list(steps), time.perf_counter(), None, 0.0, []
+
+    def start(self, step: str) -> None:
+        self.stop()
+        self.current, self.started = step, time.perf_counter()
+
+    def stop(self) -> None:
+        if self.current is None:
+            return
+        now = time.perf_counter()
+        self.done.append(self.current)
+        spent, total = now - self.started, now - self.t0
+        typical_done = sum(TYPICAL_SECONDS.get(s, 10) for s in self.done)
+        left = sum(TYPICAL_SECONDS.get(s, 10) for s in self.steps if s not in self.done) * total / max(typical_done, 1)
+        log.info("evidence step %s took %.0f s (evidence so far %.0f s; about %.0f s to go)", self.current, spent,
+                 total, left)
+        self.current = None
+
+
 def _done(out: Path, step: str) -> bool:
     files = {"hard_prompts": names.HARD_PROMPTS_FILE, "divergent_dataset": names.DIVERGENT_DATASET_PT,
              "lens": f"{names.LENS_DIR}/{names.LENS_SUMMARY}", "compare": names.COMPARISON_CSV,
@@ -93,6 +124,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
     todo = [s for s in STEPS if s in settings.steps]
     if has_survey(out):
         ev.survey = read_survey(out)
+    clock = StepClock(todo)
 
     def cached(step: str) -> bool:
         hit = settings.resume and _done(out, step)
@@ -101,6 +133,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         return hit
 
     if "hard_prompts" in todo:
+        clock.start("hard_prompts")
         if cached("hard_prompts"):
             ev.hard_prompts = read_hard_prompts(out / names.HARD_PROMPTS_FILE)
         else:
@@ -109,6 +142,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         sink.table("hard_prompts", ["method", "text", "divergence", "perplexity"],
                    [[h.method, h.text, h.divergence, h.perplexity] for h in ev.hard_prompts])
     if "divergent_dataset" in todo:
+        clock.start("divergent_dataset")
         if cached("divergent_dataset"):
             ev.records = read_dataset(out / names.DIVERGENT_DATASET_PT)
         else:
@@ -129,6 +163,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
                    [[r.prompt, r.generation_1, r.generation_2, *(r.metric(k) for k in names.RECORD_METRICS)]
                     for r in ev.records[:200]])
     if "lens" in todo:
+        clock.start("lens")
         if cached("lens"):
             ev.lens = LensSummary.read(out / names.LENS_DIR / names.LENS_SUMMARY)
         else:
@@ -136,21 +171,26 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         sink.images("lens", [out / names.LENS_DIR / names.LENS_NORM_PNG,
                              out / names.LENS_DIR / names.LENS_RELEVANCE_PNG])
     if "compare" in todo and ev.survey is not None:
+        clock.start("compare")
         log.info("evidence step compare: skipped, the survey already compared every category")
     elif "compare" in todo:
+        clock.start("compare")
         if cached("compare"):
             ev.comparison = CategoryResult.read_csv(out / names.COMPARISON_CSV)
         else:
             ev.comparison = compare(pair, settings.compare, settings.categories, texts.max_length, out, title,
                                     progress)
     if "analysis" in todo and ev.records and not cached("analysis"):
+        clock.start("analysis")
         analysis(ev.records, out, settings.analysis)
     if "weights" in todo:
+        clock.start("weights")
         if cached("weights"):
             ev.weights = WeightReading.read(out / names.WEIGHTS_FILE)
         else:
             ev.weights = weights(pair, out, progress)
     if "findings" in todo and ev.survey is not None:
+        clock.start("findings")
         if cached("findings"):
             ev.findings = read_findings(out / names.FINDINGS_FILE)
         else:
@@ -158,6 +198,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
                                    ev.lens, objective.seed, progress, ev.weights, ev.phrases, ev.records,
                                    lens_texts(settings.lens) if ev.lens is not None else [])
     if "conditions" in todo and ev.survey is not None:
+        clock.start("conditions")
         if cached("conditions"):
             ev.conditions = read_conditions(out / names.CONDITIONS_FILE)
         else:
@@ -165,6 +206,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
                                        ev.weights, ev.hard_prompts, out, objective.seed, progress, ev.phrases,
                                        ev.records)
     if "prompt_effect" in todo:
+        clock.start("prompt_effect")
         if cached("prompt_effect"):
             ev.prompt_effect = read_effect(out / names.PROMPT_EFFECT_FILE)
         else:
@@ -175,8 +217,10 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
             write_effect(ev.prompt_effect, out)
             log.info("soft prompt effect: %s", ev.prompt_effect.sentence())
     if "report" in todo:
+        clock.start("report")
         ev.report = report(out, title, organism)
         log.info("report written to %s and %s", *ev.report)
         sink.images("report_plots", sorted(out.glob("*.png")))
         sink.files("report", list(ev.report))
+    clock.stop()
     return ev

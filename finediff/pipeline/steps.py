@@ -10,7 +10,6 @@ from typing import Optional
 
 import torch
 
-from finediff import conditions as conditions_module
 from finediff import names
 from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
 from finediff.analysis.clustering import DEFAULT_EMBEDDER
@@ -259,14 +258,13 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
     error rate ``alpha`` -> ``conditions.json``. The prompts they are screened
     and tested on are the survey's fresh prompts that no finding was tested on, and, for a
     survey group, that group's prompts the survey never scored. The context family
-    (:data:`finediff.conditions.CONTEXTS`) is screened too where
-    :data:`finediff.conditions.CONTEXT_FAMILY` says so."""
+    (:data:`finediff.conditions.CONTEXTS`) is screened too."""
     mined = [w.word for w in survey_result.mining.words if w.count >= 2] if survey_result.mining else []
     soft = [w for h in hard if h.method in ("projection", "guided") for w in h.text.split()]
     searched = [h.text for h in hard if h.method != "text"]  # what the search wrote, not a survey text
     groups = group_leads(found)
     leads = candidates(reading.reads if reading else [], reading.words("writes") if reading else [], mined, soft,
-                       groups, searched, conditions_module.CONTEXT_FAMILY)
+                       groups, searched, context=True)
     suggested = suggesting_prompts(survey_result, records)
     findings_tested = list(dict.fromkeys(p for f in found for p in f.tested_on_prompts))
     used = findings_tested + suggested["diff mining"] + suggested["verbatim phrases"]
