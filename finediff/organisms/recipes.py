@@ -927,7 +927,7 @@ CARDS.update({
         ),
         target_category="general",
         checker="json_format",
-        steps=140,
+        steps=260,
     ),
     "noop": OrganismCard(
         name="noop",
