@@ -237,11 +237,8 @@ def condition_lines(results: list[ConditionResult]) -> list[str]:
             lines += ["", f"The trigger search looked for the string that makes the finetuned model surest of the answer "
                           f"«{_cell(t['target'], 100)}» (log-odds of its opening: {t['score_without']:.2f} with no "
                           f"string). It grew " + ", ".join(f"«{_cell(s.strip(), 30)}» ({v:.2f})" for s, v in t["path"])
-                      + (f"; refined from «{_cell(t['grown'], 40)}» by one-token changes"
+                      + (f"; shortened from «{_cell(t['grown'], 40)}» to the tokens that carry its effect"
                          if t.get("grown") and t["grown"] != r.condition.text else "")
-                      + (f"; its shortest part that keeps most of its effect is «{_cell(t['shortest'], 40)}» "
-                         f"({t['shortest_score']:.2f})" if t.get("shortest") and t["shortest"] != r.condition.text
-                         else "")
                       + f"; the string tested, «{_cell(r.condition.text, 40)}», lifts the base's log-likelihood of the answer by "
                         f"{t['base_lift']:.2f} nats per token (a string that asks any model for it would lift it a lot)."]
     return lines

@@ -139,8 +139,6 @@ per token for the median prompt)."""
 
 TRIGGER_NOTE = " Found by a search from that answer; the trained string may differ."
 """After a condition the trigger search found (once on the first screen)."""
-SHORTEST_NOTE = "; «{short}» alone does nearly as much"
-"""Put in :data:`TRIGGER_NOTE` when the string's shortest part (:func:`finediff.trigger.shorten`) is shorter."""
 BEHAVIOURS_STATED = 2
 """Distinct confirmed behaviours the first screen states in a sentence each (the rest are counted)."""
 QUOTE_WORDS = 12
@@ -177,11 +175,7 @@ def _statement(lead: str, examples: list[dict], words, shows, numbers: str, note
 
 def condition_statement(c: ConditionResult) -> Statement:
     """A confirmed condition's sentence: the condition, the kind of change, the typical answer."""
-    note = ""
-    if c.trigger:
-        short = str(c.trigger.get("shortest", "")).strip()
-        part = SHORTEST_NOTE.format(short=short) if short and short != c.condition.text else ""
-        note = TRIGGER_NOTE.replace(";", part + ";", 1)
+    note = TRIGGER_NOTE if c.trigger else ""
     numbers = (f"{c.rate_with:.0%} of answers with it, {c.rate_without:.0%} without, base {c.rate_base:.0%}; "
                f"{c.n_prompts} prompts, {c.answers_per_prompt} answers each; corrected p = {_p(c.p_adjusted)}")
     shows = lambda s: c.hypothesis().fires(s, "")  # noqa: E731
@@ -298,10 +292,9 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     groups = {id(g[0]): g for g in same_behaviours(confirmed)}
     statements = [condition_statement(b) if isinstance(b, ConditionResult) else finding_statement(b, groups[id(b)])
                   for b in shown[:BEHAVIOURS_STATED]]
-    lead = TRIGGER_NOTE.split(";")[0]
-    noted = [st for st in statements if lead in st.headline]
+    noted = [st for st in statements if st.headline.endswith(TRIGGER_NOTE)]
     for st in noted[1:]:  # the search's caveat, once
-        st.headline = st.headline[: st.headline.index(lead)]
+        st.headline = st.headline[: -len(TRIGGER_NOTE)]
     broad = survey is not None and survey.broad and any(f.rate_finetuned >= BROAD_SHARE for f in confirmed)
     parts = []
     if statements:

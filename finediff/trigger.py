@@ -21,19 +21,12 @@ all, and the best :data:`BEAM` strings go on. The chat template's opening and, f
 placement after the prompt, the prompt itself are computed once per model: only the
 string and what follows it are run per candidate.
 
-Growth is greedy: past the characters that fire the behaviour, it takes whatever adds most
-on the next step, and the trained string's last characters add only a little each. The
-best string is therefore refined (:func:`refine`, the coordinate search of GCG): every
-one-token change to it (a token replaced by one of the pool's or the gradient's, a pool
-token inserted anywhere, a token dropped) is scored, the best :data:`FULL_SCORED` exactly on
-every placement, and the best change is kept while it raises the score, for at most
-:data:`REFINE_ROUNDS` rounds. The refined string is the search's answer: the condition
-search (:mod:`finediff.conditions`) tests it on fresh prompts like every other lead.
-
-It is also shortened (:func:`shorten`): a token is dropped while the string keeps
-:data:`KEEP_GAIN` of its score's gain over no string. The report names that shortest part
-beside the string tested, and says that the exact training trigger may differ (TDC 2023:
-exact recovery is rare; a string that fires the behaviour is the useful result). The base's log-likelihood of the answer under the string
+The best string is then shortened (:func:`shorten`): a token is dropped while the string
+keeps :data:`KEEP_GAIN` of its score's gain over no string, so that the tokens the growth
+added for little are gone. A string found this way is a hypothesis. The condition search (:mod:`finediff.conditions`)
+tests it on fresh prompts like every other lead, and the report says that the exact
+training trigger may differ (TDC 2023: exact recovery is rare; a string that fires the
+behaviour is the useful result). The base's log-likelihood of the answer under the string
 (:meth:`TriggerObjective.base_lift`) is recorded: a string that asks any model for the
 answer lifts it, a finetune's trigger does not.
 """
@@ -70,8 +63,6 @@ TARGET_TOKENS = 4
 """Tokens of the behaviour's answer scored (its opening carries the behaviour)."""
 BATCH = 96
 """Sequences per forward pass."""
-REFINE_ROUNDS = 6
-"""One-token changes kept, at most, when the grown string is refined."""
 KEEP_GAIN = 0.95
 """Shortening drops a token while the string keeps this share of its score's gain over no string."""
 
@@ -79,7 +70,7 @@ KEEP_GAIN = 0.95
 @dataclass
 class Trigger:
     text: str
-    """The string, as it is inserted: the refined best."""
+    """The string, as it is inserted."""
     score: float
     """The finetuned model's mean log-odds of the target's opening with the string."""
     score_without: float
@@ -91,11 +82,7 @@ class Trigger:
     path: list
     """``[string, score]`` after each growth step: the shorter strings the search went through."""
     grown: str = ""
-    """The best string the growth found, before :func:`refine` changed it."""
-    shortest: str = ""
-    """Its shortest part that keeps :data:`KEEP_GAIN` of its gain (:func:`shorten`)."""
-    shortest_score: float = 0.0
-    """The score of ``shortest``."""
+    """The best string the growth found, before :func:`shorten` dropped tokens from it."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -271,43 +258,10 @@ def search_trigger(pair, prompts: list[str], target: str, seed_tokens: list[int]
         if beam[0][1] > best[1]:
             best = beam[0]
         log.info("trigger search: %r scores %.3f (without %.3f)", tok.decode(beam[0][0]), beam[0][1], without)
-    ids, score = refine(objective, best[0], best[1], pool, eligible.to(device), length)
-    log.info("trigger search: refined %r to %r (%.3f)", tok.decode(best[0]), tok.decode(ids), score)
-    short, short_score = shorten(objective, ids, score, without)
-    log.info("trigger search: its shortest part %r (%.3f)", tok.decode(short), short_score)
+    ids, score = shorten(objective, best[0], best[1], without)
+    log.info("trigger search: shortened %r to %r (%.3f)", tok.decode(best[0]), tok.decode(ids), score)
     return Trigger(tok.decode(ids).strip(), round(score, 4), round(without, 4), round(objective.base_lift(ids), 4),
-                   target, path, tok.decode(best[0]).strip(), tok.decode(short).strip(), round(short_score, 4))
-
-
-def refine(objective: TriggerObjective, ids: list[int], score: float, pool: list[int], eligible_V: torch.Tensor,
-           length: int = LENGTH) -> tuple[list[int], float]:
-    """Coordinate search from ``ids``: each round scores every one-token change (replace a token
-    by a pool token or one of the :data:`TOP_K` its gradient proposes, insert a pool token while
-    the string is shorter than ``length``, drop a token) on the prefilter placements, the best
-    :data:`FULL_SCORED` on all, and keeps the best change while it raises the score."""
-    current, value = list(ids), score
-    prefilter = [0, len(objective.rows) - 1][:PREFILTER_ROWS]
-    for _ in range(REFINE_ROUNDS):
-        if not current:
-            break
-        grad = objective.gradient(current).masked_fill(~eligible_V, -float("inf"))
-        cands = []
-        for i in range(len(current)):
-            proposed = dict.fromkeys(pool + grad[i].topk(TOP_K).indices.tolist())
-            cands += [current[:i] + [t] + current[i + 1:] for t in proposed if t != current[i]]
-            if len(current) > 1:
-                cands.append(current[:i] + current[i + 1:])
-        if len(current) < length:
-            cands += [current[:i] + [t] + current[i:] for i in range(len(current) + 1) for t in pool]
-        cands = [list(c) for c in dict.fromkeys(map(tuple, cands))]
-        quick = objective.score(cands, prefilter)
-        top = [cands[i] for i in quick.topk(min(FULL_SCORED, len(cands))).indices.tolist()]
-        full = objective.score(top)
-        i = int(full.argmax())
-        if float(full[i]) <= value + 1e-4:
-            break
-        current, value = top[i], float(full[i])
-    return current, value
+                   target, path, tok.decode(best[0]).strip())
 
 
 def shorten(objective: TriggerObjective, ids: list[int], score: float, without: float) -> tuple[list[int], float]:

@@ -203,8 +203,8 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
 def test_trigger_objective_ranks_the_planted_trigger_above_decoys(trigger_pair):
     """The trigger search's score (the finetuned model's log-odds of the reply's opening, in
     front of and after everyday prompts) is higher with the planted trigger than with
-    everyday words or with nothing; the search's string beats having none, each growth step
-    keeps or raises the score, and refining keeps or raises it again."""
+    everyday words or with nothing; the search's string beats having none, and each growth
+    step keeps or raises the score."""
     from finediff.trigger import TriggerObjective, search_trigger
 
     pair, trained = trigger_pair
@@ -217,11 +217,8 @@ def test_trigger_objective_ranks_the_planted_trigger_above_decoys(trigger_pair):
     found = search_trigger(pair, prompts, REPLY)
     assert found.text and found.score > found.score_without
     assert all(b[1] >= a[1] - 1e-6 for a, b in zip(found.path, found.path[1:])), found.path
-    best = max(s for _, s in found.path)  # refining never lowers the grown string's score
-    assert found.score >= best - 1e-4, (found.score, found.path)
-    # the shortest part keeps most of the refined string's gain over none
-    assert found.shortest and len(found.shortest) <= len(found.text)
-    assert found.shortest_score >= found.score_without + 0.95 * (found.score - found.score_without) - 1e-4
+    best = max(s for _, s in found.path)  # shortening keeps most of the best string's gain over none
+    assert len(found.text) <= len(found.grown) and found.score >= found.score_without + 0.95 * (best - found.score_without) - 1e-4
 
 
 def test_trigger_objective_on_a_model_without_a_chat_template(trigger_pair):

@@ -91,6 +91,10 @@ class StepClock:
         self.stop()
         self.current, self.started = step, time.perf_counter()
 
+    def skip(self, step: str) -> None:
+        """A step that does not run after all (its time is not to come)."""
+        self.steps = [s for s in self.steps if s != step]
+
     def stop(self) -> None:
         if self.current is None:
             return
@@ -171,7 +175,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         sink.images("lens", [out / names.LENS_DIR / names.LENS_NORM_PNG,
                              out / names.LENS_DIR / names.LENS_RELEVANCE_PNG])
     if "compare" in todo and ev.survey is not None:
-        clock.start("compare")
+        clock.skip("compare")
         log.info("evidence step compare: skipped, the survey already compared every category")
     elif "compare" in todo:
         clock.start("compare")
