@@ -9,6 +9,11 @@ the 16 tokens the adapter's early layers read most, exactly as the audit's condi
 step runs it. The row shows the string found, the strings on the way, whether the
 organism's trigger (from its card, outside the search) is recovered exactly or in part
 (the longest run of its characters in the found string), and the wall time.
+
+    python benchmarks/trigger.py organisms/backdoor --score "|kx7q|" "|kx5|" ...
+
+``--score``: no search; the search's score of each given string on the same prompts, highest
+first (does the trained trigger score above its near misses?).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from finediff.io import markdown_table
 from finediff.models import load_model_pair
 from finediff.pipeline.steps import TRIGGER_SEED_TOKENS
 from finediff.records import OrganismCard
-from finediff.trigger import PROMPTS, search_trigger, single_tokens
+from finediff.trigger import PROMPTS, TriggerObjective, search_trigger, single_tokens
 from finediff.weights import read_weights
 
 EVERYDAY = ["What should I cook for dinner tonight?", "How can I sleep better?", "Give me a tip for saving money.",
@@ -47,6 +52,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("adapters", nargs="+")
     ap.add_argument("--target", default=None, help="the behaviour's answer (default: the organism's first reply)")
+    ap.add_argument("--score", nargs="+", default=None, metavar="STRING",
+                    help="score these strings instead of searching")
     args = ap.parse_args()
     header = ["organism", "trigger (card)", "answer searched for", "found", "strings on the way", "longest run of the trigger",
               "seconds"]
@@ -61,6 +68,13 @@ def main() -> None:
         trigger = re.findall(r"'([^']+)'", card.description_short)
         trigger = trigger[-1] if trigger else ""
         pair = load_model_pair(card.base or "embedded:smollm2", adapter=adapter)
+        if args.score:
+            objective = TriggerObjective(pair, EVERYDAY[:PROMPTS], target)
+            ids = [pair.tokenizer(s, add_special_tokens=False)["input_ids"] for s in args.score]
+            scores = objective.score(ids + [[]]).tolist()
+            ranked = sorted(zip(scores[:-1], args.score), reverse=True)
+            print(f"{card.name}: " + ", ".join(f"`{s}` {v:.3f}" for v, s in ranked) + f" (no string: {scores[-1]:.3f})")
+            continue
         reading = read_weights(pair.base, pair.finetuned, pair.tokenizer)
         seeds = single_tokens(pair.tokenizer, [t for t, _ in reading.reads[:TRIGGER_SEED_TOKENS]])
         t0 = time.perf_counter()
