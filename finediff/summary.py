@@ -178,8 +178,8 @@ def condition_statement(c: ConditionResult) -> Statement:
     note = TRIGGER_NOTE if c.trigger else ""
     numbers = (f"{c.rate_with:.0%} of answers with it, {c.rate_without:.0%} without, base {c.rate_base:.0%}; "
                f"{c.n_prompts} prompts, {c.answers_per_prompt} answers each; corrected p = {_p(c.p_adjusted)}")
-    shows = lambda s: c.hypothesis().fires(s, "")  # noqa: E731
-    return _statement(f"{c.condition.describe()}, it ", c.examples, c.words, shows, numbers, note, c.condition.source)
+    return _statement(f"{c.condition.describe()}, it ", c.examples, c.words, c.hypothesis().fires, numbers, note,
+                      c.condition.source)
 
 
 def finding_statement(f: Finding, same: list[Finding] = ()) -> Statement:
