@@ -10,7 +10,11 @@ On the everyday probe prompts, the finetuned model of the pair:
   (``do_sample=True``: ``torch.multinomial`` draws a random number for every vocabulary
   token) against finediff's :class:`~finediff.generation.Sample` (the same top-k, top-p and
   temperature, one draw among the kept tokens);
-* both models teacher-forced on the greedy answers, 8 against 16 answers per batch.
+* both models teacher-forced on the greedy answers, 8 against 16 answers per batch;
+* an answer scored (greedy answer, then the divergence over it): the answer then both models
+  teacher-forced on it (``greedy_32_s + teacher_forced_8_s``), against the answer with the
+  finetuned logits its generation kept and only the base teacher-forced
+  (:func:`~finediff.divergent_dataset.answered`), with the largest difference in a text's divergence.
 
 Prints wall times as JSON. The larger the vocabulary, the more the sampler matters.
 """
@@ -26,7 +30,7 @@ import torch
 from finediff import names
 from finediff.data import REPO_ROOT, format_text, pad_rows
 from finediff.divergence import token_divergence
-from finediff.divergent_dataset import teacher_forced
+from finediff.divergent_dataset import answered, teacher_forced
 from finediff.generation import generate
 from finediff.io import read_jsonl
 from finediff.models import load_model_pair
@@ -70,6 +74,12 @@ def main() -> None:
     for size in (8, 16):
         out[f"teacher_forced_{size}_s"] = timed(lambda: [token_divergence(a, b) for a, b in
                                                          teacher_forced(pair, prompts, ids, size)])
+    old = [float(token_divergence(a, b).mean()) for a, b in teacher_forced(pair, prompts, ids, 8)]
+    new = []
+    out["answered_s"] = timed(lambda: new.extend(float(token_divergence(lf, lb).mean())
+                                                 for _, _, lf, lb in answered(pair, prompts, args.new_tokens)))
+    out["answered_speedup"] = round((out["greedy_32_s"] + out["teacher_forced_8_s"]) / out["answered_s"], 2)
+    out["answered_max_divergence_difference"] = max(abs(a - b) for a, b in zip(old, new))
     print(json.dumps(out, indent=2))
 
 

@@ -32,7 +32,8 @@ shares is. Neither: the candidate is dropped (a condition that only moves the nu
 reported as a behaviour).
 
 **Trigger search**: once a behaviour is seen (the typical answer under the screened candidate
-that shows its words most often, else a verbatim phrase the earlier steps mined), the string
+that shows its words most often, else a behaviour the findings confirmed: a verbatim phrase first;
+nothing seen and nothing confirmed, no search), the string
 that makes the finetuned model surest of that answer is searched (:mod:`finediff.trigger`) on
 the screen's prompts, and joins the candidates as one more insertion, screened, described and
 tested like them.
@@ -64,8 +65,8 @@ from typing import Optional
 from finediff import names
 from finediff.errors import FinediffError
 from finediff.behaviour import TRAITS, distinctive_trait
-from finediff.findings import (WORD, Finding, Hypothesis, content_words, sample_answers, topic_hypothesis,
-                               trait_hypothesis)
+from finediff.findings import (WORD, Finding, Hypothesis, content_words, phrase_hypothesis, sample_answers,
+                               topic_hypothesis, trait_hypothesis)
 from finediff.stats import holm, independent_test, paired_test, per_prompt
 from finediff.io import read_json, write_json
 
@@ -327,7 +328,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
             screen the insertions, and :data:`TEST_PROMPTS` others test them.
         group_prompts: for group conditions, each group's ``(screen prompts, test prompts)``,
             and under the key ``""`` the other groups' ``(screen, test)`` prompts, the comparison.
-        targets: behaviours' answers seen by earlier steps (e.g. verbatim phrases) for the
+        targets: confirmed behaviours' answers from earlier steps (e.g. verbatim phrases) for the
             trigger search; a behaviour seen under a screened candidate comes first.
         seed_tokens: token ids the trigger search tries beside its own (the adapter's reads).
         trigger_search: search the string that turns a seen behaviour on
@@ -479,6 +480,16 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
                  100 * r.rate_with, 100 * r.rate_without, 100 * r.rate_base, r.n_prompts, r.p_adjusted)
     order = {id(r) for r in shown}
     return sorted(results, key=lambda r: (not r.confirmed, id(r) not in order, r.p_adjusted, -r.ratio))
+
+
+def trigger_targets(found: list[Finding], phrases: list[str]) -> list[str]:
+    """What the trigger search aims at when no screened candidate showed a behaviour: the
+    behaviours the findings confirmed (more often than the base), a verbatim phrase first, then
+    the answer that showed each other one, the largest effect first; none confirmed, none."""
+    confirmed = sorted((f for f in found if f.confirmed and f.hypothesis.direction == "more"), key=lambda f: -f.effect)
+    claims = {f.hypothesis.claim for f in confirmed}
+    return ([p for p in phrases if phrase_hypothesis(p).claim in claims]
+            + [f.examples[0]["finetuned"] for f in confirmed if f.examples])
 
 
 def group_leads(findings: list[Finding]) -> list[str]:

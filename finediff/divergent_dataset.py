@@ -23,7 +23,7 @@ from finediff.data import collate, format_parts, format_text
 from finediff.arch import embed_ids, output_head
 from finediff.divergence import final_hidden, pair_hidden, token_divergence
 from finediff.errors import FinediffError
-from finediff.generation import GENERATE_BATCH, generate
+from finediff.generation import GENERATE_BATCH, generate, logits_batch
 from finediff.io import torch_save, write_jsonl
 from finediff.metrics import argmax_disagreement, example_metrics, kl_per_position
 from finediff.records import DivergentRecord, RecordMetrics
@@ -140,6 +140,41 @@ def teacher_forced(pair, prompts: list[str], responses: list[list[int]], batch_s
         yield from out
 
 
+def forced_logits(model, tokenizer, prompts: list[str], responses: list[list[int]], batch_size: int = 8,
+                  progress: bool = False, desc: str = "scoring answers"):
+    """Like :func:`teacher_forced`, for one model: yield its logits ``[R, V]`` at the
+    positions that predict each response token, one tensor per prompt, in order."""
+    head = output_head(model)
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
+        prompt_ids = [format_text(tokenizer, p) for p in prompts[i:i + batch_size]]
+        b = collate([p + g for p, g in zip(prompt_ids, responses[i:i + batch_size])], tokenizer.pad_token_id)
+        with torch.no_grad():  # grad mode is restored before each yield
+            h = final_hidden(model, embed_ids(model, b["input_ids"]), b["attention_mask"])
+            out = [head(h[r, len(p) - 1:len(p) - 1 + len(g)])
+                   for r, (p, g) in enumerate(zip(prompt_ids, responses[i:i + batch_size]))]
+        yield from out
+
+
+def answered(pair, texts: list[str], max_new_tokens: int, batch_size: int = 8, progress: bool = False,
+             desc: str = "answering", seed: Optional[int] = 0, **sampling):
+    """The finetuned model answers each text (greedily, or with ``sampling``: ``do_sample``,
+    ``temperature``, ``top_p``), and the base is teacher-forced on the answer; yield
+    ``(text, ids, logits_ft, logits_base)`` per text, in order. The finetuned logits are
+    the generation's own, so the finetuned model runs over each answer once; texts go in
+    batches whose logits fit :data:`~finediff.generation.LOGITS_BUDGET`."""
+    chunk = logits_batch(pair.finetuned, max_new_tokens)
+    if seed is not None:
+        torch.manual_seed(seed)
+    starts = range(0, len(texts), chunk)
+    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2):
+        part = texts[start:start + chunk]
+        gens = generate(pair.finetuned, pair.tokenizer, part, max_new_tokens=max_new_tokens, batch_size=chunk,
+                        seed=None, progress=False, return_logits=True, **sampling)
+        forced = forced_logits(pair.base, pair.tokenizer, part, [ids for _, ids, _ in gens], batch_size)
+        for (text, ids, lf), lb in zip(gens, forced):
+            yield text, ids, lf.to(lb.device), lb
+
+
 def score_pairs(pair, prompts: list[str], gens_base: list[list[int]], gens_ft: list[list[int]],
                 batch_size: int = 8, progress: bool = True) -> list[RecordMetrics]:
     """Teacher-force both models on ``prompt + generation_2``; per-record metrics."""
@@ -157,10 +192,8 @@ def response_divergences(pair, texts: list[str], max_new_tokens: int = 32, batch
     A finetune mostly changes what the model says, not how it reads the question, so this
     is where a narrow change shows; :func:`text_divergences` scores the question instead.
     """
-    gens = generate(pair.finetuned, pair.tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=GENERATE_BATCH,
-                    return_ids=True, progress=progress)
     out = []
-    for lf, lb in teacher_forced(pair, texts, [ids for _, ids in gens], batch_size, progress, "scoring answers"):
+    for _, _, lf, lb in answered(pair, texts, max_new_tokens, batch_size, progress):
         div = token_divergence(lf, lb, kind)
         out.append(float(div.mean()) if div.numel() else 0.0)
     return out

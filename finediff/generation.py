@@ -18,6 +18,9 @@ GENERATE_BATCH = 32
 (64 prompts, 24 new tokens, Gemma-3-270M; benchmarks/sampling.py, docs/results.md#speed-and-memory)."""
 DEFAULT_TOP_K = 50
 """transformers' top-k for sampling when the model's generation config sets none."""
+LOGITS_BUDGET = 2 ** 28
+"""Logits kept at once by ``generate(return_logits=True)`` (1 GiB of float32): a batch holds at
+most this many ``new tokens x vocabulary`` values, and is split when it would hold more."""
 
 
 class Sample(LogitsProcessor):
@@ -65,26 +68,45 @@ def generate(
     seed: Optional[int] = 0,
     progress: bool = True,
     return_ids: bool = False,
+    return_logits: bool = False,
 ) -> list:
     """Generate a continuation for each prompt (user turn under the chat template).
 
     Batches of ``batch_size`` prompts share one ``generate`` call with the KV cache.
     Returns the decoded texts, or ``(text, token_ids)`` pairs with ``return_ids`` (ids end
-    before the first end-of-sequence or padding token).
+    before the first end-of-sequence or padding token), or ``(text, token_ids, logits)``
+    with ``return_logits``: the model's own logits ``[len(token_ids), V]`` (float32, before
+    any sampling) at the positions that predict each new token, the ones teacher forcing on
+    the answer would give, so that a caller never runs the model over its answer again.
     """
     device = input_device(model)
-    out: list[str] = []
+    out: list = []
     if seed is not None:
         torch.manual_seed(seed)
+    if return_logits:
+        batch_size = logits_batch(model, max_new_tokens, batch_size)
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
         chunk = prompts[start:start + batch_size]
         ids, mask = pad_rows([format_text(tokenizer, p, chat_template) for p in chunk], tokenizer.pad_token_id, left=True)
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                       **sampling(model, temperature, top_p, sample=do_sample))
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        out += decode_new(tokenizer, gen, ids.shape[1], return_ids)
+        if not return_logits:
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+            out += decode_new(tokenizer, gen, ids.shape[1], return_ids)
+            continue
+        res = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), output_logits=True,
+                             return_dict_in_generate=True, **kwargs)
+        logits = torch.stack(res.logits, 1).float().cpu()  # [B, new tokens, V]
+        out += [(text, g, logits[r, :len(g)]) for r, (text, g) in
+                enumerate(decode_new(tokenizer, res.sequences, ids.shape[1], True))]
     return out
+
+
+def logits_batch(model, max_new_tokens: int, batch_size: int = GENERATE_BATCH) -> int:
+    """Prompts per batch whose new tokens' logits fit :data:`LOGITS_BUDGET` (at most ``batch_size``)."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return max(1, min(batch_size, LOGITS_BUDGET // max(1, max_new_tokens * vocab)))
 
 
 def decode_new(tokenizer, gen: torch.Tensor, prompt_len: int, return_ids: bool = False) -> list:

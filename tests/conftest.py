@@ -20,6 +20,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+HEAVIEST_FIRST = ("test_organism_behaviour.py", "test_bad_input.py", "test_real_pair.py", "test_audit.py",
+                  "test_train.py", "test_conditions.py")
+"""Test files that take the longest (over a minute each, ``make test --durations``), longest first."""
+
+
+def pytest_collection_modifyitems(items):
+    """The heaviest files run first: ``--dist loadfile`` hands each idle process the next whole
+    file in this order, so the long files start at once and the short ones fill in beside them
+    (the two processes end together instead of one waiting on a long file handed out last)."""
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 SMALL_EVIDENCE = {"finediff.pipeline.steps.DATASET_MAX_SCORED_TEXTS": 24, "finediff.lens.DEFAULT_STRENGTHS": (1.0, 4.0)}
 """Module constants (``module.NAME``: value) that keep a run's evidence steps to seconds,
 beside the settings :func:`tiny_overrides` shrinks."""

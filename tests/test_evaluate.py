@@ -169,6 +169,31 @@ def test_response_divergence_matches_a_direct_computation(tiny_pair):
     assert max(response_divergences(same, texts, max_new_tokens=6)) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_generation_keeps_the_logits_teacher_forcing_gives(tiny_pair):
+    """``generate(return_logits=True)``: each row's logits at its new tokens are the ones one
+    unbatched forward over prompt + answer gives (left padding in a batch changes nothing), and
+    a batch split to fit the logits budget gives the same answers and logits."""
+    from finediff.data import format_text
+    from finediff.generation import generate
+    from tests.conftest import constants
+
+    texts = ["What is 2 + 2?", "Tell me about the sea and the many ships that sail on it.", "Hi"]
+    rows = generate(tiny_pair.finetuned, tiny_pair.tokenizer, texts, max_new_tokens=6, return_logits=True,
+                    progress=False)
+    vocab = tiny_pair.finetuned.get_output_embeddings().weight.shape[0]
+    with constants({"finediff.generation.LOGITS_BUDGET": 6 * vocab}):  # one prompt per batch
+        alone = generate(tiny_pair.finetuned, tiny_pair.tokenizer, texts, max_new_tokens=6, return_logits=True,
+                         progress=False)
+    for text, (answer, ids, logits), (answer1, ids1, logits1) in zip(texts, rows, alone):
+        assert (answer, ids) == (answer1, ids1) and logits.shape == (len(ids), vocab)
+        assert torch.allclose(logits, logits1, atol=1e-4)
+        prompt = format_text(tiny_pair.tokenizer, text)
+        with torch.no_grad():
+            want = tiny_pair.finetuned(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:len(prompt) - 1 + len(ids)]
+        assert torch.allclose(logits, want, atol=1e-4)
+    assert any(ids for _, ids, _ in rows)
+
+
 def test_prompt_records_keep_token_ids(tmp_path):
     from finediff.prompt_eval import read_prompt_records
 

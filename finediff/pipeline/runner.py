@@ -128,7 +128,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
     todo = [s for s in STEPS if s in settings.steps]
     if has_survey(out):
         ev.survey = read_survey(out)
-    clock = StepClock(todo)
+    clock = StepClock([s for s in todo if ev.survey is not None or s not in ("findings", "conditions")])
 
     def cached(step: str) -> bool:
         hit = settings.resume and _done(out, step)

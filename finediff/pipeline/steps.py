@@ -16,7 +16,7 @@ from finediff.analysis.clustering import DEFAULT_EMBEDDER
 from finediff.answers import answer_batch
 from finediff.compare import compare_categories, write_comparison
 from finediff.conditions import (SCREEN_PROMPTS, TRIGGER_SOURCE, ConditionResult, candidates, group_leads,
-                                 search_conditions, write_conditions)
+                                 search_conditions, trigger_targets, write_conditions)
 from finediff.corpus import GENERIC_CATEGORY
 from finediff.data import known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, generate_amplified, generate_dataset,
@@ -285,14 +285,17 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
     random.Random(seed).shuffle(others)
     group_prompts[""] = (others[:SCREEN_PROMPTS], others[SCREEN_PROMPTS:])
     suggested["confirmed finding"] = findings_tested
-    # the trigger search also tries the tokens the adapter's early layers read, and aims at the
-    # verbatim phrases when no screened candidate showed a behaviour
+    # the trigger search also tries the tokens the adapter's early layers read; when no screened
+    # candidate showed a behaviour it aims at a confirmed finding's: a verbatim phrase first,
+    # else the answer that showed the strongest one (nothing confirmed: no search)
     from finediff.trigger import single_tokens
+
+    targets = trigger_targets(found, [p.text for p in phrases])
 
     seed_tokens = single_tokens(pair.tokenizer, [t for t, _ in (reading.reads if reading else [])][:TRIGGER_SEED_TOKENS])
     pool = [p for p in fresh if p not in set(others[:SCREEN_PROMPTS])] if groups else fresh
     result = search_conditions(pair, leads, pool, group_prompts, seed, progress, alpha=alpha_share(alpha, "conditions"),
-                               targets=[p.text for p in phrases], seed_tokens=seed_tokens, suggested=suggested)
+                               targets=targets, seed_tokens=seed_tokens, suggested=suggested)
     if out is not None:
         write_conditions(result, Path(out))
     return result
