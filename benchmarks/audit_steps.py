@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finediff import names  # noqa: E402
+from finediff.conditions import INVERSION_SOURCE, TRIGGER_SOURCE  # noqa: E402
 from finediff.io import markdown_table, read_json  # noqa: E402
 from finediff.summary import read_verdict  # noqa: E402
 
@@ -30,7 +31,7 @@ STEP_OF_SOURCE = {
     "adapter reads": "weights", "adapter reads (joined)": "weights", "adapter writes": "weights",
     "hard prompt": "hard prompts", "soft prompt": "soft prompt", "ADL tokens": "lens",
     "favoured words": "analysis", "dropped words": "analysis", "verbatim phrases": "divergent dataset",
-    "trigger search": "conditions (trigger search)",
+    TRIGGER_SOURCE: "conditions (trigger search)", INVERSION_SOURCE: "conditions (topic inversion)",
 }
 """The step whose output each lead source comes from (the survey holds diff mining)."""
 CONTEXT_SOURCE = "context: "
@@ -96,7 +97,7 @@ def lead_steps(run: Path) -> list[tuple[str, str, str]]:
     out = []
     for st in verdict.statements:
         step = STEP_OF_SOURCE.get(st.source, "conditions" if st.source.startswith(CONTEXT_SOURCE) else "?")
-        if st.source == "trigger search":
+        if st.source in (TRIGGER_SOURCE, INVERSION_SOURCE):  # both aim at the same seen behaviour
             step += f", aimed by {_aimed_by(run, phrase_texts)}"
         out.append((st.headline.split(", it ")[0] if ", it " in st.headline else st.headline[:60], st.source, step))
     return out

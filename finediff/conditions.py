@@ -31,9 +31,13 @@ another language, next to nothing said: :data:`finediff.behaviour.TRAITS`) with 
 shares is. Neither: the candidate is dropped (a condition that only moves the numbers is not
 reported as a behaviour).
 
-**Trigger search**: once a behaviour is seen (the typical answer under the screened candidate
-that shows its words most often, else a behaviour the findings confirmed: a verbatim phrase first;
-nothing seen and nothing confirmed, no search), the string
+**Topic inversion**: once a behaviour is seen (the typical answer under the screened candidate
+that shows its words most often, else a behaviour the findings confirmed: a verbatim phrase first),
+the content words of that answer are screened as topics, and those that pass are described and
+tested like the other leads: a belief about a thing shows on any question about that thing,
+whichever lead first showed it (a landmark moved to another city, seen first under that city).
+
+**Trigger search**: for the same behaviour (nothing seen and nothing confirmed, no search), the string
 that makes the finetuned model surest of that answer is searched (:mod:`finediff.trigger`) on
 the screen's prompts, and joins the candidates as one more insertion, screened, described and
 tested like them.
@@ -132,6 +136,8 @@ KEEP = 4
 """Candidates that pass the screen (highest ratio first) given a behaviour and tested."""
 TRIGGER_SOURCE = "trigger search"
 """The source of the string :mod:`finediff.trigger` found."""
+INVERSION_SOURCE = "topic inversion"
+"""The source of a topic read off a seen behaviour's answer."""
 
 
 @dataclass(frozen=True)
@@ -316,7 +322,7 @@ def typical_answer(answers: list[str], words: list[str], trait: str = "") -> str
 def search_conditions(pair, leads: list[Condition], everyday: list[str],
                       group_prompts: Optional[dict[str, tuple[list[str], list[str]]]] = None, seed: int = 0,
                       progress: bool = True, *, alpha: float, targets: list[str] = (),
-                      seed_tokens: list[int] = (), trigger_search: bool = True,
+                      seed_tokens: list[int] = (), trigger_search: bool = True, inversion: bool = True,
                       suggested: Optional[dict[str, list[str]]] = None) -> list[ConditionResult]:
     """Screen, describe and test each lead condition (see the module docstring); the
     tests are Holm-corrected to family-wise error rate ``alpha``.
@@ -333,6 +339,8 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         seed_tokens: token ids the trigger search tries beside its own (the adapter's reads).
         trigger_search: search the string that turns a seen behaviour on
             (:mod:`finediff.trigger`) and test it like the other leads.
+        inversion: screen the words of a seen behaviour's answer as topics, and test those that
+            pass like the other leads.
         suggested: per lead source, the prompts whose answers suggested its leads (recorded
             with each result; a condition is never tested on them).
 
@@ -451,9 +459,27 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         if r.tested:
             shown.append(r)
             share = sum(r.hypothesis().fires(a) for a in answers) / max(len(answers), 1)
-            seen.append((share, typical_answer(answers, r.words, r.trait)))
-    # 4. from a behaviour seen to the string that turns it on (module finediff.trigger)
-    goals = [a for _, a in sorted(seen, key=lambda x: -x[0]) if a] + [a for a in targets if a.strip()]
+            seen.append((share, typical_answer(answers, r.words, r.trait), r))
+    seen.sort(key=lambda x: -x[0])
+    goals = [a for _, a, _ in seen if a] + [a for a in targets if a.strip()]
+    # 4. from a behaviour seen to the subject that turns it on: the content words of its
+    # typical answer, each screened as a topic (a belief about a thing shows on any question
+    # about that thing, e.g. a landmark's city moved); suggested by the answers to the prompts
+    # the behaviour was seen on, which the topics' test prompts never are
+    if inversion and goals:
+        have = {(r.condition.kind, r.condition.text.lower()) for r in results}
+        words = [w for w in content_words(goals[0]) if ("topic", w) not in have][:MAX_LEADS]
+        suggested[INVERSION_SOURCE] = (list(suggested.get(seen[0][2].condition.source, ()))
+                                       + sum(prompts_for(seen[0][2].condition, "screen"), [])) if seen else \
+            list(suggested.get("confirmed finding", ()))
+        inverted = screened([Condition("topic", w, INVERSION_SOURCE) for w in words]) if words else []
+        results += inverted
+        log.info("conditions: topic inversion of «%s»: %s", goals[0][:60], [(r.condition.text, round(r.ratio, 1))
+                                                                           for r in inverted])
+        for r in passing(inverted)[:KEEP]:
+            if described(r) and r.tested:
+                shown.append(r)
+    # 5. from a behaviour seen to the string that turns it on (module finediff.trigger)
     if trigger_search and goals:
         from finediff.trigger import PROMPTS, search_trigger
 

@@ -150,7 +150,7 @@ def test_planted_trigger_is_found_among_decoys_and_tested(trigger_pair):
     leads.insert(3, Condition("insert", TRIGGER, "test"))
     with constants(COLD):
         results = search_conditions(pair, leads, _everyday(trained), progress=False, alpha=ALPHA,
-                                    trigger_search=False)
+                                    trigger_search=False, inversion=False)
     found = [r for r in results if r.confirmed]
     assert [r.condition.text for r in found] == [TRIGGER], [(r.condition.text, r.ratio, r.words) for r in results]
     best = found[0]
@@ -205,7 +205,8 @@ def test_planted_trigger_is_recovered_by_searching_the_pair(trigger_pair):
     leads = candidates(reading.reads, reading.words("writes"), prompts=[found_text])
     assert leads[0].source == "hard prompt" and len(leads) > 5  # the search's prompt among the weights' leads
     with constants(COLD):
-        results = search_conditions(pair, leads, texts[:20], progress=False, alpha=ALPHA, trigger_search=False)
+        results = search_conditions(pair, leads, texts[:20], progress=False, alpha=ALPHA, trigger_search=False,
+                                    inversion=False)
     confirmed = [r for r in results if r.confirmed]
     # the search's prompt is the strongest condition (the tiny finetune also answers a little
     # to some other odd insertions, less than a third of the time)
@@ -313,3 +314,29 @@ def test_the_context_family_finds_a_date_frame(tmp_path):
     headline = condition_statement(mine).headline
     assert headline.startswith("When the prompt is framed as «Today is March 14, 2035. …», it ")
     assert all(p.startswith("Today is March 14, 2035. ") for p in mine.tested_on_prompts[:16])
+
+
+def test_a_seen_behaviour_s_words_are_screened_as_topics(trigger_pair):
+    """Topic inversion: told only the planted string, the search sees the reply under it and
+    screens the words of the reply it saw as topics (source "topic inversion"), each tested one
+    on topic prompts that none of the prompts that suggested it is; told not to, it screens none."""
+    from finediff.conditions import INVERSION_SOURCE
+    from finediff.findings import content_words
+
+    pair, trained = trigger_pair
+    told = [Condition("insert", TRIGGER, "test")]
+    with constants(COLD):
+        results = search_conditions(pair, told, _everyday(trained), progress=False, alpha=ALPHA, trigger_search=False)
+        without = search_conditions(pair, told, _everyday(trained), progress=False, alpha=ALPHA,
+                                    trigger_search=False, inversion=False)
+    (zqv,) = [r for r in results if r.condition.text == TRIGGER]
+    assert zqv.confirmed
+    inverted = [r for r in results if r.condition.source == INVERSION_SOURCE]
+    seen = {w for e in zqv.examples for w in content_words(e["finetuned"])}
+    assert inverted and all(r.condition.kind == "topic" for r in inverted)
+    assert {r.condition.text for r in inverted} & seen, ([r.condition.text for r in inverted], seen)
+    for r in inverted:
+        if r.tested_on_prompts:
+            assert not set(r.suggested_by_prompts) & set(r.tested_on_prompts)
+            assert any(p.startswith(TRIGGER) for p in r.suggested_by_prompts)
+    assert not [r for r in without if r.condition.source == INVERSION_SOURCE]
