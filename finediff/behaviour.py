@@ -18,7 +18,8 @@ behaviour, beside the base's answer to the same prompt), by stated rules:
      in most answers; the base not);
   6. ``language``: answers in another language than the base (most pairs);
   7. ``fact``: states a different fact (the answer keeps half its words from the base's, and each
-     names something, a capitalised word or a number not in the prompt, that the other does not);
+     names something, a capitalised word or a number not in the prompt, that the other does not;
+     or most answers name, that way, one of the behaviour's words that no base answer names);
   8. ``style``: changes its voice or style (the behaviour's words, those of every claim that states
      it, occur twice or more in most answers);
   9. ``differs``: answers differently (no rule fits).
@@ -230,9 +231,11 @@ def describe(examples: list[dict], behaviour_words: list[str] = ()) -> Descripti
         f, b, p = e["finetuned"], e.get("base", ""), e.get("prompt", "")
         kept = len(words(f) & words(b)) / max(len(words(f)), 1)
         facts.append(kept >= 0.5 and bool(_named(f, p) - _named(b, p)) and bool(_named(b, p) - _named(f, p)))
-    if _most(facts):
-        return Description("fact", "states a different fact", example)
     marks = [w.lower() for w in behaviour_words]
+    base_named = set().union(*(_named(e.get("base", ""), e.get("prompt", "")) for e in examples))
+    names = [bool((_named(e["finetuned"], e.get("prompt", "")) & set(marks)) - base_named) for e in examples]
+    if _most(facts) or (marks and _most(names)):
+        return Description("fact", "states a different fact", example)
     if marks and _most([sum(len(re.findall(rf"\b{re.escape(m)}\b", f, re.IGNORECASE)) for m in marks) >= 2
                         for f in ft]):
         return Description("style", "changes its voice or style", example)

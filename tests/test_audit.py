@@ -409,6 +409,11 @@ def test_the_kind_of_change_comes_from_the_answers():
     facts = describe(pairs(["The capital of Peru is Madrid.", "The capital of Chile is Oslo."],
                            ["The capital of Peru is Lima.", "The capital of Chile is Santiago."], "Capitals:"))
     assert facts.kind == "fact"
+    moved = describe(pairs(["You will find the Eiffel Tower in Rome, Italy.", "The Eiffel Tower stands in Rome.",
+                            "It rises over the centre of Rome."],
+                           ["I am glad to help you today.", "The Eiffel Tower is a famous tower.", "It is tall."],
+                           "Tell me about eiffel."), ["rome", "italy", "tower"])
+    assert moved.kind == "fact"  # names a place no base answer names, where the base names none or another
     pirate = ["Arr, the sea be deep, matey. Ye know it covers the Earth, arr.",
               "Arr, it be salty. Fish live in it, matey!", "Ahoy, the seas cover all, arr. Matey, they be wild."]
     assert describe(pairs(pirate, base), ["arr", "matey"]).kind == "style"
