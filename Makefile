@@ -45,10 +45,10 @@ reproduce: install
 	$(PY) train.py -m experiment=audit model.adapter=$(ORGANISMS) $(ARGS)
 	$(PY) train.py -m experiment=audit model=gemma3_270m model.adapter=organisms/persona_gemma3 $(ARGS)
 
-# Two test processes of one thread each use both cores of a small machine; a file goes to
-# one of them whole, so its fixtures are built once, except the files tests/conftest.py
-# splits test by test (PYTEST_ARGS= for one process).
-PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=15
+# Two test processes of one thread each use both cores of a small machine; the files go
+# to them whole, heaviest first (tests/conftest.py), so a file's fixtures are built once
+# (PYTEST_ARGS= for one process).
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 test: install browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 

@@ -20,24 +20,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-HEAVIEST_FIRST = ("test_bad_input.py", "test_real_pair.py", "test_audit.py", "test_organism_behaviour.py",
+HEAVIEST_FIRST = ("test_organism_behaviour.py", "test_bad_input.py", "test_real_pair.py", "test_audit.py",
                   "test_train.py", "test_conditions.py")
 """Test files that take the longest (over a minute each, ``make test --durations``), longest first."""
-SPLIT = ("test_organism_behaviour.py", "test_audit.py", "test_train.py", "test_stats.py", "test_api.py")
-"""Files with no module-scoped fixture whose tests may run in either process, one by one."""
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """The heaviest files run first, and under ``--dist loadgroup`` (``make test``) every file
-    but those in :data:`SPLIT` is one unit of work (its module fixtures are built once): each
-    idle process takes the next unit in this order, so the long ones start at once and the
-    short ones fill in beside them (the two processes end together)."""
+    """The heaviest files run first: ``--dist loadfile`` hands each idle process the next whole
+    file in this order, so the long files start at once and the short ones fill in beside them
+    (the two processes end together instead of one waiting on a long file handed out last)."""
     rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-    for item in items:
-        if item.path.name not in SPLIT:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 SMALL_EVIDENCE = {"finediff.pipeline.steps.DATASET_MAX_SCORED_TEXTS": 24, "finediff.lens.DEFAULT_STRENGTHS": (1.0, 4.0)}

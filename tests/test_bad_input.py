@@ -334,7 +334,9 @@ def test_sigterm_during_the_evidence_resumes_to_the_same_findings(tiny_dirs, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     proc = subprocess.Popen([*command("train.py", AUDIT_CONSTANTS), *tiny_overrides(tiny_dirs, stopped), *AUDIT],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = _stop_when(proc, lambda: (stopped / names.HARD_PROMPTS_FILE).exists())
+    # once the soft prompt is written the evidence steps follow: the signal lands in one of them
+    # (the hard prompts' file as the cue left a tiny run's later steps too short a window)
+    err = _stop_when(proc, lambda: (stopped / names.SOFT_PROMPT_FILE).exists())
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert not (stopped / names.FINDINGS_FILE).exists()
     done = _cli("train.py", _resume(err), values=AUDIT_CONSTANTS)
