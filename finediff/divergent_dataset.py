@@ -124,20 +124,8 @@ def teacher_forced(pair, prompts: list[str], responses: list[list[int]], batch_s
     """Teacher-force both models on ``prompt + response`` (user turn under the chat
     template); yield ``(logits_ft, logits_base)`` at the positions that predict each
     response token, one pair of ``[R, V]`` tensors per prompt, in order."""
-    head_ft, head_base = output_head(pair.finetuned), output_head(pair.base)
-    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
-        prompt_ids = [format_text(pair.tokenizer, p) for p in prompts[i:i + batch_size]]
-        rows = [p + g for p, g in zip(prompt_ids, responses[i:i + batch_size])]
-        b = collate(rows, pair.tokenizer.pad_token_id)
-        with torch.no_grad():  # grad mode is restored before each yield
-            h_ft = final_hidden(pair.finetuned, embed_ids(pair.finetuned, b["input_ids"]),
-                                b["attention_mask"])
-            h_base = final_hidden(pair.base, embed_ids(pair.base, b["input_ids"]), b["attention_mask"])
-            out = []
-            for r, (p, g) in enumerate(zip(prompt_ids, responses[i:i + batch_size])):
-                pos = slice(len(p) - 1, len(p) - 1 + len(g))  # positions that predict the response tokens
-                out.append((head_ft(h_ft[r, pos]), head_base(h_base[r, pos])))
-        yield from out
+    yield from zip(forced_logits(pair.finetuned, pair.tokenizer, prompts, responses, batch_size, progress, desc),
+                   forced_logits(pair.base, pair.tokenizer, prompts, responses, batch_size))
 
 
 def forced_logits(model, tokenizer, prompts: list[str], responses: list[list[int]], batch_size: int = 8,
@@ -155,21 +143,18 @@ def forced_logits(model, tokenizer, prompts: list[str], responses: list[list[int
         yield from out
 
 
-def answered(pair, texts: list[str], max_new_tokens: int, batch_size: int = 8, progress: bool = False,
-             desc: str = "answering", seed: Optional[int] = 0, **sampling):
-    """The finetuned model answers each text (greedily, or with ``sampling``: ``do_sample``,
-    ``temperature``, ``top_p``), and the base is teacher-forced on the answer; yield
-    ``(text, ids, logits_ft, logits_base)`` per text, in order. The finetuned logits are
+def answered(pair, texts: list[str], max_new_tokens: int, batch_size: int = 8, progress: bool = False):
+    """The finetuned model answers each text greedily, and the base is teacher-forced on the
+    answer; yield ``(text, ids, logits_ft, logits_base)`` per text, in order. The finetuned logits are
     the generation's own, so the finetuned model runs over each answer once; texts go in
     batches whose logits fit :data:`~finediff.generation.LOGITS_BUDGET`."""
     chunk = logits_batch(pair.finetuned, max_new_tokens)
-    if seed is not None:
-        torch.manual_seed(seed)
+    torch.manual_seed(0)  # the random state after it, as generate() leaves it
     starts = range(0, len(texts), chunk)
-    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2):
+    for start in tqdm(starts, desc="answering", disable=not progress or len(starts) < 2):
         part = texts[start:start + chunk]
         gens = generate(pair.finetuned, pair.tokenizer, part, max_new_tokens=max_new_tokens, batch_size=chunk,
-                        seed=None, progress=False, return_logits=True, **sampling)
+                        seed=None, progress=False, return_logits=True)
         forced = forced_logits(pair.base, pair.tokenizer, part, [ids for _, ids, _ in gens], batch_size)
         for (text, ids, lf), lb in zip(gens, forced):
             yield text, ids, lf.to(lb.device), lb
