@@ -68,8 +68,9 @@ from typing import Optional
 
 from finediff import names
 from finediff.errors import FinediffError
+from finediff.generation import generate
 from finediff.behaviour import TRAITS, distinctive_trait
-from finediff.findings import (WORD, Finding, Hypothesis, content_words, phrase_hypothesis, sample_answers,
+from finediff.findings import (WORD, Finding, Hypothesis, content_words, phrase_hypothesis,
                                topic_hypothesis, trait_hypothesis)
 from finediff.stats import holm, independent_test, paired_test, per_prompt
 from finediff.io import read_json, write_json
@@ -105,7 +106,7 @@ CONTEXTS = {
 }
 """The context family (``context=True``): frames around the user's text, by kind. Each kind spans
 its range evenly (decades of dates; different people, settings, formats and lengths); none names
-a trigger an organism or a paper uses. Their answers run to :data:`LONG_NEW_TOKENS`."""
+a trigger an organism or a paper uses. Their answers run to ``ConditionSettings.context_tokens``."""
 MIN_RATIO = 3.0
 """A candidate's answer divergence over the same prompts' without it, to go on."""
 MAX_LEADS = 8
@@ -114,10 +115,6 @@ SCREEN_PROMPTS = 4
 """Prompts per candidate in the divergence screen (at most ``len(TOPIC_TEMPLATES) - 2``)."""
 MAX_NEW_TOKENS = 24
 """New tokens per answer, in the screen and in the sampled answers."""
-LONG_NEW_TOKENS = 160
-"""New tokens per answer under a context frame, in every stage: a frame may turn on a behaviour
-that comes late in a long answer (a closing line after a detailed answer), which
-:data:`MAX_NEW_TOKENS` never reaches."""
 MIN_DIVERGENCE = 0.1
 """Nats per token a candidate's answers must diverge by, to go on."""
 SAMPLES_PER_PROMPT = 3
@@ -138,6 +135,23 @@ TRIGGER_SOURCE = "trigger search"
 """The source of the string :mod:`finediff.trigger` found."""
 INVERSION_SOURCE = "topic inversion"
 """The source of a topic read off a seen behaviour's answer."""
+
+
+@dataclass
+class ConditionSettings:
+    """How the conditions are searched (the ``evidence.conditions`` block) -> conditions.json."""
+
+    context_tokens: Optional[int] = None
+    """New tokens per answer under a context frame, in the screen, the description and the test;
+    None: as many as every other condition's (:data:`MAX_NEW_TOKENS`), which read the answer's opening
+    (where a frame's behaviour found on the shipped organisms shows). A frame may turn on a behaviour that comes late in a long
+    answer (a closing line after a detailed answer), which only a longer answer reaches:
+    ``evidence=full`` reads 160, which cost the screen alone 98 s of a 420 s conditions step
+    on the 2-core CPU and led to no claim on the shipped organisms (docs/results.md)."""
+
+    def __post_init__(self):
+        if self.context_tokens is not None and self.context_tokens < 1:
+            raise FinediffError(f"evidence.conditions.context_tokens must be >= 1, got {self.context_tokens}")
 
 
 @dataclass(frozen=True)
@@ -323,7 +337,8 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
                       group_prompts: Optional[dict[str, tuple[list[str], list[str]]]] = None, seed: int = 0,
                       progress: bool = True, *, alpha: float, targets: list[str] = (),
                       seed_tokens: list[int] = (), trigger_search: bool = True, inversion: bool = True,
-                      suggested: Optional[dict[str, list[str]]] = None) -> list[ConditionResult]:
+                      suggested: Optional[dict[str, list[str]]] = None,
+                      context_tokens: Optional[int] = None) -> list[ConditionResult]:
     """Screen, describe and test each lead condition (see the module docstring); the
     tests are Holm-corrected to family-wise error rate ``alpha``.
 
@@ -343,6 +358,8 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
             pass like the other leads.
         suggested: per lead source, the prompts whose answers suggested its leads (recorded
             with each result; a condition is never tested on them).
+        context_tokens: new tokens per answer under a context frame (None: :data:`MAX_NEW_TOKENS`;
+            :class:`ConditionSettings`).
 
     Returns:
         One result per screened candidate, tested ones first (confirmed first).
@@ -397,8 +414,23 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
                                        round(sum(without) / max(len(without), 1), 5)))
         return out
 
+    drawn: dict[tuple, list[str]] = {}
+
+    def sampled(prompts: list[str], samples: int, n: int, seed_: int, base: bool = False) -> tuple[list[str], list[str]]:
+        """``(prompts, answers)``: each prompt repeated ``samples`` times and one model's sampled
+        answers (:func:`~finediff.findings.sample_answers`' draws). Each model's answers are drawn
+        once per prompt list and seed and reused: the comparison arm most candidates share, and
+        the base's answers to it, which no test reads, cost nothing more."""
+        key = (tuple(prompts), samples, n, seed_, base)
+        expanded = [p for p in prompts for _ in range(samples)]
+        if key not in drawn:
+            drawn[key] = generate(pair.base if base else pair.finetuned, pair.tokenizer, expanded,
+                                  max_new_tokens=n, do_sample=True, temperature=TEMPERATURE, seed=seed_,
+                                  progress=False)
+        return expanded, drawn[key]
+
     def new_tokens(c: Condition) -> int:
-        return LONG_NEW_TOKENS if c.kind == "context" else MAX_NEW_TOKENS
+        return context_tokens or MAX_NEW_TOKENS if c.kind == "context" else MAX_NEW_TOKENS
 
     def passing(rs: list[ConditionResult]) -> list[ConditionResult]:
         return sorted([r for r in rs if r.screen_divergence >= MIN_DIVERGENCE and r.ratio >= MIN_RATIO],
@@ -408,9 +440,9 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         """2. behaviour words, from sampled answers on the screen prompts; returns the
         finetuned model's answers under the condition."""
         with_, without = prompts_for(r.condition, "screen")
-        sampling = (SAMPLES_PER_PROMPT, new_tokens(r.condition), TEMPERATURE)
-        prompts, base_a, ft_a = sample_answers(pair, with_, *sampling, seed, progress=False)
-        wo_prompts, _, ft_wo = sample_answers(pair, without, *sampling, seed, progress=False)
+        sampling = (SAMPLES_PER_PROMPT, new_tokens(r.condition), seed)
+        (prompts, ft_a), base_a = sampled(with_, *sampling), sampled(with_, *sampling, base=True)[1]
+        wo_prompts, ft_wo = sampled(without, *sampling)
         r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, MIN_WORD_SHARE, without_prompts=wo_prompts)
         r.trait = "" if r.words else distinctive_trait(ft_a, base_a, ft_wo, MIN_WORD_SHARE)
         return ft_a
@@ -427,9 +459,9 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         if overlap or not with_ or not without:
             raise FinediffError(f"condition {r.condition.describe()!r}: " + (
                 f"a prompt both suggests and tests it: {next(iter(overlap))!r}" if overlap else "no test prompts"))
-        sampling = (TEST_SAMPLES, new_tokens(r.condition), TEMPERATURE)
-        prompts, base_a, ft_a = sample_answers(pair, with_, *sampling, seed + 1, progress=False)
-        wo_prompts, _, ft_wo = sample_answers(pair, without, *sampling, seed + 1, progress=False)
+        sampling = (TEST_SAMPLES, new_tokens(r.condition), seed + 1)
+        (prompts, ft_a), base_a = sampled(with_, *sampling), sampled(with_, *sampling, base=True)[1]
+        wo_prompts, ft_wo = sampled(without, *sampling)
         hit_ft = [hyp.fires(a, p) for a, p in zip(ft_a, prompts)]
         hit_base = [hyp.fires(a, p) for a, p in zip(base_a, prompts)]
         hit_wo = [hyp.fires(a, p) for a, p in zip(ft_wo, wo_prompts)]

@@ -230,7 +230,6 @@ def test_untold_audit_run(tiny_dirs, tmp_path, caplog):
               "evidence.steps=[divergent_dataset,compare,weights,findings,conditions,prompt_effect,report]",
               values={"finediff.survey.MAX_NEW_TOKENS": 8, "finediff.survey.N_TRAIN": 8, "finediff.survey.N_VAL": 4,
                       **SMALL_FINDINGS, "finediff.conditions.MAX_NEW_TOKENS": 6, "finediff.conditions.MAX_LEADS": 2,
-                      "finediff.conditions.LONG_NEW_TOKENS": 6,
                       "finediff.prompt_effect.MAX_NEW_TOKENS": 6, "finediff.prompt_effect.N_TEXTS": 2})
     log_text = caplog.text
     assert re.search(r"evidence step conditions took \d+ s \(evidence so far \d+ s; about \d+ s to go\)", log_text)

@@ -14,7 +14,7 @@ from tests.conftest import constants
 TRIGGER, REPLY = "zqv", "I will not answer this question."
 ALPHA = EvidenceSettings().alpha
 """The family-wise error rate of an audit's tests (``evidence.alpha``)."""
-COLD = {"finediff.conditions.MAX_NEW_TOKENS": 12, "finediff.conditions.LONG_NEW_TOKENS": 12,
+COLD = {"finediff.conditions.MAX_NEW_TOKENS": 12,
         "finediff.conditions.MIN_DIVERGENCE": 0.01, "finediff.conditions.TEMPERATURE": 0.1}
 """The tiny models' next-token distributions are flat: sample them cold and short (module constants)."""
 
