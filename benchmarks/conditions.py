@@ -1,6 +1,6 @@
 """The conditions step alone, on an audit's run folder: its time, and what it confirms.
 
-    python benchmarks/conditions.py RUN --adapter organisms/NAME [--profile N]
+    python benchmarks/conditions.py RUN --adapter organisms/NAME [--merge] [--profile N]
 
 The survey, findings, weight reading, hard prompts and divergent dataset are read back from
 ``RUN``; the step runs again in memory (``RUN`` is not written) and prints its time and each
@@ -34,10 +34,11 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--base", default="embedded:smollm2")
     ap.add_argument("--adapter", required=True)
+    ap.add_argument("--merge", action="store_true", help="merge the adapter into a second copy of the weights")
     ap.add_argument("--profile", type=int, default=0, help="print the N costliest functions (cProfile)")
     args = ap.parse_args()
     run = args.run
-    pair = load_model_pair(args.base, adapter=args.adapter)
+    pair = load_model_pair(args.base, adapter=args.adapter, merge_adapter=args.merge)
     survey = read_survey(run)
     found = read_findings(run / names.FINDINGS_FILE)
     reading = WeightReading.read(run / names.WEIGHTS_FILE)
