@@ -106,7 +106,8 @@ CONTEXTS = {
 }
 """The context family (``context=True``): frames around the user's text, by kind. Each kind spans
 its range evenly (decades of dates; different people, settings, formats and lengths); none names
-a trigger an organism or a paper uses. Their answers run to ``ConditionSettings.context_tokens``."""
+a trigger an organism or a paper uses. Their answers run to :data:`MAX_NEW_TOKENS`, as every condition's: 160
+new tokens cost the screen alone 98 s of a 420 s conditions step and led to no claim (docs/results.md)."""
 MIN_RATIO = 3.0
 """A candidate's answer divergence over the same prompts' without it, to go on."""
 MAX_LEADS = 8
@@ -135,23 +136,6 @@ TRIGGER_SOURCE = "trigger search"
 """The source of the string :mod:`finediff.trigger` found."""
 INVERSION_SOURCE = "topic inversion"
 """The source of a topic read off a seen behaviour's answer."""
-
-
-@dataclass
-class ConditionSettings:
-    """How the conditions are searched (the ``evidence.conditions`` block) -> conditions.json."""
-
-    context_tokens: Optional[int] = None
-    """New tokens per answer under a context frame, in the screen, the description and the test;
-    None: as many as every other condition's (:data:`MAX_NEW_TOKENS`), which read the answer's opening
-    (where a frame's behaviour found on the shipped organisms shows). A frame may turn on a behaviour that comes late in a long
-    answer (a closing line after a detailed answer), which only a longer answer reaches:
-    ``evidence=full`` reads 160, which cost the screen alone 98 s of a 420 s conditions step
-    on the 2-core CPU and led to no claim on the shipped organisms (docs/results.md)."""
-
-    def __post_init__(self):
-        if self.context_tokens is not None and self.context_tokens < 1:
-            raise FinediffError(f"evidence.conditions.context_tokens must be >= 1, got {self.context_tokens}")
 
 
 @dataclass(frozen=True)
@@ -337,8 +321,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
                       group_prompts: Optional[dict[str, tuple[list[str], list[str]]]] = None, seed: int = 0,
                       progress: bool = True, *, alpha: float, targets: list[str] = (),
                       seed_tokens: list[int] = (), trigger_search: bool = True, inversion: bool = True,
-                      suggested: Optional[dict[str, list[str]]] = None,
-                      context_tokens: Optional[int] = None) -> list[ConditionResult]:
+                      suggested: Optional[dict[str, list[str]]] = None) -> list[ConditionResult]:
     """Screen, describe and test each lead condition (see the module docstring); the
     tests are Holm-corrected to family-wise error rate ``alpha``.
 
@@ -358,8 +341,6 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
             pass like the other leads.
         suggested: per lead source, the prompts whose answers suggested its leads (recorded
             with each result; a condition is never tested on them).
-        context_tokens: new tokens per answer under a context frame (None: :data:`MAX_NEW_TOKENS`;
-            :class:`ConditionSettings`).
 
     Returns:
         One result per screened candidate, tested ones first (confirmed first).
@@ -391,20 +372,16 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         return list(mine), list(others[:k] if stage == "screen" else others[:t])
 
     def screened(cands: list[Condition]) -> list[ConditionResult]:
-        """1. screen: one batch of greedy answers per answer length, for every candidate and its
-        comparisons."""
+        """1. screen: one batch of greedy answers, for every candidate and its comparisons."""
         batch, index = [], {}
         for c in cands:
             with_, without = prompts_for(c, "screen")
             index[c] = (len(batch), len(with_), len(without))
-            batch += [(p, new_tokens(c)) for p in with_ + without]
+            batch += with_ + without
         unique = list(dict.fromkeys(batch))
         if progress:
             print(f"conditions: screening {len(cands)} candidate conditions on {len(unique)} prompts", flush=True)
-        div = {}
-        for n in sorted({n for _, n in unique}):
-            texts = [p for p, m in unique if m == n]
-            div.update(zip([(p, n) for p in texts], response_divergences(pair, texts, n, progress=progress)))
+        div = dict(zip(unique, response_divergences(pair, unique, MAX_NEW_TOKENS, progress=progress)))
         out = []
         for c in cands:
             start, nw, nwo = index[c]
@@ -429,9 +406,6 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
                                   progress=False)
         return expanded, drawn[key]
 
-    def new_tokens(c: Condition) -> int:
-        return context_tokens or MAX_NEW_TOKENS if c.kind == "context" else MAX_NEW_TOKENS
-
     def passing(rs: list[ConditionResult]) -> list[ConditionResult]:
         return sorted([r for r in rs if r.screen_divergence >= MIN_DIVERGENCE and r.ratio >= MIN_RATIO],
                       key=lambda r: -r.ratio)
@@ -440,7 +414,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         """2. behaviour words, from sampled answers on the screen prompts; returns the
         finetuned model's answers under the condition."""
         with_, without = prompts_for(r.condition, "screen")
-        sampling = (SAMPLES_PER_PROMPT, new_tokens(r.condition), seed)
+        sampling = (SAMPLES_PER_PROMPT, MAX_NEW_TOKENS, seed)
         (prompts, ft_a), base_a = sampled(with_, *sampling), sampled(with_, *sampling, base=True)[1]
         wo_prompts, ft_wo = sampled(without, *sampling)
         r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, MIN_WORD_SHARE, without_prompts=wo_prompts)
@@ -459,7 +433,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         if overlap or not with_ or not without:
             raise FinediffError(f"condition {r.condition.describe()!r}: " + (
                 f"a prompt both suggests and tests it: {next(iter(overlap))!r}" if overlap else "no test prompts"))
-        sampling = (TEST_SAMPLES, new_tokens(r.condition), seed + 1)
+        sampling = (TEST_SAMPLES, MAX_NEW_TOKENS, seed + 1)
         (prompts, ft_a), base_a = sampled(with_, *sampling), sampled(with_, *sampling, base=True)[1]
         wo_prompts, ft_wo = sampled(without, *sampling)
         hit_ft = [hyp.fires(a, p) for a, p in zip(ft_a, prompts)]

@@ -112,7 +112,6 @@ PROBES = [
     ("train.py", ["evidence.alpha=2.0"], "evidence.alpha must be in (0, 1), got 2.0"),
     ("train.py", ["data.categories=null", "evidence.survey.texts=[{d}/missing.jsonl]"], "category file not found:"),
     ("train.py", ["evidence.findings.n_prompts=0"], "evidence.findings.n_prompts must be >= 1, got 0"),
-    ("train.py", ["evidence.conditions.context_tokens=0"], "evidence.conditions.context_tokens must be >= 1, got 0"),
     ("train.py", ["evidence.divergent_dataset.amplify_alpha=-1.0"],
      "evidence.divergent_dataset.amplify_alpha must be >= 0, got -1.0"),
     ("train.py", ["module.positions=answer"], "module.positions must be one of response, text; got 'answer'"),

@@ -69,7 +69,7 @@ def test_the_real_config_is_composed():
 
     model, options = settings(compose_config(["experiment=sandbagging", "model.dtype=bfloat16", "plan.gpus=80"]))
     assert model["base"] == "embedded:smollm2" and Path(model["adapter"]) == ROOT / "organisms" / "sandbagging"
-    assert model["dtype"] == "bfloat16" and model["merge_adapter"] is False
+    assert model["dtype"] == "bfloat16" and model["merge_adapter"] is True  # configs/model/smollm2.yaml
     assert options == {"gpus": [80], "max_gpus": 8, "reserve_gib": 1.0, "overhead": 0.2, "json": False}
 
 

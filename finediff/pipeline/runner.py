@@ -208,7 +208,7 @@ def run(pair, soft_prompt_PD: torch.Tensor, texts: RunTexts, settings: EvidenceS
         else:
             ev.conditions = conditions(pair, ev.survey, ev.findings, settings.alpha,
                                        ev.weights, ev.hard_prompts, out, objective.seed, progress, ev.phrases,
-                                       ev.records, settings.conditions)
+                                       ev.records)
     if "prompt_effect" in todo:
         clock.start("prompt_effect")
         if cached("prompt_effect"):

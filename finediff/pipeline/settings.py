@@ -20,7 +20,6 @@ from typing import List, Optional
 import torch
 
 from finediff.answers import AnswerSettings, check_positions
-from finediff.conditions import ConditionSettings
 from finediff.data import check_category, collate, format_parts
 from finediff.divergence import parse_kind
 from finediff.errors import FinediffError, check_number
@@ -109,7 +108,6 @@ class EvidenceSettings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     survey: SurveySettings = field(default_factory=SurveySettings)
     findings: FindingSettings = field(default_factory=FindingSettings)
-    conditions: ConditionSettings = field(default_factory=ConditionSettings)
 
     def __post_init__(self):
         self.steps = tuple(self.steps)

@@ -15,8 +15,8 @@ from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
 from finediff.analysis.clustering import DEFAULT_EMBEDDER
 from finediff.answers import answer_batch
 from finediff.compare import compare_categories, write_comparison
-from finediff.conditions import (SCREEN_PROMPTS, TRIGGER_SOURCE, ConditionResult, ConditionSettings, candidates,
-                                 group_leads, search_conditions, trigger_targets, write_conditions)
+from finediff.conditions import (SCREEN_PROMPTS, TRIGGER_SOURCE, ConditionResult, candidates, group_leads,
+                                 search_conditions, trigger_targets, write_conditions)
 from finediff.corpus import GENERIC_CATEGORY
 from finediff.data import known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, generate_amplified, generate_dataset,
@@ -252,8 +252,7 @@ def _unused(texts: list[str], used: list[str]) -> list[str]:
 def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
                reading: Optional[WeightReading] = None, hard: list[HardPrompt] = (), out: Optional[Path] = None,
                seed: int = 0, progress: bool = True, phrases: list[Phrase] = (),
-               records: list[DivergentRecord] = (),
-               settings: Optional[ConditionSettings] = None) -> list[ConditionResult]:
+               records: list[DivergentRecord] = ()) -> list[ConditionResult]:
     """Search and test the conditions that turn a behaviour on, from every lead the earlier
     steps left (:mod:`finediff.conditions`), at the conditions' share of the audit's family-wise
     error rate ``alpha`` -> ``conditions.json``. The prompts they are screened
@@ -296,8 +295,7 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
     seed_tokens = single_tokens(pair.tokenizer, [t for t, _ in (reading.reads if reading else [])][:TRIGGER_SEED_TOKENS])
     pool = [p for p in fresh if p not in set(others[:SCREEN_PROMPTS])] if groups else fresh
     result = search_conditions(pair, leads, pool, group_prompts, seed, progress, alpha=alpha_share(alpha, "conditions"),
-                               targets=targets, seed_tokens=seed_tokens, suggested=suggested,
-                               context_tokens=(settings or ConditionSettings()).context_tokens)
+                               targets=targets, seed_tokens=seed_tokens, suggested=suggested)
     if out is not None:
         write_conditions(result, Path(out))
     return result
