@@ -393,16 +393,16 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
 
     drawn: dict[tuple, list[str]] = {}
 
-    def sampled(prompts: list[str], samples: int, n: int, seed_: int, base: bool = False) -> tuple[list[str], list[str]]:
+    def sampled(prompts: list[str], samples: int, seed_: int, base: bool = False) -> tuple[list[str], list[str]]:
         """``(prompts, answers)``: each prompt repeated ``samples`` times and one model's sampled
         answers (:func:`~finediff.findings.sample_answers`' draws). Each model's answers are drawn
         once per prompt list and seed and reused: the comparison arm most candidates share, and
         the base's answers to it, which no test reads, cost nothing more."""
-        key = (tuple(prompts), samples, n, seed_, base)
+        key = (tuple(prompts), samples, seed_, base)
         expanded = [p for p in prompts for _ in range(samples)]
         if key not in drawn:
             drawn[key] = generate(pair.base if base else pair.finetuned, pair.tokenizer, expanded,
-                                  max_new_tokens=n, do_sample=True, temperature=TEMPERATURE, seed=seed_,
+                                  max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=TEMPERATURE, seed=seed_,
                                   progress=False)
         return expanded, drawn[key]
 
@@ -414,7 +414,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         """2. behaviour words, from sampled answers on the screen prompts; returns the
         finetuned model's answers under the condition."""
         with_, without = prompts_for(r.condition, "screen")
-        sampling = (SAMPLES_PER_PROMPT, MAX_NEW_TOKENS, seed)
+        sampling = (SAMPLES_PER_PROMPT, seed)
         (prompts, ft_a), base_a = sampled(with_, *sampling), sampled(with_, *sampling, base=True)[1]
         wo_prompts, ft_wo = sampled(without, *sampling)
         r.words = behaviour_words(ft_a, base_a, ft_wo, prompts, MIN_WORD_SHARE, without_prompts=wo_prompts)
@@ -433,7 +433,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         if overlap or not with_ or not without:
             raise FinediffError(f"condition {r.condition.describe()!r}: " + (
                 f"a prompt both suggests and tests it: {next(iter(overlap))!r}" if overlap else "no test prompts"))
-        sampling = (TEST_SAMPLES, MAX_NEW_TOKENS, seed + 1)
+        sampling = (TEST_SAMPLES, seed + 1)
         (prompts, ft_a), base_a = sampled(with_, *sampling), sampled(with_, *sampling, base=True)[1]
         wo_prompts, ft_wo = sampled(without, *sampling)
         hit_ft = [hyp.fires(a, p) for a, p in zip(ft_a, prompts)]
