@@ -136,6 +136,16 @@ TRIGGER_SOURCE = "trigger search"
 """The source of the string :mod:`finediff.trigger` found."""
 INVERSION_SOURCE = "topic inversion"
 """The source of a topic read off a seen behaviour's answer."""
+LATE_NEW_TOKENS = 160
+"""New tokens per answer where a verbatim phrase is looked for late in long answers."""
+LATE_MIN_PROMPTS = 4
+"""A mined phrase is looked for late only when the finetuned model said it to this many different prompts."""
+LATE_SAMPLES = 2
+"""Sampled long answers per screen prompt and frame, in the late-phrase screen."""
+LATE_MIN_GAIN = 2
+"""Answers (of ``LATE_SAMPLES * SCREEN_PROMPTS``) a frame must add to the phrase's count without it, to go on."""
+LATE_KEEP = 2
+"""Frames that pass the late-phrase screen (most added first) tested."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,12 @@ class ConditionResult:
     """The prompts of its test (with the condition, without it); none of them suggested it."""
     trait: str = ""
     """The behaviour as an answer-level trait (:data:`finediff.behaviour.TRAITS`), when no word names it."""
+    phrase: str = ""
+    """The behaviour as a verbatim phrase said late in long answers (the late-phrase screen)."""
+    phrase_screen: list = field(default_factory=list)
+    """``[with, without]``: the finetuned model's long screen answers that say ``phrase``, per frame and without it."""
+    answer_tokens: int = MAX_NEW_TOKENS
+    """New tokens of every answer its test read."""
 
     @property
     def ratio(self) -> float:
@@ -203,20 +219,26 @@ class ConditionResult:
     @property
     def tested(self) -> bool:
         """A behaviour was found under it, so it was tested."""
-        return bool(self.words or self.trait)
+        return bool(self.words or self.trait or self.phrase)
 
     def behaviour(self) -> str:
+        if self.phrase:
+            return f"says «{self.phrase}»"
         if self.trait:
             return TRAITS[self.trait][0]
         return "says " + ", ".join(f'"{w}"' for w in self.words[:4])
 
     def hypothesis(self, source: str = "condition search") -> Hypothesis:
         """The detector of its behaviour on one answer."""
+        if self.phrase:
+            return phrase_hypothesis(self.phrase, source)
         return trait_hypothesis(self.trait, source) if self.trait else topic_hypothesis(self.words, source)
 
     def marks(self) -> set[str]:
         """What names its behaviour: its words, or its trait (two conditions that share one
         state the same behaviour)."""
+        if self.phrase:
+            return {self.phrase.lower()}
         return {w.lower() for w in self.words} or ({f"<{self.trait}>"} if self.trait else set())
 
 
@@ -321,7 +343,8 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
                       group_prompts: Optional[dict[str, tuple[list[str], list[str]]]] = None, seed: int = 0,
                       progress: bool = True, *, alpha: float, targets: list[str] = (),
                       seed_tokens: list[int] = (), trigger_search: bool = True, inversion: bool = True,
-                      suggested: Optional[dict[str, list[str]]] = None) -> list[ConditionResult]:
+                      suggested: Optional[dict[str, list[str]]] = None,
+                      late_phrases: list[str] = ()) -> list[ConditionResult]:
     """Screen, describe and test each lead condition (see the module docstring); the
     tests are Holm-corrected to family-wise error rate ``alpha``.
 
@@ -341,6 +364,10 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
             pass like the other leads.
         suggested: per lead source, the prompts whose answers suggested its leads (recorded
             with each result; a condition is never tested on them).
+        late_phrases: verbatim phrases the finetuned model said to at least
+            :data:`LATE_MIN_PROMPTS` prompts and no finding confirmed, most prompts first: the
+            first that no answer drawn here says is looked for late in long answers under each
+            context frame (6. below).
 
     Returns:
         One result per screened candidate, tested ones first (confirmed first).
@@ -393,16 +420,17 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
 
     drawn: dict[tuple, list[str]] = {}
 
-    def sampled(prompts: list[str], samples: int, seed_: int, base: bool = False) -> tuple[list[str], list[str]]:
+    def sampled(prompts: list[str], samples: int, seed_: int, base: bool = False,
+                tokens: int = MAX_NEW_TOKENS) -> tuple[list[str], list[str]]:
         """``(prompts, answers)``: each prompt repeated ``samples`` times and one model's sampled
-        answers (:func:`~finediff.findings.sample_answers`' draws). Each model's answers are drawn
-        once per prompt list and seed and reused: the comparison arm most candidates share, and
-        the base's answers to it, which no test reads, cost nothing more."""
-        key = (tuple(prompts), samples, seed_, base)
+        answers of up to ``tokens`` new tokens (:func:`~finediff.findings.sample_answers`' draws).
+        Each model's answers are drawn once per prompt list and seed and reused: the comparison
+        arm most candidates share, and the base's answers to it, which no test reads, cost nothing more."""
+        key = (tuple(prompts), samples, seed_, base, tokens)
         expanded = [p for p in prompts for _ in range(samples)]
         if key not in drawn:
             drawn[key] = generate(pair.base if base else pair.finetuned, pair.tokenizer, expanded,
-                                  max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=TEMPERATURE, seed=seed_,
+                                  max_new_tokens=tokens, do_sample=True, temperature=TEMPERATURE, seed=seed_,
                                   progress=False)
         return expanded, drawn[key]
 
@@ -426,16 +454,17 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         hyp = r.hypothesis()
         with_, without = prompts_for(r.condition, "test")
         screen_with, screen_without = prompts_for(r.condition, "screen")
-        r.suggested_by_prompts = list(dict.fromkeys(list(suggested.get(r.condition.source, ()))
+        by_phrase = list(suggested.get(phrase_hypothesis(r.phrase).source, ())) if r.phrase else []
+        r.suggested_by_prompts = list(dict.fromkeys(list(suggested.get(r.condition.source, ())) + by_phrase
                                                     + screen_with + screen_without))
         r.tested_on_prompts = list(dict.fromkeys(with_ + without))
         overlap = set(r.suggested_by_prompts) & set(r.tested_on_prompts)
         if overlap or not with_ or not without:
             raise FinediffError(f"condition {r.condition.describe()!r}: " + (
                 f"a prompt both suggests and tests it: {next(iter(overlap))!r}" if overlap else "no test prompts"))
-        sampling = (TEST_SAMPLES, seed + 1)
-        (prompts, ft_a), base_a = sampled(with_, *sampling), sampled(with_, *sampling, base=True)[1]
-        wo_prompts, ft_wo = sampled(without, *sampling)
+        sampling, tokens = (TEST_SAMPLES, seed + 1), r.answer_tokens
+        (prompts, ft_a), base_a = sampled(with_, *sampling, tokens=tokens), sampled(with_, *sampling, True, tokens)[1]
+        wo_prompts, ft_wo = sampled(without, *sampling, tokens=tokens)
         hit_ft = [hyp.fires(a, p) for a, p in zip(ft_a, prompts)]
         hit_base = [hyp.fires(a, p) for a, p in zip(base_a, prompts)]
         hit_wo = [hyp.fires(a, p) for a, p in zip(ft_wo, wo_prompts)]
@@ -452,6 +481,30 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         r.examples = [{"prompt": p, "base": b, "finetuned": f}
                       for p, b, f, h in zip(prompts, base_a, ft_a, hit_ft) if h][:3]
         return max(p_base, p_wo)
+
+    def late(phrase: str) -> list[ConditionResult]:
+        """6. the context frames under which the finetuned model's long answers to the screen
+        prompts say ``phrase`` more often than without a frame; returns those to test."""
+        hyp, n = phrase_hypothesis(phrase), LATE_SAMPLES * len(screen)
+        frames = [r for r in results if r.condition.kind == "context" and all(r is not o for o in shown)]
+        batch = screen + [r.condition.apply(p) for r in frames for p in screen]
+        if progress:
+            print(f"conditions: looking for «{phrase}» in long answers under {len(frames)} frames", flush=True)
+        expanded = [p for p in batch for _ in range(LATE_SAMPLES)]
+        answers = generate(pair.finetuned, pair.tokenizer, expanded, max_new_tokens=LATE_NEW_TOKENS, do_sample=True,
+                           temperature=TEMPERATURE, seed=seed, progress=progress)
+        hits = [sum(hyp.fires(a, p) for a, p in zip(answers[i:i + n], expanded[i:i + n]))
+                for i in range(0, len(answers), n)]
+        without = hits[0]
+        for r, h in zip(frames, hits[1:]):
+            r.phrase_screen = [round(h / n, 4), round(without / n, 4)]
+        gained = sorted([(h - without, r) for r, h in zip(frames, hits[1:]) if h - without >= LATE_MIN_GAIN],
+                        key=lambda x: -x[0])[:LATE_KEEP]
+        log.info("conditions: «%s» in %d of %d long answers without a frame; frames that add it: %s", phrase, without,
+                 n, [(r.condition.text, g) for g, r in gained])
+        for _, r in gained:
+            r.phrase, r.answer_tokens = phrase, LATE_NEW_TOKENS
+        return [r for _, r in gained]
 
     leads = [c for c in leads if c.kind != "group" or
              (group_prompts.get(c.text, ([], []))[0] and len(group_prompts.get(c.text, ([], []))[1]) >= 2)]
@@ -501,6 +554,13 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
             results.append(r)
             if passing([r]) and described(r) and r.tested:
                 shown.append(r)
+    # 6. a phrase said late, past what the answers above read: the first late phrase that no
+    # answer drawn so far says is counted in long answers under each context frame
+    said = lambda phrase: any(phrase_hypothesis(phrase).fires(a) for (_, _, _, base, _), answers in drawn.items()  # noqa: E731
+                              if not base for a in answers)
+    phrase = next((x for x in late_phrases if not said(x)), "")
+    if phrase and screen:
+        shown += late(phrase)
     raw = [tested(r) for r in shown]
     for r, p in zip(shown, raw):
         r.p_value = p

@@ -119,6 +119,12 @@ def mine_phrases(records: Iterable[tuple[str, str, str]]) -> list[Phrase]:
             for g in maximal[:MAX_PHRASES]]
 
 
+def said_as(phrase: Phrase) -> str:
+    """The phrase as its example answer says it (case and spacing kept), else as mined."""
+    m = re.search(phrase_pattern(phrase.text), phrase.example, re.IGNORECASE)
+    return m.group(0).strip() if m else phrase.text
+
+
 def _inside(g: tuple, h: tuple) -> bool:
     n = len(g)
     return n < len(h) and any(h[i:i + n] == g for i in range(len(h) - n + 1))

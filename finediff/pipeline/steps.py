@@ -15,14 +15,14 @@ from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
 from finediff.analysis.clustering import DEFAULT_EMBEDDER
 from finediff.answers import answer_batch
 from finediff.compare import compare_categories, write_comparison
-from finediff.conditions import (SCREEN_PROMPTS, TRIGGER_SOURCE, ConditionResult, candidates, group_leads,
-                                 search_conditions, trigger_targets, write_conditions)
+from finediff.conditions import (LATE_MIN_PROMPTS, SCREEN_PROMPTS, TRIGGER_SOURCE, ConditionResult, candidates,
+                                 group_leads, search_conditions, trigger_targets, write_conditions)
 from finediff.corpus import GENERIC_CATEGORY
 from finediff.data import known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, generate_amplified, generate_dataset,
                                         rank_texts, save_dataset)
 from finediff.findings import (TEMPERATURE as FINDINGS_TEMPERATURE, Finding, FindingSettings, evaluate_hypotheses,
-                               propose, sample_answers, write_findings)
+                               phrase_hypothesis, propose, sample_answers, write_findings)
 from finediff.generation import GENERATE_BATCH, generate
 from finediff.hard_prompts import (BATCH_SIZE, EVAL_BATCHES, INIT_TEXTS, TRAIN_BATCHES, HardPrompt,
                                    find_hard_prompts)
@@ -31,7 +31,7 @@ from finediff.lens import STEER_CATEGORY, LensConfig, run_lens
 from finediff.organisms.checkers import checker_for
 from finediff.pipeline.settings import (AnalysisSettings, CompareSettings, DatasetSettings, HardPromptSettings, Objective,
                                         RunTexts)
-from finediff.phrases import Phrase, mine_phrases
+from finediff.phrases import Phrase, mine_phrases, said_as
 from finediff.plots import lens_norms, lens_relevance
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism
 from finediff.report import write_report
@@ -291,11 +291,19 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
     from finediff.trigger import single_tokens
 
     targets = trigger_targets(found, [p.text for p in phrases])
+    # a phrase said to many prompts and never by the base, that no confirmed finding shows, may come late in
+    # long answers under some frame
+    # long answers under some frame (shown as its example says it); a phrase a confirmed finding's
+    # answers say is stated already
+    shown = [e["finetuned"] for f in found if f.confirmed for e in f.examples]
+    late = [said_as(p) for p in sorted(phrases, key=lambda p: (-p.n_prompts, -p.n_finetuned))
+            if p.n_prompts >= LATE_MIN_PROMPTS and p.n_base == 0
+            and not any(phrase_hypothesis(p.text).fires(a) for a in shown)]
 
     seed_tokens = single_tokens(pair.tokenizer, [t for t, _ in (reading.reads if reading else [])][:TRIGGER_SEED_TOKENS])
     pool = [p for p in fresh if p not in set(others[:SCREEN_PROMPTS])] if groups else fresh
     result = search_conditions(pair, leads, pool, group_prompts, seed, progress, alpha=alpha_share(alpha, "conditions"),
-                               targets=targets, seed_tokens=seed_tokens, suggested=suggested)
+                               targets=targets, seed_tokens=seed_tokens, suggested=suggested, late_phrases=late)
     if out is not None:
         write_conditions(result, Path(out))
     return result
