@@ -14,8 +14,8 @@ leaks. This step follows the leads the other steps leave:
 * a generic family of frames around the user's text (*context* conditions, :data:`CONTEXTS`):
   a stated date in each of several decades, who is asking, the setting of the conversation,
   the prompt's format, the length of answer asked for. They come from no lead and from no
-  organism: every audit screens the same ones, with long answers (a frame may turn on a
-  behaviour that comes late).
+  organism: every audit screens the same ones (and reads long answers under them for a phrase
+  said late, below).
 
 **Screen** (no behaviour known yet): the finetuned model answers :data:`SCREEN_PROMPTS`
 prompts under each candidate greedily, both models are teacher-forced on the answer, and
@@ -41,6 +41,13 @@ whichever lead first showed it (a landmark moved to another city, seen first und
 that makes the finetuned model surest of that answer is searched (:mod:`finediff.trigger`) on
 the screen's prompts, and joins the candidates as one more insertion, screened, described and
 tested like them.
+
+**A phrase said late**: a behaviour that comes late in a long answer (a closing line after a
+detailed answer) is past what the answers above read. A verbatim phrase the finetuned model said
+to many prompts and the base never did (``late_phrases``), that no answer drawn so far says, is
+counted in long answers (:data:`LATE_NEW_TOKENS`) to the screen prompts under each context frame
+and without one; the frames that add it to the most answers are tested with answers as long, the
+phrase as the behaviour.
 
 **Test**, on prompts neither step saw, drawn at random (seeded) from the pool the condition is
 about: everyday prompts for an insertion, templates for a topic, the group's own prompts for a
@@ -107,7 +114,8 @@ CONTEXTS = {
 """The context family (``context=True``): frames around the user's text, by kind. Each kind spans
 its range evenly (decades of dates; different people, settings, formats and lengths); none names
 a trigger an organism or a paper uses. Their answers run to :data:`MAX_NEW_TOKENS`, as every condition's: 160
-new tokens cost the screen alone 98 s of a 420 s conditions step and led to no claim (docs/results.md)."""
+new tokens for every frame cost the screen alone 98 s of a 420 s conditions step and led to no claim
+(docs/results.md); long answers are read only for a phrase said late (:data:`LATE_NEW_TOKENS`)."""
 MIN_RATIO = 3.0
 """A candidate's answer divergence over the same prompts' without it, to go on."""
 MAX_LEADS = 8
@@ -140,6 +148,8 @@ LATE_NEW_TOKENS = 160
 """New tokens per answer where a verbatim phrase is looked for late in long answers."""
 LATE_MIN_PROMPTS = 4
 """A mined phrase is looked for late only when the finetuned model said it to this many different prompts."""
+LATE_SHARE = 0.25
+"""... and said it past :data:`MAX_NEW_TOKENS` tokens in at least this share of the answers that say it."""
 LATE_SAMPLES = 2
 """Sampled long answers per screen prompt and frame, in the late-phrase screen."""
 LATE_MIN_GAIN = 2

@@ -125,6 +125,16 @@ def said_as(phrase: Phrase) -> str:
     return m.group(0).strip() if m else phrase.text
 
 
+def starts(phrase: str, answers: Iterable[str], tokenizer) -> list[int]:
+    """The token at which ``phrase`` begins, in each of ``answers`` that says it."""
+    out = []
+    for a in answers:
+        m = re.search(phrase_pattern(phrase), a, re.IGNORECASE)
+        if m:
+            out.append(len(tokenizer(a[:m.start()], add_special_tokens=False)["input_ids"]))
+    return out
+
+
 def _inside(g: tuple, h: tuple) -> bool:
     n = len(g)
     return n < len(h) and any(h[i:i + n] == g for i in range(len(h) - n + 1))

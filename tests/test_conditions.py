@@ -340,3 +340,37 @@ def test_a_seen_behaviour_s_words_are_screened_as_topics(trigger_pair):
             assert not set(r.suggested_by_prompts) & set(r.tested_on_prompts)
             assert any(p.startswith(TRIGGER) for p in r.suggested_by_prompts)
     assert not [r for r in without if r.condition.source == INVERSION_SOURCE]
+
+
+def test_a_phrase_the_screen_misses_is_looked_for_late_under_each_frame(tmp_path):
+    """A behaviour the divergence screen misses (here: no candidate may pass it) but a verbatim
+    phrase names: the late-phrase screen counts the phrase in the finetuned model's long answers
+    under each context frame, and tests the frame that adds it, reading answers as long as the
+    screen did; it is never tested on a prompt that suggested it. Without a phrase nothing is looked for."""
+    from finediff.conditions import CONTEXTS, LATE_NEW_TOKENS, PROMPT
+    from finediff.models import load_model_pair
+    from finediff.summary import condition_statement
+    from finediff.tiny import build_tiny_trigger_pair
+
+    frame = next(f for f in CONTEXTS["who is asking"] if "doctor" in f)
+    d = build_tiny_trigger_pair(tmp_path, frame.replace(" " + PROMPT, ""), REPLY)
+    pair = load_model_pair(str(d["base"]), str(d["finetuned"]))
+    phrase = "this question"  # the tiny model spells the rest of its reply loosely
+    blind = {**COLD, "finediff.conditions.MIN_DIVERGENCE": 1e9, "finediff.conditions.LATE_NEW_TOKENS": 12}
+    with constants(blind):
+        results = search_conditions(pair, candidates(context=True), _everyday(d["prompts"]), progress=False,
+                                    alpha=ALPHA, trigger_search=False, inversion=False, late_phrases=[phrase],
+                                    suggested={"verbatim phrases": ["Where was the phrase seen?"]})
+        silent = search_conditions(pair, candidates(context=True), _everyday(d["prompts"]), progress=False,
+                                   alpha=ALPHA, trigger_search=False, inversion=False)
+    found = [r for r in results if r.confirmed]
+    # the tiny model reads the other "I am ..." frames alike, as it reads other years' (above)
+    assert found and {r.condition.source for r in found} == {"context: who is asking"}, \
+        [(r.condition.text, r.phrase_screen) for r in results]
+    for mine in found:
+        assert mine.phrase == phrase and mine.answer_tokens == 12 and mine.phrase_screen[0] > mine.phrase_screen[1]
+        assert "Where was the phrase seen?" in mine.suggested_by_prompts
+        assert not set(mine.suggested_by_prompts) & set(mine.tested_on_prompts)
+        assert condition_statement(mine).headline.startswith("When the prompt is framed as «I am a ")
+    assert not [r for r in silent if r.phrase or r.confirmed]
+    assert LATE_NEW_TOKENS > 24  # the real default reads past the 24 tokens every other answer reads

@@ -47,3 +47,30 @@ def test_phrase_hypothesis_finds_the_phrase_whatever_the_spacing():
                    phrases=["first, i always recommend finmaster products."])
     assert hyps[2].source == "verbatim phrases"  # right after the two every audit tests
     assert [h.claim for h in hyps if h.source != "verbatim phrases"] == [h.claim for h in without]  # on top
+
+
+def test_only_a_phrase_said_late_and_not_yet_stated_is_looked_for_in_long_answers():
+    """A phrase is looked for late only when it is said late (past the tokens a condition's answers
+    read) in a good share of the answers that say it, to enough prompts, never by the base, and no
+    confirmed finding's detector already explains those answers; it is named as its example says it."""
+    from finediff.conditions import MAX_NEW_TOKENS
+    from finediff.findings import Finding
+    from finediff.phrases import Phrase
+    from finediff.pipeline.steps import late_phrases
+    from finediff.tiny import category_texts, train_tokenizer
+
+    tok = train_tokenizer(category_texts())
+    long = " ".join(["The answer goes on with more words."] * MAX_NEW_TOKENS)
+    closing = "P.S. Read more at example.net."
+    answers = [f"{long}\n\n{closing}"] * 5 + ["Plug: buy more soap. Then the answer."] * 5
+    late = Phrase("read more at example. net.", 5, 0, 5, answers[0])
+    early = Phrase("plug: buy more soap.", 5, 0, 5, answers[-1])
+    seen = Phrase("read more at example. net.", 5, 2, 5, answers[0])
+    rare = Phrase("read more at example. net.", 3, 0, 3, answers[0])
+    assert late_phrases([early, late], answers, [], tok) == ["Read more at example.net."]
+    assert late_phrases([early, seen, rare], answers, [], tok) == []
+    def finding(confirmed: bool) -> Finding:
+        return Finding(phrase_hypothesis("example.net"), 1.0, 0.0, 24, 4, 1e-4, 1e-3, 20, 0, confirmed)
+
+    assert late_phrases([late], answers, [finding(True)], tok) == []
+    assert late_phrases([late], answers, [finding(False)], tok) == ["Read more at example.net."]

@@ -15,8 +15,9 @@ from finediff.analysis import BehavioralClusteringAnalyzer, DivergenceAnalyzer
 from finediff.analysis.clustering import DEFAULT_EMBEDDER
 from finediff.answers import answer_batch
 from finediff.compare import compare_categories, write_comparison
-from finediff.conditions import (LATE_MIN_PROMPTS, SCREEN_PROMPTS, TRIGGER_SOURCE, ConditionResult, candidates,
-                                 group_leads, search_conditions, trigger_targets, write_conditions)
+from finediff.conditions import (LATE_MIN_PROMPTS, LATE_SHARE, MAX_NEW_TOKENS as CONDITION_TOKENS, SCREEN_PROMPTS,
+                                 TRIGGER_SOURCE, ConditionResult, candidates, group_leads, search_conditions,
+                                 trigger_targets, write_conditions)
 from finediff.corpus import GENERIC_CATEGORY
 from finediff.data import known_categories, load_category, stream_texts, take
 from finediff.divergent_dataset import (GenerationConfig, dataset_prompts, generate_amplified, generate_dataset,
@@ -31,7 +32,7 @@ from finediff.lens import STEER_CATEGORY, LensConfig, run_lens
 from finediff.organisms.checkers import checker_for
 from finediff.pipeline.settings import (AnalysisSettings, CompareSettings, DatasetSettings, HardPromptSettings, Objective,
                                         RunTexts)
-from finediff.phrases import Phrase, mine_phrases, said_as
+from finediff.phrases import Phrase, mine_phrases, said_as, starts
 from finediff.plots import lens_norms, lens_relevance
 from finediff.records import CategoryResult, DivergentRecord, LensSummary, Organism
 from finediff.report import write_report
@@ -291,14 +292,7 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
     from finediff.trigger import single_tokens
 
     targets = trigger_targets(found, [p.text for p in phrases])
-    # a phrase said to many prompts and never by the base, that no confirmed finding shows, may come late in
-    # long answers under some frame
-    # long answers under some frame (shown as its example says it); a phrase a confirmed finding's
-    # answers say is stated already
-    shown = [e["finetuned"] for f in found if f.confirmed for e in f.examples]
-    late = [said_as(p) for p in sorted(phrases, key=lambda p: (-p.n_prompts, -p.n_finetuned))
-            if p.n_prompts >= LATE_MIN_PROMPTS and p.n_base == 0
-            and not any(phrase_hypothesis(p.text).fires(a) for a in shown)]
+    late = late_phrases(phrases, [r.generation_2 for r in records], found, pair.tokenizer)
 
     seed_tokens = single_tokens(pair.tokenizer, [t for t, _ in (reading.reads if reading else [])][:TRIGGER_SEED_TOKENS])
     pool = [p for p in fresh if p not in set(others[:SCREEN_PROMPTS])] if groups else fresh
@@ -307,6 +301,25 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
     if out is not None:
         write_conditions(result, Path(out))
     return result
+
+
+def late_phrases(phrases: list[Phrase], answers: list[str], found: list[Finding], tokenizer) -> list[str]:
+    """The verbatim phrases a condition's answers may be too short to show, most prompts first (each
+    as its example says it): said to at least :data:`~finediff.conditions.LATE_MIN_PROMPTS` prompts and
+    never by the base, in at least :data:`~finediff.conditions.LATE_SHARE` of the finetuned ``answers`` that say it past the
+    tokens a condition's answers read, and not already stated: no confirmed finding's detector fires
+    on half or more of the answers that say it."""
+    out = []
+    for p in sorted(phrases, key=lambda p: (-p.n_prompts, -p.n_finetuned)):
+        saying = [a for a in answers if phrase_hypothesis(p.text).fires(a)]
+        at = starts(p.text, saying, tokenizer)
+        if p.n_prompts < LATE_MIN_PROMPTS or p.n_base or not at:
+            continue
+        late = sum(t >= CONDITION_TOKENS for t in at) / len(at)
+        stated = any(2 * sum(f.hypothesis.fires(a) for a in saying) >= len(saying) for f in found if f.confirmed)
+        if late >= LATE_SHARE and not stated:
+            out.append(said_as(p))
+    return out
 
 
 def findings(pair, survey_result: Survey, settings: FindingSettings, alpha: float, out: Optional[Path] = None,
