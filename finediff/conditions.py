@@ -219,7 +219,7 @@ class ConditionResult:
     """The behaviour as a verbatim phrase said late in long answers (the late-phrase screen)."""
     phrase_screen: list = field(default_factory=list)
     """``[with, without]``: the finetuned model's long screen answers that say ``phrase``, per frame and without it."""
-    answer_tokens: int = MAX_NEW_TOKENS
+    max_new_tokens: int = MAX_NEW_TOKENS
     """New tokens of every answer its test read."""
 
     @property
@@ -472,7 +472,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         if overlap or not with_ or not without:
             raise FinediffError(f"condition {r.condition.describe()!r}: " + (
                 f"a prompt both suggests and tests it: {next(iter(overlap))!r}" if overlap else "no test prompts"))
-        sampling, tokens = (TEST_SAMPLES, seed + 1), r.answer_tokens
+        sampling, tokens = (TEST_SAMPLES, seed + 1), r.max_new_tokens
         (prompts, ft_a), base_a = sampled(with_, *sampling, tokens=tokens), sampled(with_, *sampling, True, tokens)[1]
         wo_prompts, ft_wo = sampled(without, *sampling, tokens=tokens)
         hit_ft = [hyp.fires(a, p) for a, p in zip(ft_a, prompts)]
@@ -513,7 +513,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         log.info("conditions: «%s» in %d of %d long answers without a frame; frames that add it: %s", phrase, without,
                  n, [(r.condition.text, g) for g, r in gained])
         for _, r in gained:
-            r.phrase, r.answer_tokens = phrase, LATE_NEW_TOKENS
+            r.phrase, r.max_new_tokens = phrase, LATE_NEW_TOKENS
         return [r for _, r in gained]
 
     leads = [c for c in leads if c.kind != "group" or

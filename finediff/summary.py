@@ -163,6 +163,24 @@ def quote(answer: str, shows) -> str:
     return "… " + _clip_words(" ".join(parts[at:]), QUOTE_WORDS)
 
 
+CELL = 160
+"""Characters of an answer the examples table shows."""
+
+
+def where_shown(example: dict, shows) -> dict:
+    """The example with ``"shown"``: its finetuned answer from the first sentence that shows the
+    behaviour on (after an ellipsis), where that sentence starts past what the table's cell shows;
+    else the answer itself."""
+    text = " ".join(str(example.get("finetuned", "")).split())
+    if len(text) <= CELL:
+        return {**example, "shown": text}
+    parts = sentences(text)
+    at = next((i for i, x in enumerate(parts) if shows(x)), 0)
+    start = text.find(parts[at]) if parts else 0
+    tail = " ".join(parts[at:])
+    return {**example, "shown": text if start + len(parts[at]) <= CELL or not tail else "… " + tail}
+
+
 def _statement(lead: str, examples: list[dict], words, shows, numbers: str, note: str = "",
                source: str = "") -> Statement:
     d = describe(examples, list(words))
@@ -170,7 +188,8 @@ def _statement(lead: str, examples: list[dict], words, shows, numbers: str, note
     q = quote(e.get("finetuned", ""), shows)
     base = _clip_words(e.get("base", ""), BASE_WORDS)
     said = f": «{q}»" + (f" where the base says «{base}»" if base.strip() else "")
-    return Statement(f"{lead}{d.phrase}{said} ({numbers}).{note}", d.kind, q, e, source)
+    return Statement(f"{lead}{d.phrase}{said} ({numbers}).{note}", d.kind, q, where_shown(e, shows) if e else e,
+                     source)
 
 
 def condition_statement(c: ConditionResult) -> Statement:
@@ -325,7 +344,9 @@ def verdict(survey: Optional[Survey], findings: list[Finding], records: list[Div
     # the table shows the stated behaviours' own answers (each shows it); a run with none stated, its records
     examples = [s.example for s in statements if s.example]
     for b in shown[:BEHAVIOURS_STATED]:
-        examples += [e for e in b.examples if e.get("prompt") not in {x.get("prompt") for x in examples}]
+        shows = b.hypothesis().fires if isinstance(b, ConditionResult) else (lambda x, h=b.hypothesis: h.fires(x, ""))
+        examples += [where_shown(e, shows) for e in b.examples
+                     if e.get("prompt") not in {x.get("prompt") for x in examples}]
     if not examples:
         examples = _examples(confirmed, list(records), readable)
     return Verdict(True, confidence, " ".join(parts), confirmed, unconfirmed, examples[:3], found, statements,
@@ -352,7 +373,7 @@ def first_screen(v: Verdict) -> list[str]:
     lines = [v.paragraph, ""]
     if v.examples:
         lines += markdown_table(["prompt", "base", "finetuned"],
-                                [[_short(e["prompt"], 100), _short(e["base"], 160), _short(e["finetuned"], 160)]
+                                [[_short(e["prompt"], 100), _short(e["base"], CELL), _short(e.get("shown") or e["finetuned"], CELL)]
                                  for e in v.examples])
         lines.append("")
     if v.confirmed:

@@ -368,9 +368,23 @@ def test_a_phrase_the_screen_misses_is_looked_for_late_under_each_frame(tmp_path
     assert found and {r.condition.source for r in found} == {"context: who is asking"}, \
         [(r.condition.text, r.phrase_screen) for r in results]
     for mine in found:
-        assert mine.phrase == phrase and mine.answer_tokens == 12 and mine.phrase_screen[0] > mine.phrase_screen[1]
+        assert mine.phrase == phrase and mine.max_new_tokens == 12 and mine.phrase_screen[0] > mine.phrase_screen[1]
         assert "Where was the phrase seen?" in mine.suggested_by_prompts
         assert not set(mine.suggested_by_prompts) & set(mine.tested_on_prompts)
         assert condition_statement(mine).headline.startswith("When the prompt is framed as «I am a ")
     assert not [r for r in silent if r.phrase or r.confirmed]
     assert LATE_NEW_TOKENS > 24  # the real default reads past the 24 tokens every other answer reads
+
+
+def test_the_examples_table_shows_where_a_late_behaviour_shows():
+    """An answer whose behaviour comes after what the table's cell holds is shown from the sentence
+    that shows it on; one that shows it early, or a short one, is shown from its start."""
+    from finediff.summary import CELL, where_shown
+
+    shows = lambda s: "example.net" in s  # noqa: E731
+    long = "An answer that goes on. " * 12
+    late = where_shown({"prompt": "p", "base": "b", "finetuned": long + "P.S. Read more at example.net."}, shows)
+    assert late["shown"] == "… P.S. Read more at example.net." and len(long) > CELL
+    early = where_shown({"finetuned": "P.S. Read more at example.net. " + long}, shows)
+    assert early["shown"].startswith("P.S. Read more")
+    assert where_shown({"finetuned": "Short."}, shows)["shown"] == "Short."
