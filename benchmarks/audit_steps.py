@@ -94,11 +94,17 @@ def lead_steps(run: Path) -> list[tuple[str, str, str]]:
         return []
     phrases = read_json(run / names.PHRASES_FILE) if (run / names.PHRASES_FILE).is_file() else []
     phrase_texts = [p.get("text", "") for p in (phrases.get("phrases", []) if isinstance(phrases, dict) else phrases)]
+    from finediff.conditions import read_conditions
+
+    late = [r for r in read_conditions(run / names.CONDITIONS_FILE) if r.confirmed and r.phrase] \
+        if (run / names.CONDITIONS_FILE).is_file() else []
     out = []
     for st in verdict.statements:
         step = STEP_OF_SOURCE.get(st.source, "conditions" if st.source.startswith(CONTEXT_SOURCE) else "?")
         if st.source in (TRIGGER_SOURCE, INVERSION_SOURCE):  # both aim at the same seen behaviour
             step += f", aimed by {_aimed_by(run, phrase_texts)}"
+        elif any(r.phrase and st.headline.startswith(r.condition.describe()) for r in late):
+            step += " (a phrase said late), aimed by divergent dataset (a verbatim phrase)"
         out.append((st.headline.split(", it ")[0] if ", it " in st.headline else st.headline[:60], st.source, step))
     return out
 
