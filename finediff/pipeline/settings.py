@@ -213,8 +213,8 @@ class Objective:
     def from_record(cls, record: dict, seed: int = 0) -> "Objective":
         """The objective a ``soft_prompt.pt`` record was trained with (records written
         before the answer objective existed trained at the text positions)."""
-        # Records written before the rename to max_new_tokens hold the same number as "max_new_tokens".
-        tokens = record.get("max_new_tokens", record.get("max_new_tokens", AnswerSettings.tokens))
+        # Records written before the rename to max_new_tokens hold the same number as "answer_tokens".
+        tokens = record.get("max_new_tokens", record.get("answer_tokens", AnswerSettings.tokens))
         return cls(str(record["divergence"]), float(record["temperature"]), seed=seed,
                    positions=str(record.get("positions", "text")),
                    answers=AnswerSettings(tokens=int(tokens),
