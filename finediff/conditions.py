@@ -45,8 +45,8 @@ tested like them.
 **A phrase said late**: a behaviour that comes late in a long answer (a closing line after a
 detailed answer) is past what the answers above read. A verbatim phrase the finetuned model said
 to many prompts and the base never did (``late_phrases``), that no answer drawn so far says, is
-counted in long answers (:data:`LATE_NEW_TOKENS`) to the screen prompts under each context frame
-and without one; the frames that add it to the most answers are tested with answers as long, the
+counted in long answers (:data:`LATE_NEW_TOKENS`) to :data:`LATE_PROMPTS` everyday prompts under each
+context frame and without one; the frames that add it to the most answers are tested with answers as long, the
 phrase as the behaviour.
 
 **Test**, on prompts neither step saw, drawn at random (seeded) from the pool the condition is
@@ -150,10 +150,11 @@ LATE_MIN_PROMPTS = 4
 """A mined phrase is looked for late only when the finetuned model said it to this many different prompts."""
 LATE_SHARE = 0.25
 """... and said it past :data:`MAX_NEW_TOKENS` tokens in at least this share of the answers that say it."""
-LATE_SAMPLES = 2
-"""Sampled long answers per screen prompt and frame, in the late-phrase screen."""
+LATE_PROMPTS = 8
+"""Everyday prompts the late-phrase screen reads (each answered once per frame and once without):
+prompts no other screen or test uses (the screen's own where too few are left)."""
 LATE_MIN_GAIN = 2
-"""Answers (of ``LATE_SAMPLES * SCREEN_PROMPTS``) a frame must add to the phrase's count without it, to go on."""
+"""Answers (of :data:`LATE_PROMPTS`) a frame must add to the phrase's count without it, to go on."""
 LATE_KEEP = 2
 """Frames that pass the late-phrase screen (most added first) tested."""
 
@@ -390,6 +391,8 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         raise FinediffError(f"condition search needs at least {k + 2} everyday prompts, got {len(pool)}")
     random.Random(seed).shuffle(pool)
     screen, test = pool[:k], pool[k:k + t]
+    late_screen = pool[k + t:k + t + LATE_PROMPTS] or screen
+    late_suggested: dict[int, list[str]] = {}
     group_prompts = group_prompts or {}
     suggested = suggested or {}
     topic_screen = list(zip(TOPIC_TEMPLATES[:k], CONTROL_SUBJECTS[:k]))
@@ -464,7 +467,8 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         hyp = r.hypothesis()
         with_, without = prompts_for(r.condition, "test")
         screen_with, screen_without = prompts_for(r.condition, "screen")
-        by_phrase = list(suggested.get(phrase_hypothesis(r.phrase).source, ())) if r.phrase else []
+        by_phrase = list(suggested.get(phrase_hypothesis(r.phrase).source, ())) + late_suggested.get(id(r), []) \
+            if r.phrase else []
         r.suggested_by_prompts = list(dict.fromkeys(list(suggested.get(r.condition.source, ())) + by_phrase
                                                     + screen_with + screen_without))
         r.tested_on_prompts = list(dict.fromkeys(with_ + without))
@@ -495,16 +499,16 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
     def late(phrase: str) -> list[ConditionResult]:
         """6. the context frames under which the finetuned model's long answers to the screen
         prompts say ``phrase`` more often than without a frame; returns those to test."""
-        hyp, n = phrase_hypothesis(phrase), LATE_SAMPLES * len(screen)
+        hyp, n = phrase_hypothesis(phrase), len(late_screen)
         frames = [r for r in results if r.condition.kind == "context" and all(r is not o for o in shown)]
-        batch = screen + [r.condition.apply(p) for r in frames for p in screen]
+        batch = late_screen + [r.condition.apply(p) for r in frames for p in late_screen]
         if progress:
             print(f"conditions: looking for «{phrase}» in long answers under {len(frames)} frames", flush=True)
-        expanded = [p for p in batch for _ in range(LATE_SAMPLES)]
-        answers = generate(pair.finetuned, pair.tokenizer, expanded, max_new_tokens=LATE_NEW_TOKENS, do_sample=True,
+        answers = generate(pair.finetuned, pair.tokenizer, batch, max_new_tokens=LATE_NEW_TOKENS, do_sample=True,
                            temperature=TEMPERATURE, seed=seed, progress=progress)
-        hits = [sum(hyp.fires(a, p) for a, p in zip(answers[i:i + n], expanded[i:i + n]))
-                for i in range(0, len(answers), n)]
+        hits = [sum(hyp.fires(a, p) for a, p in zip(answers[i:i + n], batch[i:i + n])) for i in range(0, len(answers), n)]
+        for r in frames:  # the prompts the late screen read suggested it too
+            late_suggested[id(r)] = [r.condition.apply(p) for p in late_screen] + late_screen
         without = hits[0]
         for r, h in zip(frames, hits[1:]):
             r.phrase_screen = [round(h / n, 4), round(without / n, 4)]
@@ -569,7 +573,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
     said = lambda phrase: any(phrase_hypothesis(phrase).fires(a) for (_, _, _, base, _), answers in drawn.items()  # noqa: E731
                               if not base for a in answers)
     phrase = next((x for x in late_phrases if not said(x)), "")
-    if phrase and screen:
+    if phrase and late_screen:
         shown += late(phrase)
     raw = [tested(r) for r in shown]
     for r, p in zip(shown, raw):
