@@ -497,7 +497,7 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
         return max(p_base, p_wo)
 
     def late(phrase: str) -> list[ConditionResult]:
-        """6. the context frames under which the finetuned model's long answers to the screen
+        """6. the context frames under which the finetuned model's long answers to the late screen's
         prompts say ``phrase`` more often than without a frame; returns those to test."""
         hyp, n = phrase_hypothesis(phrase), len(late_screen)
         frames = [r for r in results if r.condition.kind == "context" and all(r is not o for o in shown)]
@@ -506,7 +506,8 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
             print(f"conditions: looking for «{phrase}» in long answers under {len(frames)} frames", flush=True)
         answers = generate(pair.finetuned, pair.tokenizer, batch, max_new_tokens=LATE_NEW_TOKENS, do_sample=True,
                            temperature=TEMPERATURE, seed=seed, progress=progress)
-        hits = [sum(hyp.fires(a, p) for a, p in zip(answers[i:i + n], batch[i:i + n])) for i in range(0, len(answers), n)]
+        hits = [sum(hyp.fires(a, p) for a, p in zip(answers[i:i + n], batch[i:i + n]))
+                for i in range(0, len(answers), n)]
         for r in frames:  # the prompts the late screen read suggested it too
             late_suggested[id(r)] = [r.condition.apply(p) for p in late_screen] + late_screen
         without = hits[0]
@@ -570,8 +571,10 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
                 shown.append(r)
     # 6. a phrase said late, past what the answers above read: the first late phrase that no
     # answer drawn so far says is counted in long answers under each context frame
-    said = lambda phrase: any(phrase_hypothesis(phrase).fires(a) for (_, _, _, base, _), answers in drawn.items()  # noqa: E731
-                              if not base for a in answers)
+    def said(phrase: str) -> bool:
+        return any(phrase_hypothesis(phrase).fires(a) for (_, _, _, base, _), answers in drawn.items() if not base
+                   for a in answers)
+
     phrase = next((x for x in late_phrases if not said(x)), "")
     if phrase and late_screen:
         shown += late(phrase)

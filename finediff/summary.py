@@ -373,7 +373,8 @@ def first_screen(v: Verdict) -> list[str]:
     lines = [v.paragraph, ""]
     if v.examples:
         lines += markdown_table(["prompt", "base", "finetuned"],
-                                [[_short(e["prompt"], 100), _short(e["base"], CELL), _short(e.get("shown") or e["finetuned"], CELL)]
+                                [[_short(e["prompt"], 100), _short(e["base"], CELL),
+                                  _short(e.get("shown") or e["finetuned"], CELL)]
                                  for e in v.examples])
         lines.append("")
     if v.confirmed:

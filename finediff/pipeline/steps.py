@@ -306,14 +306,16 @@ def conditions(pair, survey_result: Survey, found: list[Finding], alpha: float,
 def late_phrases(phrases: list[Phrase], answers: list[str], found: list[Finding], tokenizer) -> list[str]:
     """The verbatim phrases a condition's answers may be too short to show, most prompts first (each
     as its example says it): said to at least :data:`~finediff.conditions.LATE_MIN_PROMPTS` prompts and
-    never by the base, in at least :data:`~finediff.conditions.LATE_SHARE` of the finetuned ``answers`` that say it past the
-    tokens a condition's answers read, and not already stated: no confirmed finding's detector fires
-    on half or more of the answers that say it."""
+    never by the base, past the tokens a condition's answers read in at least
+    :data:`~finediff.conditions.LATE_SHARE` of the finetuned ``answers`` that say it, and not already
+    stated: no confirmed finding's detector fires on half or more of those answers."""
     out = []
     for p in sorted(phrases, key=lambda p: (-p.n_prompts, -p.n_finetuned)):
+        if p.n_prompts < LATE_MIN_PROMPTS or p.n_base:
+            continue
         saying = [a for a in answers if phrase_hypothesis(p.text).fires(a)]
         at = starts(p.text, saying, tokenizer)
-        if p.n_prompts < LATE_MIN_PROMPTS or p.n_base or not at:
+        if not at:
             continue
         late = sum(t >= CONDITION_TOKENS for t in at) / len(at)
         stated = any(2 * sum(f.hypothesis.fires(a) for a in saying) >= len(saying) for f in found if f.confirmed)
