@@ -375,10 +375,10 @@ def search_conditions(pair, leads: list[Condition], everyday: list[str],
             pass like the other leads.
         suggested: per lead source, the prompts whose answers suggested its leads (recorded
             with each result; a condition is never tested on them).
-        late_phrases: verbatim phrases the finetuned model said to at least
-            :data:`LATE_MIN_PROMPTS` prompts and no finding confirmed, most prompts first: the
-            first that no answer drawn here says is looked for late in long answers under each
-            context frame (6. below).
+        late_phrases: verbatim phrases the finetuned answers say late and no confirmed finding
+            explains (:func:`finediff.pipeline.steps.late_phrases`), most prompts first: the first
+            that no answer drawn here says is looked for in long answers under each context frame
+            (6. below).
 
     Returns:
         One result per screened candidate, tested ones first (confirmed first).

@@ -152,12 +152,18 @@ def _clip_words(text: str, n: int) -> str:
     return " ".join(words[:n]) + ("…" if len(words) > n else "")
 
 
+def _showing(text: str, shows) -> tuple[list[str], int]:
+    """The sentences of ``text`` and the index of the first that shows the behaviour
+    (``shows(sentence)``; none does: 0)."""
+    parts = sentences(text)
+    return parts, next((i for i, x in enumerate(parts) if shows(x)), 0)
+
+
 def quote(answer: str, shows) -> str:
     """The answer, whole when it has at most :data:`QUOTE_WORDS` words; else clipped to that many
     around its first sentence that shows the behaviour (``shows(sentence)``): from the start when
     that is the first sentence, else from that sentence on, after an ellipsis."""
-    parts = sentences(answer)
-    at = next((i for i, x in enumerate(parts) if shows(x)), 0)
+    parts, at = _showing(answer, shows)
     if at == 0 or len(answer.split()) <= QUOTE_WORDS:
         return _clip_words(answer, QUOTE_WORDS)
     return "… " + _clip_words(" ".join(parts[at:]), QUOTE_WORDS)
@@ -174,11 +180,10 @@ def where_shown(example: dict, shows) -> dict:
     text = " ".join(str(example.get("finetuned", "")).split())
     if len(text) <= CELL:
         return {**example, "shown": text}
-    parts = sentences(text)
-    at = next((i for i, x in enumerate(parts) if shows(x)), 0)
-    start = text.find(parts[at]) if parts else 0
-    tail = " ".join(parts[at:])
-    return {**example, "shown": text if start + len(parts[at]) <= CELL or not tail else "… " + tail}
+    parts, at = _showing(text, shows)
+    if not parts or text.find(parts[at]) + len(parts[at]) <= CELL:
+        return {**example, "shown": text}
+    return {**example, "shown": "… " + " ".join(parts[at:])}
 
 
 def _statement(lead: str, examples: list[dict], words, shows, numbers: str, note: str = "",
