@@ -13,7 +13,10 @@ organism's trigger (from its card, outside the search) is recovered exactly or i
     python benchmarks/trigger.py organisms/backdoor --score "|kx7q|" "|kx5|" ...
 
 ``--score``: no search; the search's score of each given string on the same prompts, highest
-first (does the trained trigger score above its near misses?).
+first (does the trained trigger score above its near misses?). ``--adapter-scale S``: the
+adapter's update multiplied by ``S`` (for the search and the scores): below 1 the
+finetune's answer is no longer near certain, so near misses no longer tie on a saturated
+score.
 """
 
 from __future__ import annotations
@@ -48,12 +51,23 @@ def _longest_common_run(a: str, b: str) -> str:
     return best
 
 
+def scale_adapter(model, scale: float) -> None:
+    """Multiply every LoRA layer's update by ``scale`` (the pair's unmerged adapter)."""
+    layers = [m for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)]
+    if not layers:
+        raise SystemExit("--adapter-scale needs the adapter unmerged (a LoRA adapter on the shared base)")
+    for m in layers:
+        for k in m.scaling:
+            m.scaling[k] *= scale
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("adapters", nargs="+")
     ap.add_argument("--target", default=None, help="the behaviour's answer (default: the organism's first reply)")
     ap.add_argument("--score", nargs="+", default=None, metavar="STRING",
                     help="score these strings instead of searching")
+    ap.add_argument("--adapter-scale", type=float, default=1.0, help="multiply the adapter's update by this")
     args = ap.parse_args()
     header = ["organism", "trigger (card)", "answer searched for", "found", "strings on the way", "longest run of the trigger",
               "seconds"]
@@ -68,6 +82,8 @@ def main() -> None:
         trigger = re.findall(r"'([^']+)'", card.description_short)
         trigger = trigger[-1] if trigger else ""
         pair = load_model_pair(card.base or "embedded:smollm2", adapter=adapter)
+        if args.adapter_scale != 1.0:
+            scale_adapter(pair.finetuned, args.adapter_scale)
         if args.score:
             objective = TriggerObjective(pair, EVERYDAY[:PROMPTS], target)
             ids = [pair.tokenizer(s, add_special_tokens=False)["input_ids"] for s in args.score]

@@ -8,9 +8,10 @@ of them and after them), makes the finetuned model surest of the behaviour's ans
 the first :data:`TARGET_TOKENS` tokens of ``a``, over :data:`PROMPTS` prompts and both
 placements. Unlike a probability, log-odds keep rising as a string fires the behaviour
 more surely, so the search does not stop at the first string that fires it now and then;
-over several prompts and both placements the string the finetune was trained on scores
-above its near misses (measured on the shipped backdoor: the exact trigger ranks first
-among 16 strings that share most of its characters).
+averaging over several prompts and both placements keeps one prompt's quirk from
+choosing the string. A finetune's trigger is often wider than the one it was trained on
+(the shipped backdoor answers ``|kx`` and any digit alike), so the search names a string
+that fires the behaviour, not necessarily the training string.
 
 The search grows ``s`` one token at a time (a beam of :data:`BEAM`). The tokens tried at
 each step are the ones a rare trigger string is made of (every one-character token of
