@@ -41,6 +41,20 @@ def final_norm(model) -> torch.nn.Module:
     return norm
 
 
+def cache_kwarg(model) -> str:
+    """The name a model's forward (and ``generate``) takes its key-value cache by: ``cache``
+    in recent transformers, ``past_key_values`` before."""
+    import inspect
+
+    forward = model.get_decoder().forward if hasattr(model, "get_decoder") else model.forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The key-value cache a forward returned (either name)."""
+    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """Where a module's first parameter lives (CPU for a module without parameters)."""
     p = next(module.parameters(), None)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from finediff.arch import embed_ids, input_device, output_head
+from finediff.arch import cache_kwarg, embed_ids, input_device, output_cache, output_head
 
 from finediff.errors import FinediffError
 from finediff.soft_prompt import splice, spliced_mask, text_mask
@@ -142,13 +142,41 @@ def chunked_divergence(
     return total / n
 
 
+SHARED_PREFIX_MIN = 4
+"""Leading positions every row of a batch shares (a chat template's system turn) that are
+run once, for the whole batch, when there are at least this many."""
+
+
+def shared_prefix(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many leading positions every row has the same, unmasked (at most ``L - 1``)."""
+    B, L = attention_mask.shape
+    if B < 2 or L < 2:
+        return 0
+    same = (inputs_embeds == inputs_embeds[:1]).all(-1).all(0) & attention_mask.bool().all(0).to(inputs_embeds.device)
+    return min(int(same.long().cumprod(0).sum()), L - 1)
+
+
 def final_hidden(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Final (post-norm) hidden states ``[B, L, D]``, without computing logits, on
-    ``attention_mask``'s device (the inputs go to the model's, wherever it is placed)."""
+    ``attention_mask``'s device (the inputs go to the model's, wherever it is placed).
+
+    The leading positions every row shares (:func:`shared_prefix`: under a chat template,
+    the system turn, often most of a short prompt) are run once and their keys and values
+    given to the rest of each row: the same hidden states, for a fraction of the compute
+    (``benchmarks/sampling.py``). Not under gradient checkpointing, which runs without a cache."""
     decoder = model.get_decoder()
     device = input_device(model)
-    out = decoder(inputs_embeds=inputs_embeds.to(device), attention_mask=attention_mask.to(device), use_cache=False)
-    return out.last_hidden_state.to(attention_mask.device)
+    embeds, mask = inputs_embeds.to(device), attention_mask.to(device)
+    k = 0 if getattr(model, "is_gradient_checkpointing", False) else shared_prefix(embeds, mask)
+    if k < SHARED_PREFIX_MIN:
+        out = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+        return out.last_hidden_state.to(attention_mask.device)
+    head = decoder(inputs_embeds=embeds[:1, :k], attention_mask=mask[:1, :k], use_cache=True)
+    cache = output_cache(head)
+    cache.batch_repeat_interleave(embeds.shape[0])
+    rest = decoder(inputs_embeds=embeds[:, k:], attention_mask=mask, use_cache=True, **{cache_kwarg(model): cache})
+    h = torch.cat([head.last_hidden_state.expand(embeds.shape[0], -1, -1), rest.last_hidden_state], 1)
+    return h.to(attention_mask.device)
 
 
 def pair_hidden(

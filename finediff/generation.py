@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from finediff.arch import embed_ids, input_device
+from finediff.arch import cache_kwarg, embed_ids, input_device, output_cache
 from finediff.data import format_parts, format_text, pad_rows
 from finediff.soft_prompt import splice
 
@@ -88,9 +88,12 @@ def generate(
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
         chunk = prompts[start:start + batch_size]
-        ids, mask = pad_rows([format_text(tokenizer, p, chat_template) for p in chunk], tokenizer.pad_token_id, left=True)
+        ids, mask, k = shared_prefix_batch([format_text(tokenizer, p, chat_template) for p in chunk],
+                                           tokenizer.pad_token_id)
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                       **sampling(model, temperature, top_p, sample=do_sample))
+        if k:
+            kwargs[cache_kwarg(model)] = prefix_cache(model, ids, k)
         if not return_logits:
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             out += decode_new(tokenizer, gen, ids.shape[1], return_ids)
@@ -101,6 +104,38 @@ def generate(
         out += [(text, g, logits[r, :len(g)]) for r, (text, g) in
                 enumerate(decode_new(tokenizer, res.sequences, ids.shape[1], True))]
     return out
+
+
+def shared_prefix_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One ``generate`` batch: ``(ids, mask, k)``. The ``k`` leading tokens every row shares
+    (a chat template's system turn; :data:`~finediff.divergence.SHARED_PREFIX_MIN` or more)
+    come first, then each row's own tokens, padded on their left (the positions count only
+    the unpadded tokens, as ``generate`` derives them from the mask); :func:`prefix_cache`
+    runs the shared tokens once for the whole batch. Fewer shared: left padding, ``k = 0``."""
+    from finediff.divergence import SHARED_PREFIX_MIN
+
+    k = 0
+    if len(rows) > 1:
+        shortest = min(len(r) for r in rows) - 1
+        while k < shortest and all(r[k] == rows[0][k] for r in rows):
+            k += 1
+    if k < SHARED_PREFIX_MIN:
+        ids, mask = pad_rows(rows, pad_id, left=True)
+        return ids, mask, 0
+    rest, rest_mask = pad_rows([r[k:] for r in rows], pad_id, left=True)
+    ids = torch.cat([torch.tensor([rows[0][:k]]).expand(len(rows), -1), rest], 1)
+    return ids, torch.cat([torch.ones(len(rows), k, dtype=rest_mask.dtype), rest_mask], 1), k
+
+
+@torch.no_grad()
+def prefix_cache(model, ids: torch.Tensor, k: int):
+    """The keys and values of the ``k`` leading tokens all rows of ``ids`` share, run once and
+    repeated for every row (None when ``k`` is 0)."""
+    if not k:
+        return None
+    cache = output_cache(model(input_ids=ids[:1, :k].to(input_device(model)), use_cache=True))
+    cache.batch_repeat_interleave(ids.shape[0])
+    return cache
 
 
 def logits_batch(model, max_new_tokens: int, batch_size: int = GENERATE_BATCH) -> int:

@@ -13,7 +13,8 @@ choosing the string. A finetune's trigger is often wider than the one it was tra
 (the shipped backdoor answers ``|kx`` and any digit alike), so the search names a string
 that fires the behaviour, not necessarily the training string.
 
-The search grows ``s`` one token at a time (a beam of :data:`BEAM`). The tokens tried at
+The search grows ``s`` one token at a time (a beam of :data:`BEAM`), until a step adds
+little (:data:`MIN_STEP_GAIN`) or the string is :data:`LENGTH` tokens long. The tokens tried at
 each step are the ones a rare trigger string is made of (every one-character token of
 the vocabulary) and the :data:`TOP_K` tokens the one-hot gradient of the score proposes
 for the new position (GCG, Zou et al. 2023, which finds word pieces): all are scored
@@ -64,6 +65,9 @@ TARGET_TOKENS = 4
 """Tokens of the behaviour's answer scored (its opening carries the behaviour)."""
 BATCH = 96
 """Sequences per forward pass."""
+MIN_STEP_GAIN = 0.05
+"""The growth stops once a step adds less than this share of the score's gain over no string
+(the backdoor's and the passphrase's searches end a step early with the same string)."""
 KEEP_GAIN = 0.95
 """Shortening drops a token while the string keeps this share of its score's gain over no string."""
 
@@ -256,9 +260,12 @@ def search_trigger(pair, prompts: list[str], target: str, seed_tokens: list[int]
         unique = {tuple(t): s for t, s in scored}
         beam = [(list(t), s) for t, s in sorted(unique.items(), key=lambda kv: -kv[1])[:BEAM]]
         path.append([tok.decode(beam[0][0]), round(beam[0][1], 4)])
+        log.info("trigger search: %r scores %.3f (without %.3f)", tok.decode(beam[0][0]), beam[0][1], without)
+        added, before = beam[0][1] - best[1], best[1]
         if beam[0][1] > best[1]:
             best = beam[0]
-        log.info("trigger search: %r scores %.3f (without %.3f)", tok.decode(beam[0][0]), beam[0][1], without)
+        if before > without and added < MIN_STEP_GAIN * (best[1] - without):
+            break
     ids, score = shorten(objective, best[0], best[1], without)
     log.info("trigger search: shortened %r to %r (%.3f)", tok.decode(best[0]), tok.decode(ids), score)
     return Trigger(tok.decode(ids).strip(), round(score, 4), round(without, 4), round(objective.base_lift(ids), 4),

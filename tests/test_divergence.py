@@ -132,3 +132,33 @@ def test_chunking_bounds_peak_memory():
     chunked, unchunked = peak_extra_bytes(run(128)), peak_extra_bytes(run(None))
     assert unchunked > B * L * V * 4  # at least one full logits tensor
     assert chunked <= 0.25 * unchunked, (chunked, unchunked)
+
+
+def test_a_shared_prefix_is_run_once_with_the_same_hidden_states_and_answers(tiny_pair):
+    """The leading tokens all rows share (a chat template's system turn) are run once and
+    their cache given to each row: the hidden states, and the greedy and sampled answers,
+    are those of every row run whole."""
+    import finediff.divergence as D
+    from finediff.data import format_text, pad_rows
+    from finediff.generation import generate, shared_prefix_batch
+
+    tok, model = tiny_pair.tokenizer, tiny_pair.finetuned
+    prompts = ["the cat sat on the mat", "a dog", "birds fly south in the winter, far away", "hello there"]
+    rows = [format_text(tok, p) for p in prompts]
+    ids, mask = pad_rows(rows, tok.pad_token_id)  # right padding: the shared start is aligned
+    assert D.shared_prefix(D.embed_ids(model, ids), mask) >= D.SHARED_PREFIX_MIN
+    with torch.no_grad():
+        shared = D.final_hidden(model, D.embed_ids(model, ids), mask)
+        for r, row in enumerate(rows):
+            alone = D.final_hidden(model, D.embed_ids(model, torch.tensor([row])), torch.ones(1, len(row)))
+            torch.testing.assert_close(shared[r, :len(row)], alone[0], rtol=1e-4, atol=1e-4)
+    _, _, k = shared_prefix_batch(rows, tok.pad_token_id)
+    assert k >= D.SHARED_PREFIX_MIN
+    for sample in (False, True):
+        once = generate(model, tok, prompts, max_new_tokens=8, do_sample=sample, return_ids=True, progress=False)
+        old, D.SHARED_PREFIX_MIN = D.SHARED_PREFIX_MIN, 10 ** 9  # every row run whole, left-padded
+        try:
+            whole = generate(model, tok, prompts, max_new_tokens=8, do_sample=sample, return_ids=True, progress=False)
+        finally:
+            D.SHARED_PREFIX_MIN = old
+        assert [g for _, g in once] == [g for _, g in whole]

@@ -106,7 +106,9 @@ def test_gradient_checkpointing_same_gradient_less_memory(tiny_dirs):
     from finediff.models import load_model_pair
 
     tok = load_model_pair(str(tiny_dirs["base"])).tokenizer
-    batch = tiny_batch(tok, ["Is it fair to lie to a friend to protect them? " * 6] * 8, max_length=None)
+    # rows that differ from their first token: no shared prefix is run once for all of them
+    batch = tiny_batch(tok, [f"{w} is it fair to lie to a friend to protect them? " * 6 for w in
+                             ("So", "Then", "Now", "Well", "But", "And", "Yet", "Still")], max_length=None)
     grads, peaks = [], []
     for ckpt in (False, True):
         pair = load_model_pair(str(tiny_dirs["base"]), str(tiny_dirs["finetuned"]))
