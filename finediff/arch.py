@@ -52,7 +52,8 @@ def cache_kwarg(model) -> str:
 
 def output_cache(out):
     """The key-value cache a forward returned (either name)."""
-    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

@@ -168,11 +168,13 @@ def final_hidden(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tenso
     device = input_device(model)
     embeds, mask = inputs_embeds.to(device), attention_mask.to(device)
     k = 0 if getattr(model, "is_gradient_checkpointing", False) else shared_prefix(embeds, mask)
-    if k < SHARED_PREFIX_MIN:
+    head = None
+    if k >= SHARED_PREFIX_MIN:
+        head = decoder(inputs_embeds=embeds[:1, :k], attention_mask=mask[:1, :k], use_cache=True)
+    cache = None if head is None else output_cache(head)
+    if cache is None:  # nothing shared, or a model that returns no cache: every row whole
         out = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
         return out.last_hidden_state.to(attention_mask.device)
-    head = decoder(inputs_embeds=embeds[:1, :k], attention_mask=mask[:1, :k], use_cache=True)
-    cache = output_cache(head)
     cache.batch_repeat_interleave(embeds.shape[0])
     rest = decoder(inputs_embeds=embeds[:, k:], attention_mask=mask, use_cache=True, **{cache_kwarg(model): cache})
     h = torch.cat([head.last_hidden_state.expand(embeds.shape[0], -1, -1), rest.last_hidden_state], 1)

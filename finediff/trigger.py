@@ -43,7 +43,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from finediff.arch import embed_ids, embedding_table, input_device, output_head
+from finediff.arch import cache_kwarg, embed_ids, embedding_table, input_device, output_cache, output_head
 from finediff.data import format_parts, pad_rows
 from finediff.errors import FinediffError
 
@@ -55,8 +55,9 @@ BEAM = 2
 """Strings kept at each growth step."""
 TOP_K = 32
 """Tokens the one-hot gradient proposes per growth step, beside the one-character tokens."""
-PREFILTER_ROWS = 2
-"""Prompt placements every proposed token is scored on."""
+PREFILTER_ROWS = 1
+"""Prompt placements every proposed token is scored on (one: the backdoor's and the passphrase's
+searches end with the strings two gave, a third faster; ``benchmarks/trigger.py``)."""
 FULL_SCORED = 6
 """Proposed strings per beam entry scored on every placement."""
 PROMPTS = 3
@@ -165,7 +166,7 @@ class TriggerObjective:
         if key not in self._cache:
             with torch.no_grad():
                 ids = torch.tensor([list(context)], device=input_device(model))
-                self._cache[key] = model(input_ids=ids, use_cache=True).past_key_values
+                self._cache[key] = output_cache(model(input_ids=ids, use_cache=True))
         return self._cache[key]
 
     def _sequence(self, row: int, trig: list[int]) -> tuple[list[int], int]:
@@ -183,7 +184,8 @@ class TriggerObjective:
         device = input_device(model)
         mask = torch.cat([torch.ones(B, C, dtype=mask_BL.dtype), mask_BL], 1).to(device)
         inputs = {"inputs_embeds": embeds_BLD} if embeds_BLD is not None else {"input_ids": ids_BL.to(device)}
-        h = model.get_decoder()(**inputs, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
+        h = model.get_decoder()(**inputs, attention_mask=mask, use_cache=True,
+                                **{cache_kwarg(model): cache}).last_hidden_state
         pos = torch.tensor(starts)[:, None] - 1 + torch.arange(n)
         # the unembedding only where the answer is scored
         logits = output_head(model)(h.gather(1, pos.to(h.device)[..., None].expand(-1, -1, h.shape[-1])))

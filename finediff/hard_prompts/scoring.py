@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from finediff.answers import AnswerSettings, answer_batch
-from finediff.arch import input_device, output_head
+from finediff.arch import cache_kwarg, input_device, output_cache, output_head
 from finediff.divergence import batch_divergence, token_divergence
 from finediff.hard_prompts.records import HardPrompt
 
@@ -134,14 +134,14 @@ def _hidden_after_on_device(model, header_H: torch.Tensor, rows_CL: torch.Tensor
     if header_H.numel() == 0:
         return decoder(inputs_embeds=embed(rows_CL), attention_mask=mask_CL, use_cache=False).last_hidden_state
     mask = torch.cat([mask_CL.new_ones(rows_CL.shape[0], header_H.numel()), mask_CL], dim=1)
-    cache = decoder(inputs_embeds=embed(header_H.unsqueeze(0)), use_cache=True).past_key_values
+    cache = output_cache(decoder(inputs_embeds=embed(header_H.unsqueeze(0)), use_cache=True))
     if cache is None:  # no cache (e.g. gradient checkpointing in train mode): run the header with every row
         full = torch.cat([header_H.unsqueeze(0).expand(rows_CL.shape[0], -1), rows_CL], dim=1)
         out = decoder(inputs_embeds=embed(full), attention_mask=mask, use_cache=False).last_hidden_state
         return out[:, header_H.numel():]
     cache.batch_repeat_interleave(rows_CL.shape[0])
-    return decoder(inputs_embeds=embed(rows_CL), attention_mask=mask, past_key_values=cache,
-                   use_cache=True).last_hidden_state
+    return decoder(inputs_embeds=embed(rows_CL), attention_mask=mask, use_cache=True,
+                   **{cache_kwarg(model): cache}).last_hidden_state
 
 
 @torch.no_grad()
