@@ -14,7 +14,10 @@ On the everyday probe prompts, the finetuned model of the pair:
 * an answer scored (greedy answer, then the divergence over it): the answer then both models
   teacher-forced on it (``greedy_32_s + teacher_forced_8_s``), against the answer with the
   finetuned logits its generation kept and only the base teacher-forced
-  (:func:`~finediff.divergent_dataset.answered`), with the largest difference in a text's divergence.
+  (:func:`~finediff.divergent_dataset.answered`), with the largest difference in a text's divergence;
+* the chat template's shared system turn run once per batch (:func:`~finediff.divergence.final_hidden`,
+  :func:`~finediff.generation.shared_prefix_batch`) against every row run whole, in the same run:
+  greedy and sampled answers (how many of them are the same) and teacher forcing (``--shared-prefix``).
 
 Prints wall times as JSON. The larger the vocabulary, the more the sampler matters.
 """
@@ -42,12 +45,38 @@ def timed(fn) -> float:
     return round(time.perf_counter() - t, 2)
 
 
+def shared_prefix(pair, prompts: list[str], kw: dict) -> dict:
+    """Each path with the shared prefix run once (``_shared``) and every row run whole (``_whole``)."""
+    import finediff.divergence as divergence
+
+    model, tok, out, runs = pair.finetuned, pair.tokenizer, {}, {}
+    on = divergence.SHARED_PREFIX_MIN
+    for name, fn in (("greedy", lambda: generate(model, tok, prompts, **kw)),
+                     ("sampled", lambda: generate(model, tok, prompts, do_sample=True, temperature=0.7,
+                                                  **{**kw, "seed": 0})),
+                     ("teacher_forced", lambda: [token_divergence(a, b) for a, b in
+                                                 teacher_forced(pair, prompts, [i for _, i in runs["greedy_whole"]], 16)])):
+        for mode, minimum in (("whole", 10 ** 9), ("shared", on)):
+            divergence.SHARED_PREFIX_MIN = minimum
+            result = []
+            out[f"{name}_{mode}_s"] = timed(lambda: result.extend(fn()))
+            runs[f"{name}_{mode}"] = result
+        divergence.SHARED_PREFIX_MIN = on
+        out[f"{name}_speedup"] = round(out[f"{name}_whole_s"] / out[f"{name}_shared_s"], 2)
+    for name in ("greedy", "sampled"):
+        out[f"{name}_same_answers"] = sum(a[1] == b[1] for a, b in zip(runs[f"{name}_whole"], runs[f"{name}_shared"]))
+    out["teacher_forced_max_divergence_difference"] = max(
+        float((a - b).abs().max()) for a, b in zip(runs["teacher_forced_whole"], runs["teacher_forced_shared"]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="embedded:gemma3-270m")
     ap.add_argument("--adapter", default="organisms/persona_gemma3")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--shared-prefix", action="store_true", help="only the shared-prefix comparison")
     args = ap.parse_args()
     pair = load_model_pair(args.base, adapter=str(REPO_ROOT / args.adapter))
     model, tok = pair.finetuned, pair.tokenizer
@@ -56,6 +85,9 @@ def main() -> None:
     generate(model, tok, prompts[:2], **kw)  # warm-up
     out = {"base": args.base, "vocabulary": model.get_input_embeddings().weight.shape[0], "prompts": len(prompts),
            "new_tokens": args.new_tokens, "threads": torch.get_num_threads()}
+    if args.shared_prefix:
+        print(json.dumps({**out, **shared_prefix(pair, prompts, kw)}, indent=2))
+        return
     answers = []
     out["greedy_16_s"] = timed(lambda: generate(model, tok, prompts, batch_size=16, **kw))
     out["greedy_32_s"] = timed(lambda: answers.extend(generate(model, tok, prompts, batch_size=32, **kw)))
