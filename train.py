@@ -140,6 +140,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Instantiating model pair <%s>", cfg.model._target_)
     pair = hydra.utils.instantiate(cfg.model, require_finetuned=True)
     datamodule.tokenizer = pair.tokenizer
+    log.info("model pair loaded (%.0f s so far)", time.perf_counter() - started)
 
     # 1. survey: no category given (an audit), so find where the change is, and train there
     if datamodule.audit:
@@ -149,6 +150,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             found = pipeline.survey(pair, evidence.survey, evidence.categories, evidence.alpha,
                                     seed, out, resume=evidence.resume)
         datamodule.set_texts(*found.training_texts())
+        log.info("survey done (%.0f s so far)", time.perf_counter() - started)
 
     log.info("Instantiating module <%s>", cfg.module._target_)
     module = hydra.utils.instantiate(cfg.module, pair=pair, seed=seed)
@@ -164,6 +166,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("validate_after_fit"):
         trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("soft prompt trained, %d steps (%.0f s so far)", trainer.global_step, time.perf_counter() - started)
 
     # 3. evidence, ending with the report (evidence.steps; one process: rank zero)
     if getattr(module, "sharded", False) or getattr(trainer.strategy, "zero_stage_3", False):

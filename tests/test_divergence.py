@@ -162,3 +162,18 @@ def test_a_shared_prefix_is_run_once_with_the_same_hidden_states_and_answers(tin
         finally:
             D.SHARED_PREFIX_MIN = old
         assert [g for _, g in once] == [g for _, g in whole]
+
+
+def test_kl_computed_in_place_without_a_gradient_is_the_same_and_leaves_the_logits_alone():
+    from finediff.divergence import token_divergence
+
+    torch.manual_seed(0)
+    lf, lb = torch.randn(5, 7, 301), torch.randn(5, 7, 301)
+    kept = lf.clone(), lb.clone()
+    for kind in ("kl_ft_base", "kl_base_ft"):
+        with torch.no_grad():
+            fast = token_divergence(lf, lb, kind)
+        slow = token_divergence(lf.clone().requires_grad_(), lb, kind)  # the out-of-place path
+        torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=0)
+        slow.sum().backward()  # the gradient path still works
+    assert torch.equal(lf, kept[0]) and torch.equal(lb, kept[1])
