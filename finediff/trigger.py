@@ -55,9 +55,9 @@ BEAM = 2
 """Strings kept at each growth step."""
 TOP_K = 32
 """Tokens the one-hot gradient proposes per growth step, beside the one-character tokens."""
-PREFILTER_ROWS = 1
-"""Prompt placements every proposed token is scored on (one: the backdoor's and the passphrase's
-searches end with the strings two gave, a third faster; ``benchmarks/trigger.py``)."""
+PREFILTER_ROWS = 2
+"""Prompt placements every proposed token is scored on (one is a third faster, but in the backdoor's
+audit it let ``|kx5`` (7.87) through where two keep ``|kx7`` (7.97): the search's own score fell)."""
 FULL_SCORED = 6
 """Proposed strings per beam entry scored on every placement."""
 PROMPTS = 3
