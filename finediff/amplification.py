@@ -70,7 +70,8 @@ def amplified_generate(pair, prompts: list[str], alpha: float = 1.0, max_new_tok
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc=f"amplified sampling (alpha {alpha:g})", disable=not progress or len(batches) < 2):
         chunk = prompts[start:start + batch_size]
-        ids, mask, k = shared_prefix_batch([format_text(tok, p, chat_template) for p in chunk], tok.pad_token_id)
+        ids, mask, k = shared_prefix_batch([format_text(tok, p, chat_template) for p in chunk], tok.pad_token_id,
+                                           model, max_new_tokens)
         processor = AmplifyLogits(pair.base, mask.to(device), alpha, prefix_cache(pair.base, ids, k), k)
         cache = {cache_kwarg(model): prefix_cache(model, ids, k)} if k else {}
         ids, mask = ids.to(device), mask.to(device)

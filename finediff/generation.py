@@ -89,7 +89,7 @@ def generate(
     for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
         chunk = prompts[start:start + batch_size]
         ids, mask, k = shared_prefix_batch([format_text(tokenizer, p, chat_template) for p in chunk],
-                                           tokenizer.pad_token_id)
+                                           tokenizer.pad_token_id, model, max_new_tokens)
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                       **sampling(model, temperature, top_p, sample=do_sample))
         if k:
@@ -106,16 +106,20 @@ def generate(
     return out
 
 
-def shared_prefix_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def shared_prefix_batch(rows: list[list[int]], pad_id: int, model=None,
+                        max_new_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One ``generate`` batch: ``(ids, mask, k)``. The ``k`` leading tokens every row shares
     (a chat template's system turn; :data:`~finediff.divergence.SHARED_PREFIX_MIN` or more)
     come first, then each row's own tokens, padded on their left (the positions count only
     the unpadded tokens, as ``generate`` derives them from the mask); :func:`prefix_cache`
-    runs the shared tokens once for the whole batch. Fewer shared: left padding, ``k = 0``."""
+    runs the shared tokens once for the whole batch. Fewer shared, or a ``model`` whose
+    sliding-window layers would not see the whole sequence (their window counts the padding
+    between the shared tokens and a row's own): left padding, ``k = 0``."""
     from finediff.divergence import SHARED_PREFIX_MIN
 
+    window = getattr(getattr(model, "config", None), "sliding_window", None)
     k = 0
-    if len(rows) > 1:
+    if len(rows) > 1 and not (window and max(len(r) for r in rows) + max_new_tokens > window):
         shortest = min(len(r) for r in rows) - 1
         while k < shortest and all(r[k] == rows[0][k] for r in rows):
             k += 1

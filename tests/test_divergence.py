@@ -164,6 +164,42 @@ def test_a_shared_prefix_is_run_once_with_the_same_hidden_states_and_answers(tin
         assert [g for _, g in once] == [g for _, g in whole]
 
 
+@pytest.mark.parametrize("window", [16, 256])
+def test_a_shared_prefix_under_sliding_window_layers_gives_the_same_answers(tiny_pair, window):
+    """Gemma 3's sliding-window layers: the shared prefix is run once only where the window
+    sees the whole sequence (256); otherwise (16) every row runs whole. Either way the answers
+    are those of every row run whole."""
+    import finediff.divergence as D
+    from finediff.data import format_text
+    from finediff.generation import generate, shared_prefix_batch
+    from finediff.tiny import tiny_model
+
+    torch.manual_seed(0)
+    tok = tiny_pair.tokenizer
+    model = tiny_model(len(tok), arch="gemma3")
+    model.config.sliding_window = window
+    prompts = ["the cat sat on the mat", "a dog", "birds fly south in the winter", "hello there"]
+    _, _, k = shared_prefix_batch([format_text(tok, p) for p in prompts], tok.pad_token_id, model, 8)
+    assert (k >= D.SHARED_PREFIX_MIN) == (window == 256)
+    once = generate(model, tok, prompts, max_new_tokens=8, return_ids=True, progress=False)
+    old, D.SHARED_PREFIX_MIN = D.SHARED_PREFIX_MIN, 10 ** 9
+    try:
+        whole = generate(model, tok, prompts, max_new_tokens=8, return_ids=True, progress=False)
+    finally:
+        D.SHARED_PREFIX_MIN = old
+    assert [g for _, g in once] == [g for _, g in whole]
+    # teacher forcing (right padding, nothing between the shared tokens and a row's own): run once at any window
+    from finediff.data import pad_rows
+
+    rows = [format_text(tok, p) + [7] * 20 for p in prompts]  # longer than the small window
+    ids, mask = pad_rows(rows, tok.pad_token_id)
+    with torch.no_grad():
+        shared = D.final_hidden(model, D.embed_ids(model, ids), mask)
+        for r, row in enumerate(rows):
+            alone = D.final_hidden(model, D.embed_ids(model, torch.tensor([row])), torch.ones(1, len(row)))
+            torch.testing.assert_close(shared[r, :len(row)], alone[0], rtol=1e-4, atol=1e-4)
+
+
 def test_kl_computed_in_place_without_a_gradient_is_the_same_and_leaves_the_logits_alone():
     from finediff.divergence import token_divergence
 
