@@ -74,8 +74,8 @@ class Evidence:
     report: Optional[tuple[Path, Path]] = None
 
 
-TYPICAL_SECONDS = {"hard_prompts": 88, "divergent_dataset": 73, "lens": 39, "compare": 60, "analysis": 4,
-                   "weights": 4, "findings": 37, "conditions": 220, "prompt_effect": 22, "report": 1}
+TYPICAL_SECONDS = {"hard_prompts": 70, "divergent_dataset": 66, "lens": 39, "compare": 60, "analysis": 1,
+                   "weights": 8, "findings": 30, "conditions": 166, "prompt_effect": 22, "report": 1}
 """Median seconds of each evidence step over the untold audits of SmolLM2 organisms on a 2-core CPU
 (docs/results.md, "Which step leads to each claim"): the weights of the time estimate."""
 
