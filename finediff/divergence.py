@@ -176,7 +176,10 @@ def final_hidden(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tenso
     decoder = model.get_decoder()
     device = input_device(model)
     embeds, mask = inputs_embeds.to(device), attention_mask.to(device)
-    k = 0 if getattr(model, "is_gradient_checkpointing", False) else shared_prefix(embeds, mask)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    # not under checkpointing (no cache), nor across processes (ranks must run the same passes: a sharded model
+    # gathers its weights in each one)
+    k = 0 if distributed or getattr(model, "is_gradient_checkpointing", False) else shared_prefix(embeds, mask)
     head = None
     if k >= SHARED_PREFIX_MIN:
         head = decoder(inputs_embeds=embeds[:1, :k], attention_mask=mask[:1, :k], use_cache=True)
